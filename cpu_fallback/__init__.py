@@ -1,0 +1,27 @@
+"""CPU twins of the gpukernels CUDA kernels: ``@njit(parallel=True)`` over rows or tiles.
+
+Each module has the name and the launcher signatures of its CUDA twin in ``gpukernels``
+(see docs/BACKENDS.md). Numba's CPU target has no float16, so launchers compute float16
+data in float32 copies and round into the caller's float16 buffers at the end.
+"""
+
+import numpy as np
+
+# Reassociation lets reductions vectorise; no 'nnan'/'ninf', so NaN and inf still propagate.
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+
+def compute_view(x: np.ndarray) -> np.ndarray:
+    """``x``, or a float32 copy of it when it is float16."""
+    return x.astype(np.float32) if x.dtype == np.float16 else x
+
+
+def output_view(out: np.ndarray) -> np.ndarray:
+    """``out``, or a float32 stand-in to be rounded into it by :func:`store`."""
+    return np.empty(out.shape, np.float32) if out.dtype == np.float16 else out
+
+
+def store(buffer: np.ndarray, out: np.ndarray) -> None:
+    """Round a float32 stand-in into its float16 ``out`` (nothing to do otherwise)."""
+    if buffer is not out:
+        out[...] = buffer

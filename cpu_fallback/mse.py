@@ -1,0 +1,43 @@
+"""Squared error on the CPU: gradient and canonical partial sums, one pass."""
+
+import numpy as np
+from numba import njit, prange
+
+from gpukernels._canon import TILE
+
+from . import compute_view, output_view, store
+from .reduce import finish_tile, tasks
+
+_TWO = np.float32(2.0)
+
+
+@njit(parallel=True, cache=True)
+def _kernel(p, t, scale, grad, loss, reduce, chunk):
+    n = p.shape[0]
+    tiles = (n + TILE - 1) // TILE
+    per_element = scale.shape[0] != 1
+    for b in prange((tiles + chunk - 1) // chunk):
+        s = np.empty(TILE, loss.dtype)
+        for j in range(b * chunk, min(tiles, (b + 1) * chunk)):
+            count = min(TILE, n - j * TILE)
+            for k in range(count):
+                i = j * TILE + k
+                d = p[i] - t[i]
+                grad[i] = _TWO * d * (scale[i] if per_element else scale[0])
+                s[k] = d * d
+            finish_tile(s, count, j, loss, reduce)
+
+
+def mse(pred, target, grad_scale, grad, loss, reduce):
+    """grad_i = g_i 2 (p_i - t_i); loss: tile sums or elementwise squares."""
+    buffer = output_view(grad)
+    _kernel(
+        compute_view(pred),
+        compute_view(target),
+        grad_scale,
+        buffer,
+        loss,
+        reduce,
+        tasks(pred.shape[0])[1],
+    )
+    store(buffer, grad)

@@ -1,0 +1,48 @@
+"""Sigmoid, its derivative and its backward on the CPU: one parallel elementwise pass each."""
+
+from numba import njit, prange
+
+from gpukernels._scalar import ONE
+
+from . import compute_view, output_view, store
+from ._math import sigmoid as _sigmoid
+from ._math import sigmoid_derivative as _sigmoid_derivative
+
+
+@njit(parallel=True, cache=True)
+def _sigmoid_kernel(x, y):
+    for i in prange(x.shape[0]):
+        y[i] = _sigmoid(x[i])
+
+
+@njit(parallel=True, cache=True)
+def _derivative_kernel(x, y):
+    for i in prange(x.shape[0]):
+        y[i] = _sigmoid_derivative(x[i])
+
+
+@njit(parallel=True, cache=True)
+def _backward_kernel(g, y, out):
+    for i in prange(y.shape[0]):
+        out[i] = g[i] * y[i] * (ONE - y[i])
+
+
+def _run(kernel, out, *inputs):
+    buffer = output_view(out)
+    kernel(*(compute_view(x) for x in inputs), buffer)
+    store(buffer, out)
+
+
+def sigmoid(x, y):
+    """y = 1 / (1 + exp(-x))."""
+    _run(_sigmoid_kernel, y, x)
+
+
+def sigmoid_derivative(x, y):
+    """y = sigmoid(x) sigmoid(-x)."""
+    _run(_derivative_kernel, y, x)
+
+
+def sigmoid_backward(grad_output, y, out):
+    """out = grad_output y (1 - y)."""
+    _run(_backward_kernel, out, grad_output, y)

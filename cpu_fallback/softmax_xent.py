@@ -1,0 +1,209 @@
+"""Fused softmax cross-entropy on the CPU: loss and gradient per row, rows in parallel.
+
+A row takes four passes while it is hot in cache: the max; ``e = exp(z - max)`` into a
+per-thread scratch row (the only ``exp`` of each element, vectorised by ``fast_exp``); the
+sum of ``e``; the gradient ``g (A e / s - a)``. The loss terms read the logits before the
+gradient is written, so ``grad`` may be the logits themselves. See docs/BACKENDS.md.
+"""
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from gpukernels._scalar import ONE, ZERO
+
+from . import FASTMATH, compute_view, output_view, store
+from ._math import fast_exp
+
+_NAN = np.float32(np.nan)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _row_max(z):
+    m = z[0]  # C >= 1; starting from z's own element keeps m in z's dtype
+    for c in range(1, z.shape[0]):
+        m = z[c] if z[c] > m else m  # NaN never wins; exp(NaN - m) makes the row NaN later
+    return m
+
+
+@njit(cache=True)  # no fastmath: it would reassociate fast_exp's range reduction
+def _exp_shifted(z, m, e):
+    for c in range(z.shape[0]):
+        e[c] = fast_exp(z[c] - m)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _sum(e):
+    s = ZERO
+    for c in range(e.shape[0]):
+        s += e[c]
+    return s
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _weight_and_gap_sums(z, w, m):
+    """(sum_c w_c, sum_c w_c (m - z_c)); w_c = 1 when ``w`` is empty."""
+    total, gap = ZERO * m, ZERO * m
+    if w.shape[0] == 0:
+        for c in range(z.shape[0]):
+            total += ONE
+            gap += m - z[c]
+        return total, gap
+    for c in range(z.shape[0]):
+        total += w[c]
+        gap += w[c] * (m - z[c])
+    return total, gap
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _soft_sums(z, t, w, m, keep, eps_c):
+    """(A, B) = (sum_c a_c, sum_c a_c (m - z_c)), a_c = w_c (keep t_c + eps / C)."""
+    a_sum, gap = ZERO * m, ZERO * m
+    for c in range(z.shape[0]):
+        a = keep * t[c] + eps_c
+        if w.shape[0]:
+            a *= w[c]
+        a_sum += a
+        gap += a * (m - z[c])
+    return a_sum, gap
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _write_label_grad(e, w, k_p, k_w, grad):
+    """grad_c = k_p e_c - k_w w_c (the true class is overwritten by the caller)."""
+    if w.shape[0] == 0:
+        for c in range(e.shape[0]):
+            grad[c] = k_p * e[c] - k_w
+    else:
+        for c in range(e.shape[0]):
+            grad[c] = k_p * e[c] - k_w * w[c]
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _write_soft_grad(e, t, w, k_p, g, keep, eps_c, grad):
+    """grad_c = k_p e_c - g a_c."""
+    for c in range(e.shape[0]):
+        a = keep * t[c] + eps_c
+        if w.shape[0]:
+            a *= w[c]
+        grad[c] = k_p * e[c] - g * a
+
+
+@njit(cache=True)
+def _label_row(z, y, w, g, ignore_index, eps, eps_c, e, grad):
+    """Loss of one row with class index ``y``; writes its gradient."""
+    c = z.shape[0]
+    if y == ignore_index or y < 0 or y >= c:
+        grad[:] = 0
+        return (ZERO if y == ignore_index else _NAN) * g
+    m = _row_max(z)
+    z_y = z[y]
+    w_y = w[y] if w.shape[0] else ONE
+    w_sum, gap = _weight_and_gap_sums(z, w, m) if eps > 0 else (ZERO * m, ZERO * m)
+    _exp_shifted(z, m, e)
+    s = _sum(e)
+    log_s = math.log(s)
+    keep = ONE - eps
+    a_sum = keep * w_y + eps_c * w_sum
+    loss = keep * w_y * (m - z_y + log_s) + eps_c * (w_sum * log_s + gap)
+    _write_label_grad(e, w, g * a_sum / s, g * eps_c, grad)
+    # p_y - a_y in the accumulation dtype, rounded once into grad.
+    grad[y] = g * (a_sum * e[y] / s - (keep * w_y + eps_c * w_y))
+    return loss
+
+
+@njit(parallel=True, cache=True)
+def _labels_kernel(logits, labels, w, scale, grad, row_loss, ignore_index, eps, eps_c, chunk):
+    n, c = logits.shape
+    per_row = scale.shape[0] != 1
+    for b in prange((n + chunk - 1) // chunk):
+        e = np.empty(c, row_loss.dtype)
+        for i in range(b * chunk, min(n, (b + 1) * chunk)):
+            g = scale[i] if per_row else scale[0]
+            row_loss[i] = _label_row(
+                logits[i], labels[i], w, g, ignore_index, eps, eps_c, e, grad[i]
+            )
+
+
+@njit(cache=True)
+def _soft_row(z, t, w, g, keep, eps_c, e, grad):
+    m = _row_max(z)
+    a_sum, gap = _soft_sums(z, t, w, m, keep, eps_c)
+    _exp_shifted(z, m, e)
+    s = _sum(e)
+    _write_soft_grad(e, t, w, g * a_sum / s, g, keep, eps_c, grad)
+    return a_sum * math.log(s) + gap
+
+
+@njit(parallel=True, cache=True)
+def _probs_kernel(logits, target, w, scale, grad, row_loss, keep, eps_c, chunk):
+    n, c = logits.shape
+    per_row = scale.shape[0] != 1
+    for b in prange((n + chunk - 1) // chunk):
+        e = np.empty(c, row_loss.dtype)
+        for i in range(b * chunk, min(n, (b + 1) * chunk)):
+            g = scale[i] if per_row else scale[0]
+            row_loss[i] = _soft_row(logits[i], target[i], w, g, keep, eps_c, e, grad[i])
+
+
+@njit(parallel=True, cache=True)
+def _row_weights_kernel(labels, w, row_weight, ignore_index, num_classes):
+    for i in prange(labels.shape[0]):
+        y = labels[i]
+        if y == ignore_index or y < 0 or y >= num_classes:
+            row_weight[i] = 0
+        else:
+            row_weight[i] = w[y] if w.shape[0] else 1
+
+
+def _chunk(n: int) -> int:
+    """Rows per parallel task: several tasks per thread, one scratch row per task."""
+    return max(1, -(-n // (8 * numba.get_num_threads())))
+
+
+def label_row_weights(labels, weight, row_weight, ignore_index, num_classes):
+    """row_weight[i] = weight[labels[i]] (1 without weights); 0 if ignored or out of range."""
+    _row_weights_kernel(labels, weight, row_weight, ignore_index, num_classes)
+
+
+def softmax_xent_labels(
+    logits, labels, weight, grad_scale, grad, row_loss, ignore_index, smoothing
+):
+    """Fused CE with class indices (maths in docs/BACKENDS.md)."""
+    acc = row_loss.dtype.type
+    n, c = logits.shape
+    buffer = output_view(grad)
+    _labels_kernel(
+        compute_view(logits),
+        labels,
+        weight,
+        grad_scale,
+        buffer,
+        row_loss,
+        ignore_index,
+        acc(smoothing),
+        acc(smoothing / c),
+        _chunk(n),
+    )
+    store(buffer, grad)
+
+
+def softmax_xent_probs(logits, target, weight, grad_scale, grad, row_loss, smoothing):
+    """Fused CE with class probabilities (maths in docs/BACKENDS.md)."""
+    acc = row_loss.dtype.type
+    n, c = logits.shape
+    buffer = output_view(grad)
+    _probs_kernel(
+        compute_view(logits),
+        target.astype(row_loss.dtype, copy=False),
+        weight,
+        grad_scale,
+        buffer,
+        row_loss,
+        acc(1.0 - smoothing),
+        acc(smoothing / c),
+        _chunk(n),
+    )
+    store(buffer, grad)

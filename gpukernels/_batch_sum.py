@@ -1,0 +1,87 @@
+"""``batch_sum`` and the canonical (deterministic, pairwise) sums the losses reduce with."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validate
+from ._canon import tile_count
+from ._dispatch import Call, accumulation_dtype
+
+
+def canonical_sum(call: Call, v):
+    """Sum of the 1-D array ``v`` in the canonical tile-tree order, as a 0-d array.
+
+    The tree is folded level by level (``reduce.tile_sums``) until one value is left, all on
+    ``v``'s device: nothing is read back to the host.
+    """
+    xp, acc = call.xp, accumulation_dtype(v.dtype)
+    n = v.shape[0]
+    if n == 0:
+        return xp.zeros((), acc)
+    tile_sums = call.ops("reduce").tile_sums
+    while n > 1:
+        partial = xp.empty(tile_count(n), acc)
+        tile_sums(v, partial)
+        v, n = partial, partial.shape[0]
+    return v.reshape(()).astype(acc, copy=False)
+
+
+def canonical_column_sums(call: Call, x):
+    """Per-column canonical sums of the 2-D array ``x``: shape ``(x.shape[1],)``."""
+    xp, acc = call.xp, accumulation_dtype(x.dtype)
+    n, m = x.shape
+    if n == 0:
+        return xp.zeros(m, acc)
+    column_tile_sums = call.ops("reduce").column_tile_sums
+    while n > 1:
+        partial = xp.empty((tile_count(n), m), acc)
+        column_tile_sums(x, partial)
+        x, n = partial, partial.shape[0]
+    return x[0].astype(acc, copy=False)
+
+
+def batch_sum(x, *, axis: int | None = None, out=None):
+    r"""Deterministic parallel sum of ``x``, over every element or over the batch axis.
+
+    .. math::
+        \mathrm{batch\_sum}(x) = \sum_i x_i, \qquad
+        \mathrm{batch\_sum}(x, \mathrm{axis}=0)_j = \sum_i x_{i, j}
+
+    The order is a fixed pairwise tree (tiles of 256 values folded by halving, the tile sums
+    folded again), so the same input gives the same bits on every run, launch shape and
+    backend, and the error grows like ``log2(n)`` roundings. float16 and float32 accumulate
+    in float32, float64 in float64.
+
+    Args:
+        x: array of any shape, float16/float32/float64 (NumPy or CuPy).
+        axis: ``None`` sums every element (0-d result); ``0`` sums over the first axis
+            (result ``x.shape[1:]``, the bias gradient of a layer).
+        out: optional array of the result's shape and dtype to write into.
+
+    Returns:
+        The sum: float32 for float16 input, else ``x``'s dtype.
+
+    Example:
+        >>> import numpy as np, gpukernels as gk
+        >>> gk.batch_sum(np.ones((4, 3), np.float32), axis=0)
+        array([4., 4., 4.], dtype=float32)
+    """
+    call = Call(x=x, out=out)
+    x, out = call.arrays["x"], call.arrays["out"]
+    dtype = _validate.float_array("x", x)
+    _validate.axis(axis, x.ndim)
+    acc = accumulation_dtype(dtype)
+    shape = () if axis is None else tuple(x.shape[1:])
+    _validate.out_array(out, shape, acc, call.library)
+    xp = call.xp
+    if axis is None:
+        result = canonical_sum(call, xp.ascontiguousarray(x).reshape(-1))
+    else:
+        width = int(np.prod(shape, dtype=np.int64))
+        columns = canonical_column_sums(call, x.reshape(x.shape[0], width))
+        result = columns.reshape(shape)
+    if out is None:
+        return xp.asarray(result)
+    out[...] = result
+    return out

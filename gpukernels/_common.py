@@ -1,0 +1,53 @@
+"""Allocation helpers shared by the public functions (shapes, scales, ``out=`` buffers)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def upstream_scale(xp, grad_output, acc: np.dtype):
+    """``grad_output`` as a 1-D ``acc`` array: length 1 for a scalar, else flattened.
+
+    A Python number becomes a device-side fill (no host-to-device copy); an array stays
+    where it is.
+    """
+    if grad_output is None:
+        return xp.ones(1, acc)
+    if isinstance(grad_output, int | float | np.number):
+        return xp.full(1, grad_output, acc)
+    return xp.ascontiguousarray(grad_output, dtype=acc).reshape(-1)
+
+
+def safe_divide(xp, value, divisor):
+    """``value / divisor``, with a zero divisor taken as 1 (a mean over nothing is 0)."""
+    return value / xp.where(divisor == 0, 1, divisor).astype(divisor.dtype, copy=False)
+
+
+def flat_input(xp, x, dtype=None):
+    """``x`` as a 1-D C-contiguous array (a copy only when ``x`` is not contiguous)."""
+    return xp.ascontiguousarray(x, dtype=dtype).reshape(-1)
+
+
+class FlatOutput:
+    """A 1-D buffer for an elementwise launcher that lands in ``out`` (or a new array).
+
+    When ``out`` is not C-contiguous the launcher writes a temporary that ``result`` copies
+    into ``out``; otherwise it writes ``out``'s memory directly.
+    """
+
+    __slots__ = ("flat", "out", "shape")
+
+    def __init__(self, xp, out, shape: tuple[int, ...], dtype: np.dtype):
+        self.shape = shape
+        if out is None:
+            out = xp.empty(shape, dtype)
+        self.out = out
+        if out.flags.c_contiguous:
+            self.flat = out.reshape(-1)
+        else:
+            self.flat = xp.empty(int(np.prod(shape, dtype=np.int64)), dtype)
+
+    def result(self):
+        if not self.out.flags.c_contiguous:
+            self.out[...] = self.flat.reshape(self.shape)
+        return self.out

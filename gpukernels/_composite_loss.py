@@ -1,0 +1,130 @@
+"""``composite_loss``: several loss terms on column slices of one output, in one launch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _validate
+from ._batch_sum import canonical_column_sums
+from ._common import safe_divide, upstream_scale
+from ._dispatch import Call, accumulation_dtype
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One term of a :func:`composite_loss`.
+
+    Attributes:
+        kind: ``"softmax_cross_entropy"``, ``"bce_with_logits"`` or ``"mse"``.
+        columns: slice of the prediction's columns the term reads.
+        target_columns: slice of the target's columns (default: ``columns``). For softmax
+            cross-entropy either one column holding the class index or one per class.
+        weight: the term's factor in the total loss.
+        only_where: target column ``k``: apply the term only to rows whose ``target[:, k]``
+            is nonzero; its mean is then over those rows alone.
+    """
+
+    kind: str
+    columns: slice
+    target_columns: slice | None = None
+    weight: float = 1.0
+    only_where: int | None = None
+
+
+def composite_loss(pred, target, terms: Sequence[LossTerm], *, grad_output=None, out=None):
+    r"""A loss made of different terms on different columns of one output, fused.
+
+    .. math::
+        L = \sum_k w_k \, \frac{1}{D_k} \sum_{i \in S_k} \ell_k(\mathrm{pred}_{i, c_k},
+        \mathrm{target}_{i, t_k}), \qquad
+        \frac{\partial L}{\partial \mathrm{pred}} = \sum_k w_k
+        \frac{\partial}{\partial \mathrm{pred}} \Big(\frac{1}{D_k} \sum_{i \in S_k}
+        \ell_k\Big)
+
+    (the sum rule: each term's gradient lands in its own columns and overlapping columns
+    add; columns no term reads get 0). :math:`S_k` are the selected rows (all, or those with
+    ``target[:, only_where] != 0``); :math:`D_k` is :math:`|S_k|` for cross-entropy and
+    :math:`|S_k|` times the term's width for BCE and MSE (each term's own ``"mean"``). A term
+    that selects no row contributes 0. One kernel launch computes every term.
+
+    Args:
+        pred: ``(N, P)`` float16/float32/float64.
+        target: ``(N, Q)`` floats.
+        terms: sequence of :class:`LossTerm`.
+        grad_output: scalar upstream gradient.
+        out: array to write the gradient into; may be ``pred`` itself.
+
+    Returns:
+        ``(loss, grad)``: 0-d loss and the gradient like ``pred``.
+
+    Example:
+        >>> import numpy as np, gpukernels as gk
+        >>> pred = np.array([[2.0, 0.1, 0.2, 0.3, 0.4], [-1.0, 0.0, 0.0, 0.0, 0.0]])
+        >>> target = np.array([[1.0, 0.0, 0.2, 0.3, 0.5], [0.0, 0.0, 0.0, 0.0, 0.0]])
+        >>> terms = [gk.LossTerm("bce_with_logits", slice(0, 1)),
+        ...          gk.LossTerm("mse", slice(1, 5), only_where=0)]
+        >>> loss, grad = gk.composite_loss(pred, target, terms)
+        >>> round(float(loss), 4)
+        0.2251
+    """
+    call = Call(pred=pred, target=target, grad_output=grad_output, out=out)
+    pred, target = call.arrays["pred"], call.arrays["target"]
+    grad_output, out = call.arrays["grad_output"], call.arrays["out"]
+    dtype = _validate.float_array("pred", pred)
+    _validate.ndim("pred", pred, 2, "an (N, P) batch of output rows")
+    _validate.float_array("target", target)
+    _validate.ndim("target", target, 2, "an (N, Q) batch of target rows")
+    n = pred.shape[0]
+    if target.shape[0] != n:
+        raise ValueError(f"target must have {n} rows like pred, got {target.shape[0]}")
+    _validate.out_array(out, tuple(pred.shape), dtype, call.library)
+    _validate.grad_output(grad_output, "mean", ())
+    resolved = _validate.loss_terms(terms, pred.shape[1], target.shape[1])
+
+    xp, acc = call.xp, accumulation_dtype(dtype)
+    target = target.astype(dtype, copy=False)
+    for k, (kind, (c0, c1), (t0, t1), _, _) in enumerate(resolved):
+        if kind == 0 and t1 - t0 == 1:
+            _validate.class_index_column(
+                xp, target[:, t0], c1 - c0, f"target column {t0} (the class index of terms[{k}])"
+            )
+
+    # factor_k = w_k / D_k on the device (0 where the term selects no row).
+    factors = [
+        safe_divide(
+            xp, xp.full((), weight, acc), _term_divisor(xp, target, kind, c1 - c0, only, n, acc)
+        )
+        for kind, (c0, c1), _, only, weight in resolved
+    ]
+    term_scale = xp.stack(factors) * upstream_scale(xp, grad_output, acc)
+
+    grad = xp.empty(pred.shape, dtype) if out is None else out
+    row_loss = xp.empty((n, len(resolved)), acc)
+    if n:
+        kinds, cols, tcols, only_where = _term_table(xp, resolved)
+        call.ops("composite").composite(
+            pred, target, kinds, cols, tcols, only_where, term_scale, grad, row_loss
+        )
+    sums = canonical_column_sums(call, row_loss)
+    loss = sum(factor * sums[k] for k, factor in enumerate(factors))
+    return xp.asarray(loss, dtype=acc), grad
+
+
+def _term_divisor(xp, target, kind: int, width: int, only_where: int, n: int, acc):
+    """The term's mean denominator as a 0-d array on the data's device."""
+    rows = xp.full((), n, acc) if only_where < 0 else xp.count_nonzero(target[:, only_where])
+    rows = xp.asarray(rows).astype(acc)
+    return rows if kind == 0 else rows * width
+
+
+def _term_table(xp, resolved):
+    """The terms' integer metadata as arrays of the data's library."""
+    table = np.array(
+        [[kind, c0, c1, t0, t1, only] for kind, (c0, c1), (t0, t1), only, _ in resolved],
+        dtype=np.int64,
+    )
+    parts = (table[:, 0], table[:, 1:3], table[:, 3:5], table[:, 5])
+    return tuple(xp.asarray(np.ascontiguousarray(part)) for part in parts)

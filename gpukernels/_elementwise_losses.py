@@ -1,0 +1,191 @@
+"""``bce_with_logits`` and ``mse``: one pass writes the gradient and the canonical partial sums."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validate
+from ._batch_sum import canonical_sum
+from ._canon import tile_count
+from ._common import FlatOutput, flat_input, upstream_scale
+from ._dispatch import Call, accumulation_dtype
+
+
+def _elementwise_loss(call, op, x, inputs, divisor, reduction, grad_output, out):
+    """Shared tail of the elementwise losses: scale, launch, reduce.
+
+    ``inputs`` are the launcher's arguments after the prediction; ``divisor`` the mean's
+    denominator (a Python int; 0 for a mean over nothing, which is 0 with a zero gradient).
+    """
+    xp, dtype = call.xp, np.dtype(x.dtype)
+    acc = accumulation_dtype(dtype)
+    shape, n = tuple(x.shape), int(x.size)
+    grad = FlatOutput(xp, out, shape, dtype)
+    scale = upstream_scale(xp, grad_output, acc)
+    if divisor > 1:
+        scale = scale / acc.type(divisor)
+    reduce = reduction != "none"
+    loss = xp.empty(tile_count(n) if reduce else n, acc)
+    if n:
+        op(flat_input(xp, x), *inputs, scale, grad.flat, loss, reduce)
+    if not reduce:
+        return loss.reshape(shape), grad.result()
+    total = canonical_sum(call, loss)
+    if divisor > 1:
+        total = total / acc.type(divisor)
+    return xp.asarray(total), grad.result()
+
+
+def _checked(call, name_x, name_t, reduction, allowed, grad_output, out):
+    a = call.arrays
+    x, t = a[name_x], a[name_t]
+    dtype = _validate.float_array(name_x, x)
+    _validate.float_array(name_t, t)
+    _validate.same_shape(name_t, t, name_x, tuple(x.shape))
+    _validate.reduction(reduction, allowed)
+    _validate.out_array(out, tuple(x.shape), dtype, call.library)
+    _validate.grad_output(grad_output, reduction, tuple(x.shape))
+    return x, t, dtype
+
+
+def bce_with_logits(
+    logits,
+    target,
+    *,
+    reduction: str = "mean",
+    weight=None,
+    pos_weight=None,
+    grad_output=None,
+    out=None,
+):
+    r"""Binary cross-entropy on logits, and its gradient, in one pass.
+
+    With :math:`\sigma` the sigmoid, :math:`w` the weight and :math:`p_w` the positive
+    weight (along the last axis), :math:`l_w = 1 + (p_w - 1) y`:
+
+    .. math::
+        \ell = w \big[(1 - y) z + l_w \log(1 + e^{-z})\big], \qquad
+        \frac{\partial \ell}{\partial z} = w \big[l_w \sigma(z) - p_w y\big]
+
+    (``w (sigma(z) - y)`` without ``pos_weight``), computed from :math:`e^{-|z|}` so that
+    nothing overflows for large :math:`|z|`. Semantics of
+    ``torch.nn.functional.binary_cross_entropy_with_logits``; ``"mean"`` divides by the
+    number of elements, and a mean over nothing is 0.
+
+    Args:
+        logits: any shape, float16/float32/float64.
+        target: same shape, values in [0, 1].
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        weight: optional, broadcasts to ``logits``' shape.
+        pos_weight: optional, broadcasts along the last axis (shape ``(L,)``).
+        grad_output: upstream gradient: a scalar, or with ``"none"`` an array of the shape.
+        out: array to write the gradient into; may be ``logits`` itself.
+
+    Returns:
+        ``(loss, grad)``; loss is 0-d, or ``logits``' shape for ``"none"``.
+
+    Example:
+        >>> import numpy as np, gpukernels as gk
+        >>> loss, grad = gk.bce_with_logits(np.array([0.0, 2.0]), np.array([1.0, 0.0]))
+        >>> round(float(loss), 4), grad.round(4).tolist()
+        (1.41, [-0.25, 0.4404])
+    """
+    call = Call(
+        logits=logits,
+        target=target,
+        weight=weight,
+        pos_weight=pos_weight,
+        grad_output=grad_output,
+        out=out,
+    )
+    x, t, dtype = _checked(
+        call,
+        "logits",
+        "target",
+        reduction,
+        ("mean", "sum", "none"),
+        call.arrays["grad_output"],
+        call.arrays["out"],
+    )
+    xp, acc = call.xp, accumulation_dtype(dtype)
+    shape = tuple(x.shape)
+    last = shape[-1] if shape else 1
+    w, pw = call.arrays["weight"], call.arrays["pos_weight"]
+    if w is None:
+        w = xp.empty(0, acc)
+    else:
+        _validate.float_array("weight", w)
+        _validate.broadcastable("weight", w, shape)
+        w = flat_input(xp, xp.broadcast_to(w.astype(acc, copy=False), shape))
+    if pw is None:
+        pw = xp.empty(0, acc)
+    else:
+        _validate.float_array("pos_weight", pw)
+        _validate.broadcastable("pos_weight", pw, (last,))
+        pw = flat_input(xp, xp.broadcast_to(pw.astype(acc, copy=False), (last,)))
+    inputs = (flat_input(xp, t, dtype), w, pw)
+    divisor = x.size if reduction == "mean" else 1
+    return _elementwise_loss(
+        call,
+        call.ops("bce").bce_with_logits,
+        x,
+        inputs,
+        divisor,
+        reduction,
+        call.arrays["grad_output"],
+        call.arrays["out"],
+    )
+
+
+def mse(pred, target, *, reduction: str = "mean", grad_output=None, out=None):
+    r"""Mean squared error and its gradient in one pass.
+
+    .. math::
+        L = \frac{1}{D} \sum_i (p_i - t_i)^2, \qquad
+        \frac{\partial L}{\partial p_i} = \frac{2 (p_i - t_i)}{D}
+
+    with :math:`D` the number of elements for ``"mean"`` (PyTorch's ``mse_loss``),
+    ``pred.shape[0]`` for ``"batchmean"`` (the seeds' convention), 1 for ``"sum"``; ``"none"``
+    returns the elementwise squares. A mean over nothing is 0.
+
+    Args:
+        pred: any shape, float16/float32/float64.
+        target: same shape.
+        reduction: ``"mean"``, ``"batchmean"``, ``"sum"`` or ``"none"``.
+        grad_output: upstream gradient: a scalar, or with ``"none"`` an array of the shape.
+        out: array to write the gradient into; may be ``pred`` itself.
+
+    Returns:
+        ``(loss, grad)``; loss is 0-d, or ``pred``'s shape for ``"none"``.
+
+    Example:
+        >>> import numpy as np, gpukernels as gk
+        >>> loss, grad = gk.mse(np.array([8.0]), np.array([2.0]), reduction="sum")
+        >>> float(loss), grad.tolist()
+        (36.0, [12.0])
+    """
+    call = Call(pred=pred, target=target, grad_output=grad_output, out=out)
+    x, t, dtype = _checked(
+        call,
+        "pred",
+        "target",
+        reduction,
+        ("mean", "batchmean", "sum", "none"),
+        call.arrays["grad_output"],
+        call.arrays["out"],
+    )
+    if reduction == "batchmean" and x.ndim == 0:
+        raise ValueError("reduction='batchmean' needs pred with a batch axis (ndim >= 1)")
+    batch = x.shape[0] if x.ndim else 1
+    divisor = {"mean": x.size, "batchmean": batch, "sum": 1, "none": 1}[reduction]
+    inputs = (flat_input(call.xp, t, dtype),)
+    return _elementwise_loss(
+        call,
+        call.ops("mse").mse,
+        x,
+        inputs,
+        divisor,
+        reduction,
+        call.arrays["grad_output"],
+        call.arrays["out"],
+    )

@@ -1,0 +1,43 @@
+"""Scalar maths written once and compiled by both backends.
+
+``cpu_fallback`` wraps these with ``numba.njit`` and ``gpukernels`` with
+``numba.cuda.jit(device=True)``. Each is a leaf (it calls only ``math``), since a jitted
+function cannot call a plain Python one. Constants are float32 scalars so that float32
+arguments stay float32 and float64 arguments promote them to float64.
+"""
+
+import math
+
+import numpy as np
+
+ZERO = np.float32(0.0)
+ONE = np.float32(1.0)
+
+
+def sigmoid(x):
+    """sigma(x) = 1 / (1 + exp(-x)), from exp(-|x|) so that no exp overflows."""
+    e = math.exp(-abs(x))
+    r = ONE / (ONE + e)
+    return r if x >= ZERO else e * r
+
+
+def sigmoid_derivative(x):
+    """sigma(x) sigma(-x) = e / (1 + e)^2 with e = exp(-|x|): accurate for every x."""
+    e = math.exp(-abs(x))
+    r = ONE / (ONE + e)
+    return e * r * r
+
+
+def bce_with_logits(z, y, pw):
+    """Loss and d loss / dz of one logit ``z`` with target ``y`` and positive weight ``pw``.
+
+    loss = (1 - y) z + lw softplus(-z), lw = 1 + (pw - 1) y, softplus(-z) = log1p(e) +
+    max(-z, 0) with e = exp(-|z|); d loss / dz = lw sigma(z) - pw y (= sigma(z) - y for
+    pw = 1), formed without the cancellation of (1 - y) - lw sigma(-z).
+    """
+    e = math.exp(-abs(z))
+    r = ONE / (ONE + e)
+    sig = r if z >= ZERO else e * r
+    lw = ONE + (pw - ONE) * y
+    loss = (ONE - y) * z + lw * (math.log1p(e) + max(-z, ZERO))
+    return loss, lw * sig - pw * y

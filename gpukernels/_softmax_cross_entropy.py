@@ -1,0 +1,124 @@
+"""``softmax_cross_entropy``: the loss and its gradient in one fused pass over the logits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validate
+from ._batch_sum import canonical_sum
+from ._common import safe_divide, upstream_scale
+from ._dispatch import Call, accumulation_dtype
+
+
+def softmax_cross_entropy(
+    logits,
+    target,
+    *,
+    reduction: str = "mean",
+    weight=None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    grad_output=None,
+    out=None,
+    validate: bool = True,
+):
+    r"""Softmax cross-entropy of ``logits`` against ``target`` and its gradient, fused.
+
+    With :math:`p = \mathrm{softmax}(z)` per row and :math:`a` the weighted, smoothed target
+    (class indices: :math:`a_c = (1-\varepsilon) w_y [c = y] + \tfrac{\varepsilon}{C} w_c`;
+    probabilities: :math:`a_c = w_c ((1-\varepsilon) t_c + \tfrac{\varepsilon}{C})`):
+
+    .. math::
+        \ell_i = -\sum_c a_c \log p_c, \qquad
+        \frac{\partial \ell_i}{\partial z_c} = \Big(\sum_k a_k\Big) p_c - a_c
+
+    (``p - y`` without weights and smoothing), times the reduction's scale: ``"mean"``
+    divides by :math:`\sum_i w_{y_i}` over non-ignored rows (class indices) or by ``N``
+    (probabilities); ``"sum"`` by 1; ``"none"`` keeps per-row losses. Semantics are those of
+    ``torch.nn.functional.cross_entropy``, except that a mean over nothing is 0 with a zero
+    gradient. The row's log-sum-exp is max-subtracted: stable for any finite logits.
+
+    Args:
+        logits: ``(N, C)`` float16/float32/float64.
+        target: ``(N,)`` integer class indices, or ``(N, C)`` class probabilities.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        weight: optional ``(C,)`` per-class weight.
+        ignore_index: class index whose rows are skipped (class-index targets).
+        label_smoothing: :math:`\varepsilon` in ``[0, 1]``.
+        grad_output: upstream gradient: a scalar, or with ``"none"`` an ``(N,)`` array.
+        out: array to write the gradient into; may be ``logits`` itself (in place).
+        validate: check class indices (one small device-to-host read on a GPU). With
+            ``False`` a bad index gives that row a zero gradient and a NaN loss.
+
+    Returns:
+        ``(loss, grad)``: ``loss`` 0-d (or ``(N,)`` for ``"none"``), float32 for float16
+        logits; ``grad`` like ``logits``.
+
+    Example:
+        >>> import numpy as np, gpukernels as gk
+        >>> z = np.array([[2.0, 0.0, -1.0]], np.float32)
+        >>> loss, grad = gk.softmax_cross_entropy(z, np.array([0]))
+        >>> round(float(loss), 4), grad.round(3).tolist()
+        (0.1698, [[-0.156, 0.114, 0.042]])
+    """
+    call = Call(logits=logits, target=target, weight=weight, grad_output=grad_output, out=out)
+    a = call.arrays
+    logits, target, weight, grad_output, out = (
+        a["logits"],
+        a["target"],
+        a["weight"],
+        a["grad_output"],
+        a["out"],
+    )
+    dtype = _validate.float_array("logits", logits)
+    _validate.ndim("logits", logits, 2, "a (N, C) batch of logit rows")
+    _validate.reduction(reduction)
+    _validate.label_smoothing(label_smoothing)
+    n, c = logits.shape
+    _validate.class_weight(weight, c)
+    class_indices = np.dtype(target.dtype).kind in "iu"
+    if class_indices:
+        _validate.same_shape("target", target, "the logits' rows", (n,))
+    else:
+        _validate.float_array("target", target)
+        _validate.same_shape("target", target, "logits", (n, c))
+    _validate.out_array(out, (n, c), dtype, call.library)
+    _validate.grad_output(grad_output, reduction, (n,))
+    if c == 0 and n > 0:
+        raise ValueError("logits must have at least one class (C >= 1)")
+
+    xp, acc = call.xp, accumulation_dtype(dtype)
+    grad = xp.empty((n, c), dtype) if out is None else out
+    if n == 0:
+        grad[...] = 0
+        return xp.zeros((0,) if reduction == "none" else (), acc), grad
+    labels = target.astype(np.int64, copy=False) if class_indices else None
+    if class_indices and validate:
+        _validate.class_indices(xp, labels, c, ignore_index)
+
+    ops = call.ops("softmax_xent")
+    w = xp.empty(0, acc) if weight is None else weight.astype(acc, copy=False)
+    scale = upstream_scale(xp, grad_output, acc)
+    if reduction == "mean":
+        if class_indices:
+            row_weight = xp.empty(n, acc)
+            ops.label_row_weights(labels, w, row_weight, ignore_index, c)
+            divisor = canonical_sum(call, row_weight)
+        else:
+            divisor = xp.full((), n, acc)
+        scale = safe_divide(xp, scale, divisor)
+
+    row_loss = xp.empty(n, acc)
+    if class_indices:
+        ops.softmax_xent_labels(
+            logits, labels, w, scale, grad, row_loss, ignore_index, float(label_smoothing)
+        )
+    else:
+        ops.softmax_xent_probs(logits, target, w, scale, grad, row_loss, float(label_smoothing))
+
+    if reduction == "none":
+        return row_loss, grad
+    total = canonical_sum(call, row_loss)
+    if reduction == "mean":
+        total = safe_divide(xp, total, divisor)
+    return xp.asarray(total), grad
