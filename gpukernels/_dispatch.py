@@ -97,12 +97,17 @@ class Call:
         self.backend = backend_of(self.library)
         self.xp = array_module(self.library)
         if self.xp is not np:
-            arrays = {k: None if v is None else self.xp.asarray(v) for k, v in arrays.items()}
+            arrays = {k: _adopt(self.xp, v) for k, v in arrays.items()}
         self.arrays = arrays
 
     def ops(self, op: str) -> ModuleType:
         """The launcher module of ``op`` on this call's backend."""
         return kernels(self.backend, op)
+
+
+def _adopt(cupy, x):
+    """CUDA arrays as CuPy arrays (zero-copy); ``None`` and plain numbers as they are."""
+    return x if x is None or isinstance(x, int | float | np.number) else cupy.asarray(x)
 
 
 def accumulation_dtype(dtype: np.dtype) -> np.dtype:

@@ -11,6 +11,7 @@ import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 REDUCTIONS = ("mean", "sum", "none")
+SCALAR_ALLOWED = frozenset({"grad_output"})
 
 
 def array_library(name: str, x) -> str:
@@ -26,10 +27,11 @@ def common_library(arrays: dict[str, object]) -> str:
     """The one array library of the named arrays (``None`` values are skipped).
 
     Mixing NumPy and CUDA arrays, or CUDA arrays on different devices, is a TypeError.
+    Arguments named in ``SCALAR_ALLOWED`` may also be plain numbers, which are skipped.
     """
     first_name, first_lib, first_device = None, None, None
     for name, x in arrays.items():
-        if x is None:
+        if x is None or (name in SCALAR_ALLOWED and isinstance(x, int | float | np.number)):
             continue
         lib = array_library(name, x)
         device = _device_id(x) if lib == "cuda" else None
