@@ -78,8 +78,8 @@ def array_module(library: str) -> ModuleType:
 
 @functools.cache
 def kernels(backend_name: str, op: str) -> ModuleType:
-    """The launcher module of ``op`` for a backend: ``cpu_fallback.<op>`` or ``gpukernels.<op>``."""
-    package = "cpu_fallback" if backend_name == "cpu" else "gpukernels"
+    """The launcher module of ``op``: ``cpu_fallback.<op>`` or ``gpukernels.cuda.<op>``."""
+    package = "cpu_fallback" if backend_name == "cpu" else "gpukernels.cuda"
     return importlib.import_module(f"{package}.{op}")
 
 

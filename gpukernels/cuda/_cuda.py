@@ -1,0 +1,186 @@
+"""What the CUDA launchers need to know about Numba, CuPy, streams and the simulator.
+
+This is the one module that knows whether kernels run on a GPU or on Numba's simulator
+(``NUMBA_ENABLE_CUDASIM=1``), how a caller's array becomes a kernel argument, which stream a
+kernel is launched on, and which launch shapes (threads per block, blocks per grid) the
+launchers use. The choice between the shared-memory and the warp-shuffle block reductions is
+made in :mod:`gpukernels.reduce` from :data:`SIMULATOR`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import types as types_module
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from numba import cuda
+from numba.core import types
+
+try:  # the flag numba-cuda itself reads to pick the simulator
+    from numba.cuda.core.config import ENABLE_CUDASIM as _SIM
+except ImportError:  # older numba-cuda keeps it in Numba's config
+    from numba.config import ENABLE_CUDASIM as _SIM
+
+SIMULATOR: bool = bool(_SIM)
+
+try:
+    from numba.cuda.core.errors import NumbaPerformanceWarning as _PerformanceWarning
+except ImportError:
+    from numba.core.errors import NumbaPerformanceWarning as _PerformanceWarning
+
+
+@dataclass
+class LaunchPolicy:
+    """Threads per block and grid caps, chosen once here for every launcher.
+
+    Every tile width must be a power of two dividing ``TILE``; the canonical sums come out the
+    same bits for any of them (tests change these fields to check that).
+    """
+
+    tile_threads: int  # threads of a block that sums one TILE (reduce, fused bce/mse)
+    column_block: tuple[int, int]  # (columns, threads per column) of column_tile_sums
+    elementwise_threads: int  # sigmoid kernels, label weights, composite (a thread per row)
+    max_blocks: int  # grid cap of grid-stride kernels
+    row_elements: int  # softmax: aim for this many elements of a row per thread
+    row_threads: tuple[int, int]  # softmax: (fewest, most) threads per row
+    row_block: int  # softmax: threads per block when rows are short (several rows a block)
+    shared_bytes: int  # dynamic shared memory a block may use without an opt-in
+
+
+# Simulated threads cost ~5 ms each per launch, so the simulator gets tiny blocks and at most
+# two blocks (the grid-stride loops still run); a GPU gets blocks that fill an SM. A softmax row
+# gets at most 512 threads so that a block never needs more than 128 registers a thread.
+GPU_POLICY = LaunchPolicy(
+    tile_threads=128,
+    column_block=(32, 8),
+    elementwise_threads=256,
+    max_blocks=8192,
+    row_elements=8,
+    row_threads=(4, 512),
+    row_block=256,
+    shared_bytes=48 * 1024,
+)
+SIMULATOR_POLICY = LaunchPolicy(
+    tile_threads=16,
+    column_block=(4, 4),
+    elementwise_threads=16,
+    max_blocks=2,
+    row_elements=32,
+    row_threads=(2, 8),
+    row_block=8,
+    shared_bytes=48 * 1024,
+)
+POLICY: LaunchPolicy = SIMULATOR_POLICY if SIMULATOR else GPU_POLICY
+
+
+def accumulator(dtype) -> types.Float:
+    """The accumulation type: float64 for float64 data, float32 for float16 and float32."""
+    return types.float64 if np.dtype(dtype) == np.float64 else types.float32
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def grid_for(n: int, threads: int) -> int:
+    """Blocks for ``n`` work items of ``threads`` each, capped (kernels loop grid-stride)."""
+    return max(1, min(-(-n // threads), POLICY.max_blocks))
+
+
+def row_shape(num_classes: int, itemsize: int) -> tuple[int, int, bool, int]:
+    """Softmax launch shape for rows of ``num_classes`` values of ``itemsize`` bytes (acc).
+
+    Returns ``(tx, ry, cache, shared)``: ``tx`` threads per row (a power of two, so rows longer
+    than ``tx`` are strided), ``ry`` rows per block, whether the rows are kept in shared memory
+    (they are when they fit in ``POLICY.shared_bytes`` beside the reduction scratch; otherwise
+    the gradient pass re-reads them) and the dynamic shared bytes to launch with.
+    """
+    lo, hi = POLICY.row_threads
+    tx = min(hi, max(lo, _next_pow2(-(-num_classes // POLICY.row_elements))))
+    ry = max(1, POLICY.row_block // tx)
+    scratch = ry * tx
+    cache = (scratch + ry * num_classes) * itemsize <= POLICY.shared_bytes
+    return tx, ry, cache, (scratch + (ry * num_classes if cache else 0)) * itemsize
+
+
+def tile_grid(num_tiles: int) -> int:
+    """Blocks for ``num_tiles`` canonical tiles (a block loops over tiles grid-stride)."""
+    return max(1, min(num_tiles, POLICY.max_blocks))
+
+
+def kernel_arg(x):
+    """The caller's array as a kernel argument, sharing its memory (no copy, no sync).
+
+    On a GPU: a Numba view of the ``__cuda_array_interface__`` with ``sync=False``, since
+    Numba's default would synchronise the producer's stream on the host at every launch.
+    Under the simulator: the NumPy array wrapped as a ``FakeCUDAArray``; a bare NumPy argument
+    would be copied in and out, which breaks aliasing (a gradient written over its logits).
+    """
+    if SIMULATOR:
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        return FakeCUDAArray(np.asarray(x))
+    return cuda.from_cuda_array_interface(x.__cuda_array_interface__, owner=x, sync=False)
+
+
+@functools.lru_cache(maxsize=64)
+def _external_stream(ptr: int):
+    return cuda.external_stream(ptr)
+
+
+def launch_stream():
+    """CuPy's current stream as a Numba stream (the legacy default stream for pointer 0).
+
+    The simulator has no external streams; it runs every launch at once on stream 0.
+    """
+    if SIMULATOR:
+        return 0
+    try:
+        import cupy
+    except ImportError:  # a non-CuPy __cuda_array_interface__ caller: the default stream
+        return cuda.default_stream()
+    ptr = int(cupy.cuda.get_current_stream().ptr)
+    return cuda.default_stream() if ptr == 0 else _external_stream(ptr)
+
+
+def launch(kernel, grid, block, shared: int, *args) -> None:
+    """Launch ``kernel[grid, block]`` on the current stream; arrays become views, scalars stay."""
+    converted = [
+        kernel_arg(a) if hasattr(a, "__cuda_array_interface__") or isinstance(a, np.ndarray) else a
+        for a in args
+    ]
+    if SIMULATOR or _blocks(grid) >= 128:
+        kernel[grid, block, launch_stream(), shared](*converted)
+        return
+    # Numba warns at every launch of fewer than 128 blocks; a small batch is no user error.
+    # Only small grids pay for catch_warnings (and its global filter swap).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", _PerformanceWarning)
+        configured = kernel[grid, block, launch_stream(), shared]
+    configured(*converted)
+
+
+def _blocks(grid) -> int:
+    return math.prod(grid) if isinstance(grid, tuple) else grid
+
+
+def acc_constant(acc: types.Float, value: float):
+    """A NumPy scalar of ``acc``'s type: a typed constant for kernels built for ``acc``."""
+    return np.float64(value) if acc == types.float64 else np.float32(value)
+
+
+@functools.cache
+def scalar_device(fn, acc: types.Float):
+    """A ``gpukernels._scalar`` function as a device function whose constants are ``acc``.
+
+    ``_scalar`` writes its constants as float32 so that Numba keeps float32 maths float32.
+    In the simulator the maths is NumPy's, where float32 constant + Python float (what
+    ``math.exp`` returns) is float32: float64 kernels would silently lose precision there.
+    Rebinding ``ONE`` and ``ZERO`` to ``acc`` changes nothing for a compiled float64 kernel.
+    """
+    names = {"ONE": acc_constant(acc, 1.0), "ZERO": acc_constant(acc, 0.0)}
+    rebound = types_module.FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__)
+    return cuda.jit(device=True)(rebound)

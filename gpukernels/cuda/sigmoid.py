@@ -1,0 +1,81 @@
+r"""Elementwise sigmoid, its derivative and its backward pass, grid-stride over 1-D arrays.
+
+.. math::
+    \sigma(x) = \frac{1}{1 + e^{-x}}, \qquad \sigma'(x) = \sigma(x)\,\sigma(-x), \qquad
+    \mathrm{backward}(g, y) = g\, y\, (1 - y)
+
+computed from :math:`e^{-|x|}` (``gpukernels._scalar``) so that nothing overflows and
+:math:`\sigma'` keeps its relative precision where :math:`1 - \sigma(x)` would round to 0.
+Maths in the accumulation dtype, rounded once at the store.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from numba import cuda
+from numba.core import types
+
+from .. import _scalar
+from ._cuda import POLICY, acc_constant, accumulator, grid_for, launch, scalar_device
+
+_STORAGE = (types.float16, types.float32, types.float64)
+
+
+@functools.cache
+def _kernels(acc):
+    one = acc_constant(acc, 1.0)
+    _sigmoid = scalar_device(_scalar.sigmoid, acc)
+    _sigmoid_derivative = scalar_device(_scalar.sigmoid_derivative, acc)
+
+    @cuda.jit
+    def _sigmoid_kernel(x, y):
+        for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+            y[i] = _sigmoid(acc(x[i]))
+
+    @cuda.jit
+    def _sigmoid_derivative_kernel(x, y):
+        for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+            y[i] = _sigmoid_derivative(acc(x[i]))
+
+    @cuda.jit
+    def _sigmoid_backward_kernel(grad_output, y, out):
+        for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+            s = acc(y[i])
+            out[i] = acc(grad_output[i]) * s * (one - s)
+
+    return _sigmoid_kernel, _sigmoid_derivative_kernel, _sigmoid_backward_kernel
+
+
+def _run(which: int, *arrays) -> None:
+    n = arrays[-1].shape[0]
+    if n == 0:
+        return
+    threads = POLICY.elementwise_threads
+    kernel = _kernels(accumulator(arrays[-1].dtype))[which]
+    launch(kernel, grid_for(n, threads), threads, 0, *arrays)
+
+
+def sigmoid(x, y) -> None:
+    """``y = 1 / (1 + exp(-x))`` elementwise (1-D, ``y`` may be ``x``)."""
+    _run(0, x, y)
+
+
+def sigmoid_derivative(x, y) -> None:
+    """``y = sigmoid(x) * sigmoid(-x)`` elementwise (1-D, ``y`` may be ``x``)."""
+    _run(1, x, y)
+
+
+def sigmoid_backward(grad_output, y, out) -> None:
+    """``out = grad_output * y * (1 - y)`` elementwise (1-D; ``y`` the saved sigmoid)."""
+    _run(2, grad_output, y, out)
+
+
+def ptx_signatures():
+    """``(kernel, argument types)`` of every launch this module makes on a GPU."""
+    sigs = []
+    for dtype in _STORAGE:
+        forward, derivative, backward = _kernels(accumulator(dtype.name))
+        vec = dtype[::1]
+        sigs += [(forward, (vec, vec)), (derivative, (vec, vec)), (backward, (vec, vec, vec))]
+    return sigs

@@ -1,0 +1,308 @@
+r"""Softmax cross-entropy, loss and gradient in one kernel: a row per group of threads.
+
+For a row ``z`` of ``C`` logits with max ``m``, :math:`s = \sum_c e^{z_c - m}`,
+:math:`\mathrm{lse} = m + \log s` and :math:`p = e^{z - m} / s`, the target weights ``a``
+(class weights ``w``, smoothing :math:`\varepsilon`) give
+
+.. math::
+    \ell = \sum_c a_c (\mathrm{lse} - z_c), \qquad
+    \frac{\partial \ell}{\partial z} = A p - a, \quad A = \sum_c a_c,
+
+with :math:`a_c = (1-\varepsilon) w_y [c = y] + \tfrac{\varepsilon}{C} w_c` for a class index
+``y`` and :math:`a_c = w_c (t_c (1-\varepsilon) + \tfrac{\varepsilon}{C})` for probabilities
+``t``. The gradient row is scaled by ``grad_scale`` (one value, or one per row).
+
+A block is ``ry`` rows of ``tx`` threads (``gpukernels.cuda._cuda.row_shape``). Pass 1 reads each
+logit once: an online max and rescaled sum of exponentials per thread (kept in shared memory
+when the rows fit in 48 KB), reduced over the row. Pass 2 writes the gradient (from shared
+memory, or re-reading the logits) and, with smoothing or probabilities, the loss sum. Every
+thread runs every reduction (they synchronise), rows past ``N`` just compute nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+from numba import cuda
+from numba.core import types
+
+from ._cuda import POLICY, acc_constant, accumulator, grid_for, launch, row_shape
+from .reduce import group_reducers
+
+_STORAGE = (types.float16, types.float32, types.float64)
+
+
+@functools.cache
+def _row_stats(acc):
+    """Device functions of the first pass: one thread's online (max, sum) and the row's."""
+    zero, one, neg_inf = (acc_constant(acc, v) for v in (0.0, 1.0, -math.inf))
+    group_sum, group_max = group_reducers(acc)
+
+    @cuda.jit(device=True)
+    def online(m, s, z):
+        # s = sum exp(z - m) over what the thread has seen; -inf adds exactly 0 (and is
+        # skipped so that -inf - -inf gives no NaN); NaN and +inf poison s below
+        if z > m:
+            return z, s * math.exp(m - z) + one
+        if z != neg_inf:
+            return m, s + math.exp(z - m)
+        return m, s
+
+    @cuda.jit(device=True)
+    def log(x):
+        # math.log(0) is -inf on a GPU but raises in the simulator's Python
+        return math.log(x) if x > zero else (neg_inf if x == zero else x - x)
+
+    @cuda.jit(device=True)
+    def row_max_sum(m, s, buf, tx, ty, tx_n):
+        big = group_max(m, buf, tx, ty, tx_n)
+        # a thread that saw +inf keeps m = +inf: exp(inf - inf) = NaN makes the row NaN
+        scale = math.exp(m - big) if m != neg_inf else zero
+        return big, group_sum(s * scale, buf, tx, ty, tx_n)
+
+    return online, row_max_sum, group_sum, log
+
+
+@functools.cache
+def _labels_kernel(acc):
+    zero, one, neg_inf = (acc_constant(acc, v) for v in (0.0, 1.0, -math.inf))
+    nan = acc_constant(acc, math.nan)
+    online, row_max_sum, group_sum, log = _row_stats(acc)
+
+    @cuda.jit
+    def _softmax_xent_labels_rows_kernel(
+        logits, labels, weight, grad_scale, grad, row_loss, ignore_index, smoothing, cache
+    ):
+        buf = cuda.shared.array(0, acc)
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        tx_n, ry = cuda.blockDim.x, cuda.blockDim.y
+        n, num_c = logits.shape
+        i = types.int64(cuda.blockIdx.x) * ry + ty
+        live = i < n
+        row = ry * tx_n + ty * num_c  # this row's cache in buf, after the scratch
+        has_w = weight.shape[0] > 0
+        eps = acc(smoothing)
+        eps_c = eps / acc(num_c) if num_c > 0 else zero
+        y = types.int64(-1)
+        valid = False
+        if live:
+            y = labels[i]
+            valid = y != ignore_index and y >= 0 and y < num_c
+        w_y = (acc(weight[y]) if has_w else one) if valid else zero
+        z_y = zero  # read only by the thread owning column y, before anyone writes the row
+        need_w = has_w and eps > zero  # sum_c w_c enters A only through the smoothing
+
+        m, s, w_sum = neg_inf, zero, zero
+        if live:
+            for c in range(tx, num_c, tx_n):
+                z = acc(logits[i, c])
+                if cache:
+                    buf[row + c] = z
+                if c == y:
+                    z_y = z
+                m, s = online(m, s, z)
+                if need_w:
+                    w_sum += acc(weight[c])
+        big, total = row_max_sum(m, s, buf, tx, ty, tx_n)
+        w_all = group_sum(w_sum, buf, tx, ty, tx_n) if need_w else acc(num_c)
+        lse = big + log(total)
+        inv = one / total if total != zero else zero  # total 0: every z -inf, or no row
+        # A = sum_c a_c = (1 - eps) w_y + (eps / C) sum_c w_c
+        big_a = (one - eps) * w_y + eps_c * w_all
+        g = grad_scale[i if grad_scale.shape[0] > 1 and live else 0]
+
+        smooth = zero
+        if live:
+            for c in range(tx, num_c, tx_n):
+                z = buf[row + c] if cache else acc(logits[i, c])
+                w_c = acc(weight[c]) if has_w else one
+                if valid:
+                    a = eps_c * w_c
+                    if c == y:
+                        a += (one - eps) * w_y
+                    # A p - a in acc, rounded once at the store (p_y - 1 never in float16)
+                    grad[i, c] = g * (big_a * (math.exp(z - big) * inv) - a)
+                    if eps > zero:
+                        smooth += w_c * (lse - z)
+                else:
+                    grad[i, c] = zero
+        if eps > zero:
+            smooth = group_sum(smooth, buf, tx, ty, tx_n)
+        if live:
+            if valid:
+                if tx == y % tx_n:
+                    loss = (one - eps) * w_y * (lse - z_y)
+                    if eps > zero:
+                        loss += eps_c * smooth
+                    row_loss[i] = loss
+            elif tx == 0:
+                # ignored: no loss; out of range: NaN so that the reduced loss shows it
+                row_loss[i] = zero if y == ignore_index else nan
+
+    return _softmax_xent_labels_rows_kernel
+
+
+@functools.cache
+def _probs_kernel(acc):
+    zero, one, neg_inf = (acc_constant(acc, v) for v in (0.0, 1.0, -math.inf))
+    online, row_max_sum, group_sum, log = _row_stats(acc)
+
+    @cuda.jit
+    def _softmax_xent_probs_rows_kernel(
+        logits, target, weight, grad_scale, grad, row_loss, smoothing, cache
+    ):
+        buf = cuda.shared.array(0, acc)
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        tx_n, ry = cuda.blockDim.x, cuda.blockDim.y
+        n, num_c = logits.shape
+        i = types.int64(cuda.blockIdx.x) * ry + ty
+        live = i < n
+        row = ry * tx_n + ty * num_c
+        has_w = weight.shape[0] > 0
+        eps = acc(smoothing)
+        eps_c = eps / acc(num_c) if num_c > 0 else zero
+
+        m, s, a_sum = neg_inf, zero, zero
+        if live:
+            for c in range(tx, num_c, tx_n):
+                z = acc(logits[i, c])
+                if cache:
+                    buf[row + c] = z
+                m, s = online(m, s, z)
+                w_c = acc(weight[c]) if has_w else one
+                a_sum += w_c * (acc(target[i, c]) * (one - eps) + eps_c)
+        big, total = row_max_sum(m, s, buf, tx, ty, tx_n)
+        big_a = group_sum(a_sum, buf, tx, ty, tx_n)
+        lse = big + log(total)
+        inv = one / total if total != zero else zero  # total 0: every z -inf, or no row
+        g = grad_scale[i if grad_scale.shape[0] > 1 and live else 0]
+
+        loss = zero
+        if live:
+            for c in range(tx, num_c, tx_n):
+                z = buf[row + c] if cache else acc(logits[i, c])
+                w_c = acc(weight[c]) if has_w else one
+                a = w_c * (acc(target[i, c]) * (one - eps) + eps_c)
+                grad[i, c] = g * (big_a * (math.exp(z - big) * inv) - a)
+                loss += a * (lse - z)
+        loss = group_sum(loss, buf, tx, ty, tx_n)
+        if live and tx == 0:
+            row_loss[i] = loss
+
+    return _softmax_xent_probs_rows_kernel
+
+
+@functools.cache
+def _row_weights_kernel(acc):
+    zero, one = acc_constant(acc, 0.0), acc_constant(acc, 1.0)
+
+    @cuda.jit
+    def _label_row_weights_kernel(labels, weight, row_weight, ignore_index, num_classes):
+        for i in range(cuda.grid(1), labels.shape[0], cuda.gridsize(1)):
+            y = labels[i]
+            if y == ignore_index or y < 0 or y >= num_classes:
+                row_weight[i] = zero
+            else:
+                row_weight[i] = acc(weight[y]) if weight.shape[0] > 0 else one
+
+    return _label_row_weights_kernel
+
+
+def label_row_weights(labels, weight, row_weight, ignore_index, num_classes) -> None:
+    """``row_weight[i]``: 0 for an ignored or out-of-range label, else ``weight[labels[i]]``.
+
+    ``labels`` ``(N,)`` int64; ``weight`` ``(C,)`` acc or ``(0,)`` for 1; ``row_weight`` ``(N,)``.
+    """
+    n = row_weight.shape[0]
+    if n == 0:
+        return
+    kernel = _row_weights_kernel(accumulator(row_weight.dtype))
+    threads = POLICY.elementwise_threads
+    launch(
+        kernel,
+        grid_for(n, threads),
+        threads,
+        0,
+        labels,
+        weight,
+        row_weight,
+        int(ignore_index),
+        int(num_classes),
+    )
+
+
+def softmax_xent_labels(
+    logits, labels, weight, grad_scale, grad, row_loss, ignore_index, smoothing
+) -> None:
+    """Loss and gradient of class-index targets (see the module docstring for the maths).
+
+    ``logits``/``grad`` ``(N, C)`` (``grad`` may be ``logits``), ``labels`` ``(N,)`` int64,
+    ``weight`` ``(C,)`` acc or ``(0,)``, ``grad_scale`` ``(1,)`` or ``(N,)`` acc, ``row_loss``
+    ``(N,)`` acc: 0 for ``ignore_index``, NaN for a label outside ``[0, C)`` (zero gradient).
+    """
+    n, num_c = logits.shape
+    if n == 0:
+        return
+    acc = accumulator(row_loss.dtype)
+    tx, ry, cache, shared = row_shape(num_c, acc.bitwidth // 8)
+    launch(
+        _labels_kernel(acc),
+        -(-n // ry),
+        (tx, ry),
+        shared,
+        logits,
+        labels,
+        weight,
+        grad_scale,
+        grad,
+        row_loss,
+        int(ignore_index),
+        float(smoothing),
+        cache,
+    )
+
+
+def softmax_xent_probs(logits, target, weight, grad_scale, grad, row_loss, smoothing) -> None:
+    """Loss and gradient of probability targets ``target`` ``(N, C)`` (any float dtype)."""
+    n, num_c = logits.shape
+    if n == 0:
+        return
+    acc = accumulator(row_loss.dtype)
+    tx, ry, cache, shared = row_shape(num_c, acc.bitwidth // 8)
+    launch(
+        _probs_kernel(acc),
+        -(-n // ry),
+        (tx, ry),
+        shared,
+        logits,
+        target,
+        weight,
+        grad_scale,
+        grad,
+        row_loss,
+        float(smoothing),
+        cache,
+    )
+
+
+def ptx_signatures():
+    """``(kernel, argument types)`` of every launch this module makes on a GPU.
+
+    Soft targets of every float dtype are compiled for C-contiguous arrays; the strided
+    variant (layout ``A``) is compiled with the logits' dtype.
+    """
+    i64, f64, b1 = types.int64, types.float64, types.boolean
+    sigs = []
+    for dtype in _STORAGE:
+        acc = accumulator(dtype.name)
+        vec = acc[::1]
+        for layout in ("C", "A"):
+            mat = types.Array(dtype, 2, layout)
+            labels = types.Array(i64, 1, layout)
+            sigs.append((_labels_kernel(acc), (mat, labels, vec, vec, mat, vec, i64, f64, b1)))
+            for tdtype in _STORAGE if layout == "C" else (dtype,):
+                target = types.Array(tdtype, 2, layout)
+                sigs.append((_probs_kernel(acc), (mat, target, vec, vec, mat, vec, f64, b1)))
+        sigs.append((_row_weights_kernel(acc), (i64[::1], vec, vec, i64, i64)))
+    return sigs

@@ -1,0 +1,373 @@
+"""The CUDA launchers of ``gpukernels`` on Numba's simulator, called directly with NumPy arrays.
+
+Sizes are tiny (the simulator costs ~5 ms per simulated thread) but cover what a GPU launch
+meets: rows longer than a block, several rows a block with a partial last block, odd sizes,
+strided inputs and the grid-stride loops. Every output is poisoned with NaN first and must be
+fully written. References are float64 NumPy written here; canonical tile sums must match a
+NumPy emulation of docs/BACKENDS.md bit for bit for two threads-per-block.
+"""
+
+import importlib
+
+import numpy as np
+import pytest
+
+from gpukernels.cuda import _cuda
+
+pytestmark = pytest.mark.skipif(not _cuda.SIMULATOR, reason="launcher tests run on the simulator")
+
+reduce = importlib.import_module("gpukernels.cuda.reduce")
+softmax_xent = importlib.import_module("gpukernels.cuda.softmax_xent")
+bce = importlib.import_module("gpukernels.cuda.bce")
+mse = importlib.import_module("gpukernels.cuda.mse")
+sigmoid = importlib.import_module("gpukernels.cuda.sigmoid")
+composite = importlib.import_module("gpukernels.cuda.composite")
+
+TILE = 256
+DTYPES = [np.float16, np.float32, np.float64]
+TOL = {np.float16: 2e-3, np.float32: 2e-6, np.float64: 1e-12}  # relative to the row's scale
+
+
+def acc_of(dtype):
+    return np.float64 if dtype == np.float64 else np.float32
+
+
+def poisoned(shape, dtype):
+    return np.full(shape, np.nan, dtype)
+
+
+def canonical_tiles(values, acc):
+    """docs/BACKENDS.md: per tile of TILE values (zero padded), s[i] += s[i + h], h = 128..1."""
+    v = np.asarray(values).astype(acc)
+    s = np.zeros((-(-v.size // TILE), TILE), acc)
+    s.reshape(-1)[: v.size] = v
+    h = TILE // 2
+    while h:
+        s[:, :h] = s[:, :h] + s[:, h : 2 * h]
+        h //= 2
+    return s[:, 0]
+
+
+def close(got, want, dtype, scale=1.0):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    np.testing.assert_allclose(got, want, rtol=TOL[dtype], atol=TOL[dtype] * scale)
+
+
+@pytest.fixture
+def tile_threads(monkeypatch, request):
+    monkeypatch.setattr(_cuda.POLICY, "tile_threads", request.param)
+    return request.param
+
+
+# ---------------------------------------------------------------- canonical tile sums
+
+
+@pytest.mark.parametrize("tile_threads", [16, 4], indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tile_sums_are_canonical(dtype, tile_threads):
+    rng = np.random.default_rng(1)
+    base = (rng.standard_normal(2100) * 10.0 ** rng.integers(-3, 4, 2100)).astype(dtype)
+    accs = [acc_of(dtype)] + ([np.float64] if dtype != np.float64 else [])
+    for x in (base[:1], base[:256], base[:700], base[::3]):  # the last one strided, 3 tiles
+        for acc in accs:
+            out = poisoned(-(-x.size // TILE), acc)
+            reduce.tile_sums(x, out)
+            np.testing.assert_array_equal(out, canonical_tiles(x, acc))
+
+
+@pytest.mark.parametrize("block", [(4, 4), (2, 8)])
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_column_tile_sums_are_canonical(monkeypatch, dtype, block):
+    monkeypatch.setattr(_cuda.POLICY, "column_block", block)
+    x = np.random.default_rng(2).standard_normal((600, 11)).astype(dtype)[::2, ::2]  # strided
+    acc = acc_of(dtype)
+    out = poisoned((2, x.shape[1]), acc)
+    reduce.column_tile_sums(x, out)
+    want = np.stack([canonical_tiles(x[:, j], acc) for j in range(x.shape[1])], axis=1)
+    np.testing.assert_array_equal(out, want)
+
+
+# ---------------------------------------------------------------- softmax cross-entropy
+
+
+def softmax_labels_reference(z, y, w, g, ignore_index, eps):
+    z = z.astype(np.float64)
+    n, c = z.shape
+    w = np.ones(c) if w.size == 0 else w.astype(np.float64)
+    m = z.max(axis=1, keepdims=True)
+    lse = m + np.log(np.exp(z - m).sum(axis=1, keepdims=True))
+    p = np.exp(z - lse)
+    loss, grad = np.zeros(n), np.zeros_like(z)
+    for i in range(n):
+        if y[i] == ignore_index:
+            continue
+        if not 0 <= y[i] < c:
+            loss[i] = np.nan
+            continue
+        a = eps / c * w
+        a[y[i]] += (1 - eps) * w[y[i]]
+        loss[i] = (1 - eps) * w[y[i]] * (lse[i, 0] - z[i, y[i]])
+        if eps > 0:  # only then: 0 * (lse - -inf) would be NaN
+            loss[i] += eps / c * (w * (lse[i] - z[i])).sum()
+        grad[i] = g[i if g.size > 1 else 0] * (a.sum() * p[i] - a)
+    return loss, grad
+
+
+def run_labels(z, y, w, g, eps, ignore_index=-100, grad=None):
+    acc = acc_of(z.dtype)
+    grad = poisoned(z.shape, z.dtype) if grad is None else grad
+    loss = poisoned(z.shape[0], acc)
+    softmax_xent.softmax_xent_labels(z, y, w, g, grad, loss, ignore_index, eps)
+    return loss, grad
+
+
+# (C, smoothing, class weights, per-row upstream gradient): C = 1, several rows a block with
+# a partial last block (C = 6), rows longer than the block (C = 300)
+LABEL_CASES = [(1, 0.0, False, False), (6, 0.2, True, True), (300, 0.1, True, False)]
+
+
+@pytest.mark.parametrize("case", LABEL_CASES, ids=lambda c: f"C{c[0]}")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_xent_labels(dtype, case):
+    c, eps, weighted, per_row = case
+    rng = np.random.default_rng(c)
+    n = 7
+    acc = acc_of(dtype)
+    z = (4 * rng.standard_normal((n, c))).astype(dtype)
+    y = rng.integers(0, c, n)
+    y[1], y[4] = -100, c + 2  # ignored, out of range
+    w = rng.uniform(0.5, 2, c).astype(acc) if weighted else np.empty(0, acc)
+    g = rng.uniform(0.5, 2, n if per_row else 1).astype(acc)
+    loss, grad = run_labels(z, y, w, g, eps)
+    want_loss, want_grad = softmax_labels_reference(z, y, w, g, -100, eps)
+    close(loss, want_loss, dtype, scale=10)
+    close(grad, want_grad, dtype)
+    assert np.all(grad[[1, 4]] == 0) and loss[1] == 0 and np.isnan(loss[4])
+
+
+def test_softmax_xent_rereads_rows_that_do_not_fit(monkeypatch):
+    """Without room in shared memory the gradient pass re-reads the logits: same bits."""
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((3, 300)).astype(np.float32)
+    y, w, g = np.array([5, 299, 0]), rng.uniform(0.5, 2, 300).astype(np.float32), np.ones(1, "f4")
+    t = rng.dirichlet(np.ones(300), 3)
+    cached = run_labels(z, y, w, g, 0.1)
+    cached_p = poisoned(3, np.float32), poisoned(z.shape, np.float32)
+    softmax_xent.softmax_xent_probs(z, t, w, g, cached_p[1], cached_p[0], 0.1)
+    monkeypatch.setattr(_cuda.POLICY, "shared_bytes", 0)
+    assert not _cuda.row_shape(300, 4)[2]
+    reread = run_labels(z, y, w, g, 0.1)
+    reread_p = poisoned(3, np.float32), poisoned(z.shape, np.float32)
+    softmax_xent.softmax_xent_probs(z, t, w, g, reread_p[1], reread_p[0], 0.1)
+    for a, b in zip(cached + cached_p, reread + reread_p, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's NaN warnings in the simulator
+def test_softmax_xent_non_finite_logits():
+    z = np.zeros((5, 7), np.float32) + np.arange(7, dtype=np.float32)
+    z[0, 2] = np.nan
+    z[1, 3] = np.inf
+    z[2, 0] = -np.inf  # a class of probability 0
+    z[3, :] = -np.inf
+    z[3, 4] = 1.0  # every class but the label has probability 0
+    y = np.array([1, 1, 1, 4, 6])
+    loss, grad = run_labels(z, y, np.empty(0, "f4"), np.ones(1, "f4"), 0.0)
+    assert np.isnan(loss[:2]).all() and np.isnan(grad[:2]).all()
+    want_loss, want_grad = softmax_labels_reference(z[2:], y[2:], np.empty(0), np.ones(1), -100, 0)
+    close(loss[2:], want_loss, np.float32, scale=10)
+    close(grad[2:], want_grad, np.float32)
+    assert grad[2, 0] == 0 and loss[3] == 0 and (grad[3] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_softmax_xent_gradient_in_place(dtype):
+    rng = np.random.default_rng(4)
+    z = (3 * rng.standard_normal((5, 40))).astype(dtype)
+    y, w, g = rng.integers(0, 40, 5), np.empty(0, "f4"), np.full(1, 0.5, "f4")
+    loss, grad = run_labels(z, y, w, g, 0.1)
+    same = z.copy()
+    loss_in_place, _ = run_labels(same, y, w, g, 0.1, grad=same)
+    np.testing.assert_array_equal(same, grad)
+    np.testing.assert_array_equal(loss_in_place, loss)
+
+
+@pytest.mark.parametrize("case", [(5, 0.1, True), (300, 0.0, False)], ids=["C5", "C300"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_xent_probs(dtype, case):
+    c, eps, weighted = case
+    rng = np.random.default_rng(c + 1)
+    n, acc = 5, acc_of(dtype)
+    z = (3 * rng.standard_normal((n, c))).astype(dtype)
+    t = rng.dirichlet(np.ones(c), n)  # float64 targets whatever the logits' dtype
+    w = rng.uniform(0.5, 2, c).astype(acc) if weighted else np.empty(0, acc)
+    g = rng.uniform(0.5, 2, n).astype(acc)
+    grad, loss = poisoned(z.shape, dtype), poisoned(n, acc)
+    softmax_xent.softmax_xent_probs(z, t, w, g, grad, loss, eps)
+    z64 = z.astype(np.float64)
+    lse = np.log(np.exp(z64 - z64.max(1, keepdims=True)).sum(1, keepdims=True)) + z64.max(
+        1, keepdims=True
+    )
+    a = (np.ones(c) if w.size == 0 else w.astype(np.float64)) * (t * (1 - eps) + eps / c)
+    close(loss, (a * (lse - z64)).sum(1), dtype, scale=10)
+    close(grad, g[:, None] * (a.sum(1, keepdims=True) * np.exp(z64 - lse) - a), dtype)
+
+
+def test_label_row_weights():
+    y = np.array([0, 3, -100, 7, -1, 2])
+    w = np.array([0.5, 1.5, 2.5, 3.5], np.float32)
+    out = poisoned(6, np.float32)
+    softmax_xent.label_row_weights(y, w, out, -100, 4)
+    np.testing.assert_array_equal(out, [0.5, 3.5, 0, 0, 0, 2.5])
+    softmax_xent.label_row_weights(y, np.empty(0, "f4"), out, -100, 4)
+    np.testing.assert_array_equal(out, [1, 1, 0, 0, 0, 1])
+
+
+# ---------------------------------------------------------------- elementwise losses
+
+
+def bce_reference(z, y, w, pw):
+    z, y = z.astype(np.float64), y.astype(np.float64)
+    lw = 1 + (pw - 1) * y
+    loss = w * ((1 - y) * z + lw * (np.log1p(np.exp(-np.abs(z))) + np.maximum(-z, 0)))
+    return loss, w * (lw / (1 + np.exp(-z)) - pw * y)
+
+
+@pytest.mark.parametrize("tile_threads", [16, 4], indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_with_logits(dtype, tile_threads):
+    rng = np.random.default_rng(5)
+    n, acc = 600, acc_of(dtype)
+    z = (rng.standard_normal(n) * 8).astype(dtype)
+    z[:2] = [60, -60]  # stable far out
+    y = rng.uniform(0, 1, n).astype(dtype)
+    w, pw, g = (rng.uniform(0.5, 2, k).astype(acc) for k in (n, 7, n))
+    grad, losses = poisoned(n, dtype), poisoned(n, acc)
+    bce.bce_with_logits(z, y, w, pw, g, grad, losses, False)
+    want_loss, want_grad = bce_reference(z, y, w, np.tile(pw, n)[:n])
+    close(losses, want_loss, dtype, scale=10)
+    close(grad, g * want_grad, dtype)
+    partial, grad2 = poisoned(3, acc), poisoned(n, dtype)
+    bce.bce_with_logits(z, y, w, pw, g, grad2, partial, True)
+    np.testing.assert_array_equal(partial, canonical_tiles(losses, acc))
+    np.testing.assert_array_equal(grad2, grad)
+    none, same = np.empty(0, acc), z.copy()  # no weights, one factor, gradient over z
+    bce.bce_with_logits(same, y, none, none, np.ones(1, acc), same, poisoned(3, acc), True)
+    close(same, bce_reference(z, y, 1.0, 1.0)[1], dtype)
+
+
+@pytest.mark.parametrize("tile_threads", [16, 4], indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mse(dtype, tile_threads):
+    rng = np.random.default_rng(6)
+    n, acc = 520, acc_of(dtype)
+    p, t = (rng.standard_normal(n).astype(dtype) for _ in range(2))
+    g = np.full(1, 0.25, acc)
+    grad, losses = poisoned(n, dtype), poisoned(n, acc)
+    mse.mse(p, t, g, grad, losses, False)
+    d = p.astype(np.float64) - t.astype(np.float64)
+    close(losses, d * d, dtype, scale=10)
+    close(grad, 0.5 * d, dtype)
+    partial = poisoned(3, acc)
+    in_place = p.copy()
+    mse.mse(in_place, t, g, in_place, partial, True)
+    np.testing.assert_array_equal(partial, canonical_tiles(losses, acc))
+    np.testing.assert_array_equal(in_place, grad)
+
+
+# ---------------------------------------------------------------- sigmoid
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # np.exp(1e4) in the reference
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_kernels(dtype):
+    x = np.concatenate([[-1e4, -60, -30, -1, 0, 1, 30, 60, 1e4], np.linspace(-8, 8, 40)])
+    x = x.astype(dtype)
+    x64 = x.astype(np.float64)
+    s, s_neg = 1 / (1 + np.exp(-x64)), 1 / (1 + np.exp(x64))
+    y = poisoned(x.size, dtype)
+    sigmoid.sigmoid(x, y)
+    close(y, s, dtype)
+    sigmoid.sigmoid_derivative(x, y)
+    tiny = np.finfo(dtype).tiny
+    # relative accuracy wherever the derivative is a normal number of the dtype
+    normal = s * s_neg > tiny
+    np.testing.assert_allclose(y[normal], (s * s_neg)[normal], rtol=4 * np.finfo(dtype).eps)
+    g = np.linspace(-2, 2, x.size).astype(dtype)
+    saved = s.astype(dtype)
+    out = poisoned(x.size, dtype)
+    sigmoid.sigmoid_backward(g, saved, out)
+    s64 = saved.astype(np.float64)
+    close(out, g.astype(np.float64) * s64 * (1 - s64), dtype)
+    same = x.copy()
+    sigmoid.sigmoid(same, same)  # in place
+    close(same, s, dtype)
+
+
+# ---------------------------------------------------------------- composite
+
+
+def composite_reference(pred, target, kinds, cols, tcols, only_where, scale):
+    """Row losses and gradient of docs/BACKENDS.md's composite launcher, in float64."""
+    z, t = pred.astype(np.float64), target.astype(np.float64)
+    n, k_terms = z.shape[0], len(kinds)
+    loss, grad = np.zeros((n, k_terms)), np.zeros_like(z)
+    for k in range(k_terms):
+        (p0, p1), (t0, t1) = cols[k], tcols[k]
+        for i in range(n):
+            if only_where[k] >= 0 and t[i, only_where[k]] == 0:
+                continue
+            zi, ti = z[i, p0:p1], t[i, t0:t1]
+            if kinds[k] == 0:
+                lse = zi.max() + np.log(np.exp(zi - zi.max()).sum())
+                p = np.exp(zi - lse)
+                if t1 - t0 == 1:
+                    y = ti[0]
+                    if not 0 <= y < p1 - p0:
+                        loss[i, k] = np.nan
+                        continue
+                    loss[i, k] = lse - zi[int(y)]
+                    g = p.copy()
+                    g[int(y)] -= 1
+                else:
+                    loss[i, k] = (ti * (lse - zi)).sum()
+                    g = ti.sum() * p - ti
+            elif kinds[k] == 1:
+                loss[i, k] = (np.maximum(zi, 0) - zi * ti + np.log1p(np.exp(-np.abs(zi)))).sum()
+                g = 1 / (1 + np.exp(-zi)) - ti
+            else:
+                loss[i, k] = ((zi - ti) ** 2).sum()
+                g = 2 * (zi - ti)
+            grad[i, p0:p1] += scale[k] * g
+    return loss, grad
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_composite(dtype):
+    rng = np.random.default_rng(7)
+    n, acc = 9, acc_of(dtype)
+    pred = (2 * rng.standard_normal((n, 12))).astype(dtype)  # column 11: read by no term
+    target = np.zeros((n, 9))
+    target[:, 0] = rng.integers(0, 2, n)  # objectness
+    target[:, 1:5] = rng.standard_normal((n, 4))  # box
+    target[:, 5] = rng.integers(0, 3, n)  # class index
+    target[2, 5] = 3  # out of range: NaN loss, zero gradient
+    target[:, 6:9] = rng.dirichlet(np.ones(3), n)  # class probabilities
+    target = target.astype(dtype)
+    kinds = np.array([1, 2, 0, 0, 2])
+    cols = np.array([[0, 1], [1, 5], [5, 8], [8, 11], [0, 2]])  # the last overlaps two
+    tcols = np.array([[0, 1], [1, 5], [5, 6], [6, 9], [3, 5]])
+    only_where = np.array([-1, 0, 0, -1, -1])
+    scale = np.array([1.0, 0.5, 2.0, 0.25, 1.5], acc)
+    args = (kinds, cols, tcols, only_where, scale)
+    grad, loss = poisoned(pred.shape, dtype), poisoned((n, 5), acc)
+    composite.composite(pred, target, *args, grad, loss)
+    want_loss, want_grad = composite_reference(pred, target, *args)
+    close(loss, want_loss, dtype, scale=10)
+    selected = target[:, 0] != 0
+    assert np.isnan(loss[2, 2]) == bool(selected[2])
+    close(grad, want_grad, dtype)
+    assert (grad[:, 11] == 0).all()
+    same = pred.copy()  # the gradient written over the predictions
+    composite.composite(same, target, *args, same, loss)
+    np.testing.assert_array_equal(same, grad)

@@ -1,0 +1,303 @@
+"""The public API on a real GPU with CuPy arrays, checked against the CPU backend.
+
+Run on a machine with a GPU: ``NUMBA_ENABLE_CUDASIM=0 pytest -m gpu`` (conftest skips these
+tests elsewhere). Inputs are large and random; each result is compared with the same call on
+NumPy copies (the ``cpu_fallback`` kernels). Also: CuPy in gives CuPy out, work follows CuPy's
+current stream, no call synchronises with the host, and ``batch_sum`` gives the same bits on
+every run, every launch shape and both backends.
+"""
+
+import numpy as np
+import pytest
+
+import gpukernels as gk
+from gpukernels.cuda import _cuda
+
+pytestmark = pytest.mark.gpu
+
+TILE = 256
+
+
+@pytest.fixture
+def cp(monkeypatch):
+    """CuPy, with the backend chosen from the arrays (the default)."""
+    monkeypatch.delenv("GPUKERNELS_BACKEND", raising=False)
+    return pytest.importorskip("cupy")
+
+
+def rng(seed):
+    return np.random.default_rng(seed)
+
+
+def on_gpu(cp, *arrays):
+    return [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in arrays]
+
+
+def check_pair(cp, got, want, dtype, loss_rtol=None):
+    """``got`` (CuPy ``(loss, grad)``) against ``want`` (NumPy) within the dtype's precision."""
+    (loss, grad), (want_loss, want_grad) = got, want
+    assert isinstance(loss, cp.ndarray) and isinstance(grad, cp.ndarray)
+    assert grad.dtype == want_grad.dtype and loss.dtype == want_loss.dtype
+    assert loss.shape == want_loss.shape and grad.shape == want_grad.shape
+    eps = {np.float16: 2e-3, np.float32: 1e-5, np.float64: 1e-12}[dtype]
+    np.testing.assert_allclose(
+        cp.asnumpy(loss).astype(np.float64),
+        want_loss.astype(np.float64),
+        rtol=loss_rtol or 20 * eps,
+        atol=20 * eps * float(np.nanmax(np.abs(want_loss), initial=1.0)),
+    )
+    g, wg = cp.asnumpy(grad).astype(np.float64), want_grad.astype(np.float64)
+    np.testing.assert_allclose(g, wg, rtol=4 * eps, atol=4 * eps * float(np.abs(wg).max()))
+
+
+# ---------------------------------------------------------------- softmax cross-entropy
+
+SOFTMAX_CASES = [
+    # (N, C, dtype, kwargs)
+    (8192, 10, np.float32, {}),
+    (4096, 1000, np.float16, {"label_smoothing": 0.1, "weight": True}),
+    (1024, 32000, np.float32, {"reduction": "sum"}),
+    (64, 131072, np.float32, {"reduction": "none", "grad_output": True}),
+    (256, 4096, np.float64, {"label_smoothing": 0.05, "weight": True}),
+]
+
+
+@pytest.mark.parametrize("case", SOFTMAX_CASES, ids=lambda c: f"{c[0]}x{c[1]}-{c[2].__name__}")
+def test_softmax_cross_entropy_labels(cp, case):
+    n, c, dtype, kw = case
+    r = rng(c)
+    logits = (3 * r.standard_normal((n, c))).astype(dtype)
+    labels = r.integers(0, c, n)
+    labels[:: max(1, n // 17)] = -100
+    kw = dict(kw)
+    if kw.pop("weight", False):
+        kw["weight"] = r.uniform(0.5, 2, c).astype(np.float32)
+    if kw.pop("grad_output", False):
+        kw["grad_output"] = r.uniform(0.5, 2, n).astype(np.float32)
+    want = gk.softmax_cross_entropy(logits, labels, **kw)
+    gpu_kw = {k: on_gpu(cp, v)[0] for k, v in kw.items()}
+    got = gk.softmax_cross_entropy(*on_gpu(cp, logits, labels), **gpu_kw)
+    check_pair(cp, got, want, dtype)
+
+
+@pytest.mark.parametrize("shape", [(2048, 100), (128, 50000)])
+def test_softmax_cross_entropy_probabilities(cp, shape):
+    r = rng(shape[1])
+    logits = (2 * r.standard_normal(shape)).astype(np.float32)
+    target = r.dirichlet(np.ones(shape[1]), shape[0]).astype(np.float32)
+    want = gk.softmax_cross_entropy(logits, target, label_smoothing=0.1)
+    got = gk.softmax_cross_entropy(*on_gpu(cp, logits, target), label_smoothing=0.1)
+    check_pair(cp, got, want, np.float32)
+
+
+def test_softmax_cross_entropy_in_place_and_rows_not_in_shared_memory(cp, monkeypatch):
+    """``out=logits`` reuses the logits' memory; a row re-read (no shared memory) gives what
+    a row kept on chip gives."""
+    r = rng(11)
+    logits = cp.asarray((2 * r.standard_normal((512, 3000))).astype(np.float32))
+    labels = cp.asarray(r.integers(0, 3000, 512))
+    loss, grad = gk.softmax_cross_entropy(logits, labels)
+    monkeypatch.setattr(_cuda.POLICY, "shared_bytes", 0)
+    same = logits.copy()
+    loss2, grad2 = gk.softmax_cross_entropy(same, labels, out=same)
+    assert grad2.data.ptr == same.data.ptr
+    # the same maths from shared memory or from global memory (up to FMA contraction)
+    cp.testing.assert_allclose(grad2, grad, rtol=1e-6, atol=1e-12)
+    cp.testing.assert_allclose(loss2, loss, rtol=1e-6)
+
+
+def test_softmax_cross_entropy_non_finite_rows(cp):
+    logits = cp.zeros((4, 300), cp.float32)
+    logits[0, 5] = cp.nan
+    logits[1, 7] = cp.inf
+    logits[2, 9] = -cp.inf
+    loss, grad = gk.softmax_cross_entropy(logits, cp.asarray([1, 1, 1, 1]), reduction="none")
+    loss, grad = cp.asnumpy(loss), cp.asnumpy(grad)
+    assert np.isnan(loss[:2]).all() and np.isnan(grad[:2]).all()
+    assert np.isfinite(loss[2:]).all() and grad[2, 9] == 0 and np.isfinite(grad[2:]).all()
+
+
+# ---------------------------------------------------------------- elementwise losses
+
+
+@pytest.mark.parametrize(
+    "dtype, reduction", [(np.float32, "mean"), (np.float16, "sum"), (np.float64, "none")]
+)
+def test_bce_with_logits(cp, dtype, reduction):
+    r = rng(3)
+    z = (6 * r.standard_normal((8192, 256))).astype(dtype)
+    y = r.uniform(0, 1, z.shape).astype(dtype)
+    w = r.uniform(0.5, 2, 256).astype(dtype)
+    pw = r.uniform(0.5, 3, 256).astype(dtype)
+    want = gk.bce_with_logits(z, y, weight=w, pos_weight=pw, reduction=reduction)
+    zg, yg, wg, pwg = on_gpu(cp, z, y, w, pw)
+    got = gk.bce_with_logits(zg, yg, weight=wg, pos_weight=pwg, reduction=reduction)
+    check_pair(cp, got, want, dtype)
+
+
+@pytest.mark.parametrize(
+    "dtype, reduction", [(np.float32, "mean"), (np.float16, "batchmean"), (np.float64, "none")]
+)
+def test_mse(cp, dtype, reduction):
+    r = rng(4)
+    p, t = (r.standard_normal((8192, 1000)).astype(dtype) for _ in range(2))
+    check_pair(
+        cp,
+        gk.mse(*on_gpu(cp, p, t), reduction=reduction),
+        gk.mse(p, t, reduction=reduction),
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_sigmoid_family(cp, dtype):
+    r = rng(5)
+    x = (10 * r.standard_normal(1 << 22)).astype(dtype)
+    x[:4] = [-1e4, -100, 100, 1e4]
+    g = r.standard_normal(x.size).astype(dtype)
+    ulp = 4 * np.finfo(dtype).eps
+    for fn in (gk.sigmoid, gk.sigmoid_derivative):
+        got = fn(cp.asarray(x))
+        assert isinstance(got, cp.ndarray) and got.dtype == dtype
+        want = fn(x).astype(np.float64)
+        np.testing.assert_allclose(
+            cp.asnumpy(got), want, rtol=ulp, atol=float(np.finfo(dtype).tiny)
+        )
+    y = gk.sigmoid(x)
+    got = gk.sigmoid_backward(*on_gpu(cp, g, y))
+    np.testing.assert_allclose(cp.asnumpy(got), gk.sigmoid_backward(g, y), rtol=ulp, atol=ulp)
+
+
+def test_composite_loss(cp):
+    r = rng(6)
+    n = 8192
+    pred = r.standard_normal((n, 85)).astype(np.float32)
+    target = np.zeros((n, 6), np.float32)
+    target[:, 0] = r.integers(0, 2, n)
+    target[:, 1:5] = r.standard_normal((n, 4))
+    target[:, 5] = r.integers(0, 80, n)
+    terms = [
+        gk.LossTerm("bce_with_logits", slice(0, 1)),
+        gk.LossTerm("mse", slice(1, 5), weight=5.0, only_where=0),
+        gk.LossTerm("softmax_cross_entropy", slice(5, 85), slice(5, 6), only_where=0),
+    ]
+    want = gk.composite_loss(pred, target, terms)
+    got = gk.composite_loss(*on_gpu(cp, pred, target), terms)
+    check_pair(cp, got, want, np.float32)
+
+
+# ---------------------------------------------------------------- batch_sum
+
+
+def canonical_total(x, acc):
+    """docs/BACKENDS.md's canonical sum, emulated level by level in NumPy."""
+    v = np.asarray(x, acc).reshape(-1)
+    while v.size > 1:
+        s = np.zeros((-(-v.size // TILE), TILE), acc)
+        s.reshape(-1)[: v.size] = v
+        h = TILE // 2
+        while h:
+            s[:, :h] = s[:, :h] + s[:, h : 2 * h]
+            h //= 2
+        v = s[:, 0]
+    return v.reshape(()) if v.size else np.zeros((), acc)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_batch_sum_is_canonical_on_every_launch_shape(cp, monkeypatch, dtype):
+    r = rng(7)
+    x = (r.standard_normal((8192, 515)) * 10.0 ** r.integers(-3, 4, (8192, 515))).astype(dtype)
+    acc = np.float64 if dtype == np.float64 else np.float32
+    xg = cp.asarray(x)
+    want = canonical_total(x, acc)
+    want_cols = gk.batch_sum(x, axis=0)  # the CPU backend: the same order, the same bits
+    assert np.array_equal(gk.batch_sum(x), want)
+    for tpb, block in [(128, (32, 8)), (32, (16, 16)), (64, (32, 4)), (256, (8, 32))]:
+        monkeypatch.setattr(_cuda.POLICY, "tile_threads", tpb)
+        monkeypatch.setattr(_cuda.POLICY, "column_block", block)
+        for _ in range(2):  # and run to run
+            total = gk.batch_sum(xg)
+            assert isinstance(total, cp.ndarray) and total.shape == ()
+            assert np.array_equal(cp.asnumpy(total), want), (tpb, block)
+            assert np.array_equal(cp.asnumpy(gk.batch_sum(xg, axis=0)), want_cols), (tpb, block)
+
+
+def test_fused_loss_sum_equals_batch_sum_of_elementwise_losses(cp):
+    r = rng(8)
+    p, t = (cp.asarray(r.standard_normal(1_000_003).astype(np.float32)) for _ in range(2))
+    total, _ = gk.mse(p, t, reduction="sum")
+    each, _ = gk.mse(p, t, reduction="none")
+    assert cp.array_equal(total, gk.batch_sum(each))
+
+
+# ---------------------------------------------------------------- streams and synchronisation
+
+_SPIN = r"""
+extern "C" __global__ void spin_fill(float* x, long long n, float value, long long cycles) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        long long start = clock64();
+        while (clock64() - start < cycles) {}
+    }
+    __syncthreads();
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        x[i] = value;
+}
+"""
+
+
+def spin_fill(cp, x, value, seconds):
+    """Fill ``x`` with ``value`` on the current stream after the GPU spins ``seconds``."""
+    kernel = cp.RawKernel(_SPIN, "spin_fill")
+    cycles = int(seconds * 2e9)  # SM clocks are below 2 GHz: it spins at least ``seconds``
+    kernel((1,), (256,), (x, np.int64(x.size), np.float32(value), np.int64(cycles)))
+
+
+def test_kernels_run_on_cupys_current_stream(cp):
+    """Input written late on a non-blocking stream is seen: the launch follows that stream."""
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        x = cp.zeros((4096, 100), cp.float32)
+        labels = cp.zeros(4096, cp.int64)
+        gk.sigmoid(x)  # compile outside the timed region
+        gk.softmax_cross_entropy(x, labels, validate=False)
+        spin_fill(cp, x, 3.0, 0.3)
+        y = gk.sigmoid(x)
+        loss, _ = gk.softmax_cross_entropy(x, labels, validate=False)
+        total = gk.batch_sum(x)
+    stream.synchronize()
+    assert cp.allclose(y, 1 / (1 + np.exp(-3.0)))
+    assert float(total) == 3.0 * x.size
+    assert abs(float(loss) - np.log(100)) < 1e-5  # equal logits: log C
+
+
+def test_calls_do_not_synchronise(cp):
+    """Each call returns while a long kernel before it is still running on the stream."""
+    r = rng(9)
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        logits = cp.asarray(r.standard_normal((2048, 1000)).astype(np.float32))
+        labels = cp.asarray(r.integers(0, 1000, 2048))
+        pred = cp.asarray(r.standard_normal((2048, 8)).astype(np.float32))
+        target = cp.abs(pred)
+        terms = [gk.LossTerm("bce_with_logits", slice(0, 1)), gk.LossTerm("mse", slice(1, 8))]
+        calls = [
+            lambda: gk.softmax_cross_entropy(logits, labels, validate=False),
+            lambda: gk.softmax_cross_entropy(logits, labels, label_smoothing=0.1, validate=False),
+            lambda: gk.bce_with_logits(pred, cp.clip(target, 0, 1)),
+            lambda: gk.mse(pred, target, reduction="batchmean"),
+            lambda: gk.sigmoid_derivative(logits),
+            lambda: gk.batch_sum(logits, axis=0),
+            lambda: gk.batch_sum(logits),
+            lambda: gk.composite_loss(pred, target, terms),
+        ]
+        for call in calls:  # compile first
+            call()
+        stream.synchronize()
+        for call in calls:
+            spin_fill(cp, cp.empty(1, cp.float32), 0.0, 1.0)
+            result = call()
+            assert not stream.done, "the call waited for the GPU"
+            leaves = result if isinstance(result, tuple) else (result,)
+            assert all(isinstance(a, cp.ndarray) for a in leaves)
+            stream.synchronize()
