@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -104,7 +105,8 @@ def composite_loss(pred, target, terms: Sequence[LossTerm], *, grad_output=None,
     grad = xp.empty(pred.shape, dtype) if out is None else out
     row_loss = xp.empty((n, len(resolved)), acc)
     if n:
-        kinds, cols, tcols, only_where = _term_table(xp, resolved)
+        layout = tuple((kind, cols, tcols, only) for kind, cols, tcols, only, _ in resolved)
+        kinds, cols, tcols, only_where = _term_table(xp, layout, _validate.device_id(pred))
         call.ops("composite").composite(
             pred, target, kinds, cols, tcols, only_where, term_scale, grad, row_loss
         )
@@ -120,10 +122,14 @@ def _term_divisor(xp, target, kind: int, width: int, only_where: int, n: int, ac
     return rows if kind == 0 else rows * width
 
 
-def _term_table(xp, resolved):
-    """The terms' integer metadata as arrays of the data's library."""
+@functools.lru_cache(maxsize=64)
+def _term_table(xp, layout: tuple, device: int | None):
+    """The terms' integer metadata as arrays of the data's library, on its device.
+
+    Cached per layout and device: a training loop copies it to the GPU once, not per call.
+    """
     table = np.array(
-        [[kind, c0, c1, t0, t1, only] for kind, (c0, c1), (t0, t1), only, _ in resolved],
+        [[kind, c0, c1, t0, t1, only] for kind, (c0, c1), (t0, t1), only in layout],
         dtype=np.int64,
     )
     parts = (table[:, 0], table[:, 1:3], table[:, 3:5], table[:, 5])

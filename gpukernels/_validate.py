@@ -34,7 +34,7 @@ def common_library(arrays: dict[str, object]) -> str:
         if x is None or (name in SCALAR_ALLOWED and isinstance(x, int | float | np.number)):
             continue
         lib = array_library(name, x)
-        device = _device_id(x) if lib == "cuda" else None
+        device = device_id(x) if lib == "cuda" else None
         if first_name is None:
             first_name, first_lib, first_device = name, lib, device
         elif lib != first_lib:
@@ -49,7 +49,7 @@ def common_library(arrays: dict[str, object]) -> str:
     return first_lib
 
 
-def _device_id(x) -> int | None:
+def device_id(x) -> int | None:
     device = getattr(x, "device", None)
     return getattr(device, "id", None)
 
