@@ -23,6 +23,12 @@ def backend(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture
+def cpu_backend(monkeypatch):
+    """Force the CPU backend (sizes or step counts the simulator cannot afford)."""
+    monkeypatch.setenv("GPUKERNELS_BACKEND", "cpu")
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip ``gpu`` tests where no real GPU and CuPy are present."""
     if SIMULATOR:

@@ -1,0 +1,268 @@
+"""gk.composite_loss against the weighted sum of separately computed term means."""
+
+import numpy as np
+import pytest
+from _refs import (
+    FLOATS,
+    assert_all_written,
+    assert_close,
+    bce_with_logits,
+    cross_entropy,
+    fd_gradient,
+    is_0d_array,
+    loss_dtype,
+    mse,
+    poisoned,
+    random_floats,
+    random_probs,
+)
+
+import gpukernels as gk
+
+K = 3  # classes of the seed example's class head
+
+
+def seed_terms():
+    """Seed 000: column 0 objectness logit, 1..4 a box (where an object is), then classes."""
+    return [
+        gk.LossTerm("bce_with_logits", slice(0, 1)),
+        gk.LossTerm("mse", slice(1, 5), weight=5.0, only_where=0),
+        gk.LossTerm(
+            "softmax_cross_entropy",
+            slice(5, 5 + K),
+            target_columns=slice(5, 6),
+            weight=0.5,
+            only_where=0,
+        ),
+    ]
+
+
+def seed_data(rng, n, dtype, objects=None):
+    """pred (n, 5 + K); target (n, 6): objectness, box, class index (as a float)."""
+    pred = random_floats(rng, (n, 5 + K), dtype)
+    target = np.empty((n, 6), dtype=dtype)
+    target[:, 0] = (np.arange(n) % 2 == 0) if objects is None else objects
+    target[:, 1:5] = random_floats(rng, (n, 4), dtype)
+    target[:, 5] = rng.integers(0, K, n)
+    return pred, target
+
+
+def reference(pred, target, terms, grad_output=None):
+    """The weighted sum of each term's own mean, and the sum of the weighted gradients."""
+    p = pred.astype(np.float64)
+    t = target.astype(np.float64)
+    loss = 0.0
+    grad = np.zeros_like(p)
+    for term in terms:
+        kind, cols, weight, where = term["kind"], term["columns"], term["weight"], term["where"]
+        tcols = term.get("target_columns") or cols
+        rows = np.arange(len(p)) if where is None else np.nonzero(t[:, where] != 0)[0]
+        z, y = p[rows, cols], t[rows, tcols]
+        if kind == "softmax_cross_entropy":
+            target_slice = y[:, 0].astype(np.int64) if y.shape[1] == 1 else y
+            term_loss, term_grad = cross_entropy(z, target_slice)
+        elif kind == "bce_with_logits":
+            term_loss, term_grad = bce_with_logits(z, y)
+        else:
+            term_loss, term_grad = mse(z, y)
+        loss += weight * float(term_loss)
+        grad[rows, cols] += weight * term_grad
+    go = 1.0 if grad_output is None else grad_output
+    return np.asarray(loss), grad * go
+
+
+SEED_REF = [
+    {"kind": "bce_with_logits", "columns": slice(0, 1), "weight": 1.0, "where": None},
+    {"kind": "mse", "columns": slice(1, 5), "weight": 5.0, "where": 0},
+    {
+        "kind": "softmax_cross_entropy",
+        "columns": slice(5, 5 + K),
+        "target_columns": slice(5, 6),
+        "weight": 0.5,
+        "where": 0,
+    },
+]
+
+
+def check(result, pred, target, ref_terms, grad_output=None):
+    loss, grad = result
+    dtype = pred.dtype
+    exp_loss, exp_grad = reference(pred, target, ref_terms, grad_output)
+    assert is_0d_array(loss) and loss.dtype == loss_dtype(dtype)
+    assert isinstance(grad, np.ndarray) and grad.dtype == dtype and grad.shape == pred.shape
+    assert_close(loss, exp_loss, loss_dtype(dtype), what="loss")
+    assert_close(grad, exp_grad, dtype, what="grad")
+    return loss, grad
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_seed_example_matches_sum_of_term_means(backend, dtype):
+    rng = np.random.default_rng(81)
+    pred, target = seed_data(rng, 5, dtype)
+    kept = pred.copy()
+    check(gk.composite_loss(pred, target, seed_terms()), pred, target, SEED_REF)
+    np.testing.assert_array_equal(pred, kept)
+
+
+def test_matches_separate_library_calls(backend):
+    """The same numbers as calling each public loss on its slice and adding them up."""
+    rng = np.random.default_rng(82)
+    pred, target = seed_data(rng, 4, np.float64)
+    loss, grad = gk.composite_loss(pred, target, seed_terms())
+    sel = target[:, 0] != 0
+    l_obj, g_obj = gk.bce_with_logits(pred[:, 0:1], target[:, 0:1])
+    l_box, g_box = gk.mse(pred[sel, 1:5], target[sel, 1:5])
+    l_cls, g_cls = gk.softmax_cross_entropy(pred[sel, 5:], target[sel, 5].astype(np.int64))
+    np.testing.assert_allclose(loss, l_obj + 5.0 * l_box + 0.5 * l_cls, rtol=1e-12)
+    expected = np.zeros_like(pred)
+    expected[:, 0:1] = g_obj
+    expected[sel, 1:5] = 5.0 * g_box
+    expected[sel, 5:] = 0.5 * g_cls
+    np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_probability_slice_and_grad_output(backend):
+    rng = np.random.default_rng(83)
+    n = 4
+    pred = random_floats(rng, (n, 6), np.float32)
+    target = np.concatenate(
+        [random_floats(rng, (n, 2), np.float32), random_probs(rng, n, 4, np.float32)], axis=1
+    )
+    terms = [
+        gk.LossTerm("softmax_cross_entropy", slice(2, 6), weight=2.0),
+        gk.LossTerm("mse", slice(0, 2), weight=0.25),
+    ]
+    ref = [
+        {"kind": "softmax_cross_entropy", "columns": slice(2, 6), "weight": 2.0, "where": None},
+        {"kind": "mse", "columns": slice(0, 2), "weight": 0.25, "where": None},
+    ]
+    result = gk.composite_loss(pred, target, terms, grad_output=-1.5)
+    check(result, pred, target, ref, grad_output=-1.5)
+
+
+def test_sum_rule_and_unread_columns(backend):
+    """Overlapping terms add their gradients; a column no term reads gets exactly 0."""
+    rng = np.random.default_rng(84)
+    pred = random_floats(rng, (4, 5), np.float64)
+    target = rng.uniform(0.05, 0.95, (4, 5))
+    terms = [
+        gk.LossTerm("mse", slice(0, 3)),
+        gk.LossTerm("mse", slice(0, 3), weight=2.0),
+        gk.LossTerm("bce_with_logits", slice(1, 4), target_columns=slice(2, 5), weight=0.5),
+    ]
+    ref = [
+        {"kind": "mse", "columns": slice(0, 3), "weight": 1.0, "where": None},
+        {"kind": "mse", "columns": slice(0, 3), "weight": 2.0, "where": None},
+        {
+            "kind": "bce_with_logits",
+            "columns": slice(1, 4),
+            "target_columns": slice(2, 5),
+            "weight": 0.5,
+            "where": None,
+        },
+    ]
+    out = poisoned(pred.shape, pred.dtype)
+    loss, grad = check(gk.composite_loss(pred, target, terms, out=out), pred, target, ref)
+    assert grad is out
+    assert_all_written(out)
+    assert np.all(grad[:, 4] == 0.0)
+    _, single = gk.composite_loss(pred, target, [gk.LossTerm("mse", slice(0, 3), weight=3.0)])
+    np.testing.assert_allclose(grad[:, 0], single[:, 0], rtol=1e-12)
+
+
+def test_only_where_selects_rows(backend):
+    rng = np.random.default_rng(85)
+    pred, target = seed_data(rng, 5, np.float32, objects=[0.0, 1.0, 0.0, 0.0, 1.0])
+    out = poisoned(pred.shape, pred.dtype)
+    _, grad = check(gk.composite_loss(pred, target, seed_terms(), out=out), pred, target, SEED_REF)
+    assert_all_written(out)
+    assert np.all(grad[[0, 2, 3], 1:] == 0.0)
+    assert np.all(grad[[1, 4], 1:] != 0.0)
+
+
+def test_only_where_empty_selection_gives_zero(backend):
+    rng = np.random.default_rng(86)
+    pred, target = seed_data(rng, 4, np.float32, objects=0.0)
+    out = poisoned(pred.shape, pred.dtype)
+    loss, grad = gk.composite_loss(pred, target, seed_terms(), out=out)
+    assert_all_written(out)
+    assert np.all(grad[:, 1:] == 0.0)
+    # only the objectness term is left
+    exp_loss, exp_grad = bce_with_logits(pred[:, 0:1], target[:, 0:1])
+    assert_close(loss, exp_loss, np.float32)
+    assert_close(grad[:, 0:1], exp_grad, np.float32)
+
+
+def test_empty_batch(backend):
+    pred = np.ones((0, 5 + K), np.float32)
+    target = np.ones((0, 6), np.float32)
+    loss, grad = gk.composite_loss(pred, target, seed_terms())
+    assert is_0d_array(loss) and loss == 0.0
+    assert grad.shape == pred.shape
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_out_is_input(backend, dtype):
+    rng = np.random.default_rng(87)
+    pred, target = seed_data(rng, 4, dtype)
+    kept = pred.copy()
+    loss, grad = gk.composite_loss(pred, target, seed_terms(), out=pred)
+    assert grad is pred
+    check((loss, grad.copy()), kept, target, SEED_REF)
+
+
+def test_non_contiguous_inputs(backend):
+    rng = np.random.default_rng(88)
+    big_pred, big_target = seed_data(rng, 8, np.float32)
+    pred, target = big_pred[::2], big_target[::2]
+    assert not pred.flags.c_contiguous
+    check(gk.composite_loss(pred, target, seed_terms()), pred, target, SEED_REF)
+    pred_t = np.asfortranarray(pred)
+    check(gk.composite_loss(pred_t, target, seed_terms()), pred_t, target, SEED_REF)
+
+
+def test_deterministic(backend):
+    rng = np.random.default_rng(89)
+    pred, target = seed_data(rng, 4 if backend == "cudasim" else 1000, np.float32)
+    first = gk.composite_loss(pred, target, seed_terms())
+    second = gk.composite_loss(pred, target, seed_terms())
+    for a, b in zip(first, second, strict=True):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_gradient_matches_finite_differences(backend):
+    rng = np.random.default_rng(90)
+    pred, target = seed_data(rng, 2, np.float64, objects=[1.0, 0.0])
+
+    def loss_of(x):
+        return gk.composite_loss(x, target, seed_terms())[0]
+
+    _, grad = gk.composite_loss(pred, target, seed_terms())
+    np.testing.assert_allclose(grad, fd_gradient(loss_of, pred), rtol=1e-6, atol=1e-9)
+
+
+def test_matches_torch(backend):
+    torch = pytest.importorskip("torch")
+    functional = torch.nn.functional
+    rng = np.random.default_rng(91)
+    pred, target = seed_data(rng, 5, np.float64)
+    loss, grad = gk.composite_loss(pred, target, seed_terms(), grad_output=0.5)
+    x = torch.tensor(pred, requires_grad=True)
+    t = torch.tensor(target)
+    sel = t[:, 0] != 0
+    t_loss = (
+        functional.binary_cross_entropy_with_logits(x[:, 0:1], t[:, 0:1])
+        + 5.0 * functional.mse_loss(x[sel, 1:5], t[sel, 1:5])
+        + 0.5 * functional.cross_entropy(x[sel, 5:], t[sel, 5].long())
+    )
+    t_loss.backward(torch.tensor(0.5, dtype=torch.float64))
+    assert_close(loss, t_loss.detach().numpy(), np.float64)
+    assert_close(grad, x.grad.numpy(), np.float64)
+
+
+@pytest.mark.parametrize("n", [1, 31, 33, 1000])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_sizes_cpu(cpu_backend, n, dtype):
+    rng = np.random.default_rng(92)
+    pred, target = seed_data(rng, n, dtype)
+    check(gk.composite_loss(pred, target, seed_terms()), pred, target, SEED_REF)

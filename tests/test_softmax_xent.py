@@ -1,0 +1,399 @@
+"""gk.softmax_cross_entropy against the float64 reference, PyTorch and finite differences.
+
+Cases taking ``backend`` run on the CPU kernels and on the CUDA kernels under the simulator,
+so they stay tiny (the simulator costs milliseconds per thread); larger and odd sizes and the
+property tests run on the CPU backend alone.
+"""
+
+import numpy as np
+import pytest
+from _refs import (
+    FLOATS,
+    assert_all_written,
+    assert_close,
+    cross_entropy,
+    fd_gradient,
+    is_0d_array,
+    loss_dtype,
+    poisoned,
+    random_floats,
+    random_labels,
+    random_probs,
+)
+
+import gpukernels as gk
+
+N, C = 4, 5
+REDUCTIONS = ["mean", "sum", "none"]
+
+
+def labels_case(rng, n, c, dtype, option):
+    """Logits, integer labels and keyword arguments for one named option."""
+    logits = random_floats(rng, (n, c), dtype)
+    labels = random_labels(rng, n, c)
+    kw = {}
+    if option in ("weight", "all"):
+        kw["weight"] = rng.uniform(0.2, 2.0, c).astype(dtype)
+    if option in ("smoothing", "all"):
+        kw["label_smoothing"] = 0.15
+    if option == "ignore":
+        labels[1] = -100
+    if option == "ignore_class":  # an ignore_index that is also a valid class
+        kw["ignore_index"] = 2
+        labels[[0, 3]] = 2
+    if option == "all":
+        kw["ignore_index"] = -1
+        labels[2] = -1
+    return logits, labels, kw
+
+
+def grad_output_for(rng, reduction, n, dtype):
+    if reduction == "none":
+        return rng.uniform(0.5, 2.0, n).astype(loss_dtype(dtype))
+    return 0.75
+
+
+def check(result, logits, target, *, reduction="mean", grad_output=None, **kw):
+    """Compare one call's (loss, grad) with the float64 reference; returns them."""
+    loss, grad = result
+    dtype = logits.dtype
+    exp_loss, exp_grad = cross_entropy(
+        logits, target, reduction=reduction, grad_output=grad_output, **kw
+    )
+    assert isinstance(loss, np.ndarray) and isinstance(grad, np.ndarray)
+    assert loss.dtype == loss_dtype(dtype)
+    assert loss.shape == ((logits.shape[0],) if reduction == "none" else ())
+    assert grad.dtype == dtype and grad.shape == logits.shape
+    assert_close(loss, exp_loss, loss_dtype(dtype), what="loss")
+    assert_close(grad, exp_grad, dtype, what="grad")
+    return loss, grad
+
+
+@pytest.mark.parametrize(
+    "option", ["plain", "weight", "smoothing", "ignore", "ignore_class", "all"]
+)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_labels_match_reference(backend, reduction, option):
+    rng = np.random.default_rng(1)
+    logits, labels, kw = labels_case(rng, N, C, np.float32, option)
+    kept = logits.copy()
+    go = grad_output_for(rng, reduction, N, np.float32) if option == "all" else None
+    result = gk.softmax_cross_entropy(logits, labels, reduction=reduction, grad_output=go, **kw)
+    check(result, logits, labels, reduction=reduction, grad_output=go, **kw)
+    np.testing.assert_array_equal(logits, kept)  # no out=: the input is left alone
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_labels_dtypes(backend, dtype):
+    rng = np.random.default_rng(2)
+    logits, labels, kw = labels_case(rng, N, C, dtype, "all")
+    result = gk.softmax_cross_entropy(logits, labels.astype(np.int32), grad_output=1.5, **kw)
+    check(result, logits, labels, grad_output=1.5, **kw)
+
+
+@pytest.mark.parametrize("option", ["plain", "weight_smoothing", "one_hot"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_probs_match_reference(backend, reduction, option):
+    rng = np.random.default_rng(3)
+    logits = random_floats(rng, (N, C), np.float32)
+    if option == "one_hot":
+        probs = np.eye(C, dtype=np.float32)[random_labels(rng, N, C)]
+    else:
+        probs = random_probs(rng, N, C, np.float32)
+    kw = {}
+    if option == "weight_smoothing":
+        kw = {"weight": rng.uniform(0.2, 2.0, C).astype(np.float32), "label_smoothing": 0.2}
+    go = grad_output_for(rng, reduction, N, np.float32)
+    result = gk.softmax_cross_entropy(logits, probs, reduction=reduction, grad_output=go, **kw)
+    check(result, logits, probs, reduction=reduction, grad_output=go, **kw)
+
+
+@pytest.mark.parametrize(
+    "dtype, target_dtype",
+    [(np.float16, np.float32), (np.float32, np.float64), (np.float64, np.float16)],
+)
+def test_probs_dtypes(backend, dtype, target_dtype):
+    """Soft targets may be any float dtype, whatever the logits' dtype."""
+    rng = np.random.default_rng(4)
+    logits = random_floats(rng, (N, C), dtype)
+    probs = random_probs(rng, N, C, target_dtype)
+    weight = rng.uniform(0.2, 2.0, C).astype(dtype)
+    result = gk.softmax_cross_entropy(logits, probs, weight=weight, label_smoothing=0.1)
+    check(result, logits, probs, weight=weight, label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("target_kind", ["labels", "probs"])
+def test_grad_output_per_row(backend, target_kind):
+    """With "none", an upstream gradient per row scales that row's gradient."""
+    rng = np.random.default_rng(5)
+    logits = random_floats(rng, (N, C), np.float64)
+    target = random_labels(rng, N, C) if target_kind == "labels" else random_probs(rng, N, C)
+    go = np.array([0.5, -2.0, 0.0, 3.0])
+    result = gk.softmax_cross_entropy(logits, target, reduction="none", grad_output=go)
+    _, grad = check(result, logits, target, reduction="none", grad_output=go)
+    assert np.all(grad[2] == 0.0)
+
+
+@pytest.mark.parametrize("target_kind", ["labels", "probs"])
+def test_out_buffer(backend, target_kind):
+    rng = np.random.default_rng(6)
+    logits, labels, kw = labels_case(rng, N, C, np.float32, "all")
+    target = labels if target_kind == "labels" else random_probs(rng, N, C, np.float32)
+    if target_kind == "probs":
+        kw.pop("ignore_index")
+    out = poisoned((N, C), np.float32)
+    result = gk.softmax_cross_entropy(logits, target, out=out, **kw)
+    assert result[1] is out
+    assert_all_written(out)
+    check(result, logits, target, **kw)
+
+
+def test_out_strided_view(backend):
+    """out= a strided view: its elements are written, the memory between them is not."""
+    rng = np.random.default_rng(18)
+    logits, labels, kw = labels_case(rng, N, C, np.float32, "all")
+    buffer = poisoned((N, 2 * C), np.float32)
+    out = buffer[:, ::2]
+    result = gk.softmax_cross_entropy(logits, labels, out=out, **kw)
+    assert result[1] is out
+    assert_all_written(out)
+    assert np.all(np.isnan(buffer[:, 1::2]))
+    check(result, logits, labels, **kw)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("target_kind", ["labels", "probs"])
+def test_out_is_input(backend, dtype, target_kind):
+    """In-place gradient: the logits' memory receives the gradient, and the loss is right."""
+    rng = np.random.default_rng(7)
+    logits, labels, kw = labels_case(rng, N, C, dtype, "all")
+    target = labels if target_kind == "labels" else random_probs(rng, N, C, dtype)
+    if target_kind == "probs":
+        kw.pop("ignore_index")
+    kept = logits.copy()
+    loss, grad = gk.softmax_cross_entropy(logits, target, out=logits, **kw)
+    assert grad is logits
+    check((loss, grad.copy()), kept, target, **kw)
+
+
+@pytest.mark.parametrize("layout", ["column_slice", "transposed", "probs_transposed"])
+def test_non_contiguous_inputs(backend, layout):
+    rng = np.random.default_rng(8)
+    if layout == "column_slice":
+        logits = random_floats(rng, (N, 2 * C), np.float32)[:, ::2]
+        target = random_labels(rng, 2 * N, C)[::2]
+    elif layout == "transposed":
+        logits = random_floats(rng, (C, N), np.float32).T
+        target = random_labels(rng, N, C)
+    else:
+        logits = random_floats(rng, (N, C + 3), np.float32)[:, 1 : C + 1]
+        target = random_probs(rng, C, N, np.float32).T
+    assert not logits.flags.c_contiguous
+    weight = rng.uniform(0.2, 2.0, 2 * C).astype(np.float32)[::2]
+    result = gk.softmax_cross_entropy(logits, target, weight=weight, label_smoothing=0.05)
+    check(result, logits, target, weight=weight, label_smoothing=0.05)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("target_kind", ["labels", "probs"])
+def test_empty_batch(backend, reduction, target_kind):
+    """A mean over nothing is 0, never NaN (the one departure from PyTorch)."""
+    logits = np.ones((0, C), np.float32)
+    target = np.zeros(0, np.int64) if target_kind == "labels" else np.ones((0, C), np.float32)
+    loss, grad = gk.softmax_cross_entropy(logits, target, reduction=reduction)
+    assert grad.shape == (0, C) and grad.dtype == np.float32
+    assert loss.shape == ((0,) if reduction == "none" else ())
+    if reduction != "none":
+        assert is_0d_array(loss) and loss == 0.0
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_all_rows_ignored(backend, weighted):
+    rng = np.random.default_rng(9)
+    logits = random_floats(rng, (N, C), np.float32)
+    labels = np.full(N, -100, np.int64)
+    weight = rng.uniform(0.2, 2.0, C).astype(np.float32) if weighted else None
+    out = poisoned((N, C), np.float32)
+    loss, grad = gk.softmax_cross_entropy(
+        logits, labels, weight=weight, label_smoothing=0.1, out=out
+    )
+    assert is_0d_array(loss) and loss == 0.0 and not np.isnan(loss)
+    assert np.all(grad == 0.0)
+    loss, grad = gk.softmax_cross_entropy(logits, labels, reduction="sum")
+    assert loss == 0.0 and np.all(grad == 0.0)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_non_finite_logit_poisons_only_its_row(backend, bad, reduction):
+    rng = np.random.default_rng(10)
+    logits = random_floats(rng, (N, C), np.float32)
+    labels = random_labels(rng, N, C)
+    clean = logits.copy()
+    logits[2, (labels[2] + 1) % C] = bad
+    loss, grad = gk.softmax_cross_entropy(logits, labels, reduction=reduction)
+    exp_loss, exp_grad = cross_entropy(clean, labels, reduction=reduction)
+    assert np.all(np.isnan(grad[2])), grad[2]
+    others = [0, 1, 3]
+    assert_close(grad[others], exp_grad[others], np.float32)
+    if reduction == "mean":
+        assert np.isnan(loss)
+    else:
+        assert np.isnan(loss[2])
+        assert_close(loss[others], exp_loss[others], np.float32)
+
+
+def test_negative_infinite_logit_is_probability_zero(backend):
+    rng = np.random.default_rng(11)
+    logits = random_floats(rng, (N, C), np.float32)
+    labels = np.array([0, 1, 2, 3])
+    logits[0, 4] = -np.inf
+    logits[1, [0, 2, 3, 4]] = -np.inf  # only the true class is left: p_y = 1, loss 0
+    loss, grad = gk.softmax_cross_entropy(logits, labels, reduction="none")
+    check((loss, grad), logits, labels, reduction="none")
+    assert grad[0, 4] == 0.0
+    assert loss[1] == 0.0 and np.all(grad[1] == 0.0)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_extreme_logits_stay_finite(backend, dtype):
+    logits = np.array(
+        [
+            [1e4, -1e4, 0.5, 3.0, -3.0],
+            [-1e4, -1e4, -1e4, -1e4, 1e4],
+            [1e4, 1e4, -1e4, 2.0, 1.0],
+            [-1e4, 2.0, 1e4, -1e4, 0.0],
+        ],
+        dtype=dtype,
+    )
+    labels = np.array([1, 4, 0, 3])
+    loss, grad = gk.softmax_cross_entropy(logits, labels, label_smoothing=0.1)
+    assert np.isfinite(loss) and np.all(np.isfinite(grad))
+    check((loss, grad), logits, labels, label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_validate_false_out_of_range_label(backend, reduction):
+    """No error; that row gets zero gradient, leaves the mean's divisor, and the loss is NaN."""
+    rng = np.random.default_rng(12)
+    logits = random_floats(rng, (N, C), np.float32)
+    labels = random_labels(rng, N, C)
+    weight = rng.uniform(0.2, 2.0, C).astype(np.float32)
+    labels[1], labels[3] = C, -5
+    out = poisoned((N, C), np.float32)
+    loss, grad = gk.softmax_cross_entropy(
+        logits, labels, reduction=reduction, weight=weight, validate=False, out=out
+    )
+    assert_all_written(out)
+    assert np.all(grad[[1, 3]] == 0.0)
+    as_ignored = np.where((labels < 0) | (labels >= C), -100, labels)
+    exp_loss, exp_grad = cross_entropy(logits, as_ignored, reduction=reduction, weight=weight)
+    assert_close(grad, exp_grad, np.float32)
+    if reduction == "none":
+        assert np.isnan(loss[1]) and np.isnan(loss[3])
+        assert_close(loss[[0, 2]], exp_loss[[0, 2]], np.float32)
+    else:
+        assert np.isnan(loss)
+
+
+@pytest.mark.parametrize("n, c", [(5, 33), (3, 257), (6, 300)])
+def test_wider_rows(backend, n, c):
+    """Rows longer than a warp or a block of threads, at sizes the simulator can afford."""
+    rng = np.random.default_rng(17)
+    logits = random_floats(rng, (n, c), np.float32)
+    labels = random_labels(rng, n, c)
+    labels[n // 2] = -100
+    kw = {"weight": rng.uniform(0.2, 2.0, c).astype(np.float32), "label_smoothing": 0.1}
+    for reduction in ("mean", "none"):
+        result = gk.softmax_cross_entropy(logits, labels, reduction=reduction, **kw)
+        check(result, logits, labels, reduction=reduction, **kw)
+    probs = random_probs(rng, n, c, np.float32)
+    check(gk.softmax_cross_entropy(logits, probs, **kw), logits, probs, **kw)
+
+
+def test_deterministic(backend):
+    rng = np.random.default_rng(13)
+    n, c = (N, C) if backend == "cudasim" else (517, 999)
+    logits, labels, kw = labels_case(rng, n, c, np.float32, "all")
+    first = gk.softmax_cross_entropy(logits, labels, **kw)
+    second = gk.softmax_cross_entropy(logits, labels, **kw)
+    for a, b in zip(first, second, strict=True):
+        assert a.tobytes() == b.tobytes()
+
+
+def torch_cross_entropy(logits, target, reduction, grad_output, **kw):
+    """PyTorch's loss and autograd gradient, in float64 on the same values."""
+    torch = pytest.importorskip("torch")
+    x = torch.tensor(logits.astype(np.float64), requires_grad=True)
+    t = torch.tensor(target.astype(np.int64 if target.ndim == 1 else np.float64))
+    if "weight" in kw:
+        kw = dict(kw, weight=torch.tensor(kw["weight"].astype(np.float64)))
+    loss = torch.nn.functional.cross_entropy(x, t, reduction=reduction, **kw)
+    loss.backward(torch.as_tensor(np.asarray(grad_output, dtype=np.float64)))
+    return loss.detach().numpy(), x.grad.numpy()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("target_kind", ["labels", "probs"])
+def test_matches_torch(backend, dtype, reduction, target_kind):
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(14)
+    logits, labels, kw = labels_case(rng, N, C, dtype, "all")
+    target = labels
+    if target_kind == "probs":
+        target = random_probs(rng, N, C, dtype)
+        kw.pop("ignore_index")
+    go = grad_output_for(rng, reduction, N, dtype)
+    loss, grad = gk.softmax_cross_entropy(logits, target, reduction=reduction, grad_output=go, **kw)
+    t_loss, t_grad = torch_cross_entropy(logits, target, reduction, go, **kw)
+    assert_close(loss, t_loss, dtype, what="loss vs torch")
+    assert_close(grad, t_grad, dtype, what="grad vs torch")
+
+
+@pytest.mark.parametrize("target_kind", ["labels", "probs"])
+def test_gradient_matches_finite_differences(backend, target_kind):
+    """d(loss)/d(logits) of the library's own loss, float64, weighted and smoothed."""
+    rng = np.random.default_rng(15)
+    n, c = 2, 3
+    logits = random_floats(rng, (n, c), np.float64)
+    target = random_labels(rng, n, c) if target_kind == "labels" else random_probs(rng, n, c)
+    kw = {"weight": rng.uniform(0.5, 2.0, c), "label_smoothing": 0.2}
+
+    def loss_of(x):
+        return gk.softmax_cross_entropy(x, target, **kw)[0]
+
+    _, grad = gk.softmax_cross_entropy(logits, target, **kw)
+    np.testing.assert_allclose(grad, fd_gradient(loss_of, logits), rtol=1e-6, atol=1e-9)
+
+
+# ---- CPU backend only: odd and large sizes, properties ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "n, c",
+    [(1, 1), (3, 1), (1, 31), (31, 33), (33, 1000), (1000, 31), (2, 32769), (1, 131_079)],
+)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_sizes_cpu(cpu_backend, n, c, dtype):
+    rng = np.random.default_rng(16)
+    logits = random_floats(rng, (n, c), dtype)
+    labels = random_labels(rng, n, c)
+    weight = rng.uniform(0.2, 2.0, c).astype(dtype)
+    # float32 sums of C terms: allow for the row length in the relative error
+    rtol = 2e-3 if dtype == np.float16 else 2e-5 + 2e-7 * np.sqrt(c)
+    for reduction in ("mean", "none"):
+        loss, grad = gk.softmax_cross_entropy(
+            logits, labels, reduction=reduction, weight=weight, label_smoothing=0.1
+        )
+        exp_loss, exp_grad = cross_entropy(
+            logits, labels, reduction=reduction, weight=weight, label_smoothing=0.1
+        )
+        assert_close(loss, exp_loss, np.float32, rtol=rtol, what="loss")
+        assert_close(grad, exp_grad, dtype, rtol=rtol, atol=min(rtol, 2e-3), what="grad")
+    probs = random_probs(rng, n, c, np.float32)
+    loss, grad = gk.softmax_cross_entropy(logits, probs)
+    exp_loss, exp_grad = cross_entropy(logits, probs)
+    assert_close(loss, exp_loss, np.float32, rtol=rtol, what="loss")
+    assert_close(grad, exp_grad, dtype, rtol=rtol, atol=min(rtol, 2e-3), what="grad")
