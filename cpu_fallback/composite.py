@@ -16,6 +16,7 @@ from . import compute_view, output_view, store
 from ._math import bce_with_logits
 
 _TWO = np.float32(2.0)
+_NAN = np.float32(np.nan)
 SOFTMAX_XENT, BCE, MSE = 0, 1, 2
 
 
@@ -31,6 +32,8 @@ def _softmax_xent_term(z, t, scale, grad):
         s += math.exp(z[c] - m)
     lse = m + math.log(s)
     if t.shape[0] == 1 and z.shape[0] > 1:
+        if not (t[0] >= 0 and t[0] < z.shape[0]):
+            return _NAN * m  # no class of this term: visible in the loss, no gradient
         y = int(t[0])
         for c in range(z.shape[0]):
             grad[c] += scale * math.exp(z[c] - lse)

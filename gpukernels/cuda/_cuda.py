@@ -141,9 +141,11 @@ def launch_stream():
     try:
         import cupy
     except ImportError:  # a non-CuPy __cuda_array_interface__ caller: the default stream
-        return cuda.default_stream()
+        return cuda.legacy_default_stream()
     ptr = int(cupy.cuda.get_current_stream().ptr)
-    return cuda.default_stream() if ptr == 0 else _external_stream(ptr)
+    # CuPy's null stream (pointer 0) is the legacy default stream; Numba's default_stream()
+    # is handle 0, which means the per-thread stream under NUMBA_CUDA_PER_THREAD_DEFAULT_STREAM
+    return cuda.legacy_default_stream() if ptr == 0 else _external_stream(ptr)
 
 
 def launch(kernel, grid, block, shared: int, *args) -> None:

@@ -3,7 +3,7 @@ r"""Several losses over the column slices of one prediction row, in one launch.
 Term ``k`` reads columns ``cols[k]`` of ``pred`` and ``tcols[k]`` of ``target`` on the rows it
 selects (``only_where[k] < 0`` or ``target[i, only_where[k]] != 0``). Its row loss, unweighted:
 
-* softmax CE (kind 0), one target column holding a class index ``y``:
+* softmax CE (kind 0), one target column (of a term wider than one) holding a class index ``y``:
   :math:`\mathrm{lse}(z) - z_y`, gradient :math:`p - [c = y]` (a class outside the slice:
   NaN loss, zero gradient); with a probability slice ``t``:
   :math:`\sum_c t_c (\mathrm{lse} - z_c)`, gradient :math:`(\sum_c t_c) p - t`;
@@ -42,7 +42,8 @@ def _kernel(acc):
     @cuda.jit(device=True)
     def selected(target, i, only_where, k):
         col = only_where[k]
-        return col < 0 or target[i, col] != 0
+        # in acc: float16/32 != the integer 0 would compare in float64
+        return col < 0 or acc(target[i, col]) != zero
 
     @cuda.jit(device=True)
     def log_sum_exp(pred, i, start, stop):
@@ -64,9 +65,9 @@ def _kernel(acc):
     def term_loss(pred, target, i, kind, p0, p1, t0, t1, lse):
         """Row loss of one term; for a probability target also ``sum_c t_c``."""
         loss, t_sum = zero, zero
-        if kind == 0 and t1 - t0 == 1:
+        if kind == 0 and t1 - t0 == 1 and p1 - p0 > 1:
             y = acc(target[i, t0])
-            if y >= zero and y < p1 - p0:
+            if y >= zero and y < acc(p1 - p0):  # acc(): float32 < int64 compares in float64
                 loss = lse - acc(pred[i, p0 + types.int64(y)])
             else:
                 loss = nan
@@ -110,9 +111,9 @@ def _kernel(acc):
                     kind = kinds[k]
                     if kind == 0:
                         p = math.exp(z - lse[k])
-                        if tcols[k, 1] - t0 == 1:
+                        if tcols[k, 1] - t0 == 1 and p1 - p0 > 1:
                             y = acc(target[i, t0])
-                            if y >= zero and y < p1 - p0:
+                            if y >= zero and y < acc(p1 - p0):
                                 g += term_scale[k] * (p - one if c - p0 == types.int64(y) else p)
                         else:
                             t = acc(target[i, t0 + c - p0])

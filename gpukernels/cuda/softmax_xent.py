@@ -33,6 +33,17 @@ from .reduce import group_reducers
 _STORAGE = (types.float16, types.float32, types.float64)
 
 
+def _batch(acc) -> int:
+    """Loads of a row a thread issues in pass 1 before it consumes the first.
+
+    A warp stalls at the first use of a load, so one load at a time leaves only a few KB in
+    flight per SM, far below what DRAM needs to stream at full bandwidth. 16 bytes a thread
+    (4 float32, 2 float64) quadruples that; more would cost occupancy (registers: 512-thread
+    blocks must stay under 128 a thread, tests/test_ptx.py).
+    """
+    return 2 if acc == types.float64 else 4
+
+
 @functools.cache
 def _row_stats(acc):
     """Device functions of the first pass: one thread's online (max, sum) and the row's."""
@@ -69,6 +80,7 @@ def _labels_kernel(acc):
     zero, one, neg_inf = (acc_constant(acc, v) for v in (0.0, 1.0, -math.inf))
     nan = acc_constant(acc, math.nan)
     online, row_max_sum, group_sum, log = _row_stats(acc)
+    batch = _batch(acc)
 
     @cuda.jit
     def _softmax_xent_labels_rows_kernel(
@@ -94,16 +106,29 @@ def _labels_kernel(acc):
         need_w = has_w and eps > zero  # sum_c w_c enters A only through the smoothing
 
         m, s, w_sum = neg_inf, zero, zero
-        if live:
-            for c in range(tx, num_c, tx_n):
-                z = acc(logits[i, c])
-                if cache:
-                    buf[row + c] = z
-                if c == y:
-                    z_y = z
-                m, s = online(m, s, z)
-                if need_w:
-                    w_sum += acc(weight[c])
+        zs = cuda.local.array(batch, acc)  # constant indices only: registers
+        base = types.int64(tx)
+        while live and base < num_c:
+            # batch loads in flight, then the updates in the same order as one at a time
+            if base + (batch - 1) * tx_n < num_c:
+                for u in range(batch):
+                    zs[u] = acc(logits[i, base + u * tx_n])
+            else:
+                for u in range(batch):
+                    c = base + u * tx_n
+                    zs[u] = acc(logits[i, c]) if c < num_c else neg_inf
+            for u in range(batch):
+                c = base + u * tx_n
+                if c < num_c:
+                    z = zs[u]
+                    if cache:
+                        buf[row + c] = z
+                    if c == y:
+                        z_y = z
+                    m, s = online(m, s, z)
+                    if need_w:
+                        w_sum += acc(weight[c])
+            base += batch * tx_n
         big, total = row_max_sum(m, s, buf, tx, ty, tx_n)
         w_all = group_sum(w_sum, buf, tx, ty, tx_n) if need_w else acc(num_c)
         lse = big + log(total)
@@ -147,6 +172,7 @@ def _labels_kernel(acc):
 def _probs_kernel(acc):
     zero, one, neg_inf = (acc_constant(acc, v) for v in (0.0, 1.0, -math.inf))
     online, row_max_sum, group_sum, log = _row_stats(acc)
+    batch = _batch(acc)
 
     @cuda.jit
     def _softmax_xent_probs_rows_kernel(
@@ -164,14 +190,30 @@ def _probs_kernel(acc):
         eps_c = eps / acc(num_c) if num_c > 0 else zero
 
         m, s, a_sum = neg_inf, zero, zero
-        if live:
-            for c in range(tx, num_c, tx_n):
-                z = acc(logits[i, c])
-                if cache:
-                    buf[row + c] = z
-                m, s = online(m, s, z)
-                w_c = acc(weight[c]) if has_w else one
-                a_sum += w_c * (acc(target[i, c]) * (one - eps) + eps_c)
+        zs = cuda.local.array(batch, acc)  # constant indices only: registers
+        ts = cuda.local.array(batch, acc)
+        base = types.int64(tx)
+        while live and base < num_c:
+            # batch loads of each array in flight, then the updates in column order
+            if base + (batch - 1) * tx_n < num_c:
+                for u in range(batch):
+                    zs[u] = acc(logits[i, base + u * tx_n])
+                    ts[u] = acc(target[i, base + u * tx_n])
+            else:
+                for u in range(batch):
+                    c = base + u * tx_n
+                    zs[u] = acc(logits[i, c]) if c < num_c else neg_inf
+                    ts[u] = acc(target[i, c]) if c < num_c else zero
+            for u in range(batch):
+                c = base + u * tx_n
+                if c < num_c:
+                    z = zs[u]
+                    if cache:
+                        buf[row + c] = z
+                    m, s = online(m, s, z)
+                    w_c = acc(weight[c]) if has_w else one
+                    a_sum += w_c * (ts[u] * (one - eps) + eps_c)
+            base += batch * tx_n
         big, total = row_max_sum(m, s, buf, tx, ty, tx_n)
         big_a = group_sum(a_sum, buf, tx, ty, tx_n)
         lse = big + log(total)
