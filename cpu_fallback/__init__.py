@@ -5,6 +5,7 @@ Each module has the name and the launcher signatures of its CUDA twin in ``gpuke
 data in float32 copies and round into the caller's float16 buffers at the end.
 """
 
+import numba
 import numpy as np
 
 # Reassociation lets reductions vectorise; no 'nnan'/'ninf', so NaN and inf still propagate.
@@ -25,3 +26,12 @@ def store(buffer: np.ndarray, out: np.ndarray) -> None:
     """Round a float32 stand-in into its float16 ``out`` (nothing to do otherwise)."""
     if buffer is not out:
         out[...] = buffer
+
+
+def per_task(n: int) -> int:
+    """Items per parallel task for ``n`` items: several tasks per thread, for balance.
+
+    Uses the thread count Numba starts with: ``numba.get_num_threads()`` costs microseconds
+    per call, which small batches would feel.
+    """
+    return max(1, -(-n // (8 * numba.config.NUMBA_NUM_THREADS)))

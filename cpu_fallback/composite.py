@@ -6,13 +6,12 @@ Each row's predictions are copied to a scratch row first, so the gradient may be
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from gpukernels._scalar import ONE, ZERO
 
-from . import compute_view, output_view, store
+from . import compute_view, output_view, per_task, store
 from ._math import bce_with_logits
 
 _TWO = np.float32(2.0)
@@ -97,6 +96,6 @@ def composite(pred, target, kinds, cols, tcols, only_where, term_scale, grad, ro
         term_scale,
         buffer,
         row_loss,
-        max(1, -(-pred.shape[0] // (8 * numba.get_num_threads()))),
+        per_task(pred.shape[0]),
     )
     store(buffer, grad)

@@ -4,13 +4,12 @@ No fastmath here: the order of the additions is the result's definition, shared 
 with the CUDA kernels.
 """
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from gpukernels._canon import TILE
 
-from . import compute_view
+from . import compute_view, per_task
 
 _COLUMN_BLOCK = 64  # columns folded together: a (TILE, 64) float32 tile is 64 KiB
 
@@ -87,4 +86,4 @@ def finish_tile(s, count, j, loss, reduce):
 def tasks(n: int) -> tuple[int, int]:
     """(tiles, tiles per parallel task) for ``n`` elements: several tasks per thread."""
     tiles = -(-n // TILE)
-    return tiles, max(1, -(-tiles // (8 * numba.get_num_threads())))
+    return tiles, per_task(tiles)

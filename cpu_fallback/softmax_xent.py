@@ -8,13 +8,12 @@ gradient is written, so ``grad`` may be the logits themselves. See docs/BACKENDS
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from gpukernels._scalar import ONE, ZERO
 
-from . import FASTMATH, compute_view, output_view, store
+from . import FASTMATH, compute_view, output_view, per_task, store
 from ._math import fast_exp
 
 _NAN = np.float32(np.nan)
@@ -158,11 +157,6 @@ def _row_weights_kernel(labels, w, row_weight, ignore_index, num_classes):
             row_weight[i] = w[y] if w.shape[0] else 1
 
 
-def _chunk(n: int) -> int:
-    """Rows per parallel task: several tasks per thread, one scratch row per task."""
-    return max(1, -(-n // (8 * numba.get_num_threads())))
-
-
 def label_row_weights(labels, weight, row_weight, ignore_index, num_classes):
     """row_weight[i] = weight[labels[i]] (1 without weights); 0 if ignored or out of range."""
     _row_weights_kernel(labels, weight, row_weight, ignore_index, num_classes)
@@ -185,7 +179,7 @@ def softmax_xent_labels(
         ignore_index,
         acc(smoothing),
         acc(smoothing / c),
-        _chunk(n),
+        per_task(n),
     )
     store(buffer, grad)
 
@@ -204,6 +198,6 @@ def softmax_xent_probs(logits, target, weight, grad_scale, grad, row_loss, smoot
         row_loss,
         acc(1.0 - smoothing),
         acc(smoothing / c),
-        _chunk(n),
+        per_task(n),
     )
     store(buffer, grad)
