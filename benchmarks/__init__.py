@@ -1,0 +1,23 @@
+"""Benchmarks of gpukernels against NumPy/CuPy expressions and PyTorch, on one device.
+
+Run them with ``gpukernels bench`` (or ``python -m gpukernels bench``); see README.md here.
+
+Layout: one module per op (``softmax_xent``, ``bce``, ``mse``, ``sigmoid``, ``reduce``, and
+``overhead`` for the Python cost of one small call), each holding its byte model and its
+variants; ``device`` (arrays, clocks and the copy of one backend), ``harness`` (warm-up,
+timing, checking: the one place a case is measured), ``baselines`` (the PyTorch bridge),
+``report`` (table, JSON, plot) and ``runner`` (the command).
+
+An op module defines:
+
+- ``NAME``, ``TITLE``, ``BYTES`` (the byte model in words);
+- ``SIZES[backend][tier]``: shapes per tier (``small``, ``medium``, ``large``);
+- ``DTYPES[backend]``: the default dtypes;
+- ``shape_of(size)``: the op's shape for an explicit ``--sizes`` entry;
+- ``nbytes(shape, dtype)``: the fewest bytes a call must move through memory;
+- ``inputs(dev, shape, dtype, seed)``: a tuple of random arrays of the device's library;
+- ``reference(dev, inputs)``: ``(loss, grad)`` in float64 (either may be ``None``);
+- ``variants(dev)``: the implementations to time, ``gpukernels`` first.
+"""
+
+OPS = ("softmax_xent", "bce", "mse", "sigmoid", "reduce", "overhead")

@@ -1,0 +1,126 @@
+"""Variants: gpukernels' own and PyTorch's (eager and ``torch.compile``), on the same memory.
+
+PyTorch sees the very arrays the other variants read, through DLPack (``torch.from_dlpack``),
+so no variant gets a copy the others do not. A PyTorch loss variant runs the forward and the
+backward (``torch.autograd.grad``), the work gpukernels does in one call.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+OURS = "gpukernels"
+
+
+def _identity(arrays):
+    return arrays
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One implementation of a case's maths.
+
+    ``prepare`` turns the case's arrays (a tuple, in the device's library) into the variant's
+    arguments over the same memory; ``call`` maps those to ``(loss, grad)``, either of which
+    may be ``None``. ``skip`` holds the reason when the variant cannot run here.
+    """
+
+    name: str
+    call: Callable[[Any], tuple] = field(default=lambda args: (None, None))
+    prepare: Callable[[tuple], Any] = _identity
+    skip: str = ""
+
+
+def ours(xp, fn: Callable, *, out: bool = True, **kwargs) -> list[Variant]:
+    """gpukernels as a user calls it, and (``out=True``) writing into a preallocated buffer.
+
+    The second shows the kernel without the allocation of its output (on the host a fresh
+    array costs page faults on first touch).
+    """
+    plain = Variant(OURS, call=lambda a: fn(*a, **kwargs))
+    if not out:
+        return [plain]
+
+    def with_buffer(arrays):
+        return arrays, xp.full_like(arrays[0], xp.nan)  # poisoned: every element must be written
+
+    buffered = Variant(
+        f"{OURS} out=", call=lambda p: fn(*p[0], out=p[1], **kwargs), prepare=with_buffer
+    )
+    return [plain, buffered]
+
+
+@functools.cache
+def torch_or_reason(kind: str) -> tuple[Any, str]:
+    """``(torch, "")`` when PyTorch can run on this backend, else ``(None, why not)``."""
+    try:
+        import torch
+    except ImportError:
+        return None, "PyTorch is not installed"
+    if kind == "cuda" and not torch.cuda.is_available():
+        return None, "PyTorch sees no GPU"
+    if kind == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    return torch, ""
+
+
+def torch_variants(
+    kind: str,
+    fn: Callable,
+    *,
+    backward: bool = True,
+    compiled: bool | None = None,
+    name: str = "torch",
+) -> list[Variant]:
+    """PyTorch eager (and on CUDA ``torch.compile``) of ``fn`` over the case's arrays.
+
+    ``fn(x, *rest)`` takes tensors; with ``backward`` it returns a scalar loss and the variant
+    returns ``(loss, d loss / d x)``; without, its result is the variant's ``grad`` (an
+    elementwise op) or, when 0-d, its ``loss`` (a sum).
+    """
+    torch, why = torch_or_reason(kind)
+    compiled = kind == "cuda" if compiled is None else compiled
+    names = [name, f"{name}.compile"] if compiled else [name]
+    if torch is None:
+        return [Variant(n, skip=why) for n in names]
+
+    def prepare(arrays):
+        tensors = tuple(torch.from_dlpack(a) for a in arrays)
+        if backward:
+            tensors[0].requires_grad_(True)
+        return tensors
+
+    def make_call(f):
+        if backward:
+
+            def call(t):
+                loss = f(*t)
+                (grad,) = torch.autograd.grad(loss, t[0])
+                return loss.detach(), grad
+
+            return call
+
+        def call_plain(t):
+            with torch.no_grad():
+                y = f(*t)
+            return (y, None) if y.ndim == 0 else (None, y)
+
+        return call_plain
+
+    out = [Variant(name, call=make_call(fn), prepare=prepare)]
+    if compiled:
+        out.append(Variant(f"{name}.compile", call=make_call(torch.compile(fn)), prepare=prepare))
+    return out
+
+
+def as_array(xp, value):
+    """A result of any variant as an array of ``xp`` (PyTorch tensors through DLPack)."""
+    if value is None:
+        return None
+    if hasattr(value, "detach"):
+        return xp.from_dlpack(value.detach().contiguous())
+    return xp.asarray(value)

@@ -1,0 +1,231 @@
+"""Measure one case: check every variant against a float64 reference, then time it.
+
+The one timing path of the suite. A case is an op at one shape and dtype. Its inputs are
+random (never zeros) and, where one set of them would fit in the device's last-level cache
+(GPU L2, CPU L3), several sets are drawn and the calls rotate among them so that every call
+reads from memory. Each variant is checked first (loss and gradient within a tolerance of the
+reference) and timed only if it passes: warm-up calls (compilation, allocation pools) first,
+then enough timed calls for a stable median. The memory copy of the same number of bytes is
+timed on the same device in the same way: it is the ceiling a memory-bound op can reach.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .baselines import OURS, as_array
+
+# Largest relative error (loss: |a - b| / |b|; gradient: max |a - b| / max |b|) against the
+# float64 reference. float16 covers values stored in half precision (PyTorch's loss too).
+TOLERANCE = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2}
+MAX_SETS = 64
+TINY = 1e-300
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long to warm up and to time one variant, and the bounds on the repeat count."""
+
+    warmup_s: float
+    time_s: float
+    min_reps: int
+    max_reps: int
+    host_batch: int = 20
+
+
+BUDGETS = {
+    ("cpu", False): Budget(warmup_s=0.1, time_s=1.0, min_reps=5, max_reps=300),
+    ("cpu", True): Budget(warmup_s=0.05, time_s=0.25, min_reps=3, max_reps=60),
+    ("cuda", False): Budget(warmup_s=0.05, time_s=0.25, min_reps=20, max_reps=1000),
+    ("cuda", True): Budget(warmup_s=0.02, time_s=0.06, min_reps=10, max_reps=200),
+}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Order statistics of the per-call seconds."""
+
+    median: float
+    q1: float
+    q3: float
+    min: float
+    max: float
+    reps: int
+
+    @classmethod
+    def of(cls, samples: list[float]) -> Timing:
+        """The statistics of a list of seconds."""
+        q1, med, q3 = np.percentile(samples, [25, 50, 75])
+        return cls(float(med), float(q1), float(q3), min(samples), max(samples), len(samples))
+
+    @property
+    def spread(self) -> float:
+        """The interquartile range over the median."""
+        return (self.q3 - self.q1) / self.median if self.median > 0 else math.nan
+
+
+@dataclass
+class Outcome:
+    """One variant on one case: ``ok``, ``mismatch``, ``error`` or ``skipped``."""
+
+    variant: str
+    status: str
+    detail: str = ""
+    loss_err: float | None = None
+    grad_err: float | None = None
+    timing: Timing | None = None
+
+
+@dataclass
+class CaseResult:
+    """All variants of one case, with the copy ceiling measured beside them."""
+
+    op: str
+    shape: tuple
+    dtype: str
+    nbytes: int
+    host_clock: bool
+    n_sets: int
+    copy: Timing | None = None
+    copy_bytes: int = 0
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def timed(self, name: str) -> Timing | None:
+        """The timing of variant ``name``, or None if it did not run."""
+        for o in self.outcomes:
+            if o.variant == name and o.timing is not None:
+                return o.timing
+        return None
+
+    def gbps(self, timing: Timing) -> float | None:
+        """The byte model over the median, in GB/s (None for the overhead case)."""
+        return None if self.host_clock else self.nbytes / timing.median / 1e9
+
+    @property
+    def copy_gbps(self) -> float | None:
+        """The copy's bytes read plus written over its median, in GB/s."""
+        return self.copy_bytes / self.copy.median / 1e9 if self.copy else None
+
+    def pct_of_copy(self, timing: Timing) -> float | None:
+        """GB/s as a percentage of the copy's GB/s."""
+        rate, ceiling = self.gbps(timing), self.copy_gbps
+        return None if rate is None or not ceiling else 100.0 * rate / ceiling
+
+    def speedup(self, name: str) -> float | None:
+        """Variant ``name``'s median over gpukernels' (above 1: gpukernels is faster)."""
+        ours, other = self.timed(OURS), self.timed(name)
+        return other.median / ours.median if ours and other else None
+
+
+def measure(dev, fn: Callable[[int], object], n_sets: int, budget: Budget, host: bool) -> Timing:
+    """Warm ``fn`` up, pick a repeat count from the warm-up's pace, and time it."""
+    gc.collect()
+    calls, start = 0, time.perf_counter()
+    while calls < max(2, n_sets) or time.perf_counter() - start < budget.warmup_s:
+        fn(calls % n_sets)
+        dev.sync()
+        calls += 1
+    per_call = (time.perf_counter() - start) / calls
+    if host:
+        reps = budget.time_s / (per_call * budget.host_batch)
+    else:
+        reps = budget.time_s / per_call
+    reps = int(min(max(reps, budget.min_reps), budget.max_reps))
+    gc.disable()
+    try:
+        if host:
+            samples = dev.time_host(fn, reps, n_sets, budget.host_batch)
+        else:
+            samples = dev.time_calls(fn, reps, n_sets)
+    finally:
+        gc.enable()
+    return Timing.of(samples)
+
+
+def compare(xp, got: tuple, ref: tuple) -> tuple[float | None, float | None]:
+    """Relative errors of a variant's ``(loss, grad)`` against the reference's."""
+    loss, grad = (as_array(xp, v) for v in got)
+    ref_loss, ref_grad = ref
+    loss_err = grad_err = None
+    if ref_loss is not None:
+        if loss is None:
+            raise ValueError("returned no loss")
+        a, b = float(loss), float(ref_loss)
+        loss_err = abs(a - b) / max(abs(b), TINY)
+    if ref_grad is not None:
+        if grad is None or tuple(grad.shape) != tuple(ref_grad.shape):
+            raise ValueError(f"gradient of shape {getattr(grad, 'shape', None)}")
+        scale = float(xp.abs(ref_grad).max())
+        diff = float(xp.abs(grad.astype(xp.float64) - ref_grad).max())
+        grad_err = diff / max(scale, TINY)
+    return loss_err, grad_err
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _check(dev, variant, sets, ref, tol) -> tuple[Outcome, list | None]:
+    """The variant's outcome after its first call, and its prepared arguments if it passed."""
+    if variant.skip:
+        return Outcome(variant.name, "skipped", variant.skip), None
+    try:
+        args = [variant.prepare(s) for s in sets]
+        loss_err, grad_err = compare(dev.xp, variant.call(args[0]), ref)
+    except Exception as exc:  # a baseline that cannot run here is reported, not fatal
+        return Outcome(variant.name, "error", _short(exc)), None
+    worst = max((e for e in (loss_err, grad_err) if e is not None), default=0.0)
+    ok = worst <= tol  # False for NaN
+    detail = "" if ok else f"relative error {worst:.2e} > {tol:.0e}"
+    outcome = Outcome(variant.name, "ok" if ok else "mismatch", detail, loss_err, grad_err)
+    return outcome, args if ok else None
+
+
+def copy_ceiling(dev, nbytes: int, n_sets: int, budget: Budget) -> tuple[Timing, int]:
+    """Time a copy that moves ``nbytes`` (read plus written), rotating like the op's inputs."""
+    copies = [dev.copier(nbytes, seed=10_000 + 2 * k) for k in range(n_sets)]
+    timing = measure(dev, lambda i: copies[i][0](), n_sets, budget, host=False)
+    return timing, copies[0][1]
+
+
+def _nth(call: Callable, args: list, i: int):
+    return call(args[i])
+
+
+def run_case(dev, op, shape: tuple, dtype: str, budget: Budget, step: Callable) -> CaseResult:
+    """Check and time every variant of ``op`` at ``shape`` and ``dtype``.
+
+    ``step(label)`` is called once per variant, for a progress display.
+    """
+    host = getattr(op, "HOST_CLOCK", False)
+    nbytes = op.nbytes(shape, dtype)
+    n_sets = 1 if host else min(MAX_SETS, max(1, math.ceil(2 * dev.cache_bytes / nbytes)))
+    result = CaseResult(op.NAME, tuple(shape), dtype, nbytes, host, n_sets)
+    sets = [op.inputs(dev, shape, dtype, seed=k) for k in range(n_sets)]
+    ref = op.reference(dev, sets[0])
+    variants = op.variants(dev)
+    checked = [_check(dev, v, sets, ref, TOLERANCE[dtype]) for v in variants]
+    del ref
+    dev.release()
+    for variant, (outcome, args) in zip(variants, checked, strict=True):
+        result.outcomes.append(outcome)
+        if args is not None:
+            try:
+                fn = functools.partial(_nth, variant.call, args)
+                outcome.timing = measure(dev, fn, n_sets, budget, host)
+            except Exception as exc:  # reported in the table, the run goes on
+                outcome.status, outcome.detail = "error", _short(exc)
+        step(outcome)
+    del checked, sets
+    dev.release()
+    if not host:
+        result.copy, result.copy_bytes = copy_ceiling(dev, nbytes, n_sets, budget)
+    return result

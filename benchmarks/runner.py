@@ -1,0 +1,169 @@
+"""``gpukernels bench``: pick the cases, run them, print the tables, write JSON and the plot.
+
+The command line is parsed in ``gpukernels/cli.py``; ``run(options)`` takes its namespace
+(``ops``, ``sizes``, ``dtypes``, ``quick``, ``backend``, ``out``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from . import OPS, report
+from .device import Device, open_device, slug
+from .harness import BUDGETS, TOLERANCE, run_case
+
+TIERS = ("small", "medium", "large")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_list(text: str | None, allowed: tuple[str, ...] | None, what: str) -> list[str]:
+    """``a,b`` -> ``["a", "b"]``, each checked against ``allowed``."""
+    items = [t.strip() for t in (text or "").split(",") if t.strip()]
+    bad = [t for t in items if allowed is not None and t not in allowed]
+    if bad:
+        raise SystemExit(f"--{what}: unknown {', '.join(bad)}; choose from {', '.join(allowed)}")
+    return items
+
+
+def parse_size(text: str) -> tuple[int, ...]:
+    """``4096x1024``, ``1048576``, ``2^20``, ``16M`` or ``1G`` (binary) as a shape."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    dims = []
+    for part in text.lower().split("x"):
+        if m := re.fullmatch(r"2\^(\d+)", part):
+            dims.append(1 << int(m.group(1)))
+        elif m := re.fullmatch(r"(\d+)([kmg]?)", part):
+            dims.append(int(m.group(1)) * units[m.group(2).upper()])
+        else:
+            raise SystemExit(f"--sizes: cannot read {text!r} (try 4096x1024, 2^20 or 16M)")
+    if not 1 <= len(dims) <= 2 or min(dims) < 1:
+        raise SystemExit(f"--sizes: {text!r} is not a count or an NxC shape")
+    return tuple(dims)
+
+
+def plan(dev: Device, ops: list[str], sizes: str | None, dtypes: list[str]) -> list[tuple]:
+    """``(module, shape, dtype)`` for every case to run, in order, without repeats."""
+    entries = parse_list(sizes, None, "sizes")
+    tiers = [e for e in entries if e in TIERS] or (list(TIERS) if not entries else [])
+    explicit = [parse_size(e) for e in entries if e not in TIERS]
+    cases = []
+    for name in ops:
+        op = importlib.import_module(f"benchmarks.{name}")
+        shapes = [s for t in tiers for s in op.SIZES[dev.kind].get(t, [])]
+        shapes += [op.shape_of(s) for s in explicit] if not getattr(op, "HOST_CLOCK", 0) else []
+        for shape in dict.fromkeys(tuple(s) for s in shapes):
+            for dtype in dtypes or op.DTYPES[dev.kind]:
+                cases.append((op, shape, dtype))
+    return cases
+
+
+def git_commit() -> str:
+    """``git rev-parse`` of the checkout (with ``-dirty`` for local changes), or ``unknown``."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def default_out() -> Path:
+    """``benchmarks/results`` in a source checkout, else ``./benchmark-results``."""
+    if (ROOT / "pyproject.toml").exists():
+        return ROOT / "benchmarks" / "results"
+    return Path.cwd() / "benchmark-results"
+
+
+def metadata(dev: Device, options, ops: list[str], dtypes: list[str], budget, now) -> dict:
+    """What the results file says about the run: device, versions, commit, options, method."""
+    from gpukernels.cli import versions
+
+    clock = "CUDA events" if dev.kind == "cuda" else "time.perf_counter"
+    copy = "cudaMemcpyAsync device to device" if dev.kind == "cuda" else "np.copyto"
+    return {
+        "device": dev.details(),
+        "date": now.isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "versions": versions(),
+        "options": {
+            "ops": ops,
+            "sizes": options.sizes,
+            "dtypes": dtypes or "default",
+            "quick": bool(options.quick),
+            "backend": dev.kind,
+        },
+        "method": {
+            "timing": f"{clock} around each call, after warm-up",
+            "statistic": "median; spread: interquartile range (q1, q3) and min/max",
+            "copy": f"{copy} moving the same number of bytes (half read, half written)",
+            "check": "loss and gradient against a float64 reference before timing",
+            "budget": vars(budget),
+        },
+    }
+
+
+def run(options) -> int:
+    """Run the benchmark described by the parsed ``gpukernels bench`` options."""
+    started = time.perf_counter()
+    ops = parse_list(options.ops, OPS, "ops") or list(OPS)
+    dtypes = parse_list(options.dtypes, tuple(TOLERANCE), "dtypes")
+    try:
+        dev = open_device(options.backend)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
+    # NumPy arrays must not wander onto the simulator, nor CuPy arrays be refused.
+    os.environ["GPUKERNELS_BACKEND"] = "cpu" if dev.kind == "cpu" else "auto"
+    cases = plan(dev, ops, options.sizes, dtypes)
+    if not cases:
+        raise SystemExit("no cases: check --ops, --sizes and --dtypes for this backend")
+    budget = BUDGETS[dev.kind, bool(options.quick)]
+    full = not (options.quick or options.ops or options.sizes or options.dtypes)
+    tag = "" if full else ("-quick" if options.quick else "-partial") + "-scratch"
+    now = datetime.datetime.now().astimezone()
+    out = Path(options.out) if options.out else default_out()
+    stem = out / f"{slug(dev.name)}-{now:%Y-%m-%d}{tag}"
+    meta = metadata(dev, options, ops, dtypes, budget, now)
+    print(f"gpukernels bench: {len(cases)} cases on {dev.name} ({dev.kind})", flush=True)
+    results, records = [], []
+    total = sum(len(op.variants(dev)) for op, _, _ in cases)
+    with report.Progress(total) as progress:
+        for op, shape, dtype in cases:
+            progress.case(f"{op.NAME} {report.fmt_shape(shape)} {dtype}")
+            result = run_case(dev, op, shape, dtype, budget, progress.step)
+            results.append(result)
+            records.append(report.case_record(result, op))
+            report.write_json(stem.with_suffix(".json"), meta, records)
+    titles = {op.NAME: f"{op.TITLE}: {op.BYTES}" for op, _, _ in cases}
+    heading = f"gpukernels bench, {dev.name}, {now:%Y-%m-%d}"
+    note = report.plot(stem.with_suffix(".png"), results, titles, heading)
+    report.print_table(
+        "All variants (ours x = that variant's median / gpukernels')",
+        report.DETAIL_HEAD,
+        report.detail_rows(results),
+    )
+    head, rows = report.summary(results)
+    report.print_table(
+        f"{heading}: gpukernels, and how much faster it is than each baseline", head, rows
+    )
+    print(f"results: {stem.with_suffix('.json')}")
+    print(f"plot: {note}" if note else f"plot: {stem.with_suffix('.png')}")
+    print(f"bench took {time.perf_counter() - started:.0f} s")
+    return 0
