@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import textwrap
 from pathlib import Path
 
 from .baselines import OURS
@@ -240,7 +241,7 @@ def plot(path: Path, cases: list[CaseResult], titles: dict, heading: str) -> str
     colors = {}
     for ax, op in zip(axes.flat, ops, strict=False):
         _plot_op(ax, cases_of(cases, op), styles, colors)
-        ax.set_title(titles.get(op, op))
+        ax.set_title(textwrap.fill(titles.get(op, op), 48), fontsize=10)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("bytes moved (byte model)")
         ax.set_ylabel("GB/s")

@@ -9,7 +9,7 @@ image: an objectness logit and the box (x_min, y_min, x_max, y_max) / 24. The lo
 from ``gk.composite_loss``, each term averaged over its own selection, and its gradient with
 respect to the outputs is the sum of the two terms' gradients, each in its own columns (the
 sum rule of seed 000). ``sum_rule_gap`` checks that against the terms computed separately with
-``gk.bce_with_logits`` and ``gk.mse``. See docs/localize.md for the maths.
+``gk.bce_with_logits`` and ``gk.mse``. The maths is in README.md (the localisation walk-through).
 """
 
 from __future__ import annotations

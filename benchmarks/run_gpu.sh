@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (H100/H200 image: numba, numba-cuda, cupy, torch, triton are
+# already there). Installs nothing and reaches no network: runs the GPU tests, then the whole
+# GPU benchmark, and leaves the log, JSON and plot under $OUT (else benchmarks/results/).
+#   device run:  bash benchmarks/run_gpu.sh            (from the repository root)
+#   quick check: bash benchmarks/run_gpu.sh --quick
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export NUMBA_ENABLE_CUDASIM=0 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-python3}
+dest=${OUT:-benchmarks/results}
+mkdir -p "$dest"
+log="$dest/gpu-run.log"
+
+{
+  echo "== $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  "$PY" -m gpukernels info
+  echo "== pytest -m gpu"
+  "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
+  echo "pytest exit: $?"
+  echo "== gpukernels bench --backend cuda $*"
+  "$PY" -m gpukernels bench --backend cuda --out "$dest" "$@"
+  echo "bench exit: $?"
+} 2>&1 | tee "$log"
