@@ -4,11 +4,13 @@ that vectorises.
 Without SVML, ``math.exp`` is a scalar libm call that LLVM cannot vectorise; ``fast_exp`` on
 float32 is Cody-Waite range reduction plus the Cephes minimax polynomial, with 2^n built from
 the bits of the rounded exponent, all plain arithmetic that becomes AVX2 code. It is within
-2 ulp of the true exp on [-86.5, 88.7] (tests/test_cpu_math.py); below it returns 0 (an
-absolute error under 3e-38), above inf, and NaN stays NaN. float64 uses ``math.exp``.
+2 ulp of the true exp on [-86.5, 88.7] (tests/test_cpu_math.py), rounds once into the
+subnormals below, gives 0 under -104 and inf above 88.7, and NaN stays NaN. float64 uses
+``math.exp``.
 """
 
 import math
+from types import FunctionType
 
 import numpy as np
 from llvmlite import ir
@@ -16,10 +18,6 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from gpukernels import _scalar
-
-sigmoid = njit(inline="always")(_scalar.sigmoid)
-sigmoid_derivative = njit(inline="always")(_scalar.sigmoid_derivative)
-bce_with_logits = njit(inline="always")(_scalar.bce_with_logits)
 
 
 @intrinsic
@@ -51,7 +49,9 @@ _LN2_HI = np.float32(0.693359375)  # exact in 9 bits, so n * _LN2_HI is exact
 _LN2_LO = np.float32(-2.12194440e-4)
 _ROUND = np.float32(12582912.0)  # 1.5 * 2^23: adding it rounds to an integer in the low bits
 _ROUND_BITS = np.int32(0x4B400000)
-_LOWEST = np.float32(-86.5)  # exp(-86.5) = 2.7e-38: below, 0 (the smallest normal is 1.2e-38)
+_LOWEST = np.float32(-104.0)  # exp below rounds to 0 (the smallest subnormal is 1.4e-45)
+_SUBNORMAL_N = -100  # from 2^-100 down, build p 2^(n+32) and scale by 2^-32: one rounding
+_SUBNORMAL_SCALE = np.float32(2.0**-32)
 _HIGHEST = np.float32(88.72283)
 _P = tuple(
     np.float32(c)
@@ -81,7 +81,10 @@ def _exp_f32(x):
     p = p * r * r + r + _ONE
     # p * 2^n by adding n to p's exponent bits: integer arithmetic, which no floating-point
     # flag of an inlining caller can reassociate, and n = 128 gives inf only when p >= 1.
-    y = _bits_float(np.int32(_float_bits(p) + ((_float_bits(k) - _ROUND_BITS) << 23)))
+    n_int = _float_bits(k) - _ROUND_BITS
+    tiny = n_int < _SUBNORMAL_N
+    y = _bits_float(np.int32(_float_bits(p) + ((n_int + 32 if tiny else n_int) << 23)))
+    y = y * _SUBNORMAL_SCALE if tiny else y
     y = _ZERO if x < _LOWEST else y
     return _INF if x > _HIGHEST else y
 
@@ -96,3 +99,51 @@ def _fast_exp_overload(x):
     if x == types.float32:
         return lambda x: _exp_f32(x)
     return lambda x: math.exp(x)
+
+
+_SQRT2_M1 = np.float32(0.41421356)
+_TWO = np.float32(2.0)
+_THREE = np.float32(3.0)
+_LN2 = np.float32(0.693147181)
+_ATANH = tuple(np.float32(2.0 / k) for k in (3, 5, 7, 9))
+
+
+@njit(error_model="numpy")  # separate from fastmath callers, like _exp_f32
+def _log1p_f32(x):
+    """log1p(x) for x in [0, 1] (what BCE needs: x = exp(-|z|)), within 2 ulp.
+
+    1 + x = 2^k m with m in [sqrt(1/2), sqrt(2)), k in {0, 1}; log m = 2 atanh(s) with
+    s = (m - 1) / (m + 1), |s| <= 0.172 (an odd series to s^9), s formed from x directly.
+    """
+    big = x > _SQRT2_M1
+    # s = (m - 1) / (m + 1) straight from x, so that 1 + x is never rounded
+    s = (x - _ONE) / (x + _THREE) if big else x / (x + _TWO)
+    s2 = s * s
+    series = s2 * (_ATANH[0] + s2 * (_ATANH[1] + s2 * (_ATANH[2] + s2 * _ATANH[3])))
+    return (_LN2 if big else _ZERO) + ((s + s) + s * series)
+
+
+def fast_log1p(x):
+    """log1p(x): vectorisable for float32 on [0, 1], ``math.log1p`` otherwise."""
+    return math.log1p(x)
+
+
+@overload(fast_log1p)
+def _fast_log1p_overload(x):
+    if x == types.float32:
+        return lambda x: _log1p_f32(x)
+    return lambda x: math.log1p(x)
+
+
+def _with_fast_exp(fn):
+    """A shared leaf compiled with ``fast_exp`` and ``fast_log1p`` for its ``exp`` and
+    ``log1p``, so that loops calling it vectorise (callers must not use fastmath: see
+    ``_exp_f32``). The leaves call log1p only on exp(-|z|), inside fast_log1p's range."""
+    names = {"exp": fast_exp, "log1p": fast_log1p}
+    rebound = FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__)
+    return njit(rebound, error_model="numpy")  # float division without a zero check
+
+
+sigmoid = _with_fast_exp(_scalar.sigmoid)
+sigmoid_derivative = _with_fast_exp(_scalar.sigmoid_derivative)
+bce_with_logits = _with_fast_exp(_scalar.bce_with_logits)

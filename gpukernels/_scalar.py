@@ -3,10 +3,12 @@
 ``cpu_fallback`` wraps these with ``numba.njit`` and ``gpukernels`` with
 ``numba.cuda.jit(device=True)``. Each is a leaf (it calls only ``math``), since a jitted
 function cannot call a plain Python one. Constants are float32 scalars so that float32
-arguments stay float32 and float64 arguments promote them to float64.
+arguments stay float32 and float64 arguments promote them to float64. ``exp`` and ``log1p``
+are module globals so that a backend can compile the same source with its own (the CPU
+binds its vectorisable ``fast_exp``).
 """
 
-import math
+from math import exp, log1p
 
 import numpy as np
 
@@ -16,14 +18,14 @@ ONE = np.float32(1.0)
 
 def sigmoid(x):
     """sigma(x) = 1 / (1 + exp(-x)), from exp(-|x|) so that no exp overflows."""
-    e = math.exp(-abs(x))
+    e = exp(-abs(x))
     r = ONE / (ONE + e)
     return r if x >= ZERO else e * r
 
 
 def sigmoid_derivative(x):
     """sigma(x) sigma(-x) = e / (1 + e)^2 with e = exp(-|x|): accurate for every x."""
-    e = math.exp(-abs(x))
+    e = exp(-abs(x))
     r = ONE / (ONE + e)
     return e * r * r
 
@@ -35,9 +37,9 @@ def bce_with_logits(z, y, pw):
     max(-z, 0) with e = exp(-|z|); d loss / dz = lw sigma(z) - pw y (= sigma(z) - y for
     pw = 1), formed without the cancellation of (1 - y) - lw sigma(-z).
     """
-    e = math.exp(-abs(z))
+    e = exp(-abs(z))
     r = ONE / (ONE + e)
     sig = r if z >= ZERO else e * r
     lw = ONE + (pw - ONE) * y
-    loss = (ONE - y) * z + lw * (math.log1p(e) + max(-z, ZERO))
+    loss = (ONE - y) * z + lw * (log1p(e) + max(-z, ZERO))
     return loss, lw * sig - pw * y

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from cpu_fallback._math import fast_exp
+from cpu_fallback._math import fast_exp, fast_log1p
 
 
 @njit
@@ -34,7 +34,7 @@ def test_fast_exp_is_exact_where_exp_is_exactly_representable():
 
 @pytest.mark.parametrize(
     ("x", "expected"),
-    [(np.nan, np.nan), (np.inf, np.inf), (-np.inf, 0.0), (-100.0, 0.0), (100.0, np.inf)],
+    [(np.nan, np.nan), (np.inf, np.inf), (-np.inf, 0.0), (-110.0, 0.0), (100.0, np.inf)],
 )
 def test_fast_exp_special_values(x, expected):
     y = np.empty(1, np.float32)
@@ -47,3 +47,33 @@ def test_fast_exp_float64_is_libm_exp():
     y = np.empty_like(x)
     _exp_all(x, y)
     np.testing.assert_array_equal(y, np.exp(x))
+
+
+@njit
+def _log1p_all(x, y):
+    for i in range(x.shape[0]):
+        y[i] = fast_log1p(x[i])
+
+
+def test_fast_log1p_within_two_ulp_on_zero_to_one():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.uniform(0, 1, 1_000_000), 10.0 ** rng.uniform(-30, 0, 100_000)])
+    x = np.concatenate([x, [0.0, 1.0, 1e-38, 2**-24, 0.41421357]]).astype(np.float32)
+    y = np.empty_like(x)
+    _log1p_all(x, y)
+    truth = np.log1p(x.astype(np.float64))
+    ulp = np.abs(y - truth) / np.spacing(truth.astype(np.float32)).astype(np.float64)
+    assert ulp[truth > 0].max() <= 2.0
+    assert y[x == 0].tolist() == [0.0]
+
+
+def test_fast_exp_rounds_into_the_subnormals():
+    x = np.random.default_rng(3).uniform(-103.9, -86.5, 200_000).astype(np.float32)
+    y = np.empty_like(x)
+    _exp_all(x, y)
+    truth = np.exp(x.astype(np.float64))
+    spacing = float(np.finfo(np.float32).smallest_subnormal)
+    assert (
+        np.abs(y - truth).max()
+        <= np.maximum(2 * np.spacing(truth.astype(np.float32)), spacing).max()
+    )

@@ -53,7 +53,7 @@ def test_composite_gradient_is_the_sum_of_the_terms(dtype, rtol):
 
 
 def test_separate_terms_by_hand():
-    """The reference of the sum rule against the formulas of the README's localisation walk-through."""
+    """The sum-rule reference against the formulas of the README's localisation section."""
     rng = np.random.default_rng(2)
     pred = rng.normal(size=(6, 5))
     target = np.zeros((6, 5))
