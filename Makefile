@@ -37,3 +37,4 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+	find . -path ./$(VENV) -prune -o -name "*.nb[ic]" -print | xargs rm -f  # Numba caches
