@@ -56,7 +56,7 @@ def softmax_cross_entropy(
 
     Example:
         >>> import numpy as np, gpukernels as gk
-        >>> z = np.array([[2.0, 0.0, -1.0]], np.float32)
+        >>> z = np.array([[2.0, 0.0, -1.0]])
         >>> loss, grad = gk.softmax_cross_entropy(z, np.array([0]))
         >>> round(float(loss), 4), grad.round(3).tolist()
         (0.1698, [[-0.156, 0.114, 0.042]])
