@@ -246,23 +246,25 @@ def plot(path: Path, cases: list[CaseResult], titles: dict, heading: str) -> str
         ax.set_xlabel("bytes moved (byte model)")
         ax.set_ylabel("GB/s")
         ax.grid(True, which="major", alpha=0.3)
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.12)  # room for the shape labels
     for ax in list(axes.flat)[len(ops) :]:
         ax.axis("off")
-    handles = {}
-    for ax in axes.flat:
-        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(label, h)
-    fig.legend(
-        handles.values(),
-        handles.keys(),
-        loc="lower center",
-        ncol=min(6, len(handles)),
-        fontsize="small",
-        frameon=False,
-    )
+    from matplotlib.lines import Line2D
+
+    # One legend entry per variant (colour) and, with several dtypes, one per dtype (marker).
+    handles = [Line2D([], [], color="black", linewidth=2, label="memcpy, same bytes")]
+    handles += [Line2D([], [], color=c, label=name) for name, c in colors.items()]
+    dtypes = list(dict.fromkeys(c.dtype for c in cases if not c.host_clock))
+    if len(dtypes) > 1:
+        for d in dtypes:
+            marker, line = styles.get(d, ("x", "-."))
+            handles.append(Line2D([], [], color="gray", marker=marker, linestyle=line, label=d))
+    ncol = min(7, len(handles))
+    legend_rows = -(-len(handles) // ncol)
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize="small", frameon=False)
     fig.suptitle(heading)
-    fig.tight_layout(rect=(0, 0.04 + 0.02 * (len(handles) // 6), 1, 1))
+    bottom = (0.15 + 0.25 * legend_rows) / fig.get_figheight()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -289,6 +291,15 @@ def _plot_op(ax, cases: list[CaseResult], styles: dict, colors: dict) -> None:
             linewidth=2,
             label=f"memcpy ceiling{suffix}",
         )
+        for c in these:
+            ax.annotate(
+                fmt_shape(c.shape),
+                (c.nbytes, c.copy_gbps),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=7,
+            )
         names = dict.fromkeys(o.variant for c in these for o in c.outcomes if o.timing)
         for name in names:
             color = colors.setdefault(name, cycle[len(colors) % len(cycle)])

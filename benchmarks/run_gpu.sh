@@ -6,7 +6,7 @@
 #   quick check: bash benchmarks/run_gpu.sh --quick
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export NUMBA_ENABLE_CUDASIM=0 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export NUMBA_ENABLE_CUDASIM=0 PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 dest=${OUT:-benchmarks/results}
 mkdir -p "$dest"

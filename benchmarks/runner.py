@@ -97,7 +97,7 @@ def metadata(dev: Device, options, ops: list[str], dtypes: list[str], budget, no
     from gpukernels.cli import versions
 
     clock = "CUDA events" if dev.kind == "cuda" else "time.perf_counter"
-    copy = "cudaMemcpyAsync device to device" if dev.kind == "cuda" else "np.copyto"
+    copy = "cudaMemcpyAsync device to device" if dev.kind == "cuda" else "np.copyto per core"
     return {
         "device": dev.details(),
         "date": now.isoformat(timespec="seconds"),

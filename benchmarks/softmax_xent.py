@@ -58,7 +58,8 @@ def expression(xp, logits, labels, acc=None):
     n = z.shape[0]
     rows = xp.arange(n)
     m = z.max(axis=1, keepdims=True)
-    p = xp.exp(z - m)
+    p = z - m
+    xp.exp(p, out=p)
     s = p.sum(axis=1, keepdims=True)
     p /= s
     loss = (xp.log(s[:, 0]) + m[:, 0] - z[rows, labels]).mean()

@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpukernels demo", description="Run the gpukernels examples end to end."
     )
-    parser.add_argument("part", nargs="?", default="all", choices=[*PARTS, "all"])
+    parser.add_argument(
+        "part", nargs="?", default="all", choices=[*PARTS, "all"], help="which part (default all)"
+    )
     parser.add_argument("--fast", action="store_true", help="smaller data and fewer steps")
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for PNGs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
