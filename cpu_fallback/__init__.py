@@ -7,6 +7,10 @@ data in float32 copies and round into the caller's float16 buffers at the end.
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
+
+from gpukernels._scalar import ONE
 
 # Reassociation lets reductions vectorise; no 'nnan'/'ninf', so NaN and inf still propagate.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
@@ -35,3 +39,30 @@ def per_task(n: int) -> int:
     per call, which small batches would feel.
     """
     return max(1, -(-n // (8 * numba.config.NUMBA_NUM_THREADS)))
+
+
+def at(a, i):
+    """``a[i]`` for an array, ``a`` for a number, 1 for ``None``: an optional operand's value
+    at element ``i``, chosen when the kernel compiles. Launchers pass a missing weight as
+    ``None`` and a uniform scale as a number, so each case compiles to its own loop without a
+    per-element branch or gather, and the common one vectorises."""
+    if a is None:
+        return ONE
+    return a if np.ndim(a) == 0 else a[i]
+
+
+@overload(at)
+def _at_overload(a, i):
+    if isinstance(a, types.NoneType):
+        return lambda a, i: ONE
+    if isinstance(a, types.Number):
+        return lambda a, i: a
+    return lambda a, i: a[i]
+
+
+def optional(a: np.ndarray):
+    """An optional operand as the kernels take it: ``None`` when empty, a number when it has
+    one element (a scale shared by every element), the array otherwise."""
+    if a.shape[0] == 0:
+        return None
+    return a[0] if a.shape[0] == 1 else a

@@ -5,7 +5,7 @@ from numba import njit, prange
 
 from gpukernels._canon import TILE
 
-from . import compute_view, output_view, store
+from . import at, compute_view, optional, output_view, store
 from .reduce import finish_tile, tasks
 
 _TWO = np.float32(2.0)
@@ -15,7 +15,6 @@ _TWO = np.float32(2.0)
 def _kernel(p, t, scale, grad, loss, reduce, chunk):
     n = p.shape[0]
     tiles = (n + TILE - 1) // TILE
-    per_element = scale.shape[0] != 1
     for b in prange((tiles + chunk - 1) // chunk):
         s = np.empty(TILE, loss.dtype)
         for j in range(b * chunk, min(tiles, (b + 1) * chunk)):
@@ -23,7 +22,7 @@ def _kernel(p, t, scale, grad, loss, reduce, chunk):
             for k in range(count):
                 i = j * TILE + k
                 d = p[i] - t[i]
-                grad[i] = _TWO * d * (scale[i] if per_element else scale[0])
+                grad[i] = _TWO * d * at(scale, i)
                 s[k] = d * d
             finish_tile(s, count, j, loss, reduce)
 
@@ -34,7 +33,7 @@ def mse(pred, target, grad_scale, grad, loss, reduce):
     _kernel(
         compute_view(pred),
         compute_view(target),
-        grad_scale,
+        optional(grad_scale),
         buffer,
         loss,
         reduce,
