@@ -1,19 +1,48 @@
-"""CPU twins of the gpukernels CUDA kernels: ``@njit(parallel=True)`` over rows or tiles.
+"""CPU twins of the gpukernels CUDA kernels: ``prange`` loops over rows or tiles.
 
 Each module has the name and the launcher signatures of its CUDA twin in ``gpukernels``
 (see docs/BACKENDS.md). Numba's CPU target has no float16, so launchers compute float16
 data in float32 copies and round into the caller's float16 buffers at the end.
 """
 
+from types import FunctionType
+
 import numba
 import numpy as np
-from numba import types
+from numba import njit, types
 from numba.extending import overload
 
 from gpukernels._scalar import ONE
 
 # Reassociation lets reductions vectorise; no 'nnan'/'ninf', so NaN and inf still propagate.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+
+# Work (elements touched) below which a kernel runs on the calling thread. Waking Numba's
+# OpenMP workers costs ~20 us, and after a kernel they spin for milliseconds (libgomp's
+# default), starving NumPy's BLAS threads: on 2 cores a 64-row matmul after a parallel call
+# took 8 ms instead of 35 us. PyTorch's CPU kernels use the same grain (32768).
+PARALLEL_MIN_WORK = 1 << 15
+
+
+class ParallelKernel:
+    """A ``prange`` kernel compiled twice from one source: ``parallel=True`` for large
+    inputs, and serial (``prange`` as ``range``) for small ones. Both run the same
+    arithmetic in the same order, so they give the same bits (tests/test_cpu_paths.py).
+
+    Use it as the decorator of a kernel, and call it with the launch arguments and
+    ``work=`` the number of elements the launch touches.
+    """
+
+    def __init__(self, fn: FunctionType) -> None:
+        self.parallel = njit(parallel=True, cache=True)(fn)
+        # A copy under its own name: Numba's cache files are named after the qualname.
+        serial = FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__)
+        serial.__qualname__ = f"{fn.__qualname__}_serial"
+        self.serial = njit(cache=True)(serial)
+
+    def __call__(self, *args, work: int) -> None:
+        (self.serial if work < PARALLEL_MIN_WORK else self.parallel)(*args)
 
 
 def compute_view(x: np.ndarray) -> np.ndarray:

@@ -1,16 +1,16 @@
 """Binary cross-entropy with logits on the CPU: gradient and canonical partial sums, one pass."""
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from gpukernels._canon import TILE
 
-from . import at, compute_view, optional, output_view, store
+from . import ParallelKernel, at, compute_view, optional, output_view, store
 from ._math import bce_with_logits as _element
 from .reduce import finish_tile, tasks
 
 
-@njit(parallel=True, cache=True)
+@ParallelKernel
 def _kernel(z, y, w, pw, last, scale, grad, loss, reduce, chunk):
     n = z.shape[0]
     tiles = (n + TILE - 1) // TILE
@@ -41,5 +41,6 @@ def bce_with_logits(z, y, weight, pos_weight, grad_scale, grad, loss, reduce):
         loss,
         reduce,
         tasks(z.shape[0])[1],
+        work=z.shape[0],
     )
     store(buffer, grad)

@@ -11,7 +11,7 @@ from numba import njit, prange
 
 from gpukernels._scalar import ONE, ZERO
 
-from . import compute_view, output_view, per_task, store
+from . import ParallelKernel, compute_view, output_view, per_task, store
 from ._math import bce_with_logits
 
 _TWO = np.float32(2.0)
@@ -62,7 +62,7 @@ def _elementwise_term(kind, z, t, scale, grad):
     return loss
 
 
-@njit(parallel=True, cache=True)
+@ParallelKernel
 def _kernel(pred, target, kinds, cols, tcols, only_where, term_scale, grad, row_loss, chunk):
     n, width = pred.shape
     for b in prange((n + chunk - 1) // chunk):
@@ -97,5 +97,6 @@ def composite(pred, target, kinds, cols, tcols, only_where, term_scale, grad, ro
         buffer,
         row_loss,
         per_task(pred.shape[0]),
+        work=pred.size,
     )
     store(buffer, grad)

@@ -1,17 +1,17 @@
 """Squared error on the CPU: gradient and canonical partial sums, one pass."""
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from gpukernels._canon import TILE
 
-from . import at, compute_view, optional, output_view, store
+from . import ParallelKernel, at, compute_view, optional, output_view, store
 from .reduce import finish_tile, tasks
 
 _TWO = np.float32(2.0)
 
 
-@njit(parallel=True, cache=True)
+@ParallelKernel
 def _kernel(p, t, scale, grad, loss, reduce, chunk):
     n = p.shape[0]
     tiles = (n + TILE - 1) // TILE
@@ -38,5 +38,6 @@ def mse(pred, target, grad_scale, grad, loss, reduce):
         loss,
         reduce,
         tasks(pred.shape[0])[1],
+        work=pred.shape[0],
     )
     store(buffer, grad)

@@ -9,7 +9,7 @@ from numba import njit, prange
 
 from gpukernels._canon import TILE
 
-from . import compute_view, per_task
+from . import ParallelKernel, compute_view, per_task
 
 _COLUMN_BLOCK = 64  # columns folded together: a (TILE, 64) float32 tile is 64 KiB
 
@@ -25,7 +25,7 @@ def _fold(s):
     return s[0]
 
 
-@njit(parallel=True, cache=True)
+@ParallelKernel
 def _tile_sums_kernel(x, out, chunk):
     n, tiles = x.shape[0], out.shape[0]
     for b in prange((tiles + chunk - 1) // chunk):
@@ -39,7 +39,7 @@ def _tile_sums_kernel(x, out, chunk):
             out[j] = _fold(s)
 
 
-@njit(parallel=True, cache=True)
+@ParallelKernel
 def _column_tile_sums_kernel(x, out, block):
     n, m = x.shape
     tiles, blocks = out.shape[0], (m + block - 1) // block
@@ -64,12 +64,13 @@ def _column_tile_sums_kernel(x, out, block):
 
 def tile_sums(x, out):
     """out[j] = canonical tree sum of x[j*TILE:(j+1)*TILE], in out's dtype."""
-    _tile_sums_kernel(compute_view(x), out, tasks(x.shape[0])[1])
+    _tile_sums_kernel(compute_view(x), out, tasks(x.shape[0])[1], work=x.shape[0])
 
 
 def column_tile_sums(x, out):
     """out[j, c] = canonical tree sum of x[j*TILE:(j+1)*TILE, c]."""
-    _column_tile_sums_kernel(compute_view(x), out, min(_COLUMN_BLOCK, max(1, x.shape[1])))
+    block = min(_COLUMN_BLOCK, max(1, x.shape[1]))
+    _column_tile_sums_kernel(compute_view(x), out, block, work=x.size)
 
 
 @njit(cache=True)

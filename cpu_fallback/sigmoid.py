@@ -1,27 +1,27 @@
 """Sigmoid, its derivative and its backward on the CPU: one parallel elementwise pass each."""
 
-from numba import njit, prange
+from numba import prange
 
 from gpukernels._scalar import ONE
 
-from . import compute_view, output_view, store
+from . import ParallelKernel, compute_view, output_view, store
 from ._math import sigmoid as _sigmoid
 from ._math import sigmoid_derivative as _sigmoid_derivative
 
 
-@njit(parallel=True, cache=True)
+@ParallelKernel
 def _sigmoid_kernel(x, y):
     for i in prange(x.shape[0]):
         y[i] = _sigmoid(x[i])
 
 
-@njit(parallel=True, cache=True)
+@ParallelKernel
 def _derivative_kernel(x, y):
     for i in prange(x.shape[0]):
         y[i] = _sigmoid_derivative(x[i])
 
 
-@njit(parallel=True, cache=True)
+@ParallelKernel
 def _backward_kernel(g, y, out):
     for i in prange(y.shape[0]):
         out[i] = g[i] * y[i] * (ONE - y[i])
@@ -29,7 +29,7 @@ def _backward_kernel(g, y, out):
 
 def _run(kernel, out, *inputs):
     buffer = output_view(out)
-    kernel(*(compute_view(x) for x in inputs), buffer)
+    kernel(*(compute_view(x) for x in inputs), buffer, work=out.size)
     store(buffer, out)
 
 

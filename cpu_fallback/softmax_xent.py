@@ -13,7 +13,7 @@ from numba import njit, prange
 
 from gpukernels._scalar import ONE, ZERO
 
-from . import FASTMATH, compute_view, output_view, per_task, store
+from . import FASTMATH, ParallelKernel, at, compute_view, optional, output_view, per_task, store
 from ._math import fast_exp
 
 _NAN = np.float32(np.nan)
@@ -113,14 +113,13 @@ def _label_row(z, y, w, g, ignore_index, eps, eps_c, e, grad):
     return loss
 
 
-@njit(parallel=True, cache=True)
+@ParallelKernel
 def _labels_kernel(logits, labels, w, scale, grad, row_loss, ignore_index, eps, eps_c, chunk):
     n, c = logits.shape
-    per_row = scale.shape[0] != 1
     for b in prange((n + chunk - 1) // chunk):
         e = np.empty(c, row_loss.dtype)
         for i in range(b * chunk, min(n, (b + 1) * chunk)):
-            g = scale[i] if per_row else scale[0]
+            g = at(scale, i)
             row_loss[i] = _label_row(
                 logits[i], labels[i], w, g, ignore_index, eps, eps_c, e, grad[i]
             )
@@ -136,18 +135,17 @@ def _soft_row(z, t, w, g, keep, eps_c, e, grad):
     return a_sum * math.log(s) + gap
 
 
-@njit(parallel=True, cache=True)
+@ParallelKernel
 def _probs_kernel(logits, target, w, scale, grad, row_loss, keep, eps_c, chunk):
     n, c = logits.shape
-    per_row = scale.shape[0] != 1
     for b in prange((n + chunk - 1) // chunk):
         e = np.empty(c, row_loss.dtype)
         for i in range(b * chunk, min(n, (b + 1) * chunk)):
-            g = scale[i] if per_row else scale[0]
+            g = at(scale, i)
             row_loss[i] = _soft_row(logits[i], target[i], w, g, keep, eps_c, e, grad[i])
 
 
-@njit(parallel=True, cache=True)
+@ParallelKernel
 def _row_weights_kernel(labels, w, row_weight, ignore_index, num_classes):
     for i in prange(labels.shape[0]):
         y = labels[i]
@@ -159,7 +157,7 @@ def _row_weights_kernel(labels, w, row_weight, ignore_index, num_classes):
 
 def label_row_weights(labels, weight, row_weight, ignore_index, num_classes):
     """row_weight[i] = weight[labels[i]] (1 without weights); 0 if ignored or out of range."""
-    _row_weights_kernel(labels, weight, row_weight, ignore_index, num_classes)
+    _row_weights_kernel(labels, weight, row_weight, ignore_index, num_classes, work=labels.size)
 
 
 def softmax_xent_labels(
@@ -173,13 +171,14 @@ def softmax_xent_labels(
         compute_view(logits),
         labels,
         weight,
-        grad_scale,
+        optional(grad_scale),
         buffer,
         row_loss,
         ignore_index,
         acc(smoothing),
         acc(smoothing / c),
         per_task(n),
+        work=logits.size,
     )
     store(buffer, grad)
 
@@ -193,11 +192,12 @@ def softmax_xent_probs(logits, target, weight, grad_scale, grad, row_loss, smoot
         compute_view(logits),
         target.astype(row_loss.dtype, copy=False),
         weight,
-        grad_scale,
+        optional(grad_scale),
         buffer,
         row_loss,
         acc(1.0 - smoothing),
         acc(smoothing / c),
         per_task(n),
+        work=logits.size,
     )
     store(buffer, grad)

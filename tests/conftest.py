@@ -16,6 +16,16 @@ import pytest  # noqa: E402
 BACKENDS = ["cpu", "cudasim"] if SIMULATOR else ["cpu"]
 
 
+@pytest.fixture(autouse=True)
+def parallel_cpu_kernels(monkeypatch):
+    """Run the CPU kernels' parallel compilation at every size, small test inputs included:
+    it is the one with tasks and chunk edges. tests/test_cpu_paths.py checks that the serial
+    one, which small inputs get by default, gives the same bits."""
+    import cpu_fallback
+
+    monkeypatch.setattr(cpu_fallback, "PARALLEL_MIN_WORK", 0)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch):
     """Force the library onto one backend for the test; NumPy arrays in and out either way."""

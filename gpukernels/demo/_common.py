@@ -24,10 +24,6 @@ try:
     from rich.table import Table
 except ImportError:  # rich is optional: the `demo` extra brings it
     Console = None
-try:
-    from threadpoolctl import threadpool_limits
-except ImportError:  # optional too: without it NumPy's BLAS keeps its threads
-    threadpool_limits = None
 
 
 def array_module() -> ModuleType:
@@ -43,30 +39,6 @@ def array_module() -> ModuleType:
     except ImportError:
         return np
     return cupy if gk.cuda_available() and cupy.cuda.is_available() else np
-
-
-@contextlib.contextmanager
-def single_threaded(xp: ModuleType) -> Iterator[None]:
-    """Train small batches on one CPU thread: the library's Numba kernels and NumPy's BLAS.
-
-    With NumPy arrays each step alternates BLAS matmuls with the library's parallel kernels.
-    On two cores the two thread pools wait on each other: the OpenMP workers spin after a
-    kernel and starve the next matmul's threads (a 64-row matmul + ``batch_sum`` went from
-    0.2 ms to 9 ms), and any other busy process stalls both. Batches this small gain nothing
-    from threads. BLAS is limited only where ``threadpoolctl`` imports.
-    """
-    if xp is not np:
-        yield
-        return
-    import numba
-
-    before = numba.get_num_threads()
-    with contextlib.ExitStack() as stack:
-        if threadpool_limits is not None:
-            stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
-        stack.callback(numba.set_num_threads, before)
-        numba.set_num_threads(1)
-        yield
 
 
 def to_host(a: Any) -> np.ndarray:

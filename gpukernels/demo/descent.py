@@ -15,7 +15,7 @@ import numpy as np
 
 import gpukernels as gk
 
-from ._common import array_module, heading, new_figure, save_figure, say, single_threaded, table
+from ._common import array_module, heading, new_figure, save_figure, say, table
 
 X0 = 8.0
 LEARNING_RATE = 0.1
@@ -29,14 +29,13 @@ def descend(xp: Any) -> tuple[list[float], list[float]]:
     x = xp.asarray([X0])
     target = xp.asarray([MINIMUM])
     xs, ys = [], []
-    with single_threaded(xp):  # one element: threads would only add their start-up cost
-        for _ in range(MAX_STEPS + 1):
-            loss, grad = gk.mse(x, target, reduction="sum")  # (x - 2)^2 and 2x - 4
-            xs.append(float(x[0]))
-            ys.append(float(loss) + 2.0)
-            if abs(xs[-1] - MINIMUM) <= TOLERANCE:
-                break
-            x = x - LEARNING_RATE * grad
+    for _ in range(MAX_STEPS + 1):
+        loss, grad = gk.mse(x, target, reduction="sum")  # (x - 2)^2 and 2x - 4
+        xs.append(float(x[0]))
+        ys.append(float(loss) + 2.0)
+        if abs(xs[-1] - MINIMUM) <= TOLERANCE:
+            break
+        x = x - LEARNING_RATE * grad
     return xs, ys
 
 

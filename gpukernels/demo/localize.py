@@ -29,7 +29,6 @@ from ._common import (
     progress,
     save_figure,
     say,
-    single_threaded,
     table,
     to_host,
 )
@@ -96,7 +95,7 @@ def train(params: dict, x: Any, target: Any, epochs: int, seed: int, xp: Any) ->
     order_rng = np.random.default_rng(seed + 1)
     batches = -(-x.shape[0] // BATCH)
     losses = []
-    with single_threaded(xp), progress(epochs * batches, "localize batch") as advance:
+    with progress(epochs * batches, "localize batch") as advance:
         for _ in range(epochs):
             order = xp.asarray(order_rng.permutation(x.shape[0]))
             total = 0.0

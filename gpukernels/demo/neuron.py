@@ -27,7 +27,6 @@ from ._common import (
     progress,
     save_figure,
     say,
-    single_threaded,
     table,
     to_host,
 )
@@ -55,7 +54,7 @@ def train(x: Any, y: Any, steps: int, xp: Any) -> tuple[Any, Any, list[float]]:
     w = xp.zeros((x.shape[1], 1), dtype=x.dtype)
     b = xp.zeros((1,), dtype=x.dtype)
     costs = []
-    with single_threaded(xp), progress(steps, "neuron step") as advance:
+    with progress(steps, "neuron step") as advance:
         for _ in range(steps):
             y_hat = gk.sigmoid(x @ w + b)
             # batchmean divides by N: loss = (1/N) sum (y_hat - y)^2 = 2C, grad = dC/dy_hat
