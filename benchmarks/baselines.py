@@ -55,6 +55,19 @@ def ours(xp, fn: Callable, *, out: bool = True, **kwargs) -> list[Variant]:
 
 
 @functools.cache
+def loss_variants(dev, own: Callable, torch_loss: str, expression: Callable) -> list[Variant]:
+    """An elementwise loss's variants: gpukernels' ``own`` (allocating and ``out=``), the
+    NumPy/CuPy ``expression``, and ``torch.nn.functional.<torch_loss>`` forward + backward."""
+    xp = dev.xp
+    torch, _ = torch_or_reason(dev.kind)
+    fn = getattr(torch.nn.functional, torch_loss) if torch else None
+    return (
+        ours(xp, own)
+        + [Variant(dev.library, call=lambda a: expression(xp, *a))]
+        + torch_variants(dev.kind, fn)
+    )
+
+
 def torch_or_reason(kind: str) -> tuple[Any, str]:
     """``(torch, "")`` when PyTorch can run on this backend, else ``(None, why not)``."""
     try:

@@ -7,7 +7,7 @@ written once: ``3 n s`` (the per-tile loss partials, ``n / 64`` bytes, are left 
 from __future__ import annotations
 
 from . import common
-from .baselines import Variant, ours, torch_or_reason, torch_variants
+from .baselines import Variant, loss_variants
 from .common import acc_dtype, itemsize
 
 NAME = "bce"
@@ -47,12 +47,4 @@ def variants(dev) -> list[Variant]:
     ``binary_cross_entropy_with_logits`` forward + backward."""
     import gpukernels as gk
 
-    xp = dev.xp
-    torch, _ = torch_or_reason(dev.kind)
-    fn = torch.nn.functional.binary_cross_entropy_with_logits if torch else None
-    own = ours(xp, gk.bce_with_logits)
-    return (
-        own
-        + [Variant(dev.library, call=lambda a: expression(xp, *a))]
-        + torch_variants(dev.kind, fn)
-    )
+    return loss_variants(dev, gk.bce_with_logits, "binary_cross_entropy_with_logits", expression)

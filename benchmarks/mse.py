@@ -7,7 +7,7 @@ written once: ``3 n s`` (the per-tile loss partials, ``n / 64`` bytes, are left 
 from __future__ import annotations
 
 from . import common
-from .baselines import Variant, ours, torch_or_reason, torch_variants
+from .baselines import Variant, loss_variants
 from .common import acc_dtype, itemsize
 
 NAME = "mse"
@@ -47,12 +47,4 @@ def variants(dev) -> list[Variant]:
     ``mse_loss`` forward + backward."""
     import gpukernels as gk
 
-    xp = dev.xp
-    torch, _ = torch_or_reason(dev.kind)
-    fn = torch.nn.functional.mse_loss if torch else None
-    own = ours(xp, gk.mse)
-    return (
-        own
-        + [Variant(dev.library, call=lambda a: expression(xp, *a))]
-        + torch_variants(dev.kind, fn)
-    )
+    return loss_variants(dev, gk.mse, "mse_loss", expression)
