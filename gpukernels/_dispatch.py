@@ -10,25 +10,20 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 from types import ModuleType
 
 import numpy as np
 
 from . import _validate
-
-ENV_BACKEND = "GPUKERNELS_BACKEND"
-_CHOICES = ("auto", "cpu", "cuda")
-
-
-def _simulator() -> bool:
-    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+from ._dtypes import accumulation_dtype as accumulation_dtype
+from ._env import ENV_BACKEND, SIMULATOR, forced_backend
+from ._ops import OPS
 
 
 @functools.cache
 def cuda_available() -> bool:
     """True when a real CUDA GPU is usable through Numba (cached after the first call)."""
-    if _simulator():
+    if SIMULATOR:
         return False
     try:
         from numba import cuda
@@ -37,16 +32,9 @@ def cuda_available() -> bool:
     return bool(cuda.is_available())
 
 
-def _forced() -> str:
-    choice = os.environ.get(ENV_BACKEND, "auto").strip().lower() or "auto"
-    if choice not in _CHOICES:
-        raise ValueError(f"{ENV_BACKEND} must be one of auto, cpu, cuda; got {choice!r}")
-    return choice
-
-
 def backend_of(library: str) -> str:
     """The backend (``"cpu"`` or ``"cuda"``) for arrays of ``library`` under the env setting."""
-    choice = _forced()
+    choice = forced_backend()
     if library == "cuda":
         if choice == "cpu":
             raise TypeError(
@@ -54,7 +42,7 @@ def backend_of(library: str) -> str:
             )
         return "cuda"
     if choice == "cuda":
-        if not _simulator():
+        if not SIMULATOR:
             raise TypeError(
                 f"{ENV_BACKEND}=cuda runs NumPy arrays only on Numba's simulator "
                 "(NUMBA_ENABLE_CUDASIM=1); pass CuPy arrays to run on the GPU"
@@ -78,9 +66,8 @@ def array_module(library: str) -> ModuleType:
 
 @functools.cache
 def kernels(backend_name: str, op: str) -> ModuleType:
-    """The launcher module of ``op``: ``cpu_fallback.<op>`` or ``gpukernels.cuda.<op>``."""
-    package = "cpu_fallback" if backend_name == "cpu" else "gpukernels.cuda"
-    return importlib.import_module(f"{package}.{op}")
+    """The launcher module of ``op`` (a name in the op table) on ``backend_name``."""
+    return OPS[op].module(backend_name)
 
 
 class Call:
@@ -108,8 +95,3 @@ class Call:
 def _adopt(cupy, x):
     """CUDA arrays as CuPy arrays (zero-copy); ``None`` and plain numbers as they are."""
     return x if x is None or isinstance(x, int | float | np.number) else cupy.asarray(x)
-
-
-def accumulation_dtype(dtype: np.dtype) -> np.dtype:
-    """float64 for float64 data, float32 otherwise (float16 is computed in float32)."""
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+from ._dtypes import NAMES as FLOAT_NAMES
+from ._dtypes import STORAGE as FLOAT_DTYPES
+
 REDUCTIONS = ("mean", "sum", "none")
 SCALAR_ALLOWED = frozenset({"grad_output"})
 
@@ -58,7 +60,7 @@ def float_array(name: str, x) -> np.dtype:
     """The dtype of ``x``, which must be float16, float32 or float64."""
     dtype = np.dtype(x.dtype)
     if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float16, float32 or float64, got {dtype}")
+        raise TypeError(f"{name} must have dtype {FLOAT_NAMES}, got {dtype}")
     return dtype
 
 

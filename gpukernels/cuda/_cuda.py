@@ -18,13 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 from numba import cuda
 from numba.core import types
+from numba.np import numpy_support
 
-try:  # the flag numba-cuda itself reads to pick the simulator
-    from numba.cuda.core.config import ENABLE_CUDASIM as _SIM
-except ImportError:  # older numba-cuda keeps it in Numba's config
-    from numba.config import ENABLE_CUDASIM as _SIM
-
-SIMULATOR: bool = bool(_SIM)
+from .._dtypes import ACCUMULATORS, STORAGE, accumulation_dtype
+from .._env import SIMULATOR as SIMULATOR
 
 try:
     from numba.cuda.core.errors import NumbaPerformanceWarning as _PerformanceWarning
@@ -76,9 +73,15 @@ SIMULATOR_POLICY = LaunchPolicy(
 POLICY: LaunchPolicy = SIMULATOR_POLICY if SIMULATOR else GPU_POLICY
 
 
+STORAGE_TYPES: tuple[types.Float, ...] = tuple(numpy_support.from_dtype(d) for d in STORAGE)
+ACCUMULATOR_TYPES: tuple[types.Float, ...] = tuple(
+    numpy_support.from_dtype(d) for d in ACCUMULATORS
+)
+
+
 def accumulator(dtype) -> types.Float:
-    """The accumulation type: float64 for float64 data, float32 for float16 and float32."""
-    return types.float64 if np.dtype(dtype) == np.float64 else types.float32
+    """The Numba type kernels for ``dtype`` data compute in (the dtype table's accumulation)."""
+    return numpy_support.from_dtype(accumulation_dtype(dtype))
 
 
 def _next_pow2(n: int) -> int:

@@ -24,6 +24,7 @@ from .._canon import TILE
 from ._cuda import (
     GPU_POLICY,
     POLICY,
+    STORAGE_TYPES,
     acc_constant,
     accumulator,
     launch,
@@ -31,8 +32,6 @@ from ._cuda import (
     tile_grid,
 )
 from .reduce import block_tile_sum, register_fold
-
-_STORAGE = (types.float16, types.float32, types.float64)
 
 
 @functools.cache
@@ -94,7 +93,7 @@ def bce_with_logits(z, y, weight, pos_weight, grad_scale, grad, loss, reduce) ->
 def ptx_signatures():
     """``(kernel, argument types)`` of every launch this module makes on a GPU."""
     sigs = []
-    for dtype in _STORAGE:
+    for dtype in STORAGE_TYPES:
         acc = accumulator(dtype.name)
         vec, acc_vec = dtype[::1], acc[::1]
         kernel = _bce_kernel(acc, GPU_POLICY.tile_threads)

@@ -26,10 +26,9 @@ from numba import cuda
 from numba.core import types
 
 from .. import _scalar
-from ._cuda import POLICY, acc_constant, accumulator, grid_for, launch, scalar_device
+from ._cuda import POLICY, STORAGE_TYPES, acc_constant, accumulator, grid_for, launch, scalar_device
 
 MAX_TERMS = 16  # softmax statistics per term live in a thread's local memory
-_STORAGE = (types.float16, types.float32, types.float64)
 
 
 @functools.cache
@@ -162,7 +161,7 @@ def ptx_signatures():
     """``(kernel, argument types)`` of every launch this module makes on a GPU."""
     i64 = types.int64
     sigs = []
-    for dtype in _STORAGE:
+    for dtype in STORAGE_TYPES:
         acc = accumulator(dtype.name)
         for layout in ("C", "A"):
             mat = types.Array(dtype, 2, layout)

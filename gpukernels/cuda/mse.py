@@ -16,10 +16,8 @@ from numba import cuda
 from numba.core import types
 
 from .._canon import TILE
-from ._cuda import GPU_POLICY, POLICY, acc_constant, accumulator, launch, tile_grid
+from ._cuda import GPU_POLICY, POLICY, STORAGE_TYPES, acc_constant, accumulator, launch, tile_grid
 from .reduce import block_tile_sum, register_fold
-
-_STORAGE = (types.float16, types.float32, types.float64)
 
 
 @functools.cache
@@ -73,7 +71,7 @@ def mse(pred, target, grad_scale, grad, loss, reduce) -> None:
 def ptx_signatures():
     """``(kernel, argument types)`` of every launch this module makes on a GPU."""
     sigs = []
-    for dtype in _STORAGE:
+    for dtype in STORAGE_TYPES:
         acc = accumulator(dtype.name)
         vec, acc_vec = dtype[::1], acc[::1]
         kernel = _mse_kernel(acc, GPU_POLICY.tile_threads)

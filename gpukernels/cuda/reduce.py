@@ -27,11 +27,19 @@ from numba.core import types
 from numba.cuda import libdevice
 
 from .._canon import TILE
-from ._cuda import GPU_POLICY, POLICY, SIMULATOR, acc_constant, accumulator, launch, tile_grid
+from ._cuda import (
+    ACCUMULATOR_TYPES,
+    GPU_POLICY,
+    POLICY,
+    SIMULATOR,
+    STORAGE_TYPES,
+    acc_constant,
+    accumulator,
+    launch,
+    tile_grid,
+)
 
 _FULL_MASK = 0xFFFFFFFF
-_STORAGE = (types.float16, types.float32, types.float64)
-_ACCUMULATORS = (types.float32, types.float64)
 
 
 @functools.cache
@@ -292,8 +300,8 @@ def ptx_signatures():
     """``(kernel, argument types)`` of every launch this module makes on a GPU."""
     tpb, (cx, ry) = GPU_POLICY.tile_threads, GPU_POLICY.column_block
     sigs = []
-    for acc in _ACCUMULATORS:
-        for dtype in _STORAGE:
+    for acc in ACCUMULATOR_TYPES:
+        for dtype in STORAGE_TYPES:
             for layout in ("C", "A"):
                 sigs.append(
                     (_tile_sums_kernel(acc, tpb), (types.Array(dtype, 1, layout), acc[::1]))

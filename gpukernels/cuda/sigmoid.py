@@ -14,12 +14,9 @@ from __future__ import annotations
 import functools
 
 from numba import cuda
-from numba.core import types
 
 from .. import _scalar
-from ._cuda import POLICY, acc_constant, accumulator, grid_for, launch, scalar_device
-
-_STORAGE = (types.float16, types.float32, types.float64)
+from ._cuda import POLICY, STORAGE_TYPES, acc_constant, accumulator, grid_for, launch, scalar_device
 
 
 @functools.cache
@@ -74,7 +71,7 @@ def sigmoid_backward(grad_output, y, out) -> None:
 def ptx_signatures():
     """``(kernel, argument types)`` of every launch this module makes on a GPU."""
     sigs = []
-    for dtype in _STORAGE:
+    for dtype in STORAGE_TYPES:
         forward, derivative, backward = _kernels(accumulator(dtype.name))
         vec = dtype[::1]
         sigs += [(forward, (vec, vec)), (derivative, (vec, vec)), (backward, (vec, vec, vec))]

@@ -27,10 +27,8 @@ import math
 from numba import cuda
 from numba.core import types
 
-from ._cuda import POLICY, acc_constant, accumulator, grid_for, launch, row_shape
+from ._cuda import POLICY, STORAGE_TYPES, acc_constant, accumulator, grid_for, launch, row_shape
 from .reduce import group_reducers
-
-_STORAGE = (types.float16, types.float32, types.float64)
 
 
 def _batch(acc) -> int:
@@ -336,14 +334,14 @@ def ptx_signatures():
     """
     i64, f64, b1 = types.int64, types.float64, types.boolean
     sigs = []
-    for dtype in _STORAGE:
+    for dtype in STORAGE_TYPES:
         acc = accumulator(dtype.name)
         vec = acc[::1]
         for layout in ("C", "A"):
             mat = types.Array(dtype, 2, layout)
             labels = types.Array(i64, 1, layout)
             sigs.append((_labels_kernel(acc), (mat, labels, vec, vec, mat, vec, i64, f64, b1)))
-            for tdtype in _STORAGE if layout == "C" else (dtype,):
+            for tdtype in STORAGE_TYPES if layout == "C" else (dtype,):
                 target = types.Array(tdtype, 2, layout)
                 sigs.append((_probs_kernel(acc), (mat, target, vec, vec, mat, vec, f64, b1)))
         sigs.append((_row_weights_kernel(acc), (i64[::1], vec, vec, i64, i64)))
