@@ -86,7 +86,10 @@ def _exp_f32(x):
     y = _bits_float(np.int32(_float_bits(p) + ((n_int + 32 if tiny else n_int) << 23)))
     y = y * _SUBNORMAL_SCALE if tiny else y
     y = _ZERO if x < _LOWEST else y
-    return _INF if x > _HIGHEST else y
+    y = _INF if x > _HIGHEST else y
+    # NaN last, from x itself: LLVM may lower the clamps above to min/max instructions,
+    # which return the other operand for NaN, so a NaN x would otherwise give a number
+    return x if x != x else y
 
 
 def fast_exp(x):
@@ -135,15 +138,15 @@ def _fast_log1p_overload(x):
     return lambda x: math.log1p(x)
 
 
-def _with_fast_exp(fn):
-    """A shared leaf compiled with ``fast_exp`` and ``fast_log1p`` for its ``exp`` and
-    ``log1p``, so that loops calling it vectorise (callers must not use fastmath: see
-    ``_exp_f32``). The leaves call log1p only on exp(-|z|), inside fast_log1p's range."""
+def leaf(fn):
+    """A ``gpukernels._scalar`` leaf compiled for the CPU with ``fast_exp`` and
+    ``fast_log1p`` for its ``exp`` and ``log1p``, so that loops calling it vectorise
+    (callers must not use fastmath: see ``_exp_f32``). The leaves call log1p only on
+    exp(-|z|), inside fast_log1p's range."""
     names = {"exp": fast_exp, "log1p": fast_log1p}
     rebound = FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__)
     return njit(rebound, error_model="numpy")  # float division without a zero check
 
 
-sigmoid = _with_fast_exp(_scalar.sigmoid)
-sigmoid_derivative = _with_fast_exp(_scalar.sigmoid_derivative)
-bce_with_logits = _with_fast_exp(_scalar.bce_with_logits)
+sigmoid = leaf(_scalar.sigmoid)
+sigmoid_derivative = leaf(_scalar.sigmoid_derivative)

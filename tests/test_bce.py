@@ -222,3 +222,14 @@ def test_sizes_cpu(cpu_backend, n, dtype):
     z, y, kw = make_case(rng, (n,), dtype, "both")
     for reduction in REDUCTIONS:
         check(gk.bce_with_logits(z, y, reduction=reduction, **kw), z, y, reduction=reduction, **kw)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_nan_logit_gives_nan(backend, dtype):
+    """A NaN logit makes its loss and gradient NaN (PyTorch), and only its own."""
+    z = np.linspace(-4, 4, 21).astype(dtype)
+    z[[0, 7]] = np.nan
+    y = np.full(21, 0.25, dtype)
+    loss, grad = gk.bce_with_logits(z, y, reduction="none")
+    np.testing.assert_array_equal(np.isnan(loss), np.isnan(z))
+    np.testing.assert_array_equal(np.isnan(grad), np.isnan(z))
