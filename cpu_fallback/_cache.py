@@ -1,0 +1,57 @@
+"""Where Numba caches the compiled CPU kernels, decided once before any kernel is declared.
+
+Numba writes a kernel's machine code next to its source (``__pycache__``), else under the
+user's cache folder, else nowhere: with ``cache=CACHE`` and no writable place it fails at
+import with "cannot cache function ... no locator available" (a read-only install with an
+unwritable ``HOME``). Then this module points Numba at a folder of the system's temporary
+directory, or, if even that cannot be written, compiles without caching; either way it warns
+once. ``NUMBA_CACHE_DIR`` set by the user is honoured first, as Numba does.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+
+from numba.core import config
+from numba.core.caching import FunctionCache
+
+
+def _probe() -> None:
+    """A function of this package's folder: Numba locates every kernel's cache like its."""
+
+
+def _cacheable() -> bool:
+    try:
+        FunctionCache(_probe)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _decide() -> bool:
+    if _cacheable():
+        return True
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    fallback = os.path.join(tempfile.gettempdir(), f"gpukernels-numba-cache-{uid}")
+    config.CACHE_DIR = fallback
+    if _cacheable():
+        warnings.warn(
+            "gpukernels: the package folder and the user cache folder are not writable, so "
+            f"Numba caches the compiled kernels in {fallback} (set NUMBA_CACHE_DIR to choose)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return True
+    config.CACHE_DIR = ""
+    warnings.warn(
+        "gpukernels: no writable folder for Numba's cache (set NUMBA_CACHE_DIR): kernels are "
+        "compiled at first use in every process",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return False
+
+
+CACHE: bool = _decide()
