@@ -14,6 +14,8 @@ from numba.extending import overload
 
 from gpukernels._scalar import ONE
 
+from ._cache import CACHE
+
 # Reassociation lets reductions vectorise; no 'nnan'/'ninf', so NaN and inf still propagate.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
@@ -32,18 +34,28 @@ class ParallelKernel:
     arithmetic in the same order, so they give the same bits (tests/test_cpu_paths.py).
 
     Use it as the decorator of a kernel, and call it with the launch arguments and
-    ``work=`` the number of elements the launch touches.
+    ``work=`` the number of elements the launch touches. A kernel factory builds several
+    kernels from one source by passing ``bind``, globals of the source to rebind (e.g. the
+    element function of an elementwise loss), and a ``name`` for each.
     """
 
-    def __init__(self, fn: FunctionType) -> None:
-        self.parallel = njit(parallel=True, cache=True)(fn)
-        # A copy under its own name: Numba's cache files are named after the qualname.
-        serial = FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__)
-        serial.__qualname__ = f"{fn.__qualname__}_serial"
-        self.serial = njit(cache=True)(serial)
+    def __init__(self, fn: FunctionType, name: str | None = None, bind: dict | None = None):
+        if bind:
+            fn = FunctionType(fn.__code__, {**fn.__globals__, **bind}, fn.__name__)
+        name = name or fn.__name__
+        self.parallel = njit(parallel=True, cache=CACHE)(_renamed(fn, name))
+        self.serial = njit(cache=CACHE)(_renamed(fn, f"{name}_serial"))
 
     def __call__(self, *args, work: int) -> None:
         (self.serial if work < PARALLEL_MIN_WORK else self.parallel)(*args)
+
+
+def _renamed(fn: FunctionType, name: str) -> FunctionType:
+    """A copy of ``fn`` under ``name``: Numba names its cache files after the qualname, so
+    each compilation of one source needs its own."""
+    copy = FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__)
+    copy.__qualname__ = name
+    return copy
 
 
 def compute_view(x: np.ndarray) -> np.ndarray:

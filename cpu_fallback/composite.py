@@ -1,72 +1,66 @@
 """Composite loss on the CPU: every term of a row in one parallel pass over the rows.
 
-Each row's predictions are copied to a scratch row first, so the gradient may be written over
-``pred`` even where terms read overlapping columns.
+A softmax cross-entropy term runs the row functions of ``softmax_xent`` (``label_row``,
+``soft_row``) and the elementwise terms the scalar leaves of ``gpukernels._scalar``: each
+formula is the one the single losses use. Each row's predictions are copied to a scratch row
+first, and each term's gradient is formed in scratch and added into its columns, so the
+gradient may be written over ``pred`` even where terms read overlapping columns.
 """
-
-import math
 
 import numpy as np
 from numba import njit, prange
 
+from gpukernels import _kinds, _scalar
 from gpukernels._scalar import ONE, ZERO
 
-from . import ParallelKernel, compute_view, output_view, per_task, store
-from ._math import bce_with_logits
+from . import CACHE, ParallelKernel, compute_view, output_view, per_task, store
+from ._math import leaf
+from .softmax_xent import label_row, soft_row
 
-_TWO = np.float32(2.0)
-_NAN = np.float32(np.nan)
-SOFTMAX_XENT, BCE, MSE = 0, 1, 2
+_bce = leaf(_scalar.bce_with_logits)
+_squared_error = leaf(_scalar.squared_error)
+_huber = leaf(_scalar.huber)
+_XENT, _BCE, _MSE = _kinds.SOFTMAX_CROSS_ENTROPY, _kinds.BCE_WITH_LOGITS, _kinds.MSE
+_NO_CLASS, _NEVER_IGNORED = -1, -2
 
 
-@njit(cache=True)
-def _softmax_xent_term(z, t, scale, grad):
-    """Row loss of softmax CE on ``z`` against a class index (``t`` one value, ``z`` wider)
-    or probabilities ``t``; adds ``scale * (A p - t)`` to ``grad``."""
-    m = z[0]
-    for c in range(1, z.shape[0]):
-        m = z[c] if z[c] > m else m
-    s = ZERO * m
-    for c in range(z.shape[0]):
-        s += math.exp(z[c] - m)
-    lse = m + math.log(s)
+@njit(cache=CACHE)
+def _xent_term(z, t, no_weight, e, grad):
+    """Softmax CE of ``z`` against a class index (``t`` one value, ``z`` wider) or the
+    probabilities ``t``, unscaled; its gradient into ``grad``. A class index that is not a
+    whole number in ``[0, len(z))`` gives a NaN loss and a zero gradient."""
     if t.shape[0] == 1 and z.shape[0] > 1:
-        if not (t[0] >= 0 and t[0] < z.shape[0]):
-            return _NAN * m  # no class of this term: visible in the loss, no gradient
-        y = int(t[0])
-        for c in range(z.shape[0]):
-            grad[c] += scale * math.exp(z[c] - lse)
-        grad[y] -= scale
-        return lse - z[y]
-    a_sum, loss = ZERO * m, ZERO * m
-    for c in range(z.shape[0]):
-        a_sum += t[c]
-        loss += t[c] * (lse - z[c])
-    for c in range(z.shape[0]):
-        grad[c] += scale * (a_sum * math.exp(z[c] - lse) - t[c])
-    return loss
+        v = t[0]
+        y = int(v) if v >= 0 and v < z.shape[0] and v == np.floor(v) else _NO_CLASS
+        return label_row(z, y, no_weight, ONE, _NEVER_IGNORED, ZERO, ZERO, e, grad)
+    return soft_row(z, t, no_weight, ONE, ONE, ZERO, e, grad)
 
 
-@njit(cache=True)
-def _elementwise_term(kind, z, t, scale, grad):
-    """Row loss of BCE-with-logits or MSE over the term's columns; adds its gradient."""
-    loss = ZERO * scale
+@njit(cache=CACHE)
+def _elementwise_term(kind, z, t, param, grad):
+    """Row loss of a BCE, MSE or Huber term, the sum over its columns; slopes into ``grad``."""
+    loss = ZERO * z[0]
     for c in range(z.shape[0]):
-        if kind == BCE:
-            value, slope = bce_with_logits(z[c], t[c], ONE)
+        if kind == _BCE:
+            value, slope = _bce(z[c], t[c], ONE)
+        elif kind == _MSE:
+            value, slope = _squared_error(z[c], t[c], ONE)
         else:
-            d = z[c] - t[c]
-            value, slope = d * d, _TWO * d
+            value, slope = _huber(z[c], t[c], param)
         loss += value
-        grad[c] += scale * slope
+        grad[c] = slope
     return loss
 
 
-@ParallelKernel
-def _kernel(pred, target, kinds, cols, tcols, only_where, term_scale, grad, row_loss, chunk):
+def _composite_kernel(
+    pred, target, kinds, cols, tcols, only_where, term_scale, term_param, grad, row_loss, chunk
+):
     n, width = pred.shape
     for b in prange((n + chunk - 1) // chunk):
-        z = np.empty(width, grad.dtype)
+        z = np.empty(width, row_loss.dtype)
+        e = np.empty(width, row_loss.dtype)
+        term_grad = np.empty(width, row_loss.dtype)
+        no_weight = np.empty(0, row_loss.dtype)
         for i in range(b * chunk, min(n, (b + 1) * chunk)):
             z[:] = pred[i]
             grad[i] = 0
@@ -74,16 +68,21 @@ def _kernel(pred, target, kinds, cols, tcols, only_where, term_scale, grad, row_
                 if only_where[k] >= 0 and target[i, only_where[k]] == 0:
                     row_loss[i, k] = 0
                     continue
-                zk = z[cols[k, 0] : cols[k, 1]]
+                c0, c1 = cols[k, 0], cols[k, 1]
+                zk, gk = z[c0:c1], term_grad[: c1 - c0]
                 tk = target[i, tcols[k, 0] : tcols[k, 1]]
-                gk = grad[i, cols[k, 0] : cols[k, 1]]
-                if kinds[k] == SOFTMAX_XENT:
-                    row_loss[i, k] = _softmax_xent_term(zk, tk, term_scale[k], gk)
+                if kinds[k] == _XENT:
+                    row_loss[i, k] = _xent_term(zk, tk, no_weight, e[: c1 - c0], gk)
                 else:
-                    row_loss[i, k] = _elementwise_term(kinds[k], zk, tk, term_scale[k], gk)
+                    row_loss[i, k] = _elementwise_term(kinds[k], zk, tk, term_param[k], gk)
+                for c in range(c1 - c0):
+                    grad[i, c0 + c] += term_scale[k] * gk[c]
 
 
-def composite(pred, target, kinds, cols, tcols, only_where, term_scale, grad, row_loss):
+_kernel = ParallelKernel(_composite_kernel)
+
+
+def composite(pred, target, kinds, cols, tcols, only_where, term_scale, term_param, grad, row_loss):
     """Every term of every row: row losses into ``row_loss``, summed gradients into ``grad``."""
     buffer = output_view(grad)
     _kernel(
@@ -94,6 +93,7 @@ def composite(pred, target, kinds, cols, tcols, only_where, term_scale, grad, ro
         tcols,
         only_where,
         term_scale,
+        term_param,
         buffer,
         row_loss,
         per_task(pred.shape[0]),

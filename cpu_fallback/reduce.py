@@ -9,12 +9,12 @@ from numba import njit, prange
 
 from gpukernels._canon import TILE
 
-from . import ParallelKernel, compute_view, per_task
+from . import CACHE, ParallelKernel, compute_view, per_task
 
 _COLUMN_BLOCK = 64  # columns folded together: a (TILE, 64) float32 tile is 64 KiB
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def _fold(s):
     """Halving tree over a tile: s[k] += s[k + h] for h = TILE/2, ..., 1; returns s[0]."""
     h = TILE // 2
@@ -73,7 +73,7 @@ def column_tile_sums(x, out):
     _column_tile_sums_kernel(compute_view(x), out, block, work=x.size)
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def finish_tile(s, count, j, loss, reduce):
     """Emit tile ``j``'s ``count`` elementwise losses held in ``s``: their canonical tile sum
     into ``loss[j]`` (``reduce``), or the losses themselves into ``loss[j*TILE:]``."""

@@ -13,13 +13,23 @@ from numba import njit, prange
 
 from gpukernels._scalar import ONE, ZERO
 
-from . import FASTMATH, ParallelKernel, at, compute_view, optional, output_view, per_task, store
+from . import (
+    CACHE,
+    FASTMATH,
+    ParallelKernel,
+    at,
+    compute_view,
+    optional,
+    output_view,
+    per_task,
+    store,
+)
 from ._math import fast_exp
 
 _NAN = np.float32(np.nan)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, cache=CACHE)
 def _row_max(z):
     m = z[0]  # C >= 1; starting from z's own element keeps m in z's dtype
     for c in range(1, z.shape[0]):
@@ -29,13 +39,13 @@ def _row_max(z):
 
 # Inlined (Numba IR) into the row functions, which have no fastmath: it would reassociate
 # fast_exp's range reduction. Inlining saves a call per row, which short rows feel.
-@njit(cache=True, inline="always")
+@njit(cache=CACHE, inline="always")
 def _exp_shifted(z, m, e):
     for c in range(z.shape[0]):
         e[c] = fast_exp(z[c] - m)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, cache=CACHE)
 def _sum(e):
     s = ZERO
     for c in range(e.shape[0]):
@@ -43,7 +53,7 @@ def _sum(e):
     return s
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, cache=CACHE)
 def _weight_and_gap_sums(z, w, m):
     """(sum_c w_c, sum_c w_c (m - z_c)); w_c = 1 when ``w`` is empty."""
     total, gap = ZERO * m, ZERO * m
@@ -58,7 +68,7 @@ def _weight_and_gap_sums(z, w, m):
     return total, gap
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, cache=CACHE)
 def _soft_sums(z, t, w, m, keep, eps_c):
     """(A, B) = (sum_c a_c, sum_c a_c (m - z_c)), a_c = w_c (keep t_c + eps / C)."""
     a_sum, gap = ZERO * m, ZERO * m
@@ -71,10 +81,14 @@ def _soft_sums(z, t, w, m, keep, eps_c):
     return a_sum, gap
 
 
-@njit(cache=True, inline="always")  # an elementwise loop: vectorises without fastmath
-def _write_label_grad(e, w, k_p, k_w, grad):
-    """grad_c = k_p e_c - k_w w_c (the true class is overwritten by the caller)."""
-    if w.shape[0] == 0:
+@njit(cache=CACHE, inline="always")  # an elementwise loop: vectorises without fastmath
+def _write_label_grad(e, w, k_p, k_w, weighted, grad):
+    """grad_c = k_p e_c - k_w w_c (the true class is overwritten by the caller).
+
+    Without ``weighted`` (no weights, or no smoothing: ``k_w`` is 0), ``w`` is not read, so
+    an inf or NaN weight of a class the row does not use cannot reach its gradient.
+    """
+    if not weighted:
         for c in range(e.shape[0]):
             grad[c] = k_p * e[c] - k_w
     else:
@@ -82,7 +96,7 @@ def _write_label_grad(e, w, k_p, k_w, grad):
             grad[c] = k_p * e[c] - k_w * w[c]
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, cache=CACHE)
 def _write_soft_grad(e, t, w, k_p, g, keep, eps_c, grad):
     """grad_c = k_p e_c - g a_c."""
     for c in range(e.shape[0]):
@@ -92,9 +106,17 @@ def _write_soft_grad(e, t, w, k_p, g, keep, eps_c, grad):
         grad[c] = k_p * e[c] - g * a
 
 
-@njit(cache=True)
-def _label_row(z, y, w, g, ignore_index, eps, eps_c, e, grad):
-    """Loss of one row with class index ``y``; writes its gradient."""
+@njit(cache=CACHE)
+def label_row(z, y, w, g, ignore_index, eps, eps_c, e, grad):
+    """Loss of one row ``z`` with class index ``y``; writes its gradient ``g (A p - a)``.
+
+    ``w`` the class weights (empty: 1), ``eps`` the smoothing and ``eps_c = eps / C``, ``e``
+    scratch of ``z``'s length. The loss is ``(1 - eps) w_y ((m - z_y) + log s) + eps_c
+    sum_c w_c ((m - z_c) + log s)`` with ``m`` the row max and ``s = sum_c exp(z_c - m)``:
+    ``m - z_y`` is exact for the large logits that matter, so no precision is lost to the
+    magnitude of ``m``. An ignored row has loss 0, a ``y`` outside ``[0, C)`` NaN; both get
+    a zero gradient.
+    """
     c = z.shape[0]
     if y == ignore_index or y < 0 or y >= c:
         grad[:] = 0
@@ -109,7 +131,7 @@ def _label_row(z, y, w, g, ignore_index, eps, eps_c, e, grad):
     keep = ONE - eps
     a_sum = keep * w_y + eps_c * w_sum
     loss = keep * w_y * (m - z_y + log_s) + eps_c * (w_sum * log_s + gap)
-    _write_label_grad(e, w, g * a_sum / s, g * eps_c, grad)
+    _write_label_grad(e, w, g * a_sum / s, g * eps_c, eps > 0 and w.shape[0] > 0, grad)
     # p_y - a_y in the accumulation dtype, rounded once into grad.
     grad[y] = g * (a_sum * e[y] / s - (keep * w_y + eps_c * w_y))
     return loss
@@ -122,13 +144,16 @@ def _labels_kernel(logits, labels, w, scale, grad, row_loss, ignore_index, eps, 
         e = np.empty(c, row_loss.dtype)
         for i in range(b * chunk, min(n, (b + 1) * chunk)):
             g = at(scale, i)
-            row_loss[i] = _label_row(
+            row_loss[i] = label_row(
                 logits[i], labels[i], w, g, ignore_index, eps, eps_c, e, grad[i]
             )
 
 
-@njit(cache=True)
-def _soft_row(z, t, w, g, keep, eps_c, e, grad):
+@njit(cache=CACHE)
+def soft_row(z, t, w, g, keep, eps_c, e, grad):
+    """Loss of one row ``z`` with class probabilities ``t``; writes its gradient
+    ``g (A p - a)``, ``a_c = w_c (keep t_c + eps_c)``, ``A = sum_c a_c``. The loss is
+    ``sum_c a_c ((m - z_c) + log s)`` (the gap sum and ``A log s``)."""
     m = _row_max(z)
     a_sum, gap = _soft_sums(z, t, w, m, keep, eps_c)
     _exp_shifted(z, m, e)
@@ -144,7 +169,7 @@ def _probs_kernel(logits, target, w, scale, grad, row_loss, keep, eps_c, chunk):
         e = np.empty(c, row_loss.dtype)
         for i in range(b * chunk, min(n, (b + 1) * chunk)):
             g = at(scale, i)
-            row_loss[i] = _soft_row(logits[i], target[i], w, g, keep, eps_c, e, grad[i])
+            row_loss[i] = soft_row(logits[i], target[i], w, g, keep, eps_c, e, grad[i])
 
 
 @ParallelKernel

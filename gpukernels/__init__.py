@@ -15,7 +15,7 @@ from ._batch_sum import batch_sum
 from ._composite_loss import LossTerm, composite_loss
 from ._dispatch import backend, cuda_available
 from ._elementwise import sigmoid, sigmoid_backward, sigmoid_derivative
-from ._elementwise_losses import bce_with_logits, mse
+from ._elementwise_losses import bce_with_logits, huber_loss, mse
 from ._softmax_cross_entropy import softmax_cross_entropy
 
 __version__ = "0.1.0"
@@ -27,6 +27,7 @@ __all__ = [
     "bce_with_logits",
     "composite_loss",
     "cuda_available",
+    "huber_loss",
     "mse",
     "sigmoid",
     "sigmoid_backward",

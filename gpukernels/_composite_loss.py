@@ -12,6 +12,7 @@ from . import _validate
 from ._batch_sum import canonical_column_sums
 from ._common import safe_divide, upstream_scale
 from ._dispatch import Call, accumulation_dtype
+from ._kinds import TermKind
 
 
 @dataclass(frozen=True)
@@ -19,13 +20,14 @@ class LossTerm:
     """One term of a :func:`composite_loss`.
 
     Attributes:
-        kind: ``"softmax_cross_entropy"``, ``"bce_with_logits"`` or ``"mse"``.
+        kind: ``"softmax_cross_entropy"``, ``"bce_with_logits"``, ``"mse"`` or ``"huber"``.
         columns: slice of the prediction's columns the term reads.
         target_columns: slice of the target's columns (default: ``columns``). For softmax
             cross-entropy either one column holding the class index or one per class.
         weight: the term's factor in the total loss.
         only_where: target column ``k``: apply the term only to rows whose ``target[:, k]``
             is nonzero; its mean is then over those rows alone.
+        delta: the threshold of a ``"huber"`` term (see :func:`gpukernels.huber_loss`).
     """
 
     kind: str
@@ -33,6 +35,7 @@ class LossTerm:
     target_columns: slice | None = None
     weight: float = 1.0
     only_where: int | None = None
+    delta: float = 1.0
 
 
 def composite_loss(pred, target, terms: Sequence[LossTerm], *, grad_output=None, out=None):
@@ -87,8 +90,8 @@ def composite_loss(pred, target, terms: Sequence[LossTerm], *, grad_output=None,
 
     xp, acc = call.xp, accumulation_dtype(dtype)
     target = target.astype(dtype, copy=False)
-    for k, (kind, (c0, c1), (t0, t1), _, _) in enumerate(resolved):
-        if kind == 0 and t1 - t0 == 1:
+    for k, (kind, (c0, c1), (t0, t1), _, _, _) in enumerate(resolved):
+        if kind == TermKind.SOFTMAX_CROSS_ENTROPY and t1 - t0 == 1 and c1 - c0 > 1:
             _validate.class_index_column(
                 xp, target[:, t0], c1 - c0, f"target column {t0} (the class index of terms[{k}])"
             )
@@ -98,17 +101,18 @@ def composite_loss(pred, target, terms: Sequence[LossTerm], *, grad_output=None,
         safe_divide(
             xp, xp.full((), weight, acc), _term_divisor(xp, target, kind, c1 - c0, only, n, acc)
         )
-        for kind, (c0, c1), _, only, weight in resolved
+        for kind, (c0, c1), _, only, weight, _ in resolved
     ]
     term_scale = xp.stack(factors) * upstream_scale(xp, grad_output, acc)
 
     grad = xp.empty(pred.shape, dtype) if out is None else out
     row_loss = xp.empty((n, len(resolved)), acc)
     if n:
-        layout = tuple((kind, cols, tcols, only) for kind, cols, tcols, only, _ in resolved)
-        kinds, cols, tcols, only_where = _term_table(xp, layout, _validate.device_id(pred))
+        layout = tuple((k, cols, tcols, only, delta) for k, cols, tcols, only, _, delta in resolved)
+        table = _term_table(xp, layout, acc, _validate.device_id(pred))
+        kinds, cols, tcols, only_where, term_param = table
         call.ops("composite").composite(
-            pred, target, kinds, cols, tcols, only_where, term_scale, grad, row_loss
+            pred, target, kinds, cols, tcols, only_where, term_scale, term_param, grad, row_loss
         )
     sums = canonical_column_sums(call, row_loss)
     loss = sum(factor * sums[k] for k, factor in enumerate(factors))
@@ -119,18 +123,20 @@ def _term_divisor(xp, target, kind: int, width: int, only_where: int, n: int, ac
     """The term's mean denominator as a 0-d array on the data's device."""
     rows = xp.full((), n, acc) if only_where < 0 else xp.count_nonzero(target[:, only_where])
     rows = xp.asarray(rows).astype(acc)
-    return rows if kind == 0 else rows * width
+    return rows if kind == TermKind.SOFTMAX_CROSS_ENTROPY else rows * width
 
 
 @functools.lru_cache(maxsize=64)
-def _term_table(xp, layout: tuple, device: int | None):
-    """The terms' integer metadata as arrays of the data's library, on its device.
+def _term_table(xp, layout: tuple, acc: np.dtype, device: int | None):
+    """The terms' metadata as arrays of the data's library, on its device: kinds, columns,
+    target columns, ``only_where`` (int64) and each term's parameter (``acc``).
 
     Cached per layout and device: a training loop copies it to the GPU once, not per call.
     """
     table = np.array(
-        [[kind, c0, c1, t0, t1, only] for kind, (c0, c1), (t0, t1), only in layout],
+        [[kind, c0, c1, t0, t1, only] for kind, (c0, c1), (t0, t1), only, _ in layout],
         dtype=np.int64,
     )
-    parts = (table[:, 0], table[:, 1:3], table[:, 3:5], table[:, 5])
+    params = np.array([param for *_, param in layout], acc)
+    parts = (table[:, 0], table[:, 1:3], table[:, 3:5], table[:, 5], params)
     return tuple(xp.asarray(np.ascontiguousarray(part)) for part in parts)

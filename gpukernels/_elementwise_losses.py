@@ -1,4 +1,5 @@
-"""``bce_with_logits`` and ``mse``: one pass writes the gradient and the canonical partial sums."""
+"""``bce_with_logits``, ``mse`` and ``huber_loss``: one pass writes the gradient and the
+canonical partial sums, through the op table's elementwise-loss launchers (``loss_and_grad``)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from ._dispatch import Call, accumulation_dtype
 
 
 def _elementwise_loss(call, op, x, inputs, divisor, reduction, grad_output, out):
-    """Shared tail of the elementwise losses: scale, launch, reduce.
+    """Shared tail of the elementwise losses: scale, launch ``op``'s ``loss_and_grad``, reduce.
 
-    ``inputs`` are the launcher's arguments after the prediction; ``divisor`` the mean's
-    denominator (a Python int; 0 for a mean over nothing, which is 0 with a zero gradient).
+    ``inputs`` are the launcher's arguments after the prediction (target, weight, param);
+    ``divisor`` the mean's denominator (a Python int; 0 for a mean over nothing, which is 0
+    with a zero gradient).
     """
     xp, dtype = call.xp, np.dtype(x.dtype)
     acc = accumulation_dtype(dtype)
@@ -27,7 +29,7 @@ def _elementwise_loss(call, op, x, inputs, divisor, reduction, grad_output, out)
     reduce = reduction != "none"
     loss = xp.empty(tile_count(n) if reduce else n, acc)
     if n:
-        op(flat_input(xp, x), *inputs, scale, grad.flat, loss, reduce)
+        call.ops(op).loss_and_grad(flat_input(xp, x), *inputs, scale, grad.flat, loss, reduce)
     if not reduce:
         return loss.reshape(shape), grad.result()
     total = canonical_sum(call, loss)
@@ -127,7 +129,7 @@ def bce_with_logits(
     divisor = x.size if reduction == "mean" else 1
     return _elementwise_loss(
         call,
-        call.ops("bce").bce_with_logits,
+        "bce",
         x,
         inputs,
         divisor,
@@ -178,10 +180,70 @@ def mse(pred, target, *, reduction: str = "mean", grad_output=None, out=None):
         raise ValueError("reduction='batchmean' needs pred with a batch axis (ndim >= 1)")
     batch = x.shape[0] if x.ndim else 1
     divisor = {"mean": x.size, "batchmean": batch, "sum": 1, "none": 1}[reduction]
-    inputs = (flat_input(call.xp, t, dtype),)
+    none = call.xp.empty(0, accumulation_dtype(dtype))
+    inputs = (flat_input(call.xp, t, dtype), none, none)
     return _elementwise_loss(
         call,
-        call.ops("mse").mse,
+        "mse",
+        x,
+        inputs,
+        divisor,
+        reduction,
+        call.arrays["grad_output"],
+        call.arrays["out"],
+    )
+
+
+def huber_loss(
+    pred, target, *, delta: float = 1.0, reduction: str = "mean", grad_output=None, out=None
+):
+    r"""Huber loss and its gradient in one pass (``torch.nn.functional.huber_loss``).
+
+    With :math:`d = p - t`:
+
+    .. math::
+        \ell = \begin{cases} \tfrac12 d^2 & |d| \le \delta \\
+        \delta \left(|d| - \tfrac12 \delta\right) & \text{otherwise} \end{cases}, \qquad
+        \frac{\partial \ell}{\partial p} = \mathrm{clip}(d, -\delta, \delta)
+
+    quadratic near the target and linear beyond ``delta`` (the box loss of object
+    localisation; PyTorch's ``smooth_l1_loss`` with ``beta`` is this divided by ``beta``).
+    ``"mean"`` divides by the number of elements; a mean over nothing is 0.
+
+    Args:
+        pred: any shape, float16/float32/float64.
+        target: same shape.
+        delta: the threshold between the quadratic and the linear part, a finite number > 0.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        grad_output: upstream gradient: a scalar, or with ``"none"`` an array of the shape.
+        out: array to write the gradient into; may be ``pred`` itself.
+
+    Returns:
+        ``(loss, grad)``; loss is 0-d, or ``pred``'s shape for ``"none"``.
+
+    Example:
+        >>> import numpy as np, gpukernels as gk
+        >>> loss, grad = gk.huber_loss(np.array([0.5, 3.0]), np.zeros(2), reduction="sum")
+        >>> float(loss), grad.tolist()
+        (2.625, [0.5, 1.0])
+    """
+    call = Call(pred=pred, target=target, grad_output=grad_output, out=out)
+    x, t, dtype = _checked(
+        call,
+        "pred",
+        "target",
+        reduction,
+        ("mean", "sum", "none"),
+        call.arrays["grad_output"],
+        call.arrays["out"],
+    )
+    _validate.positive_number("delta", delta)
+    xp, acc = call.xp, accumulation_dtype(dtype)
+    inputs = (flat_input(xp, t, dtype), xp.empty(0, acc), xp.full(1, delta, acc))
+    divisor = x.size if reduction == "mean" else 1
+    return _elementwise_loss(
+        call,
+        "huber",
         x,
         inputs,
         divisor,

@@ -11,6 +11,8 @@ import numpy as np
 
 from ._dtypes import NAMES as FLOAT_NAMES
 from ._dtypes import STORAGE as FLOAT_DTYPES
+from ._kinds import NAMES as KIND_NAMES
+from ._kinds import TermKind
 
 REDUCTIONS = ("mean", "sum", "none")
 SCALAR_ALLOWED = frozenset({"grad_output"})
@@ -128,6 +130,14 @@ def class_indices(xp, labels, num_classes: int, ignore_index: int) -> None:
         )
 
 
+def positive_number(name: str, value) -> None:
+    """``value`` is a real number (not a bool), finite and > 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+
+
 def label_smoothing(value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {value}")
@@ -163,9 +173,6 @@ def axis(value, ndim_: int) -> None:
         raise ValueError("axis=0 is out of range for a 0-d array")
 
 
-LOSS_KINDS = ("softmax_cross_entropy", "bce_with_logits", "mse")
-
-
 def column_range(name: str, columns, width: int) -> tuple[int, int]:
     """``(start, stop)`` of a step-1, non-empty column slice of an array ``width`` wide."""
     if not isinstance(columns, slice):
@@ -185,9 +192,9 @@ def loss_terms(terms, pred_width: int, target_width: int) -> list[tuple]:
     resolved = []
     for k, term in enumerate(terms):
         where = f"terms[{k}]"
-        if term.kind not in LOSS_KINDS:
+        if term.kind not in KIND_NAMES:
             raise ValueError(
-                f"{where}.kind must be one of {', '.join(LOSS_KINDS)}, got {term.kind!r}"
+                f"{where}.kind must be one of {', '.join(KIND_NAMES)}, got {term.kind!r}"
             )
         cols = column_range(f"{where}.columns", term.columns, pred_width)
         tsel = term.columns if term.target_columns is None else term.target_columns
@@ -210,11 +217,12 @@ def loss_terms(terms, pred_width: int, target_width: int) -> list[tuple]:
             )
         resolved.append(
             (
-                LOSS_KINDS.index(term.kind),
+                TermKind.from_name(term.kind),
                 cols,
                 tcols,
                 -1 if only is None else only,
                 float(term.weight),
+                float(term.delta),
             )
         )
     return resolved

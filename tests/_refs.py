@@ -1,8 +1,8 @@
 """Float64 NumPy references written from the maths, and the helpers the test modules share.
 
-Nothing here imports ``gpukernels``: every expected value comes from the formulas of
-``/work/shared/API.md`` (PyTorch's semantics) evaluated in float64, or, for ``batch_sum``, from
-the canonical summation order of ``docs/BACKENDS.md`` replayed in NumPy.
+Nothing here imports ``gpukernels``: every expected value comes from the formulas of the
+public contract (``docs/API.md``: PyTorch's semantics) evaluated in float64, or, for
+``batch_sum``, from the canonical summation order of ``docs/BACKENDS.md`` replayed in NumPy.
 """
 
 import math
@@ -233,6 +233,17 @@ def mse(pred, target, *, reduction="mean", grad_output=None):
         d * d, "mean" if reduction == "batchmean" else reduction, divisor, grad_output
     )
     return loss, 2.0 * d * scale
+
+
+def huber(pred, target, *, delta=1.0, reduction="mean", grad_output=None):
+    """Huber loss of ``d = p - t``: ``d^2 / 2`` where ``|d| <= delta``, else
+    ``delta (|d| - delta / 2)``; gradient ``clip(d, -delta, delta) / divisor``."""
+    d = np.asarray(pred, dtype=np.float64) - np.asarray(target, dtype=np.float64)
+    a = np.abs(d)
+    with np.errstate(invalid="ignore"):
+        elementwise = np.where(a <= delta, 0.5 * d * d, delta * (a - 0.5 * delta))
+    loss, scale = _reduce(elementwise, reduction, d.size, grad_output)
+    return loss, np.clip(d, -delta, delta) * scale
 
 
 # --------------------------------------------------------------------------------------------

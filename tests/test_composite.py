@@ -266,3 +266,35 @@ def test_sizes_cpu(cpu_backend, n, dtype):
     rng = np.random.default_rng(92)
     pred, target = seed_data(rng, n, dtype)
     check(gk.composite_loss(pred, target, seed_terms()), pred, target, SEED_REF)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_huber_box_term_matches_torch(backend, dtype):
+    """The localisation loss of seed 000: BCE on the objectness logit, a Huber box loss on
+    the rows that hold an object, a class term on them too; against PyTorch's losses."""
+    torch = pytest.importorskip("torch")
+    f = torch.nn.functional
+    rng = np.random.default_rng(81)
+    n = 13
+    pred = rng.standard_normal((n, 8)).astype(dtype)
+    target = np.concatenate(
+        [rng.integers(0, 2, (n, 1)), 2 * rng.standard_normal((n, 4)), rng.integers(0, 3, (n, 1))],
+        axis=1,
+    ).astype(dtype)
+    terms = [
+        gk.LossTerm("bce_with_logits", slice(0, 1)),
+        gk.LossTerm("huber", slice(1, 5), weight=2.0, only_where=0, delta=0.5),
+        gk.LossTerm("softmax_cross_entropy", slice(5, 8), slice(5, 6), only_where=0),
+    ]
+    loss, grad = gk.composite_loss(pred, target, terms)
+    x = torch.tensor(pred.astype(np.float64), requires_grad=True)
+    t = torch.tensor(target.astype(np.float64))
+    rows = t[:, 0] != 0
+    want = (
+        f.binary_cross_entropy_with_logits(x[:, 0], t[:, 0])
+        + 2.0 * f.huber_loss(x[rows, 1:5], t[rows, 1:5], delta=0.5)
+        + f.cross_entropy(x[rows, 5:8], t[rows, 5].long())
+    )
+    want.backward()
+    assert_close(loss, want.item(), dtype, what="loss vs torch")
+    assert_close(grad, x.grad.numpy(), dtype, what="grad vs torch")

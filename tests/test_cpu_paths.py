@@ -27,6 +27,7 @@ def _calls(rng):
     terms = [
         gk.LossTerm("bce_with_logits", slice(0, 1)),
         gk.LossTerm("mse", slice(1, 5), only_where=0),
+        gk.LossTerm("huber", slice(1, 5), only_where=0, delta=0.1),
     ]
     return {
         "ce labels": lambda: gk.softmax_cross_entropy(
@@ -39,6 +40,7 @@ def _calls(rng):
         "bce": lambda: gk.bce_with_logits(z, y, pos_weight=weight),
         "bce none": lambda: gk.bce_with_logits(z, y, reduction="none", grad_output=go),
         "mse": lambda: gk.mse(z, y, reduction="batchmean"),
+        "huber": lambda: gk.huber_loss(z, y, delta=0.5),
         "sigmoid": lambda: gk.sigmoid(z),
         "sigmoid_derivative": lambda: gk.sigmoid_derivative(z),
         "sigmoid_backward": lambda: gk.sigmoid_backward(go, y),
@@ -69,7 +71,7 @@ def test_serial_and_parallel_give_the_same_bits(cpu_backend, monkeypatch, name):
 def test_small_work_runs_serial_and_large_work_parallel(cpu_backend, monkeypatch):
     rng = np.random.default_rng(2)
     ran = []
-    kernel = mse_kernels._kernel
+    kernel = mse_kernels.loss_and_grad.kernel
     for path in ("serial", "parallel"):
         compiled = getattr(kernel, path)
         monkeypatch.setattr(kernel, path, lambda *a, c=compiled, p=path: (ran.append(p), c(*a)))

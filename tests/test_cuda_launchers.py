@@ -7,21 +7,19 @@ fully written. References are float64 NumPy written here; canonical tile sums mu
 NumPy emulation of docs/BACKENDS.md bit for bit for two threads-per-block.
 """
 
-import importlib
-
 import numpy as np
 import pytest
 
+from gpukernels._kinds import TermKind
+from gpukernels._ops import OPS
 from gpukernels.cuda import _cuda
 
 pytestmark = pytest.mark.skipif(not _cuda.SIMULATOR, reason="launcher tests run on the simulator")
 
-reduce = importlib.import_module("gpukernels.cuda.reduce")
-softmax_xent = importlib.import_module("gpukernels.cuda.softmax_xent")
-bce = importlib.import_module("gpukernels.cuda.bce")
-mse = importlib.import_module("gpukernels.cuda.mse")
-sigmoid = importlib.import_module("gpukernels.cuda.sigmoid")
-composite = importlib.import_module("gpukernels.cuda.composite")
+reduce, softmax_xent, bce, mse, huber, sigmoid, composite = (
+    OPS[name].module("cuda")
+    for name in ("reduce", "softmax_xent", "bce", "mse", "huber", "sigmoid", "composite")
+)
 
 TILE = 256
 DTYPES = [np.float16, np.float32, np.float64]
@@ -247,16 +245,16 @@ def test_bce_with_logits(dtype, tile_threads):
     y = rng.uniform(0, 1, n).astype(dtype)
     w, pw, g = (rng.uniform(0.5, 2, k).astype(acc) for k in (n, 7, n))
     grad, losses = poisoned(n, dtype), poisoned(n, acc)
-    bce.bce_with_logits(z, y, w, pw, g, grad, losses, False)
+    bce.loss_and_grad(z, y, w, pw, g, grad, losses, False)
     want_loss, want_grad = bce_reference(z, y, w, np.tile(pw, n)[:n])
     close(losses, want_loss, dtype, scale=10)
     close(grad, g * want_grad, dtype)
     partial, grad2 = poisoned(3, acc), poisoned(n, dtype)
-    bce.bce_with_logits(z, y, w, pw, g, grad2, partial, True)
+    bce.loss_and_grad(z, y, w, pw, g, grad2, partial, True)
     np.testing.assert_array_equal(partial, canonical_tiles(losses, acc))
     np.testing.assert_array_equal(grad2, grad)
     none, same = np.empty(0, acc), z.copy()  # no weights, one factor, gradient over z
-    bce.bce_with_logits(same, y, none, none, np.ones(1, acc), same, poisoned(3, acc), True)
+    bce.loss_and_grad(same, y, none, none, np.ones(1, acc), same, poisoned(3, acc), True)
     close(same, bce_reference(z, y, 1.0, 1.0)[1], dtype)
 
 
@@ -268,15 +266,36 @@ def test_mse(dtype, tile_threads):
     p, t = (rng.standard_normal(n).astype(dtype) for _ in range(2))
     g = np.full(1, 0.25, acc)
     grad, losses = poisoned(n, dtype), poisoned(n, acc)
-    mse.mse(p, t, g, grad, losses, False)
+    none = np.empty(0, acc)
+    mse.loss_and_grad(p, t, none, none, g, grad, losses, False)
     d = p.astype(np.float64) - t.astype(np.float64)
     close(losses, d * d, dtype, scale=10)
     close(grad, 0.5 * d, dtype)
     partial = poisoned(3, acc)
     in_place = p.copy()
-    mse.mse(in_place, t, g, in_place, partial, True)
+    mse.loss_and_grad(in_place, t, none, none, g, in_place, partial, True)
     np.testing.assert_array_equal(partial, canonical_tiles(losses, acc))
     np.testing.assert_array_equal(in_place, grad)
+
+
+@pytest.mark.parametrize("tile_threads", [16, 4], indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_huber(dtype, tile_threads):
+    rng = np.random.default_rng(8)
+    n, acc, delta = 530, acc_of(dtype), 0.75
+    p, t = ((2 * rng.standard_normal(n)).astype(dtype) for _ in range(2))
+    g, w = (rng.uniform(0.5, 2, n).astype(acc) for _ in range(2))
+    grad, losses = poisoned(n, dtype), poisoned(n, acc)
+    huber.loss_and_grad(p, t, w, np.full(1, delta, acc), g, grad, losses, False)
+    d = p.astype(np.float64) - t.astype(np.float64)
+    quadratic = np.abs(d) <= delta
+    assert 0 < quadratic.sum() < n  # both branches
+    want = np.where(quadratic, 0.5 * d * d, delta * (np.abs(d) - 0.5 * delta))
+    close(losses, w * want, dtype, scale=10)
+    close(grad, g * w * np.clip(d, -delta, delta), dtype)
+    partial = poisoned(3, acc)
+    huber.loss_and_grad(p, t, w, np.full(1, delta, acc), g, grad, partial, True)
+    np.testing.assert_array_equal(partial, canonical_tiles(losses, acc))
 
 
 # ---------------------------------------------------------------- sigmoid
@@ -311,7 +330,7 @@ def test_sigmoid_kernels(dtype):
 # ---------------------------------------------------------------- composite
 
 
-def composite_reference(pred, target, kinds, cols, tcols, only_where, scale):
+def composite_reference(pred, target, kinds, cols, tcols, only_where, scale, param):
     """Row losses and gradient of docs/BACKENDS.md's composite launcher, in float64."""
     z, t = pred.astype(np.float64), target.astype(np.float64)
     n, k_terms = z.shape[0], len(kinds)
@@ -322,12 +341,13 @@ def composite_reference(pred, target, kinds, cols, tcols, only_where, scale):
             if only_where[k] >= 0 and t[i, only_where[k]] == 0:
                 continue
             zi, ti = z[i, p0:p1], t[i, t0:t1]
-            if kinds[k] == 0:
+            d = zi - ti if kinds[k] != TermKind.SOFTMAX_CROSS_ENTROPY else None
+            if kinds[k] == TermKind.SOFTMAX_CROSS_ENTROPY:
                 lse = zi.max() + np.log(np.exp(zi - zi.max()).sum())
                 p = np.exp(zi - lse)
                 if t1 - t0 == 1:
                     y = ti[0]
-                    if not 0 <= y < p1 - p0:
+                    if not (0 <= y < p1 - p0 and y == int(y)):
                         loss[i, k] = np.nan
                         continue
                     loss[i, k] = lse - zi[int(y)]
@@ -336,12 +356,16 @@ def composite_reference(pred, target, kinds, cols, tcols, only_where, scale):
                 else:
                     loss[i, k] = (ti * (lse - zi)).sum()
                     g = ti.sum() * p - ti
-            elif kinds[k] == 1:
+            elif kinds[k] == TermKind.BCE_WITH_LOGITS:
                 loss[i, k] = (np.maximum(zi, 0) - zi * ti + np.log1p(np.exp(-np.abs(zi)))).sum()
                 g = 1 / (1 + np.exp(-zi)) - ti
+            elif kinds[k] == TermKind.MSE:
+                loss[i, k] = (d**2).sum()
+                g = 2 * d
             else:
-                loss[i, k] = ((zi - ti) ** 2).sum()
-                g = 2 * (zi - ti)
+                delta, a = float(param[k]), np.abs(d)
+                loss[i, k] = np.where(a <= delta, 0.5 * d * d, delta * (a - 0.5 * delta)).sum()
+                g = np.clip(d, -delta, delta)
             grad[i, p0:p1] += scale[k] * g
     return loss, grad
 
@@ -356,20 +380,24 @@ def test_composite(dtype):
     target[:, 1:5] = rng.standard_normal((n, 4))  # box
     target[:, 5] = rng.integers(0, 3, n)  # class index
     target[2, 5] = 3  # out of range: NaN loss, zero gradient
+    target[4, 5] = 1.5  # not a whole number: the same
     target[:, 6:9] = rng.dirichlet(np.ones(3), n)  # class probabilities
     target = target.astype(dtype)
-    kinds = np.array([1, 2, 0, 0, 2])
-    cols = np.array([[0, 1], [1, 5], [5, 8], [8, 11], [0, 2]])  # the last overlaps two
-    tcols = np.array([[0, 1], [1, 5], [5, 6], [6, 9], [3, 5]])
-    only_where = np.array([-1, 0, 0, -1, -1])
-    scale = np.array([1.0, 0.5, 2.0, 0.25, 1.5], acc)
-    args = (kinds, cols, tcols, only_where, scale)
-    grad, loss = poisoned(pred.shape, dtype), poisoned((n, 5), acc)
+    xent, bce_, mse_, huber_ = TermKind
+    kinds = np.array([bce_, mse_, xent, xent, mse_, huber_], np.int64)
+    cols = np.array([[0, 1], [1, 5], [5, 8], [8, 11], [0, 2], [1, 5]])  # overlapping terms
+    tcols = np.array([[0, 1], [1, 5], [5, 6], [6, 9], [3, 5], [1, 5]])
+    only_where = np.array([-1, 0, 0, -1, -1, 0])
+    scale = np.array([1.0, 0.5, 2.0, 0.25, 1.5, 0.75], acc)
+    param = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.5], acc)
+    args = (kinds, cols, tcols, only_where, scale, param)
+    grad, loss = poisoned(pred.shape, dtype), poisoned((n, 6), acc)
     composite.composite(pred, target, *args, grad, loss)
     want_loss, want_grad = composite_reference(pred, target, *args)
     close(loss, want_loss, dtype, scale=10)
     selected = target[:, 0] != 0
     assert np.isnan(loss[2, 2]) == bool(selected[2])
+    assert np.isnan(loss[4, 2]) == bool(selected[4])
     close(grad, want_grad, dtype)
     assert (grad[:, 11] == 0).all()
     same = pred.copy()  # the gradient written over the predictions

@@ -397,3 +397,40 @@ def test_sizes_cpu(cpu_backend, n, c, dtype):
     exp_loss, exp_grad = cross_entropy(logits, probs)
     assert_close(loss, exp_loss, np.float32, rtol=rtol, what="loss")
     assert_close(grad, exp_grad, dtype, rtol=rtol, atol=min(rtol, 2e-3), what="grad")
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_large_logits_keep_their_precision(backend, smoothing):
+    """The row loss is (m - z_y) + log s: with logits of magnitude 3e4, lse - z_y would be
+    rounded at the magnitude of m (0.69336 instead of log 2 = 0.693147)."""
+    torch = pytest.importorskip("torch")
+    z = np.array([[3e4, 3e4, -3e4], [-2e4, 1e4 + 0.5, 1e4]], np.float32)
+    y = np.array([0, 2])
+    loss, _ = gk.softmax_cross_entropy(z, y, reduction="none", label_smoothing=smoothing)
+    want = torch.nn.functional.cross_entropy(
+        torch.tensor(z, dtype=torch.float64),
+        torch.tensor(y),
+        reduction="none",
+        label_smoothing=smoothing,
+    ).numpy()
+    np.testing.assert_allclose(loss, want, rtol=2e-7)
+
+
+def test_infinite_weight_of_an_unused_class(backend):
+    """Without smoothing a class weight enters only its own rows: an inf or NaN weight of a
+    class no row uses leaves every gradient finite, as in PyTorch."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(71)
+    z = rng.standard_normal((4, 5)).astype(np.float32)
+    y = np.array([0, 1, 3, 1])
+    for bad in (np.inf, np.nan):
+        w = np.array([1.0, 2.0, bad, 0.5, 1.5], np.float32)
+        loss, grad = gk.softmax_cross_entropy(z, y, weight=w)
+        x = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+        want = torch.nn.functional.cross_entropy(
+            x, torch.tensor(y), weight=torch.tensor(w).double()
+        )
+        want.backward()
+        assert np.isfinite(grad).all() and np.isfinite(loss)
+        np.testing.assert_allclose(loss, want.item(), rtol=1e-6)
+        np.testing.assert_allclose(grad, x.grad.numpy(), rtol=1e-5, atol=1e-7)

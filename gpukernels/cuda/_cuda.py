@@ -184,8 +184,12 @@ def scalar_device(fn, acc: types.Float):
     ``_scalar`` writes its constants as float32 so that Numba keeps float32 maths float32.
     In the simulator the maths is NumPy's, where float32 constant + Python float (what
     ``math.exp`` returns) is float32: float64 kernels would silently lose precision there.
-    Rebinding ``ONE`` and ``ZERO`` to ``acc`` changes nothing for a compiled float64 kernel.
+    Rebinding the constants to ``acc`` changes nothing for a compiled float64 kernel.
     """
-    names = {"ONE": acc_constant(acc, 1.0), "ZERO": acc_constant(acc, 0.0)}
-    rebound = types_module.FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__)
+    constants = {
+        name: acc_constant(acc, float(value))
+        for name, value in fn.__globals__.items()
+        if isinstance(value, np.float32)
+    }
+    rebound = types_module.FunctionType(fn.__code__, {**fn.__globals__, **constants}, fn.__name__)
     return cuda.jit(device=True)(rebound)

@@ -3,13 +3,13 @@ r"""Several losses over the column slices of one prediction row, in one launch.
 Term ``k`` reads columns ``cols[k]`` of ``pred`` and ``tcols[k]`` of ``target`` on the rows it
 selects (``only_where[k] < 0`` or ``target[i, only_where[k]] != 0``). Its row loss, unweighted:
 
-* softmax CE (kind 0), one target column (of a term wider than one) holding a class index ``y``:
-  :math:`\mathrm{lse}(z) - z_y`, gradient :math:`p - [c = y]` (a class outside the slice:
-  NaN loss, zero gradient); with a probability slice ``t``:
-  :math:`\sum_c t_c (\mathrm{lse} - z_c)`, gradient :math:`(\sum_c t_c) p - t`;
-* BCE with logits (kind 1): :math:`\sum_c \ell_{\mathrm{bce}}(z_c, t_c)`, gradient
-  :math:`\sigma(z) - t`;
-* MSE (kind 2): :math:`\sum_c (z_c - t_c)^2`, gradient :math:`2 (z - t)`.
+* softmax cross-entropy, one target column (of a term wider than one) holding a class index
+  ``y``: :math:`-\log p_y`, gradient :math:`p - [c = y]` (a class that is not a whole number
+  inside the slice: NaN loss, zero gradient); with a probability slice ``t``:
+  :math:`-\sum_c t_c \log p_c`, gradient :math:`(\sum_c t_c) p - t`; the row maths of
+  ``softmax_xent.row_maths``;
+* BCE with logits, squared error, Huber (``term_param[k]`` its delta): the sum over the
+  term's columns of the scalar leaf of ``gpukernels._scalar``, gradient its slope.
 
 ``grad[i, c]`` is :math:`\sum_k \mathrm{term\_scale}_k\, g_k(c)` over the selected terms whose
 columns hold ``c``, 0 where none does. A thread owns a row (rows are short): phase 1 computes
@@ -25,18 +25,30 @@ import math
 from numba import cuda
 from numba.core import types
 
-from .. import _scalar
-from ._cuda import POLICY, STORAGE_TYPES, acc_constant, accumulator, grid_for, launch, scalar_device
+from .. import _kinds, _scalar
+from ._cuda import (
+    POLICY,
+    STORAGE_TYPES,
+    acc_constant,
+    accumulator,
+    grid_for,
+    launch,
+    scalar_device,
+)
+from .softmax_xent import row_maths
 
-MAX_TERMS = 16  # softmax statistics per term live in a thread's local memory
+_XENT, _BCE, _MSE = _kinds.SOFTMAX_CROSS_ENTROPY, _kinds.BCE_WITH_LOGITS, _kinds.MSE
+MAX_TERMS = _kinds.MAX_TERMS  # softmax statistics per term live in a thread's local memory
 
 
 @functools.cache
 def _kernel(acc):
-    zero, one, two = (acc_constant(acc, v) for v in (0.0, 1.0, 2.0))
-    neg_inf, pos_inf = acc_constant(acc, -math.inf), acc_constant(acc, math.inf)
-    nan = acc_constant(acc, math.nan)
-    _bce = scalar_device(_scalar.bce_with_logits, acc)
+    zero, one = acc_constant(acc, 0.0), acc_constant(acc, 1.0)
+    neg_inf, nan = acc_constant(acc, -math.inf), acc_constant(acc, math.nan)
+    online, finish, nll, grad_value = row_maths(acc)
+    bce = scalar_device(_scalar.bce_with_logits, acc)
+    squared_error = scalar_device(_scalar.squared_error, acc)
+    huber = scalar_device(_scalar.huber, acc)
 
     @cuda.jit(device=True)
     def selected(target, i, only_where, k):
@@ -45,60 +57,57 @@ def _kernel(acc):
         return col < 0 or acc(target[i, col]) != zero
 
     @cuda.jit(device=True)
-    def log_sum_exp(pred, i, start, stop):
-        m, s = neg_inf, zero
-        for c in range(start, stop):
-            z = acc(pred[i, c])
-            if z > m:
-                s = s * math.exp(m - z) + one
-                m = z
-            elif z != neg_inf:
-                s += math.exp(z - m)
-        if m == pos_inf or s != s:
-            return nan  # a NaN or +inf logit makes the whole term NaN
-        if s == zero:
-            return neg_inf  # every logit -inf (math.log(0) raises in the simulator)
-        return m + math.log(s)
+    def class_of(target, i, t0, t1, width):
+        """The class index of a one-column target of a wider term, or -1 for probabilities
+        or for a value that is not a whole number in ``[0, width)``; and whether it is one."""
+        if t1 - t0 != 1 or width == 1:
+            return types.int64(-1), False
+        v = acc(target[i, t0])
+        if v >= zero and v < acc(width) and v == math.floor(v):
+            return types.int64(v), True
+        return types.int64(-1), True
 
     @cuda.jit(device=True)
-    def term_loss(pred, target, i, kind, p0, p1, t0, t1, lse):
-        """Row loss of one term; for a probability target also ``sum_c t_c``."""
-        loss, t_sum = zero, zero
-        if kind == 0 and t1 - t0 == 1 and p1 - p0 > 1:
-            y = acc(target[i, t0])
-            if y >= zero and y < acc(p1 - p0):  # acc(): float32 < int64 compares in float64
-                loss = lse - acc(pred[i, p0 + types.int64(y)])
-            else:
-                loss = nan
-        else:
-            for c in range(p1 - p0):
-                z, t = acc(pred[i, p0 + c]), acc(target[i, t0 + c])
-                if kind == 0:
-                    loss += t * (lse - z)
-                    t_sum += t
-                elif kind == 1:
-                    loss += _bce(z, t, one)[0]
-                else:
-                    loss += (z - t) * (z - t)
-        return loss, t_sum
+    def elementwise(kind, z, t, param):
+        if kind == _BCE:
+            return bce(z, t, one)
+        if kind == _MSE:
+            return squared_error(z, t, one)
+        return huber(z, t, param)
 
     @cuda.jit
     def _composite_rows_kernel(
-        pred, target, kinds, cols, tcols, only_where, term_scale, grad, row_loss
+        pred, target, kinds, cols, tcols, only_where, term_scale, term_param, grad, row_loss
     ):
-        lse = cuda.local.array(MAX_TERMS, acc)
+        row_max = cuda.local.array(MAX_TERMS, acc)
+        row_inv = cuda.local.array(MAX_TERMS, acc)
         t_sum = cuda.local.array(MAX_TERMS, acc)
         num_terms = kinds.shape[0]
         for i in range(cuda.grid(1), pred.shape[0], cuda.gridsize(1)):
             for k in range(num_terms):  # phase 1: reads only
                 loss = zero
                 if selected(target, i, only_where, k):
-                    p0, p1 = cols[k, 0], cols[k, 1]
-                    lse[k] = log_sum_exp(pred, i, p0, p1) if kinds[k] == 0 else zero
-                    loss, total = term_loss(
-                        pred, target, i, kinds[k], p0, p1, tcols[k, 0], tcols[k, 1], lse[k]
-                    )
-                    t_sum[k] = total
+                    p0, p1, t0 = cols[k, 0], cols[k, 1], tcols[k, 0]
+                    if kinds[k] == _XENT:
+                        m, s = neg_inf, zero
+                        for c in range(p0, p1):
+                            m, s = online(m, s, acc(pred[i, c]))
+                        log_s, row_inv[k] = finish(m, s)
+                        row_max[k] = m
+                        y, indexed = class_of(target, i, t0, tcols[k, 1], p1 - p0)
+                        if indexed:
+                            loss = nll(m, acc(pred[i, p0 + y]), log_s) if y >= 0 else nan
+                        else:
+                            total = zero
+                            for c in range(p1 - p0):
+                                t = acc(target[i, t0 + c])
+                                loss += t * nll(m, acc(pred[i, p0 + c]), log_s)
+                                total += t
+                            t_sum[k] = total
+                    else:
+                        for c in range(p1 - p0):
+                            z, t = acc(pred[i, p0 + c]), acc(target[i, t0 + c])
+                            loss += elementwise(kinds[k], z, t, term_param[k])[0]
                 row_loss[i, k] = loss
             for c in range(pred.shape[1]):  # phase 2: column c read, then written
                 z = acc(pred[i, c])
@@ -107,35 +116,32 @@ def _kernel(acc):
                     p0, p1, t0 = cols[k, 0], cols[k, 1], tcols[k, 0]
                     if c < p0 or c >= p1 or not selected(target, i, only_where, k):
                         continue
-                    kind = kinds[k]
-                    if kind == 0:
-                        p = math.exp(z - lse[k])
-                        if tcols[k, 1] - t0 == 1 and p1 - p0 > 1:
-                            y = acc(target[i, t0])
-                            if y >= zero and y < acc(p1 - p0):
-                                g += term_scale[k] * (p - one if c - p0 == types.int64(y) else p)
-                        else:
+                    if kinds[k] == _XENT:
+                        y, indexed = class_of(target, i, t0, tcols[k, 1], p1 - p0)
+                        if not indexed:
                             t = acc(target[i, t0 + c - p0])
-                            g += term_scale[k] * (t_sum[k] * p - t)
-                    elif kind == 1:
-                        g += term_scale[k] * _bce(z, acc(target[i, t0 + c - p0]), one)[1]
+                            g += grad_value(term_scale[k], t_sum[k], z, row_max[k], row_inv[k], t)
+                        elif y >= 0:
+                            a = one if c - p0 == y else zero
+                            g += grad_value(term_scale[k], one, z, row_max[k], row_inv[k], a)
                     else:
-                        g += term_scale[k] * (two * (z - acc(target[i, t0 + c - p0])))
+                        t = acc(target[i, t0 + c - p0])
+                        g += term_scale[k] * elementwise(kinds[k], z, t, term_param[k])[1]
                 grad[i, c] = g
 
     return _composite_rows_kernel
 
 
-def composite(pred, target, kinds, cols, tcols, only_where, term_scale, grad, row_loss) -> None:
+def composite(
+    pred, target, kinds, cols, tcols, only_where, term_scale, term_param, grad, row_loss
+) -> None:
     """All terms' row losses (``row_loss`` ``(N, K)`` acc) and the summed gradient ``grad``.
 
     ``pred`` ``(N, P)``, ``target`` ``(N, Q)`` of ``pred``'s dtype; ``kinds`` ``(K,)``,
-    ``cols``/``tcols`` ``(K, 2)`` and ``only_where`` ``(K,)`` int64; ``term_scale`` ``(K,)`` acc.
-    At most ``MAX_TERMS`` terms.
+    ``cols``/``tcols`` ``(K, 2)`` and ``only_where`` ``(K,)`` int64; ``term_scale`` and
+    ``term_param`` ``(K,)`` acc. At most ``MAX_TERMS`` terms (checked by the public layer).
     """
-    n, num_terms = row_loss.shape
-    if num_terms > MAX_TERMS:
-        raise ValueError(f"composite_loss takes at most {MAX_TERMS} terms; got {num_terms}")
+    n = row_loss.shape[0]
     if n == 0:
         return
     threads = POLICY.elementwise_threads
@@ -152,6 +158,7 @@ def composite(pred, target, kinds, cols, tcols, only_where, term_scale, grad, ro
         tcols,
         only_where,
         term_scale,
+        term_param,
         grad,
         row_loss,
     )
@@ -165,6 +172,6 @@ def ptx_signatures():
         acc = accumulator(dtype.name)
         for layout in ("C", "A"):
             mat = types.Array(dtype, 2, layout)
-            args = (mat, mat, i64[::1], i64[:, ::1], i64[:, ::1], i64[::1], acc[::1], mat)
-            sigs.append((_kernel(acc), (*args, acc[:, ::1])))
+            ints = (i64[::1], i64[:, ::1], i64[:, ::1], i64[::1])
+            sigs.append((_kernel(acc), (mat, mat, *ints, acc[::1], acc[::1], mat, acc[:, ::1])))
     return sigs

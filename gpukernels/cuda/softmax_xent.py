@@ -43,15 +43,26 @@ def _batch(acc) -> int:
 
 
 @functools.cache
-def _row_stats(acc):
-    """Device functions of the first pass: one thread's online (max, sum) and the row's."""
-    zero, one, neg_inf = (acc_constant(acc, v) for v in (0.0, 1.0, -math.inf))
-    group_sum, group_max = group_reducers(acc)
+def row_maths(acc):
+    """The softmax cross-entropy row maths as device functions, shared by every CE kernel
+    (these and ``composite``'s):
+
+    - ``online(m, s, z)``: the running max ``m`` and ``s = sum exp(z - m)`` after ``z``;
+    - ``finish(m, s)``: ``(log s, 1 / s)`` of a row's max and sum; a NaN or ``+inf`` logit
+      makes both NaN, a row of ``-inf`` gives ``(-inf, 0)``;
+    - ``nll(m, z, log_s)``: ``-log p`` of a logit ``z``, as ``(m - z) + log s`` (``m - z`` is
+      exact near the max, so large logits lose no precision to ``lse = m + log s``);
+    - ``grad_value(g, big_a, z, m, inv, a)``: ``g (A p - a)`` with ``p = exp(z - m) / s``,
+      formed in acc and rounded once when stored (``p_y - 1`` is never a 16-bit value).
+    """
+    zero, one = acc_constant(acc, 0.0), acc_constant(acc, 1.0)
+    neg_inf, pos_inf = acc_constant(acc, -math.inf), acc_constant(acc, math.inf)
+    nan = acc_constant(acc, math.nan)
 
     @cuda.jit(device=True)
     def online(m, s, z):
-        # s = sum exp(z - m) over what the thread has seen; -inf adds exactly 0 (and is
-        # skipped so that -inf - -inf gives no NaN); NaN and +inf poison s below
+        # -inf adds exactly 0 (and is skipped so that -inf - -inf gives no NaN); a NaN
+        # poisons s; +inf is made NaN by finish (or by the row reduction's rescaling)
         if z > m:
             return z, s * math.exp(m - z) + one
         if z != neg_inf:
@@ -59,9 +70,30 @@ def _row_stats(acc):
         return m, s
 
     @cuda.jit(device=True)
-    def log(x):
+    def finish(m, s):
+        if m == pos_inf:
+            s = nan
+        inv = one / s if s != zero else zero
         # math.log(0) is -inf on a GPU but raises in the simulator's Python
-        return math.log(x) if x > zero else (neg_inf if x == zero else x - x)
+        log_s = math.log(s) if s > zero else (neg_inf if s == zero else s)
+        return log_s, inv
+
+    @cuda.jit(device=True)
+    def nll(m, z, log_s):
+        return (m - z) + log_s
+
+    @cuda.jit(device=True)
+    def grad_value(g, big_a, z, m, inv, a):
+        return g * (big_a * (math.exp(z - m) * inv) - a)
+
+    return online, finish, nll, grad_value
+
+
+@functools.cache
+def _group_reductions(acc):
+    """``row_max_sum`` (a row's max and rescaled sum over its threads) and ``group_sum``."""
+    zero, neg_inf = acc_constant(acc, 0.0), acc_constant(acc, -math.inf)
+    group_sum, group_max = group_reducers(acc)
 
     @cuda.jit(device=True)
     def row_max_sum(m, s, buf, tx, ty, tx_n):
@@ -70,14 +102,15 @@ def _row_stats(acc):
         scale = math.exp(m - big) if m != neg_inf else zero
         return big, group_sum(s * scale, buf, tx, ty, tx_n)
 
-    return online, row_max_sum, group_sum, log
+    return row_max_sum, group_sum
 
 
 @functools.cache
 def _labels_kernel(acc):
     zero, one, neg_inf = (acc_constant(acc, v) for v in (0.0, 1.0, -math.inf))
     nan = acc_constant(acc, math.nan)
-    online, row_max_sum, group_sum, log = _row_stats(acc)
+    online, finish, nll, grad_value = row_maths(acc)
+    row_max_sum, group_sum = _group_reductions(acc)
     batch = _batch(acc)
 
     @cuda.jit
@@ -129,8 +162,7 @@ def _labels_kernel(acc):
             base += batch * tx_n
         big, total = row_max_sum(m, s, buf, tx, ty, tx_n)
         w_all = group_sum(w_sum, buf, tx, ty, tx_n) if need_w else acc(num_c)
-        lse = big + log(total)
-        inv = one / total if total != zero else zero  # total 0: every z -inf, or no row
+        log_s, inv = finish(big, total)
         # A = sum_c a_c = (1 - eps) w_y + (eps / C) sum_c w_c
         big_a = (one - eps) * w_y + eps_c * w_all
         g = grad_scale[i if grad_scale.shape[0] > 1 and live else 0]
@@ -139,15 +171,15 @@ def _labels_kernel(acc):
         if live:
             for c in range(tx, num_c, tx_n):
                 z = buf[row + c] if cache else acc(logits[i, c])
-                w_c = acc(weight[c]) if has_w else one
                 if valid:
+                    # w_c only with smoothing: an inf weight of an unused class stays out
+                    w_c = (acc(weight[c]) if has_w else one) if eps > zero else zero
                     a = eps_c * w_c
                     if c == y:
                         a += (one - eps) * w_y
-                    # A p - a in acc, rounded once at the store (p_y - 1 never in float16)
-                    grad[i, c] = g * (big_a * (math.exp(z - big) * inv) - a)
+                    grad[i, c] = grad_value(g, big_a, z, big, inv, a)
                     if eps > zero:
-                        smooth += w_c * (lse - z)
+                        smooth += w_c * nll(big, z, log_s)
                 else:
                     grad[i, c] = zero
         if eps > zero:
@@ -155,7 +187,7 @@ def _labels_kernel(acc):
         if live:
             if valid:
                 if tx == y % tx_n:
-                    loss = (one - eps) * w_y * (lse - z_y)
+                    loss = (one - eps) * w_y * nll(big, z_y, log_s)
                     if eps > zero:
                         loss += eps_c * smooth
                     row_loss[i] = loss
@@ -169,7 +201,8 @@ def _labels_kernel(acc):
 @functools.cache
 def _probs_kernel(acc):
     zero, one, neg_inf = (acc_constant(acc, v) for v in (0.0, 1.0, -math.inf))
-    online, row_max_sum, group_sum, log = _row_stats(acc)
+    online, finish, nll, grad_value = row_maths(acc)
+    row_max_sum, group_sum = _group_reductions(acc)
     batch = _batch(acc)
 
     @cuda.jit
@@ -214,8 +247,7 @@ def _probs_kernel(acc):
             base += batch * tx_n
         big, total = row_max_sum(m, s, buf, tx, ty, tx_n)
         big_a = group_sum(a_sum, buf, tx, ty, tx_n)
-        lse = big + log(total)
-        inv = one / total if total != zero else zero  # total 0: every z -inf, or no row
+        log_s, inv = finish(big, total)
         g = grad_scale[i if grad_scale.shape[0] > 1 and live else 0]
 
         loss = zero
@@ -224,8 +256,8 @@ def _probs_kernel(acc):
                 z = buf[row + c] if cache else acc(logits[i, c])
                 w_c = acc(weight[c]) if has_w else one
                 a = w_c * (acc(target[i, c]) * (one - eps) + eps_c)
-                grad[i, c] = g * (big_a * (math.exp(z - big) * inv) - a)
-                loss += a * (lse - z)
+                grad[i, c] = grad_value(g, big_a, z, big, inv, a)
+                loss += a * nll(big, z, log_s)
         loss = group_sum(loss, buf, tx, ty, tx_n)
         if live and tx == 0:
             row_loss[i] = loss

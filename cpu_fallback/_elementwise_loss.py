@@ -1,0 +1,71 @@
+"""The CPU elementwise-loss kernel, one source for BCE, MSE and Huber: gradient and canonical
+partial sums in one pass.
+
+``loss_and_grad_launcher(element)`` builds an op's launcher from its scalar leaf
+``element(prediction, target, param) -> (loss, slope)`` (``gpukernels._scalar``). Element
+``i`` has weight ``w_i`` (1 when there is none), parameter ``param[i % L]`` and upstream
+factor ``g_i``:
+
+    grad_i = g_i w_i slope_i,    loss: w_i loss_i per element, or their canonical tile sums.
+"""
+
+import numpy as np
+from numba import prange
+
+from gpukernels._canon import TILE
+
+from . import ParallelKernel, at, compute_view, optional, output_view, store
+from ._math import leaf
+from .reduce import finish_tile, tasks
+
+_element = None  # each loss's leaf, bound by loss_and_grad_launcher
+
+
+def _elementwise_loss_kernel(z, y, w, param, period, scale, grad, loss, reduce, chunk):
+    n = z.shape[0]
+    tiles = (n + TILE - 1) // TILE
+    for b in prange((tiles + chunk - 1) // chunk):
+        s = np.empty(TILE, loss.dtype)
+        for j in range(b * chunk, min(tiles, (b + 1) * chunk)):
+            count = min(TILE, n - j * TILE)
+            for k in range(count):
+                i = j * TILE + k
+                value, slope = _element(z[i], y[i], at(param, i % period))
+                w_i = at(w, i)
+                grad[i] = w_i * slope * at(scale, i)
+                s[k] = w_i * value
+            finish_tile(s, count, j, loss, reduce)
+
+
+def loss_and_grad_launcher(element):
+    """The launcher ``loss_and_grad`` of the elementwise loss whose leaf is ``element``."""
+    kernel = ParallelKernel(
+        _elementwise_loss_kernel, f"{element.__name__}_loss_kernel", {"_element": leaf(element)}
+    )
+
+    def loss_and_grad(pred, target, weight, param, grad_scale, grad, loss, reduce):
+        """Per-element loss and gradient of the 1-D ``pred`` against ``target``.
+
+        ``weight`` ``(n,)`` acc or ``(0,)``; ``param`` ``(L,)`` acc or ``(0,)``, element ``i``
+        using ``param[i % L]``; ``grad_scale`` ``(1,)`` or ``(n,)`` acc; ``grad`` ``(n,)`` of
+        ``pred``'s dtype (may be ``pred``); ``loss`` ``(ceil(n / TILE),)`` tile sums when
+        ``reduce``, else ``(n,)``, in acc.
+        """
+        buffer = output_view(grad)
+        kernel(
+            compute_view(pred),
+            compute_view(target),
+            optional(weight),
+            optional(param),
+            max(1, param.shape[0]),
+            optional(grad_scale),
+            buffer,
+            loss,
+            reduce,
+            tasks(pred.shape[0])[1],
+            work=pred.shape[0],
+        )
+        store(buffer, grad)
+
+    loss_and_grad.kernel = kernel
+    return loss_and_grad

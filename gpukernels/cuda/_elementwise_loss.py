@@ -1,0 +1,108 @@
+r"""The CUDA elementwise-loss kernel, one source for BCE, MSE and Huber: loss and gradient per
+element, fused canonical tile sums.
+
+``loss_and_grad_launcher(element)`` builds an op's launcher (and its PTX signatures) from its
+scalar leaf ``element(prediction, target, param) -> (loss, slope)`` of
+``gpukernels._scalar``. Element ``i`` has weight ``w_i`` (1 when there is none), parameter
+``param[i % L]`` and upstream factor ``g_i``:
+
+.. math::
+    \mathrm{grad}_i = g_i\, w_i\, \mathrm{slope}_i, \qquad \ell_i = w_i\, \mathrm{loss}_i
+
+A block covers whole tiles of ``TILE`` elements; with ``reduce`` it writes the canonical sum
+of each tile's losses (the bits of ``reduce.tile_sums`` over the unreduced losses), else the
+losses themselves. Maths in the accumulation dtype, rounded once at the store.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from numba import cuda
+from numba.core import types
+
+from .._canon import TILE
+from ._cuda import (
+    GPU_POLICY,
+    POLICY,
+    STORAGE_TYPES,
+    acc_constant,
+    accumulator,
+    launch,
+    scalar_device,
+    tile_grid,
+)
+from .reduce import block_tile_sum, register_fold
+
+
+@functools.cache
+def _elementwise_loss_kernel(element, acc, tpb: int):
+    count = TILE // tpb
+    fold, tree = register_fold(acc, count), block_tile_sum(acc, tpb)
+    zero, one = acc_constant(acc, 0.0), acc_constant(acc, 1.0)
+    leaf = scalar_device(element, acc)
+
+    @cuda.jit
+    def _elementwise_loss_tiles_kernel(z, y, weight, param, grad_scale, grad, loss, reduce):
+        smem = cuda.shared.array(tpb, acc)
+        r = cuda.local.array(count, acc)
+        t = cuda.threadIdx.x
+        n = z.shape[0]
+        period = param.shape[0]
+        has_w = weight.shape[0] > 0
+        per_element = grad_scale.shape[0] > 1
+        for tile in range(cuda.blockIdx.x, (n + TILE - 1) // TILE, cuda.gridDim.x):
+            first = types.int64(tile) * TILE + t
+            for k in range(count):
+                i = first + tpb * k
+                value = zero
+                if i < n:
+                    p = acc(param[i % period]) if period > 0 else one
+                    w = acc(weight[i]) if has_w else one
+                    li, gi = leaf(acc(z[i]), acc(y[i]), p)
+                    grad[i] = grad_scale[i if per_element else 0] * (w * gi)
+                    # rounded to acc here so that the tile sum adds the stored bits
+                    value = acc(w * li)
+                    if not reduce:
+                        loss[i] = value
+                r[k] = value
+            if reduce:
+                v = tree(fold(r), smem, t)
+                if t == 0:
+                    loss[tile] = v
+
+    return _elementwise_loss_tiles_kernel
+
+
+def loss_and_grad_launcher(element):
+    """``(loss_and_grad, ptx_signatures)`` of the elementwise loss whose leaf is ``element``."""
+
+    def loss_and_grad(pred, target, weight, param, grad_scale, grad, loss, reduce) -> None:
+        """Per-element loss and gradient of the 1-D ``pred`` against ``target``.
+
+        ``weight`` ``(n,)`` acc or ``(0,)``; ``param`` ``(L,)`` acc or ``(0,)``, element ``i``
+        using ``param[i % L]``; ``grad_scale`` ``(1,)`` or ``(n,)`` acc; ``grad`` ``(n,)`` of
+        ``pred``'s dtype (may be ``pred``); ``loss`` ``(ceil(n / TILE),)`` tile sums when
+        ``reduce``, else ``(n,)`` losses, in acc.
+        """
+        n = pred.shape[0]
+        if n == 0:
+            return
+        tpb = POLICY.tile_threads
+        kernel = _elementwise_loss_kernel(element, accumulator(loss.dtype), tpb)
+        grid = tile_grid(-(-n // TILE))
+        args = (pred, target, weight, param, grad_scale, grad, loss, bool(reduce))
+        launch(kernel, grid, tpb, 0, *args)
+
+    def ptx_signatures():
+        """``(kernel, argument types)`` of every launch ``loss_and_grad`` makes on a GPU."""
+        sigs = []
+        for dtype in STORAGE_TYPES:
+            acc = accumulator(dtype.name)
+            vec, acc_vec = dtype[::1], acc[::1]
+            kernel = _elementwise_loss_kernel(element, acc, GPU_POLICY.tile_threads)
+            args = (vec, vec, acc_vec, acc_vec, acc_vec, vec, acc_vec, types.boolean)
+            sigs.append((kernel, args))
+        return sigs
+
+    return loss_and_grad, ptx_signatures

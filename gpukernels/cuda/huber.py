@@ -1,0 +1,7 @@
+"""Huber loss on the GPU: the elementwise-loss kernel with the leaf
+``gpukernels._scalar.huber`` (``param``: the delta)."""
+
+from .. import _scalar
+from ._elementwise_loss import loss_and_grad_launcher
+
+loss_and_grad, ptx_signatures = loss_and_grad_launcher(_scalar.huber)

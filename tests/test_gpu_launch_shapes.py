@@ -1,0 +1,139 @@
+"""Every CUDA kernel on the simulator with the launch shapes a GPU really uses
+(``GPU_POLICY``: 512-thread softmax rows, 256-thread blocks of short rows, 128-thread tiles,
+32 x 8 column blocks), at sizes the simulator affords (~5 ms per simulated thread).
+
+The rest of the suite runs the simulator's small policy; here the GPU's block sizes meet the
+same references, and the canonical sums must give the same bits under both policies.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from test_cuda_launchers import (
+    acc_of,
+    canonical_tiles,
+    close,
+    composite_reference,
+    poisoned,
+    softmax_labels_reference,
+)
+
+from gpukernels._kinds import TermKind
+from gpukernels._ops import OPS
+from gpukernels.cuda import _cuda
+
+pytestmark = [
+    pytest.mark.skipif(not _cuda.SIMULATOR, reason="simulator launch-shape tests"),
+    pytest.mark.slow,
+]
+
+reduce, softmax_xent, huber, sigmoid, composite = (
+    OPS[name].module("cuda") for name in ("reduce", "softmax_xent", "huber", "sigmoid", "composite")
+)
+
+
+@pytest.fixture
+def gpu_policy(monkeypatch):
+    for field in dataclasses.fields(_cuda.GPU_POLICY):
+        monkeypatch.setattr(_cuda.POLICY, field.name, getattr(_cuda.GPU_POLICY, field.name))
+    return _cuda.GPU_POLICY
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "cached"),
+    [(2, 4100, True), (40, 10, True), (1, 12_500, False)],
+    ids=["512-thread rows", "64 rows a block", "row past 48 KB"],
+)
+def test_softmax_xent_labels(gpu_policy, n, c, cached):
+    tx, ry, cache, _ = _cuda.row_shape(c, 4)
+    assert cache == cached and (tx == 512 or ry > 1)
+    rng = np.random.default_rng(c)
+    z = (3 * rng.standard_normal((n, c))).astype(np.float32)
+    y = rng.integers(0, c, n)
+    w = rng.uniform(0.5, 2.0, c).astype(np.float32)
+    g = np.ones(1, np.float32)
+    grad, loss = poisoned(z.shape, np.float32), poisoned(n, np.float32)
+    softmax_xent.softmax_xent_labels(z, y, w, g, grad, loss, -100, 0.1)
+    want_loss, want_grad = softmax_labels_reference(z, y, w, g, -100, 0.1)
+    close(loss, want_loss, np.float32, scale=10)
+    close(grad, want_grad, np.float32)
+
+
+def test_softmax_xent_probs(gpu_policy):
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((2, 3000)).astype(np.float32)
+    t = rng.dirichlet(np.ones(3000), 2).astype(np.float32)
+    grad, loss = poisoned(z.shape, np.float32), poisoned(2, np.float32)
+    w = np.empty(0, np.float32)
+    softmax_xent.softmax_xent_probs(z, t, w, np.ones(1, np.float32), grad, loss, 0.0)
+    z64 = z.astype(np.float64)
+    lse = np.log(np.exp(z64).sum(1, keepdims=True))
+    close(loss, (t * (lse - z64)).sum(1), np.float32, scale=10)
+    close(grad, np.exp(z64 - lse) - t, np.float32)
+
+
+def test_label_row_weights(gpu_policy):
+    y = np.random.default_rng(4).integers(-1, 5, 300)
+    w = np.arange(1.0, 6.0, dtype=np.float32)
+    out = poisoned(300, np.float32)
+    softmax_xent.label_row_weights(y, w, out, -1, 5)
+    np.testing.assert_array_equal(out, np.where(y >= 0, w[np.maximum(y, 0)], 0))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_canonical_sums(gpu_policy, dtype):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(600).astype(dtype)
+    acc = acc_of(dtype)
+    out = poisoned(3, acc)
+    reduce.tile_sums(x, out)
+    np.testing.assert_array_equal(out, canonical_tiles(x, acc))
+    m = rng.standard_normal((300, 40)).astype(dtype)
+    columns = poisoned((2, 40), acc)
+    reduce.column_tile_sums(m, columns)
+    want = np.stack([canonical_tiles(m[:, j], acc) for j in range(40)], axis=1)
+    np.testing.assert_array_equal(columns, want)
+
+
+def test_elementwise_loss(gpu_policy):
+    rng = np.random.default_rng(6)
+    p, t = (2 * rng.standard_normal(300)).astype(np.float32), np.zeros(300, np.float32)
+    none, delta = np.empty(0, np.float32), np.full(1, 0.5, np.float32)
+    grad, losses = poisoned(300, np.float32), poisoned(300, np.float32)
+    huber.loss_and_grad(p, t, none, delta, np.ones(1, np.float32), grad, losses, False)
+    d = p.astype(np.float64)
+    want = np.where(np.abs(d) <= 0.5, 0.5 * d * d, 0.5 * (np.abs(d) - 0.25))
+    close(losses, want, np.float32, scale=10)
+    close(grad, np.clip(d, -0.5, 0.5), np.float32)
+    partial = poisoned(2, np.float32)
+    huber.loss_and_grad(p, t, none, delta, np.ones(1, np.float32), grad, partial, True)
+    np.testing.assert_array_equal(partial, canonical_tiles(losses, np.float32))
+
+
+def test_sigmoid(gpu_policy):
+    x = np.linspace(-20, 20, 300)
+    y = poisoned(300, np.float64)
+    sigmoid.sigmoid_derivative(x, y)
+    s = 1 / (1 + np.exp(-x))
+    close(y, s * (1 - s), np.float64)
+
+
+def test_composite(gpu_policy):
+    rng = np.random.default_rng(7)
+    n = 20
+    pred = rng.standard_normal((n, 6)).astype(np.float32)
+    target = np.concatenate([rng.integers(0, 2, (n, 1)), rng.standard_normal((n, 4))], 1)
+    target = np.concatenate([target, rng.integers(0, 2, (n, 1))], 1).astype(np.float32)
+    kinds = np.array([TermKind.BCE_WITH_LOGITS, TermKind.HUBER, TermKind.SOFTMAX_CROSS_ENTROPY])
+    cols = np.array([[0, 1], [1, 5], [4, 6]])
+    tcols = np.array([[0, 1], [1, 5], [5, 6]])
+    only_where = np.array([-1, 0, -1])
+    scale = np.array([1.0, 0.5, 2.0], np.float32)
+    param = np.array([1.0, 0.3, 1.0], np.float32)
+    args = (kinds.astype(np.int64), cols, tcols, only_where, scale, param)
+    grad, loss = poisoned(pred.shape, np.float32), poisoned((n, 3), np.float32)
+    composite.composite(pred, target, *args, grad, loss)
+    want_loss, want_grad = composite_reference(pred, target, *args)
+    close(loss, want_loss, np.float32, scale=10)
+    close(grad, want_grad, np.float32)
