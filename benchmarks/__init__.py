@@ -1,12 +1,15 @@
 """Benchmarks of gpukernels against NumPy/CuPy expressions and PyTorch, on one device.
 
-Run them with ``gpukernels bench`` (or ``python -m gpukernels bench``); see README.md here.
+Run them from the repository root with ``python -m benchmarks`` (``make bench``); see
+README.md here. This folder is not installed with the library, and the library never imports
+it.
 
-Layout: one module per op (``softmax_xent``, ``bce``, ``mse``, ``sigmoid``, ``reduce``, and
-``overhead`` for the Python cost of one small call), each holding its byte model and its
-variants; ``device`` (arrays, clocks and the copy of one backend), ``harness`` (warm-up,
-timing, checking: the one place a case is measured), ``baselines`` (the PyTorch bridge),
-``report`` (table, JSON, plot) and ``runner`` (the command).
+Layout: one module per op of the library's op table (``gpukernels._ops.OPS``, whose ``bench``
+field names the module), plus ``overhead`` for the Python cost of one small call; each holds
+its byte model and its variants. ``device`` (arrays, clocks and the copy of one backend),
+``harness`` (warm-up, timing, checking: the one place a case is measured), ``baselines`` (the
+PyTorch bridge), ``report`` (table, JSON, plot) and ``runner`` (the command line and the run)
+serve them all.
 
 An op module defines:
 
@@ -18,6 +21,7 @@ An op module defines:
 - ``inputs(dev, shape, dtype, seed)``: a tuple of random arrays of the device's library;
 - ``reference(dev, inputs)``: ``(loss, grad)`` in float64 (either may be ``None``);
 - ``variants(dev)``: the implementations to time, ``gpukernels`` first.
-"""
 
-OPS = ("softmax_xent", "bce", "mse", "sigmoid", "reduce", "overhead")
+A new op gets its module here and its ``bench`` entry in the op table; no list of op names is
+kept in this folder.
+"""

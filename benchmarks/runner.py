@@ -1,25 +1,45 @@
-"""``gpukernels bench``: pick the cases, run them, print the tables, write JSON and the plot.
+"""``python -m benchmarks``: pick the cases, run them, print the tables, write JSON and the plot.
 
-The command line is parsed in ``gpukernels/cli.py``; ``run(options)`` takes its namespace
-(``ops``, ``sizes``, ``dtypes``, ``quick``, ``backend``, ``out``).
+``main(argv)`` parses the command line (``parser()``); ``run(options)`` takes its namespace
+(``ops``, ``sizes``, ``dtypes``, ``quick``, ``backend``, ``out``). The cases are the ops of
+the library's op table (``gpukernels._ops.OPS``) that name a benchmark module, plus
+``overhead``, which times the Python cost of a call rather than a kernel.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-from . import OPS, report
+from gpukernels._ops import OPS as KERNEL_OPS
+
+from . import report
 from .device import Device, open_device, slug
 from .harness import BUDGETS, TOLERANCE, run_case
 
 TIERS = ("small", "medium", "large")
 ROOT = Path(__file__).resolve().parent.parent
+EXTRA_CASES = ("overhead",)  # not a kernel op: the Python cost of one small call
+
+
+def bench_names() -> tuple[str, ...]:
+    """Every benchmark module: the op table's ``bench`` entries, then the extra cases."""
+    return tuple(op.bench for op in KERNEL_OPS.values() if op.bench) + EXTRA_CASES
+
+
+def missing_public(name: str) -> list[str]:
+    """The public functions the op of benchmark ``name`` needs that ``gpukernels`` lacks."""
+    import gpukernels as gk
+
+    ops = [op for op in KERNEL_OPS.values() if op.bench == name]
+    return [f for op in ops for f in op.public if not hasattr(gk, f)]
 
 
 def parse_list(text: str | None, allowed: tuple[str, ...] | None, what: str) -> list[str]:
@@ -54,6 +74,9 @@ def plan(dev: Device, ops: list[str], sizes: str | None, dtypes: list[str]) -> l
     explicit = [parse_size(e) for e in entries if e not in TIERS]
     cases = []
     for name in ops:
+        if missing := missing_public(name):
+            print(f"skipping {name}: gpukernels has no {', '.join(missing)}", file=sys.stderr)
+            continue
         op = importlib.import_module(f"benchmarks.{name}")
         shapes = [s for t in tiers for s in op.SIZES[dev.kind].get(t, [])]
         shapes += [op.shape_of(s) for s in explicit] if not getattr(op, "HOST_CLOCK", 0) else []
@@ -121,9 +144,10 @@ def metadata(dev: Device, options, ops: list[str], dtypes: list[str], budget, no
 
 
 def run(options) -> int:
-    """Run the benchmark described by the parsed ``gpukernels bench`` options."""
+    """Run the benchmark described by the parsed ``python -m benchmarks`` options."""
     started = time.perf_counter()
-    ops = parse_list(options.ops, OPS, "ops") or list(OPS)
+    names = bench_names()
+    ops = parse_list(options.ops, names, "ops") or list(names)
     dtypes = parse_list(options.dtypes, tuple(TOLERANCE), "dtypes")
     try:
         dev = open_device(options.backend)
@@ -167,3 +191,36 @@ def run(options) -> int:
     print(f"plot: {note}" if note else f"plot: {stem.with_suffix('.png')}")
     print(f"bench took {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks``."""
+    top = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Time the gpukernels ops against NumPy/CuPy and PyTorch on this machine.",
+    )
+    top.add_argument("--ops", help=f"comma list of {','.join(bench_names())} (default: all)")
+    top.add_argument(
+        "--sizes",
+        help="comma list of tiers small,medium,large (default: all) or "
+        "explicit sizes: 4096x1024 (rows x classes), 2^24, 16M, 1048576",
+    )
+    top.add_argument(
+        "--dtypes",
+        help="comma list of float32,float16,float64 "
+        "(default: float32 on the CPU, float32,float16 on the GPU)",
+    )
+    top.add_argument("--quick", action="store_true", help="shorter timing: about a minute")
+    top.add_argument(
+        "--backend",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="cuda needs a GPU and CuPy; auto picks it when present",
+    )
+    top.add_argument("--out", help="folder for the JSON and PNG (default: benchmarks/results)")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m benchmarks`` (run from the repository root)."""
+    return run(parser().parse_args(argv))

@@ -1,9 +1,10 @@
-"""The ``gpukernels`` command: ``bench``, ``info`` and ``demo``.
+"""The ``gpukernels`` command: ``info``, ``demo`` and ``--version``.
 
-``gpukernels bench`` runs the benchmark suite of the source checkout (the ``benchmarks``
-package, installed beside ``gpukernels`` by ``pip install -e .``); ``gpukernels info``
-prints versions and what hardware the library sees; ``gpukernels demo`` hands its arguments
-to ``gpukernels.demo.main``. Each subcommand imports what it needs only when it runs.
+``gpukernels info`` prints versions and what hardware the library sees; ``gpukernels demo``
+hands its arguments to ``gpukernels.demo.main``; ``gpukernels --version`` prints the
+library's version. Each subcommand imports what it needs only when it runs. The benchmarks
+are not part of the installed library: they are a folder of the repository, run from its
+root with ``python -m benchmarks`` (``make bench``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import importlib.metadata
 import os
 import platform
 import sys
+
+from gpukernels import __version__
 
 PACKAGES = (
     "gpukernels",
@@ -25,6 +28,11 @@ PACKAGES = (
     "torch",
     "triton",
     "liger-kernel",
+    "jax",
+    "jaxlib",
+    "dask",
+    "distributed",
+    "ml_dtypes",
     "rich",
     "matplotlib",
 )
@@ -69,19 +77,6 @@ def info() -> dict[str, str]:
     return facts
 
 
-def _bench(args: argparse.Namespace) -> int:
-    try:
-        from benchmarks.runner import run
-    except ImportError as exc:
-        print(
-            f"gpukernels bench needs the repository's benchmarks package ({exc}): run it from "
-            "the repository root, or install the checkout with pip install -e .",
-            file=sys.stderr,
-        )
-        return 2
-    return run(args)
-
-
 def _info(args: argparse.Namespace) -> int:
     facts = info()
     width = max(map(len, facts))
@@ -99,32 +94,10 @@ def _demo(argv: list[str]) -> int:
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     top = argparse.ArgumentParser(
-        prog="gpukernels", description="Benchmarks, information and demos of gpukernels."
+        prog="gpukernels", description="Information about gpukernels and its demos."
     )
+    top.add_argument("--version", action="version", version=f"gpukernels {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="time the kernels against NumPy/CuPy and PyTorch")
-    bench.add_argument(
-        "--ops", help="comma list of softmax_xent,bce,mse,sigmoid,reduce,overhead (default: all)"
-    )
-    bench.add_argument(
-        "--sizes",
-        help="comma list of tiers small,medium,large (default: all) or "
-        "explicit sizes: 4096x1024 (rows x classes), 2^24, 16M, 1048576",
-    )
-    bench.add_argument(
-        "--dtypes",
-        help="comma list of float32,float16,float64 "
-        "(default: float32 on the CPU, float32,float16 on the GPU)",
-    )
-    bench.add_argument("--quick", action="store_true", help="shorter timing: about a minute")
-    bench.add_argument(
-        "--backend",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="cuda needs a GPU and CuPy; auto picks it when present",
-    )
-    bench.add_argument("--out", help="folder for the JSON and PNG (default: benchmarks/results)")
-    bench.set_defaults(handler=_bench)
     sub.add_parser("info", help="versions, backend and GPU").set_defaults(handler=_info)
     # Listed for --help; main() hands everything after "demo" to the demo's own parser.
     sub.add_parser("demo", help="run the demos (gpukernels demo --help)", add_help=False)
