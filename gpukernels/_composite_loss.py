@@ -71,7 +71,13 @@ def composite_loss(pred, target, terms: Sequence[LossTerm], *, grad_output=None,
         >>> round(float(loss), 4)
         0.2251
     """
-    call = Call(pred=pred, target=target, grad_output=grad_output, out=out)
+    call = Call(
+        pred=pred,
+        target=target,
+        optional={"grad_output": grad_output, "out": out},
+        numbers=("grad_output",),
+        in_place=("pred",),
+    )
     pred, target = call.arrays["pred"], call.arrays["target"]
     grad_output, out = call.arrays["grad_output"], call.arrays["out"]
     dtype = _validate.float_array("pred", pred)

@@ -93,10 +93,14 @@ def bce_with_logits(
     call = Call(
         logits=logits,
         target=target,
-        weight=weight,
-        pos_weight=pos_weight,
-        grad_output=grad_output,
-        out=out,
+        optional={
+            "weight": weight,
+            "pos_weight": pos_weight,
+            "grad_output": grad_output,
+            "out": out,
+        },
+        numbers=("grad_output",),
+        in_place=("logits",),
     )
     x, t, dtype = _checked(
         call,
@@ -164,7 +168,13 @@ def mse(pred, target, *, reduction: str = "mean", grad_output=None, out=None):
         >>> float(loss), grad.tolist()
         (36.0, [12.0])
     """
-    call = Call(pred=pred, target=target, grad_output=grad_output, out=out)
+    call = Call(
+        pred=pred,
+        target=target,
+        optional={"grad_output": grad_output, "out": out},
+        numbers=("grad_output",),
+        in_place=("pred",),
+    )
     x, t, dtype = _checked(
         call,
         "pred",

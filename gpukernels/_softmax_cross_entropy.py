@@ -61,7 +61,13 @@ def softmax_cross_entropy(
         >>> round(float(loss), 4), grad.round(3).tolist()
         (0.1698, [[-0.156, 0.114, 0.042]])
     """
-    call = Call(logits=logits, target=target, weight=weight, grad_output=grad_output, out=out)
+    call = Call(
+        logits=logits,
+        target=target,
+        optional={"weight": weight, "grad_output": grad_output, "out": out},
+        numbers=("grad_output",),
+        in_place=("logits",),
+    )
     a = call.arrays
     logits, target, weight, grad_output, out = (
         a["logits"],

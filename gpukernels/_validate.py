@@ -1,8 +1,10 @@
 """Argument checks, in one place, run before dispatch so both backends raise the same errors.
 
 Every message names the argument and says what was expected. ``TypeError`` is for what an
-argument *is* (not an array, a wrong dtype, a foreign array library); ``ValueError`` for what
-it *holds* (shapes, dimensions, option values, class indices).
+argument *is* (not an array, an ndarray subclass, a wrong dtype, a read-only ``out``, a foreign
+array library); ``ValueError`` for what it *holds* (shapes, dimensions, option values, class
+indices, an ``out`` overlapping an input). Checks read arrays' metadata only, O(1) per
+argument, except the class-index checks, which read the labels (on the device).
 """
 
 from __future__ import annotations
@@ -13,29 +15,64 @@ from ._dtypes import NAMES as FLOAT_NAMES
 from ._dtypes import STORAGE as FLOAT_DTYPES
 
 REDUCTIONS = ("mean", "sum", "none")
-SCALAR_ALLOWED = frozenset({"grad_output"})
+# Exact array types taken from NumPy: np.matrix would be reshaped to 2-D and written past its
+# end, a masked array's mask would be silently ignored, and other subclasses may change
+# indexing or arithmetic. A memmap is a plain ndarray over a file.
+NUMPY_TYPES = (np.ndarray, np.memmap)
 
 
-def array_library(name: str, x) -> str:
+def is_number(x) -> bool:
+    """A plain real number (Python or NumPy, not a bool): what a scalar option may be."""
+    return isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool)
+
+
+def array_library(name: str, x, number_ok: bool = False) -> str:
     """``"numpy"`` for a NumPy array, ``"cuda"`` for a CUDA array; TypeError otherwise."""
-    if isinstance(x, np.ndarray):
+    if type(x) in NUMPY_TYPES:
         return "numpy"
+    if isinstance(x, np.ndarray):
+        masked = isinstance(x, np.ma.MaskedArray)
+        raise TypeError(
+            f"{name} must be a plain NumPy array (np.ndarray), got the subclass "
+            f"{type(x).__module__}.{type(x).__name__}: pass np.asarray({name})"
+            + (
+                " (its mask would be ignored: fill or select the masked elements first)"
+                if masked
+                else ""
+            )
+        )
     if hasattr(x, "__cuda_array_interface__"):
         return "cuda"
-    raise TypeError(f"{name} must be a NumPy array or a CUDA array (CuPy), got {type(x).__name__}")
+    expected = (
+        "a NumPy array, a CUDA array (CuPy) or a real number"
+        if number_ok
+        else "a NumPy array or a CUDA array (CuPy)"
+    )
+    raise TypeError(f"{name} must be {expected}, got {type(x).__name__}")
 
 
-def common_library(arrays: dict[str, object]) -> str:
-    """The one array library of the named arrays (``None`` values are skipped).
+def common_library(
+    required: dict[str, object],
+    optional: dict[str, object] | None = None,
+    numbers: tuple[str, ...] = (),
+) -> str:
+    """The one array library of a call's arrays; every check of what an argument *is*.
 
-    Mixing NumPy and CUDA arrays, or CUDA arrays on different devices, is a TypeError.
-    Arguments named in ``SCALAR_ALLOWED`` may also be plain numbers, which are skipped.
+    ``required`` arguments must be arrays; ``optional`` ones may also be ``None``; those named
+    in ``numbers`` may also be plain real numbers (skipped here). An argument named ``out``
+    must be writable. Mixing NumPy and CUDA arrays, or CUDA arrays on different devices, is a
+    TypeError.
     """
+    optional = {} if optional is None else optional
     first_name, first_lib, first_device = None, None, None
-    for name, x in arrays.items():
-        if x is None or (name in SCALAR_ALLOWED and isinstance(x, int | float | np.number)):
+    for name, x in {**required, **optional}.items():
+        if x is None and name in optional:
             continue
-        lib = array_library(name, x)
+        if name in numbers and is_number(x):
+            continue
+        lib = array_library(name, x, number_ok=name in numbers)
+        if name == "out":
+            writable("out", x, lib)
         device = device_id(x) if lib == "cuda" else None
         if first_name is None:
             first_name, first_lib, first_device = name, lib, device
@@ -48,7 +85,108 @@ def common_library(arrays: dict[str, object]) -> str:
             raise TypeError(
                 f"{name} is on CUDA device {device} but {first_name} is on device {first_device}"
             )
+    if first_lib is None:
+        raise TypeError(f"{', '.join(required)} must be arrays, got none")
     return first_lib
+
+
+def writable(name: str, out, library: str) -> None:
+    """``out`` can be written: a read-only array (NumPy's flag, or the read-only bit of
+    ``__cuda_array_interface__``) is a TypeError, not a failure inside a kernel."""
+    if library == "numpy":
+        readonly = not out.flags.writeable
+    else:
+        readonly = bool(out.__cuda_array_interface__["data"][1])
+    if readonly:
+        raise TypeError(f"{name} is read-only: pass a writable array to write the result into")
+
+
+def _layout(x) -> tuple[int, tuple[int, ...], tuple[int, ...], np.dtype]:
+    """``(pointer, shape, strides, dtype)`` of an array's memory, read from its metadata only
+    (no copy, no device synchronisation)."""
+    shape = tuple(x.shape)
+    if isinstance(x, np.ndarray):
+        return x.__array_interface__["data"][0], shape, tuple(x.strides), np.dtype(x.dtype)
+    memory = getattr(x, "data", None)
+    pointer, strides = getattr(memory, "ptr", None), getattr(x, "strides", None)  # CuPy
+    dtype = getattr(x, "dtype", None)
+    if pointer is None or strides is None or dtype is None:
+        interface = x.__cuda_array_interface__
+        pointer, strides = interface["data"][0], interface.get("strides")
+        dtype = np.dtype(interface["typestr"])
+    dtype = np.dtype(dtype)
+    if strides is None:  # C-contiguous
+        strides, step = [], dtype.itemsize
+        for n in reversed(shape):
+            strides.insert(0, step)
+            step *= max(n, 1)
+    return pointer, shape, tuple(strides), dtype
+
+
+def _extent(layout) -> tuple[int, int]:
+    """``[low, high)``: the bytes an array's elements span (empty for an empty array)."""
+    pointer, shape, strides, dtype = layout
+    if 0 in shape:
+        return pointer, pointer
+    low = high = pointer
+    for n, stride in zip(shape, strides, strict=True):
+        if stride < 0:
+            low += (n - 1) * stride
+        else:
+            high += (n - 1) * stride
+    return low, high + dtype.itemsize
+
+
+def _same_memory(a, b) -> bool:
+    """The same elements at the same addresses (strides of length-1 axes do not matter)."""
+    pa, shape, sa, da = a
+    pb, shape_b, sb, db = b
+    return (
+        pa == pb
+        and shape == shape_b
+        and da == db
+        and all(x == y for n, x, y in zip(shape, sa, sb, strict=True) if n > 1)
+    )
+
+
+def out_overlap(out, inputs: dict[str, object], in_place: tuple[str, ...] = ()) -> None:
+    """``out`` shares no memory with the inputs, except that it may be one of ``in_place``
+    itself (same memory, shape, strides and dtype: an in-place result).
+
+    Decided in O(1) per array from the byte ranges the arrays span (like
+    ``np.may_share_memory``), so two arrays that interleave without sharing an element count
+    as overlapping.
+    """
+    if out is None:
+        return
+    host = isinstance(out, np.ndarray)
+    out_layout = None if host else _layout(out)
+    for name, x in inputs.items():
+        if name == "out" or x is None or is_number(x) or (x is out and name in in_place):
+            continue
+        if host:  # NumPy's own bounds test (max_work=0: the byte ranges only), in C
+            if not np.may_share_memory(out, x, max_work=0):
+                continue
+            out_layout = _layout(out)
+            layout = _layout(x)
+        else:
+            layout = _layout(x)
+            low, high = _extent(out_layout)
+            x_low, x_high = _extent(layout)
+            if low == high or x_low == x_high or x_high <= low or high <= x_low:
+                continue
+        if name in in_place:
+            if _same_memory(out_layout, layout):
+                continue
+            raise ValueError(
+                f"out partly overlaps {name} in memory: out must be {name} itself (the same "
+                f"memory, shape, strides and dtype, for an in-place result) or not share "
+                f"memory with it"
+            )
+        raise ValueError(
+            f"out overlaps {name} in memory: out must not share memory with {name}"
+            + (f" (it may be {' or '.join(in_place)} itself)" if in_place else "")
+        )
 
 
 def device_id(x) -> int | None:
@@ -96,9 +234,9 @@ def out_array(out, shape: tuple[int, ...], dtype: np.dtype, library: str) -> Non
 
 def grad_output(value, reduction: str, loss_shape: tuple[int, ...]) -> None:
     """A scalar for reduced losses; a scalar or an array of the loss's shape for ``"none"``."""
-    if value is None or isinstance(value, int | float | np.number):
+    if value is None or is_number(value):
         return
-    array_library("grad_output", value)
+    array_library("grad_output", value, number_ok=True)
     float_array("grad_output", value)
     size = int(np.prod(value.shape))
     if reduction == "none":

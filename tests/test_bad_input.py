@@ -1,0 +1,317 @@
+"""Bad input that used to crash, hang or give silently wrong answers: each case now raises a
+clear TypeError or ValueError naming the argument, or gives the right result."""
+
+import sys
+
+import numpy as np
+import pytest
+from _refs import assert_close, cross_entropy, mse
+
+import gpukernels as gk
+from gpukernels import _dispatch, _validate
+
+N, C = 3, 4
+
+
+def z(shape=(N, C), dtype=np.float64):
+    return np.linspace(-1.0, 1.0, int(np.prod(shape))).astype(dtype).reshape(shape)
+
+
+def labels():
+    return np.array([0, 1, 3])
+
+
+class DeviceArray:
+    """An array described only by ``__cuda_array_interface__``, at a given address (never
+    dereferenced: only the metadata is read)."""
+
+    def __init__(self, pointer, shape, strides=None, typestr="<f4", readonly=False):
+        self.shape = shape
+        self.__cuda_array_interface__ = {
+            "shape": shape,
+            "typestr": typestr,
+            "data": (pointer, readonly),
+            "strides": strides,
+            "version": 3,
+        }
+
+
+# ---- 1. ndarray subclasses ---------------------------------------------------------------------
+
+
+class MyArray(np.ndarray):
+    pass
+
+
+SUBCLASSES = {
+    "matrix": lambda a: np.matrix(a),
+    "masked": lambda a: np.ma.masked_array(a, mask=a > 0),
+    "subclass": lambda a: a.view(MyArray),
+}
+
+# (call taking the argument named `name`, name): the argument is 2-D (N, C) float64
+ARGUMENTS = [
+    (lambda a: gk.softmax_cross_entropy(a, labels()), "logits"),
+    (lambda a: gk.softmax_cross_entropy(z(), a), "target"),
+    (lambda a: gk.softmax_cross_entropy(z(), labels(), out=a), "out"),
+    (lambda a: gk.bce_with_logits(z(), a), "target"),
+    (lambda a: gk.bce_with_logits(z(), z(), weight=a), "weight"),
+    (lambda a: gk.bce_with_logits(z(), z(), out=a), "out"),
+    (lambda a: gk.mse(a, z()), "pred"),
+    (lambda a: gk.mse(z(), z(), reduction="none", grad_output=a), "grad_output"),
+    (lambda a: gk.composite_loss(z(), a, [gk.LossTerm("mse", slice(0, 2))]), "target"),
+    (lambda a: gk.composite_loss(z(), z(), [gk.LossTerm("mse", slice(0, 2))], out=a), "out"),
+    (lambda a: gk.sigmoid(a), "x"),
+    (lambda a: gk.sigmoid(z(), out=a), "out"),
+    (lambda a: gk.sigmoid_derivative(z(), out=a), "out"),
+    (lambda a: gk.sigmoid_backward(a, z()), "grad_output"),
+    (lambda a: gk.sigmoid_backward(z(), z(), out=a), "out"),
+    (lambda a: gk.batch_sum(a), "x"),
+]
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("kind", list(SUBCLASSES))
+@pytest.mark.parametrize("call, name", ARGUMENTS)
+def test_ndarray_subclasses_are_type_errors(backend, kind, call, name):
+    """np.matrix used to be written past its end as out (a segfault or a hang); a masked
+    array's mask was silently ignored."""
+    value = SUBCLASSES[kind](np.zeros((N, C)) if name == "out" else z())
+    with pytest.raises(TypeError, match=rf"\b{name}\b.*subclass"):
+        call(value)
+
+
+def test_masked_array_message_mentions_the_mask(backend):
+    with pytest.raises(TypeError, match="mask"):
+        gk.mse(z(), np.ma.masked_array(z(), mask=z() > 0))
+
+
+def test_memmap_works_like_an_ndarray(backend, tmp_path):
+    logits = np.memmap(tmp_path / "logits", np.float64, mode="w+", shape=(N, C))
+    logits[...] = z()
+    out = np.memmap(tmp_path / "out", np.float64, mode="w+", shape=(N, C))
+    loss, grad = gk.softmax_cross_entropy(logits, labels(), out=out)
+    assert grad is out
+    exp_loss, exp_grad = cross_entropy(z(), labels())
+    assert_close(loss, exp_loss, np.float64)
+    assert_close(np.asarray(out), exp_grad, np.float64)
+
+
+# ---- 2. out overlapping an input ---------------------------------------------------------------
+
+
+def test_out_reversed_logits(backend):
+    logits = z()
+    with pytest.raises(ValueError, match=r"\bout\b.*\blogits\b"):
+        gk.softmax_cross_entropy(logits, labels(), out=logits[::-1])
+
+
+def test_out_shifted_by_a_row(backend):
+    buf = np.linspace(-1.0, 1.0, (N + 1) * C).reshape(N + 1, C)
+    with pytest.raises(ValueError, match=r"\bout\b.*\blogits\b"):
+        gk.softmax_cross_entropy(buf[:-1], labels(), out=buf[1:])
+    with pytest.raises(ValueError, match=r"\bout\b.*\blogits\b"):
+        gk.bce_with_logits(buf[1:], z(), out=buf[:-1])
+
+
+def test_out_is_the_target(backend):
+    pred, target = z(), z() * 0.5
+    terms = [gk.LossTerm("mse", slice(0, C))]
+    with pytest.raises(ValueError, match=r"\bout\b.*\btarget\b"):
+        gk.composite_loss(pred, target, terms, out=target)
+    with pytest.raises(ValueError, match=r"\bout\b.*\btarget\b"):
+        gk.mse(pred, target, out=target)
+    probs = np.full((N, C), 0.25)
+    with pytest.raises(ValueError, match=r"\bout\b.*\btarget\b"):
+        gk.softmax_cross_entropy(pred, probs, out=probs)
+
+
+def test_mse_out_shifted_over_the_target(backend):
+    buf = np.linspace(0.0, 1.0, 10)
+    with pytest.raises(ValueError, match=r"\bout\b.*\btarget\b"):
+        gk.mse(np.linspace(0.5, 1.5, 9), buf[:-1], out=buf[1:])
+
+
+def test_out_overlapping_weight(backend):
+    weight = np.ones((N, C))
+    with pytest.raises(ValueError, match=r"\bout\b.*\bweight\b"):
+        gk.bce_with_logits(z(), z() * 0 + 0.5, weight=weight, out=weight)
+    both = np.ones(N * C + C)
+    with pytest.raises(ValueError, match=r"\bout\b.*\bweight\b"):
+        gk.softmax_cross_entropy(
+            z(), labels(), weight=both[N * C - 1 : N * C - 1 + C], out=both[: N * C].reshape(N, C)
+        )
+
+
+def test_out_overlapping_the_other_sigmoid_backward_input(backend):
+    buf = np.linspace(0.1, 0.9, N * C + 1)
+    g, y = buf[1:].reshape(N, C), np.full((N, C), 0.5)
+    with pytest.raises(ValueError, match=r"\bout\b.*\bgrad_output\b"):
+        gk.sigmoid_backward(g, y, out=buf[:-1].reshape(N, C))
+
+
+def test_batch_sum_out_inside_x(backend):
+    x = z()
+    with pytest.raises(ValueError, match=r"\bout\b.*\bx\b"):
+        gk.batch_sum(x, axis=0, out=x[1])
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "transposed"])
+def test_out_is_the_input_in_place(backend, layout):
+    base = np.linspace(-2.0, 2.0, 2 * N * C).reshape(N, 2 * C)
+    logits = {
+        "contiguous": np.ascontiguousarray(base[:, :C]),
+        "strided": base[:, ::2],
+        "transposed": np.ascontiguousarray(base[:, :C].T).T,
+    }[layout]
+    kept = logits.copy()
+    exp_loss, exp_grad = cross_entropy(kept, labels())
+    loss, grad = gk.softmax_cross_entropy(logits, labels(), out=logits)
+    assert grad is logits
+    assert_close(loss, exp_loss, np.float64)
+    assert_close(grad, exp_grad, np.float64)
+    x = kept.copy()
+    s = gk.sigmoid(x, out=x)
+    assert s is x
+    assert_close(s, 1.0 / (1.0 + np.exp(-kept)), np.float64)
+
+
+def test_sigmoid_backward_in_place_on_either_input(backend):
+    g, y = z() + 2.0, np.full((N, C), 0.25)
+    expected = (z() + 2.0) * 0.25 * 0.75
+    assert gk.sigmoid_backward(g, y, out=g) is g
+    assert_close(g, expected, np.float64)
+    g, y = z() + 2.0, np.full((N, C), 0.25)
+    assert gk.sigmoid_backward(g, y, out=y) is y
+    assert_close(y, expected, np.float64)
+
+
+def test_disjoint_views_of_one_buffer_are_fine(backend):
+    buf = np.linspace(-1.0, 1.0, 2 * N * C).reshape(2 * N, C)
+    logits, out = buf[:N], buf[N:]
+    kept = logits.copy()
+    _, grad = gk.softmax_cross_entropy(logits, labels(), out=out)
+    assert grad is out
+    assert_close(out, cross_entropy(kept, labels())[1], np.float64)
+    np.testing.assert_array_equal(logits, kept)
+
+
+def test_overlap_of_cuda_arrays_is_read_from_their_interface():
+    """The check reads pointers and strides from ``__cuda_array_interface__`` (CuPy arrays
+    go through the same arithmetic): no copy, no synchronisation, O(1)."""
+    base = 1 << 20
+    x = DeviceArray(base, (3, 4))  # bytes [base, base + 48)
+    _validate.out_overlap(DeviceArray(base, (3, 4)), {"x": x}, ("x",))  # x itself
+    _validate.out_overlap(DeviceArray(base + 48, (3, 4)), {"x": x})  # right after it
+    _validate.out_overlap(DeviceArray(base - 48, (3, 4)), {"x": x})  # right before it
+    with pytest.raises(ValueError, match=r"\bout\b.*\bx\b"):
+        _validate.out_overlap(DeviceArray(base + 16, (3, 4)), {"x": x}, ("x",))  # a row on
+    with pytest.raises(ValueError, match=r"\bout\b.*\bx\b"):  # reversed rows
+        _validate.out_overlap(DeviceArray(base + 32, (3, 4), (-16, 4)), {"x": x}, ("x",))
+    with pytest.raises(ValueError, match=r"\bout\b.*\bx\b"):  # transposed
+        _validate.out_overlap(DeviceArray(base, (4, 3), (4, 16)), {"x": x}, ("x",))
+    with pytest.raises(ValueError, match=r"\bout\b.*\bx\b"):  # x itself, but not in place
+        _validate.out_overlap(DeviceArray(base, (3, 4)), {"x": x})
+    with pytest.raises(ValueError, match=r"\bout\b.*\bx\b"):  # same bytes, another dtype
+        _validate.out_overlap(DeviceArray(base, (3, 4), typestr="<i4"), {"x": x}, ("x",))
+    _validate.out_overlap(DeviceArray(base, (0, 4)), {"x": x}, ())  # empty: no memory
+
+
+# ---- 3. read-only out --------------------------------------------------------------------------
+
+
+def read_only(a):
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("same_as_input", [False, True])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x, out: gk.softmax_cross_entropy(x, labels(), out=out),
+        lambda x, out: gk.bce_with_logits(x, z() * 0 + 0.5, out=out),
+        lambda x, out: gk.mse(x, z() * 0, out=out),
+        lambda x, out: gk.composite_loss(x, z(), [gk.LossTerm("mse", slice(0, 2))], out=out),
+        lambda x, out: gk.sigmoid(x, out=out),
+        lambda x, out: gk.sigmoid_derivative(x, out=out),
+        lambda x, out: gk.sigmoid_backward(z(), x, out=out),
+    ],
+)
+def test_read_only_out(backend, call, same_as_input):
+    """Used to fail inside Numba with a TypingError (CPU) or write a read-only buffer."""
+    x = read_only(z())
+    out = x if same_as_input else read_only(np.zeros((N, C)))
+    with pytest.raises(TypeError, match=r"\bout\b.*read-only"):
+        call(x, out)
+
+
+def test_read_only_batch_sum_out(backend):
+    with pytest.raises(TypeError, match=r"\bout\b.*read-only"):
+        gk.batch_sum(z(), axis=0, out=read_only(np.zeros(C)))
+
+
+def test_read_only_cuda_out(monkeypatch):
+    monkeypatch.delenv("GPUKERNELS_BACKEND", raising=False)
+    x = DeviceArray(1 << 20, (3, 4))
+    with pytest.raises(TypeError, match=r"\bout\b.*read-only"):
+        gk.sigmoid(x, out=DeviceArray(1 << 21, (3, 4), readonly=True))
+
+
+def test_read_only_inputs_are_fine(backend):
+    loss, grad = gk.softmax_cross_entropy(read_only(z()), read_only(labels()))
+    assert_close(loss, cross_entropy(z(), labels())[0], np.float64)
+
+
+# ---- 5. None or a number where an array is expected ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: gk.sigmoid_backward(2.0, z()), "grad_output"),
+        (lambda: gk.sigmoid_backward(None, z()), "grad_output"),
+        (lambda: gk.sigmoid_backward(z(), 0.5), "y"),
+        (lambda: gk.mse(None, z()), "pred"),
+        (lambda: gk.mse(z(), None), "target"),
+        (lambda: gk.mse(z(), 0.0), "target"),
+        (lambda: gk.softmax_cross_entropy(z(), None), "target"),
+        (lambda: gk.softmax_cross_entropy(None, labels()), "logits"),
+        (lambda: gk.softmax_cross_entropy(z(), 1), "target"),
+        (lambda: gk.softmax_cross_entropy(z(), labels(), weight=2.0), "weight"),
+        (lambda: gk.bce_with_logits(z(), 0.5), "target"),
+        (lambda: gk.bce_with_logits(z(), z(), pos_weight=2.0), "pos_weight"),
+        (lambda: gk.composite_loss(None, z(), [gk.LossTerm("mse", slice(0, 2))]), "pred"),
+        (lambda: gk.composite_loss(z(), None, [gk.LossTerm("mse", slice(0, 2))]), "target"),
+        (lambda: gk.sigmoid(None), "x"),
+        (lambda: gk.batch_sum(None), "x"),
+        (lambda: gk.batch_sum(3.0), "x"),
+        (lambda: gk.mse(z(), z(), out=1.0), "out"),
+        (lambda: gk.mse(z(), z(), grad_output="1"), "grad_output"),
+        (lambda: gk.mse(z(), z(), grad_output=True), "grad_output"),
+    ],
+)
+def test_none_or_number_for_an_array(backend, call, name):
+    with pytest.raises(TypeError, match=rf"\b{name}\b"):
+        call()
+
+
+def test_grad_output_may_be_a_number(backend):
+    loss, grad = gk.mse(z(), z() * 0, grad_output=np.float32(2.0))
+    exp_loss, exp_grad = mse(z(), z() * 0, grad_output=2.0)
+    assert_close(grad, exp_grad, np.float64)
+
+
+def test_cuda_array_without_cupy(monkeypatch):
+    """Used to be a ModuleNotFoundError from deep inside the dispatcher."""
+    monkeypatch.delenv("GPUKERNELS_BACKEND", raising=False)
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    _dispatch.array_module.cache_clear()
+    x = DeviceArray(1 << 20, (3, 4))
+    try:
+        with pytest.raises(TypeError, match=r"\bpred\b.*CuPy"):
+            gk.mse(x, DeviceArray(1 << 21, (3, 4)))
+        with pytest.raises(TypeError, match=r"\bx\b.*CuPy"):
+            gk.sigmoid(x)
+    finally:
+        _dispatch.array_module.cache_clear()
