@@ -15,6 +15,7 @@ from ._dtypes import NAMES as FLOAT_NAMES
 from ._dtypes import STORAGE as FLOAT_DTYPES
 
 REDUCTIONS = ("mean", "sum", "none")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Exact array types taken from NumPy: np.matrix would be reshaped to 2-D and written past its
 # end, a masked array's mask would be silently ignored, and other subclasses may change
 # indexing or arithmetic. A memmap is a plain ndarray over a file.
@@ -252,23 +253,49 @@ def grad_output(value, reduction: str, loss_shape: tuple[int, ...]) -> None:
         )
 
 
-def class_indices(xp, labels, num_classes: int, ignore_index: int) -> None:
+def class_indices(xp, labels, num_classes: int, ignore_index: int, target=None) -> None:
     """Every label is in ``[0, num_classes)`` or equal to ``ignore_index``.
 
-    On a GPU the check runs there and costs one small device-to-host read.
+    ``labels`` are the int64 labels; ``target`` the caller's array, for the message. On a GPU
+    the check runs there and costs one small device-to-host read.
     """
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
     if bool(bad.any()):
         first = int(xp.argmax(bad))
+        value = int((labels if target is None else target)[first])
         raise ValueError(
-            f"target holds class index {int(labels[first])} at row {first}, outside "
+            f"target holds class index {value} at row {first}, outside "
             f"[0, {num_classes}) and not ignore_index={ignore_index}"
         )
 
 
-def label_smoothing(value: float) -> None:
-    if not 0.0 <= value <= 1.0:
+def integer(name: str, value) -> int:
+    """A Python or NumPy integer (not a bool), as an ``int``."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def ignore_index(value) -> int:
+    """An integer that fits int64 (the labels' dtype in the kernels)."""
+    value = integer("ignore_index", value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"ignore_index must fit int64 [-2**63, 2**63 - 1], got {value}")
+    return value
+
+
+def real_number(name: str, value) -> float:
+    """A Python or NumPy real number (not a bool), as a ``float``."""
+    if not is_number(value):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def label_smoothing(value) -> float:
+    value = real_number("label_smoothing", value)
+    if not 0.0 <= value <= 1.0:  # NaN fails too
         raise ValueError(f"label_smoothing must be in [0, 1], got {value}")
+    return value
 
 
 def class_weight(weight, num_classes: int) -> None:

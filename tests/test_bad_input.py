@@ -1,11 +1,12 @@
 """Bad input that used to crash, hang or give silently wrong answers: each case now raises a
 clear TypeError or ValueError naming the argument, or gives the right result."""
 
+import math
 import sys
 
 import numpy as np
 import pytest
-from _refs import assert_close, cross_entropy, mse
+from _refs import assert_close, cross_entropy, mse, poisoned
 
 import gpukernels as gk
 from gpukernels import _dispatch, _validate
@@ -263,6 +264,75 @@ def test_read_only_inputs_are_fine(backend):
     assert_close(loss, cross_entropy(z(), labels())[0], np.float64)
 
 
+# ---- 4. labels and options ---------------------------------------------------------------------
+
+
+def test_uint64_labels_past_int64_are_out_of_range(backend):
+    """2**64 - 100 wrapped to int64 is -100, the default ignore_index: the row was skipped."""
+    target = np.array([0, 2**64 - 100, 3], np.uint64)
+    with pytest.raises(ValueError, match=r"\btarget\b.*18446744073709551516"):
+        gk.softmax_cross_entropy(z(), target)
+    with pytest.raises(ValueError, match=r"\btarget\b"):
+        gk.softmax_cross_entropy(z(), np.array([0, 2**63, 1], np.uint64), ignore_index=-(2**63))
+
+
+@pytest.mark.parametrize("bad", [2**64 - 100, 2**63, 2**64 - 1])
+def test_uint64_labels_past_int64_without_validation(backend, bad):
+    target = np.array([0, bad, 3], np.uint64)
+    loss, grad = gk.softmax_cross_entropy(z(), target, validate=False)
+    assert np.isnan(loss)
+    assert np.all(grad[1] == 0.0)
+    keep = [0, 2]  # the bad row is left out of the mean's divisor
+    _, exp_grad = cross_entropy(z()[keep], np.array([0, 3]))
+    assert_close(grad[keep], exp_grad, np.float64)
+    row_loss, _ = gk.softmax_cross_entropy(z(), target, reduction="none", validate=False)
+    assert np.isnan(row_loss[1]) and np.all(np.isfinite(row_loss[keep]))
+
+
+def test_small_uint64_labels_still_work(backend):
+    loss, grad = gk.softmax_cross_entropy(z(), labels().astype(np.uint64))
+    exp_loss, exp_grad = cross_entropy(z(), labels())
+    assert_close(loss, exp_loss, np.float64)
+    assert_close(grad, exp_grad, np.float64)
+
+
+@pytest.mark.parametrize("value", ["a", None, 1.5, True, np.bool_(False), np.float64(-100.0)])
+def test_ignore_index_not_an_integer(backend, value):
+    with pytest.raises(TypeError, match="ignore_index"):
+        gk.softmax_cross_entropy(z(), labels(), ignore_index=value)
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 2**70])
+def test_ignore_index_outside_int64(backend, value):
+    with pytest.raises(ValueError, match="ignore_index"):
+        gk.softmax_cross_entropy(z(), labels(), ignore_index=value)
+
+
+def test_ignore_index_numpy_integer(backend):
+    target = labels()
+    target[1] = 7
+    loss, _ = gk.softmax_cross_entropy(z(), target, ignore_index=np.int32(7))
+    assert_close(loss, cross_entropy(z(), target, ignore_index=7)[0], np.float64)
+
+
+@pytest.mark.parametrize("value", ["0.1", None, [0.1], True])
+def test_label_smoothing_not_a_number(backend, value):
+    with pytest.raises(TypeError, match="label_smoothing"):
+        gk.softmax_cross_entropy(z(), labels(), label_smoothing=value)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_label_smoothing_not_finite(backend, value):
+    with pytest.raises(ValueError, match="label_smoothing"):
+        gk.softmax_cross_entropy(z(), labels(), label_smoothing=value)
+
+
+def test_label_smoothing_numpy_float(backend):
+    loss, _ = gk.softmax_cross_entropy(z(), labels(), label_smoothing=np.float32(0.25))
+    exp = cross_entropy(z(), labels(), label_smoothing=float(np.float32(0.25)))[0]
+    assert_close(loss, exp, np.float64)
+
+
 # ---- 5. None or a number where an array is expected ---------------------------------------------
 
 
@@ -315,3 +385,62 @@ def test_cuda_array_without_cupy(monkeypatch):
             gk.sigmoid(x)
     finally:
         _dispatch.array_module.cache_clear()
+
+
+# ---- 6. weighted mean over zero weight -------------------------------------------------------
+
+
+def torch_cross_entropy(logits, target, **options):
+    torch = pytest.importorskip("torch")
+    x = torch.tensor(logits, requires_grad=True)
+    if "weight" in options:
+        options["weight"] = torch.tensor(options["weight"])
+    loss = torch.nn.functional.cross_entropy(x, torch.tensor(target), **options)
+    loss.backward()
+    return loss.detach().numpy(), x.grad.numpy()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize(
+    "target", [[0, 1, 1], [0, -100, 1], [1, 1, -100]], ids=["all", "one_ignored", "last_ignored"]
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weighted_mean_over_zero_weight_is_nan_as_in_torch(backend, target, smoothing, dtype):
+    """Used to divide by 1 and give a finite loss and gradient; PyTorch gives 0/0."""
+    weight = np.array([0.0, 0.0, 1.0, 2.0], dtype)
+    target = np.array(target)
+    options = {"weight": weight, "label_smoothing": smoothing}
+    loss, grad = gk.softmax_cross_entropy(z(dtype=dtype), target, **options)
+    t_loss, t_grad = torch_cross_entropy(z(dtype=dtype), target, **options)
+    assert np.isnan(t_loss) and np.isnan(loss)
+    assert loss.dtype == dtype and loss.shape == ()
+    np.testing.assert_array_equal(np.isnan(grad), np.isnan(t_grad))
+    np.testing.assert_array_equal(grad[~np.isnan(t_grad)], t_grad[~np.isnan(t_grad)])
+    assert np.all(grad[target == -100] == 0.0)
+
+
+def test_weighted_mean_over_no_row_stays_zero(backend):
+    """Every row ignored (or an empty batch): 0 with a zero gradient, PyTorch's NaN aside."""
+    weight = np.array([0.0, 0.0, 1.0, 2.0])
+    out = poisoned((N, C), np.float64)
+    loss, grad = gk.softmax_cross_entropy(z(), np.full(N, -100), weight=weight, out=out)
+    assert loss == 0.0 and np.all(grad == 0.0)
+    loss, grad = gk.softmax_cross_entropy(np.ones((0, C)), np.ones(0, np.int64), weight=weight)
+    assert loss == 0.0 and grad.shape == (0, C)
+
+
+def test_weighted_mean_with_weight_still_divides_by_the_weight_sum(backend):
+    weight = np.array([0.0, 0.5, 1.0, 2.0])
+    target = np.array([0, 1, 3])
+    loss, grad = gk.softmax_cross_entropy(z(), target, weight=weight)
+    exp_loss, exp_grad = torch_cross_entropy(z(), target, weight=weight)
+    assert_close(loss, exp_loss, np.float64)
+    assert_close(grad, exp_grad, np.float64)
+
+
+def test_weighted_mean_out_of_range_rows_only(backend):
+    """validate=False, every row out of range: nothing takes part (divisor 1), the loss is
+    NaN from the rows' own NaN losses and the gradient zero."""
+    weight = np.array([0.0, 0.5, 1.0, 2.0])
+    loss, grad = gk.softmax_cross_entropy(z(), np.array([9, -3, 4]), weight=weight, validate=False)
+    assert np.isnan(loss) and np.all(grad == 0.0)
