@@ -9,10 +9,16 @@ argument, except the class-index checks, which read the labels (on the device).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import numpy as np
 
 from ._dtypes import NAMES as FLOAT_NAMES
 from ._dtypes import STORAGE as FLOAT_DTYPES
+from ._kinds import MAX_TERMS, TermKind
+from ._kinds import NAMES as KIND_NAMES
 
 REDUCTIONS = ("mean", "sum", "none")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -328,66 +334,113 @@ def axis(value, ndim_: int) -> None:
         raise ValueError("axis=0 is out of range for a 0-d array")
 
 
-LOSS_KINDS = ("softmax_cross_entropy", "bce_with_logits", "mse")
+class ResolvedTerm(NamedTuple):
+    """A validated ``LossTerm``: its kind, its column ranges ``(start, stop)`` of ``pred`` and
+    ``target``, its ``only_where`` column (-1 for every row), weight and Huber delta."""
+
+    kind: TermKind
+    columns: tuple[int, int]
+    target_columns: tuple[int, int]
+    only_where: int
+    weight: float
+    delta: float
 
 
-def column_range(name: str, columns, width: int) -> tuple[int, int]:
-    """``(start, stop)`` of a step-1, non-empty column slice of an array ``width`` wide."""
-    if not isinstance(columns, slice):
-        raise TypeError(f"{name} must be a slice of columns, got {type(columns).__name__}")
-    start, stop, step = columns.indices(width)
-    if step != 1 or stop <= start:
-        raise ValueError(
-            f"{name} must select at least one column with step 1 out of {width}, got {columns}"
-        )
-    return start, stop
-
-
-def loss_terms(terms, pred_width: int, target_width: int) -> list[tuple]:
-    """Resolve ``LossTerm``s to ``(kind_code, cols, tcols, only_where, weight)`` tuples."""
-    if len(terms) == 0:
-        raise ValueError("terms must hold at least one LossTerm")
-    resolved = []
-    for k, term in enumerate(terms):
-        where = f"terms[{k}]"
-        if term.kind not in LOSS_KINDS:
-            raise ValueError(
-                f"{where}.kind must be one of {', '.join(LOSS_KINDS)}, got {term.kind!r}"
-            )
-        cols = column_range(f"{where}.columns", term.columns, pred_width)
-        tsel = term.columns if term.target_columns is None else term.target_columns
-        tcols = column_range(f"{where}.target_columns", tsel, target_width)
-        width, twidth = cols[1] - cols[0], tcols[1] - tcols[0]
-        one_index_column = term.kind == "softmax_cross_entropy" and twidth == 1 and width > 1
-        if twidth != width and not one_index_column:
-            raise ValueError(
-                f"{where}.target_columns selects {twidth} columns but columns selects {width}"
-                + (
-                    " (softmax_cross_entropy takes 1 class-index column or one per class)"
-                    if term.kind == "softmax_cross_entropy"
-                    else ""
-                )
-            )
-        only = term.only_where
-        if only is not None and not (isinstance(only, int) and 0 <= only < target_width):
-            raise ValueError(
-                f"{where}.only_where must be a target column in [0, {target_width}), got {only!r}"
-            )
-        resolved.append(
-            (
-                LOSS_KINDS.index(term.kind),
-                cols,
-                tcols,
-                -1 if only is None else only,
-                float(term.weight),
-            )
-        )
+def _bound(name: str, value, width: int, default: int) -> int:
+    """One bound of a column slice, negative ones counted from the end; inside [0, width]."""
+    if value is None:
+        return default
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} bounds must be integers, got {type(value).__name__} {value!r}")
+    resolved = int(value) + width if value < 0 else int(value)
+    if not 0 <= resolved <= width:
+        raise ValueError(f"{name} bound {value} is outside the {width} columns")
     return resolved
 
 
-def class_index_column(xp, column, num_classes: int, name: str) -> None:
-    """A float target column that holds class indices: whole numbers in ``[0, num_classes)``."""
+def column_range(name: str, columns, width: int) -> tuple[int, int]:
+    """``(start, stop)`` of a step-1, non-empty column slice inside an array ``width`` wide.
+
+    Unlike ``slice.indices`` nothing is clamped: a bound past the columns is a ValueError.
+    """
+    if not isinstance(columns, slice):
+        raise TypeError(f"{name} must be a slice of columns, got {type(columns).__name__}")
+    if columns.step is not None and (isinstance(columns.step, bool) or columns.step != 1):
+        raise ValueError(f"{name} must have step 1, got {columns}")
+    start = _bound(name, columns.start, width, 0)
+    stop = _bound(name, columns.stop, width, width)
+    if stop <= start:
+        raise ValueError(f"{name} must select at least one of the {width} columns, got {columns}")
+    return start, stop
+
+
+def loss_terms(terms, pred_width: int, target_width: int) -> list[ResolvedTerm]:
+    """Resolve a sequence of ``LossTerm`` to ``ResolvedTerm``s, checking every field.
+
+    A bad field is named as ``terms[k].field``. At most ``MAX_TERMS`` terms (the CUDA
+    kernel keeps per-term statistics in a fixed-size local array).
+    """
+    from ._composite_loss import LossTerm  # the dataclass lives with its public function
+
+    if not isinstance(terms, Sequence) or isinstance(terms, str):
+        raise TypeError(
+            f"terms must be a sequence (list or tuple) of LossTerm, got {type(terms).__name__}"
+        )
+    if len(terms) == 0:
+        raise ValueError("terms must hold at least one LossTerm")
+    if len(terms) > MAX_TERMS:
+        raise ValueError(f"terms must hold at most {MAX_TERMS} LossTerms, got {len(terms)}")
+    return [_loss_term(k, term, pred_width, target_width, LossTerm) for k, term in enumerate(terms)]
+
+
+def _loss_term(k: int, term, pred_width: int, target_width: int, loss_term_type) -> ResolvedTerm:
+    where = f"terms[{k}]"
+    if not isinstance(term, loss_term_type):
+        raise TypeError(f"terms must hold LossTerms, but {where} is a {type(term).__name__}")
+    if not isinstance(term.kind, str):
+        raise TypeError(f"{where}.kind must be a str, got {type(term.kind).__name__}")
+    if term.kind not in KIND_NAMES:
+        raise ValueError(f"{where}.kind must be one of {', '.join(KIND_NAMES)}, got {term.kind!r}")
+    kind = TermKind.from_name(term.kind)
+    cols = column_range(f"{where}.columns", term.columns, pred_width)
+    tsel = term.columns if term.target_columns is None else term.target_columns
+    tcols = column_range(f"{where}.target_columns", tsel, target_width)
+    width, twidth = cols[1] - cols[0], tcols[1] - tcols[0]
+    cross_entropy = kind == TermKind.SOFTMAX_CROSS_ENTROPY
+    if twidth != width and not (cross_entropy and twidth == 1):
+        raise ValueError(
+            f"{where}.target_columns selects {twidth} columns but {where}.columns selects {width}"
+            + (
+                " (softmax_cross_entropy takes 1 class-index column or one per class)"
+                if cross_entropy
+                else ""
+            )
+        )
+    only = term.only_where
+    if only is not None:
+        only = integer(f"{where}.only_where", only)
+        if not 0 <= only < target_width:
+            raise ValueError(
+                f"{where}.only_where must be a target column in [0, {target_width}), got {only}"
+            )
+    weight = real_number(f"{where}.weight", term.weight)
+    if not math.isfinite(weight):
+        raise ValueError(f"{where}.weight must be finite, got {weight}")
+    delta = real_number(f"{where}.delta", term.delta)
+    if not (math.isfinite(delta) and delta > 0):
+        raise ValueError(f"{where}.delta must be a finite number > 0, got {delta}")
+    return ResolvedTerm(kind, cols, tcols, -1 if only is None else only, weight, delta)
+
+
+def class_index_column(xp, column, num_classes: int, name: str, selected=None) -> None:
+    """A float target column that holds class indices: whole numbers in ``[0, num_classes)``
+    on the rows a term reads (``selected != 0`` where ``selected`` is given).
+
+    On a GPU the check runs there and costs one small device-to-host read.
+    """
     bad = (column != xp.floor(column)) | (column < 0) | (column >= num_classes)
+    if selected is not None:
+        bad &= selected != 0
     if bool(bad.any()):
         row = int(xp.argmax(bad))
         raise ValueError(

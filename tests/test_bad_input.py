@@ -6,10 +6,11 @@ import sys
 
 import numpy as np
 import pytest
-from _refs import assert_close, cross_entropy, mse, poisoned
+from _refs import assert_close, cross_entropy, log_softmax, mse, poisoned
 
 import gpukernels as gk
 from gpukernels import _dispatch, _validate
+from gpukernels._kinds import MAX_TERMS, TermKind
 
 N, C = 3, 4
 
@@ -444,3 +445,223 @@ def test_weighted_mean_out_of_range_rows_only(backend):
     weight = np.array([0.0, 0.5, 1.0, 2.0])
     loss, grad = gk.softmax_cross_entropy(z(), np.array([9, -3, 4]), weight=weight, validate=False)
     assert np.isnan(loss) and np.all(grad == 0.0)
+
+
+# ---- 7. LossTerm and composite_loss ------------------------------------------------------------
+
+
+def box_data():
+    pred = np.array([[2.0, 0.1, 0.2, 0.3, 0.4], [-1.0, 0.5, 0.0, 0.0, 0.0], [0.5, 1, 1, 1, 1]])
+    target = np.array(
+        [[1.0, 0.0, 0.2, 0.3, 0.5], [0.0, 0.7, 0.0, 0.0, 0.0], [1.0, 0.3] + [0.3] * 3]
+    )
+    return pred, target
+
+
+@pytest.mark.parametrize("value", [True, False, np.bool_(True), 1.0, "0"])
+def test_only_where_must_be_an_integer(backend, value):
+    """only_where=True used to select rows through NumPy's boolean indexing (loss 0.152 where
+    only_where=1 gives 0.911)."""
+    pred, target = box_data()
+    with pytest.raises(TypeError, match=r"terms\[1\]\.only_where"):
+        gk.composite_loss(
+            pred,
+            target,
+            [gk.LossTerm("mse", slice(0, 1)), gk.LossTerm("mse", slice(1, 5), only_where=value)],
+        )
+
+
+def test_only_where_numpy_integer(backend):
+    pred, target = box_data()
+    terms = [gk.LossTerm("mse", slice(1, 5), only_where=np.int64(0))]
+    loss, _ = gk.composite_loss(pred, target, terms)
+    rows = [0, 2]
+    assert_close(loss, mse(pred[rows, 1:5], target[rows, 1:5])[0], np.float64)
+
+
+@pytest.mark.parametrize(
+    "field, columns",
+    [
+        ("columns", slice(3, 9)),
+        ("columns", slice(-7, 2)),
+        ("columns", slice(6, None)),
+        ("columns", slice(2, 2)),
+        ("columns", slice(3, 1)),
+        ("columns", slice(0, 4, 2)),
+        ("target_columns", slice(3, 9)),
+        ("target_columns", slice(-6, -2)),
+    ],
+)
+def test_column_slices_past_the_columns(backend, field, columns):
+    """slice.indices used to clamp slice(3, 9) of 5 columns to slice(3, 5) silently."""
+    pred, target = box_data()
+    term = (
+        gk.LossTerm("mse", columns)
+        if field == "columns"
+        else gk.LossTerm("mse", slice(1, 5), target_columns=columns)
+    )
+    with pytest.raises(ValueError, match=rf"terms\[1\]\.{field}"):
+        gk.composite_loss(pred, target, [gk.LossTerm("mse", slice(0, 1)), term])
+
+
+@pytest.mark.parametrize("columns", [slice(1.0, 3), slice(True, 3), slice("1", 3), (1, 3)])
+def test_column_slices_of_the_wrong_type(backend, columns):
+    pred, target = box_data()
+    with pytest.raises(TypeError, match=r"terms\[0\]\.columns"):
+        gk.composite_loss(pred, target, [gk.LossTerm("mse", columns)])
+
+
+def test_negative_slice_bounds_inside_the_columns(backend):
+    pred, target = box_data()
+    expected = gk.composite_loss(pred, target, [gk.LossTerm("mse", slice(1, 5))])
+    for columns in (slice(-4, None), slice(-4, 5), slice(1, None), slice(-4, 5, 1)):
+        result = gk.composite_loss(pred, target, [gk.LossTerm("mse", columns)])
+        np.testing.assert_array_equal(result[0], expected[0])
+        np.testing.assert_array_equal(result[1], expected[1])
+
+
+@pytest.mark.parametrize(
+    "terms",
+    [
+        gk.LossTerm("mse", slice(0, 2)),
+        {"kind": "mse", "columns": slice(0, 2)},
+        [gk.LossTerm("mse", slice(0, 2)), ("mse", slice(0, 2))],
+        "mse",
+        None,
+    ],
+    ids=["one_term", "dict", "tuple_in_list", "str", "none"],
+)
+def test_terms_not_a_sequence_of_loss_terms(backend, terms):
+    pred, target = box_data()
+    with pytest.raises(TypeError, match=r"\bterms\b"):
+        gk.composite_loss(pred, target, terms)
+
+
+@pytest.mark.parametrize("weight", ["1", None, True, [1.0]])
+def test_term_weight_not_a_number(backend, weight):
+    pred, target = box_data()
+    with pytest.raises(TypeError, match=r"terms\[0\]\.weight"):
+        gk.composite_loss(pred, target, [gk.LossTerm("mse", slice(0, 2), weight=weight)])
+
+
+@pytest.mark.parametrize("weight", [math.nan, math.inf, -math.inf])
+def test_term_weight_not_finite(backend, weight):
+    pred, target = box_data()
+    with pytest.raises(ValueError, match=r"terms\[0\]\.weight"):
+        gk.composite_loss(pred, target, [gk.LossTerm("mse", slice(0, 2), weight=weight)])
+
+
+def test_term_kind_not_a_string(backend):
+    pred, target = box_data()
+    with pytest.raises(TypeError, match=r"terms\[0\]\.kind"):
+        gk.composite_loss(pred, target, [gk.LossTerm(2, slice(0, 2))])
+
+
+def test_at_most_max_terms(backend):
+    """17 terms used to run on the CPU and fail in the CUDA launcher."""
+    assert MAX_TERMS == 16
+    pred, target = box_data()
+    term = gk.LossTerm("mse", slice(0, 2), weight=0.5)
+    loss, _ = gk.composite_loss(pred, target, [term] * MAX_TERMS)
+    assert_close(loss, MAX_TERMS * 0.5 * mse(pred[:, :2], target[:, :2])[0], np.float64)
+    with pytest.raises(ValueError, match=r"\bterms\b.*16"):
+        gk.composite_loss(pred, target, [term] * (MAX_TERMS + 1))
+
+
+def test_huber_terms_pass_validation():
+    terms = [
+        gk.LossTerm("huber", slice(1, 5), weight=2.0, only_where=0, delta=0.5),
+        gk.LossTerm("softmax_cross_entropy", slice(0, 3), target_columns=slice(4, 5)),
+        gk.LossTerm("bce_with_logits", slice(-2, None), target_columns=slice(0, 2)),
+    ]
+    resolved = _validate.loss_terms(terms, 5, 5)
+    assert resolved == [
+        _validate.ResolvedTerm(TermKind.HUBER, (1, 5), (1, 5), 0, 2.0, 0.5),
+        _validate.ResolvedTerm(TermKind.SOFTMAX_CROSS_ENTROPY, (0, 3), (4, 5), -1, 1.0, 1.0),
+        _validate.ResolvedTerm(TermKind.BCE_WITH_LOGITS, (3, 5), (0, 2), -1, 1.0, 1.0),
+    ]
+    assert isinstance(resolved[0].kind, TermKind)
+    assert all(type(v) is int for term in resolved for v in (*term.columns, term.only_where))
+
+
+@pytest.mark.parametrize("delta", [0.0, -1.0, math.nan, math.inf])
+def test_huber_delta_out_of_range(delta):
+    with pytest.raises(ValueError, match=r"terms\[0\]\.delta"):
+        _validate.loss_terms([gk.LossTerm("huber", slice(0, 2), delta=delta)], 5, 5)
+
+
+@pytest.mark.parametrize("delta", ["1", None, True])
+def test_huber_delta_not_a_number(delta):
+    with pytest.raises(TypeError, match=r"terms\[0\]\.delta"):
+        _validate.loss_terms([gk.LossTerm("huber", slice(0, 2), delta=delta)], 5, 5)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 1.0, 2.5])
+def test_one_column_softmax_term_with_a_probability(backend, t):
+    """softmax of one logit is 1: the loss t * (lse - z) = 0 and the gradient t p - t = 0,
+    whatever the target (it used to be checked as a class index in [0, 1))."""
+    pred, target = box_data()
+    target[:, 0] = t
+    terms = [
+        gk.LossTerm("softmax_cross_entropy", slice(0, 1), weight=3.0),
+        gk.LossTerm("mse", slice(1, 3)),
+    ]
+    loss, grad = gk.composite_loss(pred, target, terms)
+    exp_loss, exp_grad = mse(pred[:, 1:3], target[:, 1:3])
+    assert_close(loss, exp_loss, np.float64)
+    assert np.all(grad[:, 0] == 0.0)
+    assert_close(grad[:, 1:3], exp_grad, np.float64)
+    assert np.all(grad[:, 3:] == 0.0)
+
+
+def test_class_index_column_checked_only_where_the_term_reads(backend):
+    """Rows that only_where leaves out may hold anything in the class column."""
+    pred, target = box_data()
+    target[1, 4] = -1.0  # row 1 has target[:, 0] == 0
+    target[[0, 2], 4] = [2.0, 0.0]
+    terms = [gk.LossTerm("softmax_cross_entropy", slice(1, 4), slice(4, 5), only_where=0)]
+    loss, grad = gk.composite_loss(pred, target, terms)
+    exp_loss, exp_grad = cross_entropy(pred[[0, 2], 1:4], np.array([2, 0]))
+    assert_close(loss, exp_loss, np.float64)
+    assert_close(grad[[0, 2], 1:4], exp_grad, np.float64)
+    target[0, 4] = 3.0
+    with pytest.raises(ValueError, match=r"\btarget\b.*terms\[0\]"):
+        gk.composite_loss(pred, target, terms)
+
+
+# ---- 8. composite_loss(validate=False) ---------------------------------------------------------
+
+
+def test_composite_without_validation_reads_nothing_back(backend, monkeypatch):
+    pred, target = box_data()
+    target[:, 4] = [2.0, 5.0, 1.0]  # row 1: no class of a 3-wide term
+    terms = [
+        gk.LossTerm("softmax_cross_entropy", slice(1, 4), slice(4, 5)),
+        gk.LossTerm("bce_with_logits", slice(0, 1)),
+    ]
+    with pytest.raises(ValueError, match=r"\btarget\b"):
+        gk.composite_loss(pred, target, terms)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("validate=False must not check (nor read back) class indices")
+
+    monkeypatch.setattr(_validate, "class_index_column", fail)
+    out = poisoned(pred.shape, pred.dtype)
+    loss, grad = gk.composite_loss(pred, target, terms, validate=False, out=out)
+    assert np.isnan(loss)
+    assert np.all(grad[1, 1:4] == 0.0)
+    # the other rows: their own gradient, the mean still over the term's N rows
+    rows = [0, 2]
+    logp = log_softmax(pred[rows, 1:4])
+    expected = np.exp(logp)
+    expected[[0, 1], [2, 1]] -= 1.0
+    assert_close(grad[rows, 1:4], expected / N, np.float64)
+    sig = 1.0 / (1.0 + np.exp(-pred[:, 0]))
+    assert_close(grad[:, 0], (sig - target[:, 0]) / N, np.float64)
+
+
+def test_huber_terms_are_refused_until_the_kernels_compute_them(backend):
+    """The composite kernels would run another kind's maths on kind 3: refused, not wrong."""
+    pred, target = box_data()
+    with pytest.raises(NotImplementedError, match="huber"):
+        gk.composite_loss(pred, target, [gk.LossTerm("huber", slice(0, 2), delta=0.5)])
