@@ -67,7 +67,7 @@ def batch_sum(x, *, axis: int | None = None, out=None):
         >>> gk.batch_sum(np.ones((4, 3), np.float32), axis=0)
         array([4., 4., 4.], dtype=float32)
     """
-    call = Call(x=x, out=out)
+    call = Call(x=x, optional={"out": out})
     x, out = call.arrays["x"], call.arrays["out"]
     dtype = _validate.float_array("x", x)
     _validate.axis(axis, x.ndim)

@@ -13,6 +13,7 @@ from ._batch_sum import canonical_column_sums
 from ._common import safe_divide, upstream_scale
 from ._dispatch import Call, accumulation_dtype
 from ._kinds import TermKind
+from ._validate import ResolvedTerm
 
 
 @dataclass(frozen=True)
@@ -21,13 +22,16 @@ class LossTerm:
 
     Attributes:
         kind: ``"softmax_cross_entropy"``, ``"bce_with_logits"``, ``"mse"`` or ``"huber"``.
-        columns: slice of the prediction's columns the term reads.
+        columns: step-1 slice of the prediction's columns the term reads; its bounds must lie
+            inside the columns (negative ones count from the end; nothing is clamped).
         target_columns: slice of the target's columns (default: ``columns``). For softmax
-            cross-entropy either one column holding the class index or one per class.
-        weight: the term's factor in the total loss.
-        only_where: target column ``k``: apply the term only to rows whose ``target[:, k]``
-            is nonzero; its mean is then over those rows alone.
-        delta: the threshold of a ``"huber"`` term (see :func:`gpukernels.huber_loss`).
+            cross-entropy either one column holding the class index or one per class (a
+            one-column term with a one-column target reads it as probabilities: softmax of
+            one logit is 1, so its loss and gradient are 0).
+        weight: the term's factor in the total loss, a finite real number.
+        only_where: target column ``k`` (an integer, not a bool): apply the term only to rows
+            whose ``target[:, k]`` is nonzero; its mean is then over those rows alone.
+        delta: the Huber threshold of a ``"huber"`` term, a finite number > 0.
     """
 
     kind: str
@@ -38,7 +42,9 @@ class LossTerm:
     delta: float = 1.0
 
 
-def composite_loss(pred, target, terms: Sequence[LossTerm], *, grad_output=None, out=None):
+def composite_loss(
+    pred, target, terms: Sequence[LossTerm], *, grad_output=None, out=None, validate: bool = True
+):
     r"""A loss made of different terms on different columns of one output, fused.
 
     .. math::
@@ -57,9 +63,12 @@ def composite_loss(pred, target, terms: Sequence[LossTerm], *, grad_output=None,
     Args:
         pred: ``(N, P)`` float16/float32/float64.
         target: ``(N, Q)`` floats.
-        terms: sequence of :class:`LossTerm`.
+        terms: sequence (list or tuple) of at most 16 :class:`LossTerm`.
         grad_output: scalar upstream gradient.
         out: array to write the gradient into; may be ``pred`` itself.
+        validate: check that a class-index target column holds whole numbers in the term's
+            class range on the rows it reads (one small device-to-host read on a GPU). With
+            ``False`` a bad index gives that row of the term a NaN loss and no gradient.
 
     Returns:
         ``(loss, grad)``: 0-d loss and the gradient like ``pred``.
@@ -74,7 +83,13 @@ def composite_loss(pred, target, terms: Sequence[LossTerm], *, grad_output=None,
         >>> round(float(loss), 4)
         0.2251
     """
-    call = Call(pred=pred, target=target, grad_output=grad_output, out=out)
+    call = Call(
+        pred=pred,
+        target=target,
+        optional={"grad_output": grad_output, "out": out},
+        numbers=("grad_output",),
+        in_place=("pred",),
+    )
     pred, target = call.arrays["pred"], call.arrays["target"]
     grad_output, out = call.arrays["grad_output"], call.arrays["out"]
     dtype = _validate.float_array("pred", pred)
@@ -90,25 +105,31 @@ def composite_loss(pred, target, terms: Sequence[LossTerm], *, grad_output=None,
 
     xp, acc = call.xp, accumulation_dtype(dtype)
     target = target.astype(dtype, copy=False)
-    for k, (kind, (c0, c1), (t0, t1), _, _, _) in enumerate(resolved):
-        if kind == TermKind.SOFTMAX_CROSS_ENTROPY and t1 - t0 == 1 and c1 - c0 > 1:
+    for k, term in enumerate(resolved):
+        (c0, c1), t0 = term.columns, term.target_columns[0]
+        if validate and _class_index_term(term):
             _validate.class_index_column(
-                xp, target[:, t0], c1 - c0, f"target column {t0} (the class index of terms[{k}])"
+                xp,
+                target[:, t0],
+                c1 - c0,
+                f"target column {t0} (the class index of terms[{k}])",
+                None if term.only_where < 0 else target[:, term.only_where],
             )
 
     # factor_k = w_k / D_k on the device (0 where the term selects no row).
     factors = [
-        safe_divide(
-            xp, xp.full((), weight, acc), _term_divisor(xp, target, kind, c1 - c0, only, n, acc)
-        )
-        for kind, (c0, c1), _, only, weight, _ in resolved
+        safe_divide(xp, xp.full((), term.weight, acc), _term_divisor(xp, target, term, n, acc))
+        for term in resolved
     ]
     term_scale = xp.stack(factors) * upstream_scale(xp, grad_output, acc)
 
     grad = xp.empty(pred.shape, dtype) if out is None else out
     row_loss = xp.empty((n, len(resolved)), acc)
     if n:
-        layout = tuple((k, cols, tcols, only, delta) for k, cols, tcols, only, _, delta in resolved)
+        layout = tuple(
+            (term.kind, term.columns, term.target_columns, term.only_where, term.delta)
+            for term in resolved
+        )
         table = _term_table(xp, layout, acc, _validate.device_id(pred))
         kinds, cols, tcols, only_where, term_param = table
         call.ops("composite").composite(
@@ -119,17 +140,27 @@ def composite_loss(pred, target, terms: Sequence[LossTerm], *, grad_output=None,
     return xp.asarray(loss, dtype=acc), grad
 
 
-def _term_divisor(xp, target, kind: int, width: int, only_where: int, n: int, acc):
+def _class_index_term(term: ResolvedTerm) -> bool:
+    """A softmax cross-entropy term whose one target column holds class indices (a one-column
+    term with a one-column target reads it as a probability)."""
+    (c0, c1), (t0, t1) = term.columns, term.target_columns
+    return term.kind == TermKind.SOFTMAX_CROSS_ENTROPY and t1 - t0 == 1 and c1 - c0 > 1
+
+
+def _term_divisor(xp, target, term: ResolvedTerm, n: int, acc):
     """The term's mean denominator as a 0-d array on the data's device."""
-    rows = xp.full((), n, acc) if only_where < 0 else xp.count_nonzero(target[:, only_where])
+    only = term.only_where
+    rows = xp.full((), n, acc) if only < 0 else xp.count_nonzero(target[:, only])
     rows = xp.asarray(rows).astype(acc)
-    return rows if kind == TermKind.SOFTMAX_CROSS_ENTROPY else rows * width
+    if term.kind == TermKind.SOFTMAX_CROSS_ENTROPY:
+        return rows
+    return rows * (term.columns[1] - term.columns[0])
 
 
 @functools.lru_cache(maxsize=64)
 def _term_table(xp, layout: tuple, acc: np.dtype, device: int | None):
     """The terms' metadata as arrays of the data's library, on its device: kinds, columns,
-    target columns, ``only_where`` (int64) and each term's parameter (``acc``).
+    target columns, ``only_where`` (int64) and each term's parameter (``acc``: Huber's delta).
 
     Cached per layout and device: a training loop copies it to the GPU once, not per call.
     """

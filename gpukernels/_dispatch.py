@@ -73,18 +73,42 @@ def kernels(backend_name: str, op: str) -> ModuleType:
 class Call:
     """One public call: its backend, its array module and its arrays in that module.
 
-    CUDA arrays that are not CuPy arrays are adopted with ``cupy.asarray`` (zero-copy), so
-    results come back as CuPy arrays on the same device.
+    Required arrays are passed as keywords; ``optional`` maps the arguments that may be
+    ``None`` (and ``out``, which must be writable); those named in ``numbers`` may also be
+    plain real numbers. ``out`` may be one of ``in_place`` itself but may not otherwise share
+    memory with an argument. CUDA arrays that are not CuPy arrays are adopted with
+    ``cupy.asarray`` (zero-copy), so results come back as CuPy arrays on the same device.
     """
 
     __slots__ = ("library", "backend", "xp", "arrays")
 
-    def __init__(self, **arrays):
-        self.library = _validate.common_library(arrays)
+    def __init__(
+        self,
+        *,
+        optional: dict[str, object] | None = None,
+        numbers: tuple[str, ...] = (),
+        in_place: tuple[str, ...] = (),
+        **required,
+    ):
+        optional = {} if optional is None else optional
+        self.library = _validate.common_library(required, optional, numbers)
         self.backend = backend_of(self.library)
-        self.xp = array_module(self.library)
+        try:
+            self.xp = array_module(self.library)
+        except ImportError as error:
+            cuda = ", ".join(
+                name
+                for name, x in {**required, **optional}.items()
+                if hasattr(x, "__cuda_array_interface__")
+            )
+            raise TypeError(
+                f"{cuda}: CUDA arrays (__cuda_array_interface__) need CuPy, which cannot be "
+                f"imported ({error}); install CuPy, or pass NumPy arrays"
+            ) from error
+        arrays = {**required, **optional}
         if self.xp is not np:
             arrays = {k: _adopt(self.xp, v) for k, v in arrays.items()}
+        _validate.out_overlap(arrays.get("out"), arrays, in_place)
         self.arrays = arrays
 
     def ops(self, op: str) -> ModuleType:
@@ -94,4 +118,4 @@ class Call:
 
 def _adopt(cupy, x):
     """CUDA arrays as CuPy arrays (zero-copy); ``None`` and plain numbers as they are."""
-    return x if x is None or isinstance(x, int | float | np.number) else cupy.asarray(x)
+    return x if x is None or _validate.is_number(x) else cupy.asarray(x)

@@ -8,7 +8,7 @@ from ._dispatch import Call
 
 
 def _unary(op: str, x, out, name: str = "x"):
-    call = Call(**{name: x, "out": out})
+    call = Call(**{name: x}, optional={"out": out}, in_place=(name,))
     x, out = call.arrays[name], call.arrays["out"]
     dtype = _validate.float_array(name, x)
     _validate.out_array(out, tuple(x.shape), dtype, call.library)
@@ -70,7 +70,7 @@ def sigmoid_backward(grad_output, y, *, out=None):
         >>> gk.sigmoid_backward(np.array([2.0]), np.array([0.5])).tolist()
         [0.5]
     """
-    call = Call(grad_output=grad_output, y=y, out=out)
+    call = Call(grad_output=grad_output, y=y, optional={"out": out}, in_place=("grad_output", "y"))
     g, y, out = call.arrays["grad_output"], call.arrays["y"], call.arrays["out"]
     dtype = _validate.float_array("y", y)
     _validate.float_array("grad_output", g)

@@ -95,10 +95,14 @@ def bce_with_logits(
     call = Call(
         logits=logits,
         target=target,
-        weight=weight,
-        pos_weight=pos_weight,
-        grad_output=grad_output,
-        out=out,
+        optional={
+            "weight": weight,
+            "pos_weight": pos_weight,
+            "grad_output": grad_output,
+            "out": out,
+        },
+        numbers=("grad_output",),
+        in_place=("logits",),
     )
     x, t, dtype = _checked(
         call,
@@ -166,7 +170,13 @@ def mse(pred, target, *, reduction: str = "mean", grad_output=None, out=None):
         >>> float(loss), grad.tolist()
         (36.0, [12.0])
     """
-    call = Call(pred=pred, target=target, grad_output=grad_output, out=out)
+    call = Call(
+        pred=pred,
+        target=target,
+        optional={"grad_output": grad_output, "out": out},
+        numbers=("grad_output",),
+        in_place=("pred",),
+    )
     x, t, dtype = _checked(
         call,
         "pred",
@@ -227,7 +237,13 @@ def huber_loss(
         >>> float(loss), grad.tolist()
         (2.625, [0.5, 1.0])
     """
-    call = Call(pred=pred, target=target, grad_output=grad_output, out=out)
+    call = Call(
+        pred=pred,
+        target=target,
+        optional={"grad_output": grad_output, "out": out},
+        numbers=("grad_output",),
+        in_place=("pred",),
+    )
     x, t, dtype = _checked(
         call,
         "pred",
@@ -237,7 +253,9 @@ def huber_loss(
         call.arrays["grad_output"],
         call.arrays["out"],
     )
-    _validate.positive_number("delta", delta)
+    delta = _validate.real_number("delta", delta)
+    if not (np.isfinite(delta) and delta > 0):
+        raise ValueError(f"delta must be a finite number > 0, got {delta}")
     xp, acc = call.xp, accumulation_dtype(dtype)
     inputs = (flat_input(xp, t, dtype), xp.empty(0, acc), xp.full(1, delta, acc))
     divisor = x.size if reduction == "mean" else 1

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+MAX_TERMS = 16  # most terms of one composite_loss: the CUDA kernel's per-term local arrays
+
 
 class TermKind(IntEnum):
     """A composite term's loss; ``TermKind.from_name("mse")`` gives ``TermKind.MSE``."""

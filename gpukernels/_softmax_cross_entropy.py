@@ -35,16 +35,20 @@ def softmax_cross_entropy(
     (``p - y`` without weights and smoothing), times the reduction's scale: ``"mean"``
     divides by :math:`\sum_i w_{y_i}` over non-ignored rows (class indices) or by ``N``
     (probabilities); ``"sum"`` by 1; ``"none"`` keeps per-row losses. Semantics are those of
-    ``torch.nn.functional.cross_entropy``, except that a mean over nothing is 0 with a zero
-    gradient. The row's log-sum-exp is max-subtracted: stable for any finite logits.
+    ``torch.nn.functional.cross_entropy``, except that a mean over nothing (an empty batch,
+    every row ignored) is 0 with a zero gradient. A weighted ``"mean"`` whose rows' class
+    weights sum to 0 is PyTorch's 0/0: a NaN loss and NaN gradients on the rows that take part
+    (ignored rows keep a zero gradient). The row's log-sum-exp is max-subtracted: stable for
+    any finite logits.
 
     Args:
         logits: ``(N, C)`` float16/float32/float64.
         target: ``(N,)`` integer class indices, or ``(N, C)`` class probabilities.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         weight: optional ``(C,)`` per-class weight.
-        ignore_index: class index whose rows are skipped (class-index targets).
-        label_smoothing: :math:`\varepsilon` in ``[0, 1]``.
+        ignore_index: class index whose rows are skipped (class-index targets); an integer
+            that fits int64.
+        label_smoothing: :math:`\varepsilon`, a real number in ``[0, 1]``.
         grad_output: upstream gradient: a scalar, or with ``"none"`` an ``(N,)`` array.
         out: array to write the gradient into; may be ``logits`` itself (in place).
         validate: check class indices (one small device-to-host read on a GPU). With
@@ -61,7 +65,13 @@ def softmax_cross_entropy(
         >>> round(float(loss), 4), grad.round(3).tolist()
         (0.1698, [[-0.156, 0.114, 0.042]])
     """
-    call = Call(logits=logits, target=target, weight=weight, grad_output=grad_output, out=out)
+    call = Call(
+        logits=logits,
+        target=target,
+        optional={"weight": weight, "grad_output": grad_output, "out": out},
+        numbers=("grad_output",),
+        in_place=("logits",),
+    )
     a = call.arrays
     logits, target, weight, grad_output, out = (
         a["logits"],
@@ -73,7 +83,8 @@ def softmax_cross_entropy(
     dtype = _validate.float_array("logits", logits)
     _validate.ndim("logits", logits, 2, "a (N, C) batch of logit rows")
     _validate.reduction(reduction)
-    _validate.label_smoothing(label_smoothing)
+    label_smoothing = _validate.label_smoothing(label_smoothing)
+    ignore_index = _validate.ignore_index(ignore_index)
     n, c = logits.shape
     _validate.class_weight(weight, c)
     class_indices = np.dtype(target.dtype).kind in "iu"
@@ -92,9 +103,9 @@ def softmax_cross_entropy(
     if n == 0:
         grad[...] = 0
         return xp.zeros((0,) if reduction == "none" else (), acc), grad
-    labels = target.astype(np.int64, copy=False) if class_indices else None
+    labels = _int64_labels(xp, target) if class_indices else None
     if class_indices and validate:
-        _validate.class_indices(xp, labels, c, ignore_index)
+        _validate.class_indices(xp, labels, c, ignore_index, target)
 
     ops = call.ops("softmax_xent")
     w = xp.empty(0, acc) if weight is None else weight.astype(acc, copy=False)
@@ -104,6 +115,8 @@ def softmax_cross_entropy(
             row_weight = xp.empty(n, acc)
             ops.label_row_weights(labels, w, row_weight, ignore_index, c)
             divisor = canonical_sum(call, row_weight)
+            if weight is not None:
+                divisor = _weighted_mean_divisor(xp, divisor, labels, ignore_index, c)
         else:
             divisor = xp.full((), n, acc)
         scale = safe_divide(xp, scale, divisor)
@@ -122,3 +135,27 @@ def softmax_cross_entropy(
     if reduction == "mean":
         total = safe_divide(xp, total, divisor)
     return xp.asarray(total), grad
+
+
+def _int64_labels(xp, target):
+    """Class indices as int64; uint64 ones past int64's range are clipped to its largest value
+    first (they would wrap to negative numbers, even to ``ignore_index``), so that they stay
+    out of range."""
+    if np.dtype(target.dtype) == np.uint64:
+        target = xp.minimum(target, np.uint64(_validate.INT64_MAX))
+    return target.astype(np.int64, copy=False)
+
+
+def _weighted_mean_divisor(xp, weight_sum, labels, ignore_index: int, num_classes: int):
+    """The weighted mean's divisor, a 0-d array on the data's device (nothing read back).
+
+    No row taking part (every row ignored): 1, so the mean is 0 with a zero gradient. Rows
+    taking part whose class weights sum to 0: NaN, so the loss and those rows' gradients are
+    NaN as PyTorch's 0/0 makes them. Otherwise the weight sum.
+    """
+    taking_part = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
+    rows = xp.asarray(xp.count_nonzero(taking_part))
+    nan = xp.full((), np.nan, weight_sum.dtype)
+    return xp.where(rows == 0, 1, xp.where(weight_sum == 0, nan, weight_sum)).astype(
+        weight_sum.dtype
+    )

@@ -1,43 +1,85 @@
 """Argument checks, in one place, run before dispatch so both backends raise the same errors.
 
 Every message names the argument and says what was expected. ``TypeError`` is for what an
-argument *is* (not an array, a wrong dtype, a foreign array library); ``ValueError`` for what
-it *holds* (shapes, dimensions, option values, class indices).
+argument *is* (not an array, an ndarray subclass, a wrong dtype, a read-only ``out``, a foreign
+array library); ``ValueError`` for what it *holds* (shapes, dimensions, option values, class
+indices, an ``out`` overlapping an input). Checks read arrays' metadata only, O(1) per
+argument, except the class-index checks, which read the labels (on the device).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from ._dtypes import NAMES as FLOAT_NAMES
 from ._dtypes import STORAGE as FLOAT_DTYPES
+from ._kinds import MAX_TERMS, TermKind
 from ._kinds import NAMES as KIND_NAMES
-from ._kinds import TermKind
 
 REDUCTIONS = ("mean", "sum", "none")
-SCALAR_ALLOWED = frozenset({"grad_output"})
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Exact array types taken from NumPy: np.matrix would be reshaped to 2-D and written past its
+# end, a masked array's mask would be silently ignored, and other subclasses may change
+# indexing or arithmetic. A memmap is a plain ndarray over a file.
+NUMPY_TYPES = (np.ndarray, np.memmap)
 
 
-def array_library(name: str, x) -> str:
+def is_number(x) -> bool:
+    """A plain real number (Python or NumPy, not a bool): what a scalar option may be."""
+    return isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool)
+
+
+def array_library(name: str, x, number_ok: bool = False) -> str:
     """``"numpy"`` for a NumPy array, ``"cuda"`` for a CUDA array; TypeError otherwise."""
-    if isinstance(x, np.ndarray):
+    if type(x) in NUMPY_TYPES:
         return "numpy"
+    if isinstance(x, np.ndarray):
+        masked = isinstance(x, np.ma.MaskedArray)
+        raise TypeError(
+            f"{name} must be a plain NumPy array (np.ndarray), got the subclass "
+            f"{type(x).__module__}.{type(x).__name__}: pass np.asarray({name})"
+            + (
+                " (its mask would be ignored: fill or select the masked elements first)"
+                if masked
+                else ""
+            )
+        )
     if hasattr(x, "__cuda_array_interface__"):
         return "cuda"
-    raise TypeError(f"{name} must be a NumPy array or a CUDA array (CuPy), got {type(x).__name__}")
+    expected = (
+        "a NumPy array, a CUDA array (CuPy) or a real number"
+        if number_ok
+        else "a NumPy array or a CUDA array (CuPy)"
+    )
+    raise TypeError(f"{name} must be {expected}, got {type(x).__name__}")
 
 
-def common_library(arrays: dict[str, object]) -> str:
-    """The one array library of the named arrays (``None`` values are skipped).
+def common_library(
+    required: dict[str, object],
+    optional: dict[str, object] | None = None,
+    numbers: tuple[str, ...] = (),
+) -> str:
+    """The one array library of a call's arrays; every check of what an argument *is*.
 
-    Mixing NumPy and CUDA arrays, or CUDA arrays on different devices, is a TypeError.
-    Arguments named in ``SCALAR_ALLOWED`` may also be plain numbers, which are skipped.
+    ``required`` arguments must be arrays; ``optional`` ones may also be ``None``; those named
+    in ``numbers`` may also be plain real numbers (skipped here). An argument named ``out``
+    must be writable. Mixing NumPy and CUDA arrays, or CUDA arrays on different devices, is a
+    TypeError.
     """
+    optional = {} if optional is None else optional
     first_name, first_lib, first_device = None, None, None
-    for name, x in arrays.items():
-        if x is None or (name in SCALAR_ALLOWED and isinstance(x, int | float | np.number)):
+    for name, x in {**required, **optional}.items():
+        if x is None and name in optional:
             continue
-        lib = array_library(name, x)
+        if name in numbers and is_number(x):
+            continue
+        lib = array_library(name, x, number_ok=name in numbers)
+        if name == "out":
+            writable("out", x, lib)
         device = device_id(x) if lib == "cuda" else None
         if first_name is None:
             first_name, first_lib, first_device = name, lib, device
@@ -50,7 +92,108 @@ def common_library(arrays: dict[str, object]) -> str:
             raise TypeError(
                 f"{name} is on CUDA device {device} but {first_name} is on device {first_device}"
             )
+    if first_lib is None:
+        raise TypeError(f"{', '.join(required)} must be arrays, got none")
     return first_lib
+
+
+def writable(name: str, out, library: str) -> None:
+    """``out`` can be written: a read-only array (NumPy's flag, or the read-only bit of
+    ``__cuda_array_interface__``) is a TypeError, not a failure inside a kernel."""
+    if library == "numpy":
+        readonly = not out.flags.writeable
+    else:
+        readonly = bool(out.__cuda_array_interface__["data"][1])
+    if readonly:
+        raise TypeError(f"{name} is read-only: pass a writable array to write the result into")
+
+
+def _layout(x) -> tuple[int, tuple[int, ...], tuple[int, ...], np.dtype]:
+    """``(pointer, shape, strides, dtype)`` of an array's memory, read from its metadata only
+    (no copy, no device synchronisation)."""
+    shape = tuple(x.shape)
+    if isinstance(x, np.ndarray):
+        return x.__array_interface__["data"][0], shape, tuple(x.strides), np.dtype(x.dtype)
+    memory = getattr(x, "data", None)
+    pointer, strides = getattr(memory, "ptr", None), getattr(x, "strides", None)  # CuPy
+    dtype = getattr(x, "dtype", None)
+    if pointer is None or strides is None or dtype is None:
+        interface = x.__cuda_array_interface__
+        pointer, strides = interface["data"][0], interface.get("strides")
+        dtype = np.dtype(interface["typestr"])
+    dtype = np.dtype(dtype)
+    if strides is None:  # C-contiguous
+        strides, step = [], dtype.itemsize
+        for n in reversed(shape):
+            strides.insert(0, step)
+            step *= max(n, 1)
+    return pointer, shape, tuple(strides), dtype
+
+
+def _extent(layout) -> tuple[int, int]:
+    """``[low, high)``: the bytes an array's elements span (empty for an empty array)."""
+    pointer, shape, strides, dtype = layout
+    if 0 in shape:
+        return pointer, pointer
+    low = high = pointer
+    for n, stride in zip(shape, strides, strict=True):
+        if stride < 0:
+            low += (n - 1) * stride
+        else:
+            high += (n - 1) * stride
+    return low, high + dtype.itemsize
+
+
+def _same_memory(a, b) -> bool:
+    """The same elements at the same addresses (strides of length-1 axes do not matter)."""
+    pa, shape, sa, da = a
+    pb, shape_b, sb, db = b
+    return (
+        pa == pb
+        and shape == shape_b
+        and da == db
+        and all(x == y for n, x, y in zip(shape, sa, sb, strict=True) if n > 1)
+    )
+
+
+def out_overlap(out, inputs: dict[str, object], in_place: tuple[str, ...] = ()) -> None:
+    """``out`` shares no memory with the inputs, except that it may be one of ``in_place``
+    itself (same memory, shape, strides and dtype: an in-place result).
+
+    Decided in O(1) per array from the byte ranges the arrays span (like
+    ``np.may_share_memory``), so two arrays that interleave without sharing an element count
+    as overlapping.
+    """
+    if out is None:
+        return
+    host = isinstance(out, np.ndarray)
+    out_layout = None if host else _layout(out)
+    for name, x in inputs.items():
+        if name == "out" or x is None or is_number(x) or (x is out and name in in_place):
+            continue
+        if host:  # NumPy's own bounds test (max_work=0: the byte ranges only), in C
+            if not np.may_share_memory(out, x, max_work=0):
+                continue
+            out_layout = _layout(out)
+            layout = _layout(x)
+        else:
+            layout = _layout(x)
+            low, high = _extent(out_layout)
+            x_low, x_high = _extent(layout)
+            if low == high or x_low == x_high or x_high <= low or high <= x_low:
+                continue
+        if name in in_place:
+            if _same_memory(out_layout, layout):
+                continue
+            raise ValueError(
+                f"out partly overlaps {name} in memory: out must be {name} itself (the same "
+                f"memory, shape, strides and dtype, for an in-place result) or not share "
+                f"memory with it"
+            )
+        raise ValueError(
+            f"out overlaps {name} in memory: out must not share memory with {name}"
+            + (f" (it may be {' or '.join(in_place)} itself)" if in_place else "")
+        )
 
 
 def device_id(x) -> int | None:
@@ -98,9 +241,9 @@ def out_array(out, shape: tuple[int, ...], dtype: np.dtype, library: str) -> Non
 
 def grad_output(value, reduction: str, loss_shape: tuple[int, ...]) -> None:
     """A scalar for reduced losses; a scalar or an array of the loss's shape for ``"none"``."""
-    if value is None or isinstance(value, int | float | np.number):
+    if value is None or is_number(value):
         return
-    array_library("grad_output", value)
+    array_library("grad_output", value, number_ok=True)
     float_array("grad_output", value)
     size = int(np.prod(value.shape))
     if reduction == "none":
@@ -116,31 +259,49 @@ def grad_output(value, reduction: str, loss_shape: tuple[int, ...]) -> None:
         )
 
 
-def class_indices(xp, labels, num_classes: int, ignore_index: int) -> None:
+def class_indices(xp, labels, num_classes: int, ignore_index: int, target=None) -> None:
     """Every label is in ``[0, num_classes)`` or equal to ``ignore_index``.
 
-    On a GPU the check runs there and costs one small device-to-host read.
+    ``labels`` are the int64 labels; ``target`` the caller's array, for the message. On a GPU
+    the check runs there and costs one small device-to-host read.
     """
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
     if bool(bad.any()):
         first = int(xp.argmax(bad))
+        value = int((labels if target is None else target)[first])
         raise ValueError(
-            f"target holds class index {int(labels[first])} at row {first}, outside "
+            f"target holds class index {value} at row {first}, outside "
             f"[0, {num_classes}) and not ignore_index={ignore_index}"
         )
 
 
-def positive_number(name: str, value) -> None:
-    """``value`` is a real number (not a bool), finite and > 0."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+def integer(name: str, value) -> int:
+    """A Python or NumPy integer (not a bool), as an ``int``."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    return int(value)
 
 
-def label_smoothing(value: float) -> None:
-    if not 0.0 <= value <= 1.0:
+def ignore_index(value) -> int:
+    """An integer that fits int64 (the labels' dtype in the kernels)."""
+    value = integer("ignore_index", value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"ignore_index must fit int64 [-2**63, 2**63 - 1], got {value}")
+    return value
+
+
+def real_number(name: str, value) -> float:
+    """A Python or NumPy real number (not a bool), as a ``float``."""
+    if not is_number(value):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def label_smoothing(value) -> float:
+    value = real_number("label_smoothing", value)
+    if not 0.0 <= value <= 1.0:  # NaN fails too
         raise ValueError(f"label_smoothing must be in [0, 1], got {value}")
+    return value
 
 
 def class_weight(weight, num_classes: int) -> None:
@@ -173,64 +334,113 @@ def axis(value, ndim_: int) -> None:
         raise ValueError("axis=0 is out of range for a 0-d array")
 
 
-def column_range(name: str, columns, width: int) -> tuple[int, int]:
-    """``(start, stop)`` of a step-1, non-empty column slice of an array ``width`` wide."""
-    if not isinstance(columns, slice):
-        raise TypeError(f"{name} must be a slice of columns, got {type(columns).__name__}")
-    start, stop, step = columns.indices(width)
-    if step != 1 or stop <= start:
-        raise ValueError(
-            f"{name} must select at least one column with step 1 out of {width}, got {columns}"
-        )
-    return start, stop
+class ResolvedTerm(NamedTuple):
+    """A validated ``LossTerm``: its kind, its column ranges ``(start, stop)`` of ``pred`` and
+    ``target``, its ``only_where`` column (-1 for every row), weight and Huber delta."""
+
+    kind: TermKind
+    columns: tuple[int, int]
+    target_columns: tuple[int, int]
+    only_where: int
+    weight: float
+    delta: float
 
 
-def loss_terms(terms, pred_width: int, target_width: int) -> list[tuple]:
-    """Resolve ``LossTerm``s to ``(kind_code, cols, tcols, only_where, weight)`` tuples."""
-    if len(terms) == 0:
-        raise ValueError("terms must hold at least one LossTerm")
-    resolved = []
-    for k, term in enumerate(terms):
-        where = f"terms[{k}]"
-        if term.kind not in KIND_NAMES:
-            raise ValueError(
-                f"{where}.kind must be one of {', '.join(KIND_NAMES)}, got {term.kind!r}"
-            )
-        cols = column_range(f"{where}.columns", term.columns, pred_width)
-        tsel = term.columns if term.target_columns is None else term.target_columns
-        tcols = column_range(f"{where}.target_columns", tsel, target_width)
-        width, twidth = cols[1] - cols[0], tcols[1] - tcols[0]
-        one_index_column = term.kind == "softmax_cross_entropy" and twidth == 1 and width > 1
-        if twidth != width and not one_index_column:
-            raise ValueError(
-                f"{where}.target_columns selects {twidth} columns but columns selects {width}"
-                + (
-                    " (softmax_cross_entropy takes 1 class-index column or one per class)"
-                    if term.kind == "softmax_cross_entropy"
-                    else ""
-                )
-            )
-        only = term.only_where
-        if only is not None and not (isinstance(only, int) and 0 <= only < target_width):
-            raise ValueError(
-                f"{where}.only_where must be a target column in [0, {target_width}), got {only!r}"
-            )
-        resolved.append(
-            (
-                TermKind.from_name(term.kind),
-                cols,
-                tcols,
-                -1 if only is None else only,
-                float(term.weight),
-                float(term.delta),
-            )
-        )
+def _bound(name: str, value, width: int, default: int) -> int:
+    """One bound of a column slice, negative ones counted from the end; inside [0, width]."""
+    if value is None:
+        return default
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} bounds must be integers, got {type(value).__name__} {value!r}")
+    resolved = int(value) + width if value < 0 else int(value)
+    if not 0 <= resolved <= width:
+        raise ValueError(f"{name} bound {value} is outside the {width} columns")
     return resolved
 
 
-def class_index_column(xp, column, num_classes: int, name: str) -> None:
-    """A float target column that holds class indices: whole numbers in ``[0, num_classes)``."""
+def column_range(name: str, columns, width: int) -> tuple[int, int]:
+    """``(start, stop)`` of a step-1, non-empty column slice inside an array ``width`` wide.
+
+    Unlike ``slice.indices`` nothing is clamped: a bound past the columns is a ValueError.
+    """
+    if not isinstance(columns, slice):
+        raise TypeError(f"{name} must be a slice of columns, got {type(columns).__name__}")
+    if columns.step is not None and (isinstance(columns.step, bool) or columns.step != 1):
+        raise ValueError(f"{name} must have step 1, got {columns}")
+    start = _bound(name, columns.start, width, 0)
+    stop = _bound(name, columns.stop, width, width)
+    if stop <= start:
+        raise ValueError(f"{name} must select at least one of the {width} columns, got {columns}")
+    return start, stop
+
+
+def loss_terms(terms, pred_width: int, target_width: int) -> list[ResolvedTerm]:
+    """Resolve a sequence of ``LossTerm`` to ``ResolvedTerm``s, checking every field.
+
+    A bad field is named as ``terms[k].field``. At most ``MAX_TERMS`` terms (the CUDA
+    kernel keeps per-term statistics in a fixed-size local array).
+    """
+    from ._composite_loss import LossTerm  # the dataclass lives with its public function
+
+    if not isinstance(terms, Sequence) or isinstance(terms, str):
+        raise TypeError(
+            f"terms must be a sequence (list or tuple) of LossTerm, got {type(terms).__name__}"
+        )
+    if len(terms) == 0:
+        raise ValueError("terms must hold at least one LossTerm")
+    if len(terms) > MAX_TERMS:
+        raise ValueError(f"terms must hold at most {MAX_TERMS} LossTerms, got {len(terms)}")
+    return [_loss_term(k, term, pred_width, target_width, LossTerm) for k, term in enumerate(terms)]
+
+
+def _loss_term(k: int, term, pred_width: int, target_width: int, loss_term_type) -> ResolvedTerm:
+    where = f"terms[{k}]"
+    if not isinstance(term, loss_term_type):
+        raise TypeError(f"terms must hold LossTerms, but {where} is a {type(term).__name__}")
+    if not isinstance(term.kind, str):
+        raise TypeError(f"{where}.kind must be a str, got {type(term.kind).__name__}")
+    if term.kind not in KIND_NAMES:
+        raise ValueError(f"{where}.kind must be one of {', '.join(KIND_NAMES)}, got {term.kind!r}")
+    kind = TermKind.from_name(term.kind)
+    cols = column_range(f"{where}.columns", term.columns, pred_width)
+    tsel = term.columns if term.target_columns is None else term.target_columns
+    tcols = column_range(f"{where}.target_columns", tsel, target_width)
+    width, twidth = cols[1] - cols[0], tcols[1] - tcols[0]
+    cross_entropy = kind == TermKind.SOFTMAX_CROSS_ENTROPY
+    if twidth != width and not (cross_entropy and twidth == 1):
+        raise ValueError(
+            f"{where}.target_columns selects {twidth} columns but {where}.columns selects {width}"
+            + (
+                " (softmax_cross_entropy takes 1 class-index column or one per class)"
+                if cross_entropy
+                else ""
+            )
+        )
+    only = term.only_where
+    if only is not None:
+        only = integer(f"{where}.only_where", only)
+        if not 0 <= only < target_width:
+            raise ValueError(
+                f"{where}.only_where must be a target column in [0, {target_width}), got {only}"
+            )
+    weight = real_number(f"{where}.weight", term.weight)
+    if not math.isfinite(weight):
+        raise ValueError(f"{where}.weight must be finite, got {weight}")
+    delta = real_number(f"{where}.delta", term.delta)
+    if not (math.isfinite(delta) and delta > 0):
+        raise ValueError(f"{where}.delta must be a finite number > 0, got {delta}")
+    return ResolvedTerm(kind, cols, tcols, -1 if only is None else only, weight, delta)
+
+
+def class_index_column(xp, column, num_classes: int, name: str, selected=None) -> None:
+    """A float target column that holds class indices: whole numbers in ``[0, num_classes)``
+    on the rows a term reads (``selected != 0`` where ``selected`` is given).
+
+    On a GPU the check runs there and costs one small device-to-host read.
+    """
     bad = (column != xp.floor(column)) | (column < 0) | (column >= num_classes)
+    if selected is not None:
+        bad &= selected != 0
     if bool(bad.any()):
         row = int(xp.argmax(bad))
         raise ValueError(
