@@ -658,10 +658,3 @@ def test_composite_without_validation_reads_nothing_back(backend, monkeypatch):
     assert_close(grad[rows, 1:4], expected / N, np.float64)
     sig = 1.0 / (1.0 + np.exp(-pred[:, 0]))
     assert_close(grad[:, 0], (sig - target[:, 0]) / N, np.float64)
-
-
-def test_huber_terms_are_refused_until_the_kernels_compute_them(backend):
-    """The composite kernels would run another kind's maths on kind 3: refused, not wrong."""
-    pred, target = box_data()
-    with pytest.raises(NotImplementedError, match="huber"):
-        gk.composite_loss(pred, target, [gk.LossTerm("huber", slice(0, 2), delta=0.5)])

@@ -1,0 +1,321 @@
+"""PyTorch: tensors at the array level, and ``gpukernels.torch``'s autograd losses against
+``torch.nn.functional`` (loss and ``input.grad``), ``gradcheck``, ``torch.compile`` and a
+short training run. CPU tensors here; CUDA tensors in tests/test_gpu.py."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+import gpukernels as gk  # noqa: E402
+import gpukernels.torch as gkt  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("cpu_backend")
+
+# (rtol, atol) of a result against float64 PyTorch, per input dtype
+TOL = {
+    torch.float64: (1e-10, 1e-12),
+    torch.float32: (2e-5, 2e-6),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1e-2, 1e-2),
+}
+
+
+def close(got, want, dtype):
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(got.double(), want.double(), rtol=rtol, atol=atol)
+
+
+def ce_case(gen, dtype, n=13, c=7):
+    logits = (3 * torch.randn(n, c, generator=gen, dtype=torch.float64)).to(dtype)
+    labels = torch.randint(0, c, (n,), generator=gen)
+    labels[::4] = -100
+    weight = torch.rand(c, generator=gen, dtype=torch.float64) + 0.5
+    return logits, labels, weight
+
+
+# ----------------------------------------------------------------------- array level
+
+
+def test_tensors_in_tensors_out():
+    gen = torch.Generator().manual_seed(0)
+    logits, labels, _ = ce_case(gen, torch.float32)
+    loss, grad = gk.softmax_cross_entropy(logits, labels)
+    assert type(loss) is torch.Tensor and type(grad) is torch.Tensor
+    assert loss.shape == () and grad.shape == logits.shape and grad.dtype == torch.float32
+    want_loss, want_grad = gk.softmax_cross_entropy(logits.numpy(), labels.numpy())
+    np.testing.assert_array_equal(loss.numpy(), want_loss)
+    np.testing.assert_array_equal(grad.numpy(), want_grad)
+    for result in (gk.sigmoid(logits), gk.batch_sum(logits, axis=0), gk.mse(logits, logits)[1]):
+        assert type(result) is torch.Tensor
+
+
+def test_out_tensor_is_written_in_place_without_a_copy():
+    gen = torch.Generator().manual_seed(1)
+    logits, labels, _ = ce_case(gen, torch.float32)
+    want = gk.softmax_cross_entropy(logits.clone(), labels)[1]
+    out = torch.full_like(logits, float("nan"))
+    _, grad = gk.softmax_cross_entropy(logits, labels, out=out)
+    assert grad is out
+    torch.testing.assert_close(out, want)
+    pointer = logits.data_ptr()
+    _, grad = gk.softmax_cross_entropy(logits, labels, out=logits)
+    assert grad is logits and logits.data_ptr() == pointer
+    torch.testing.assert_close(logits, want)
+
+
+def test_requires_grad_tensors_are_read_without_autograd():
+    x = torch.randn(5, 3, requires_grad=True)
+    y = gk.sigmoid(x)
+    assert not y.requires_grad
+    torch.testing.assert_close(y, torch.sigmoid(x.detach()))
+
+
+def test_mixing_tensors_and_numpy_is_a_type_error():
+    with pytest.raises(TypeError):
+        gk.mse(torch.ones(3), np.ones(3, np.float32))
+
+
+def test_bfloat16_tensors():
+    gen = torch.Generator().manual_seed(2)
+    logits, labels, _ = ce_case(gen, torch.bfloat16)
+    loss, grad = gk.softmax_cross_entropy(logits, labels)
+    assert loss.dtype == torch.float32 and grad.dtype == torch.bfloat16
+    x = logits.double().requires_grad_()
+    want = F.cross_entropy(x, labels)
+    want.backward()
+    close(loss, want, torch.bfloat16)
+    # the gradient is rounded once from float32: within half a bfloat16 ulp of float64
+    exact = x.grad.float()
+    ulp = torch.where(
+        exact == 0, torch.zeros_like(exact), 2.0 ** (torch.floor(torch.log2(exact.abs())) - 7)
+    )
+    assert ((grad.float() - exact).abs() <= ulp / 2 + 1e-12).all()
+
+
+# ----------------------------------------------------------------------- autograd losses
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("options", ["plain", "weighted", "smoothed"])
+def test_cross_entropy_matches_torch(dtype, reduction, options):
+    gen = torch.Generator().manual_seed(3)
+    logits, labels, weight = ce_case(gen, dtype)
+    kwargs = {"reduction": reduction}
+    if options == "weighted":
+        kwargs["weight"] = weight
+    if options == "smoothed":
+        kwargs["label_smoothing"] = 0.15
+    upstream = torch.rand(13, generator=gen, dtype=torch.float64) if reduction == "none" else None
+    mine_x = logits.clone().requires_grad_()
+    w = kwargs.get("weight")
+    mine = gkt.cross_entropy(
+        mine_x, labels, **{**kwargs, "weight": None if w is None else w.to(dtype)}
+    )
+    ref_x = logits.double().requires_grad_()
+    ref = F.cross_entropy(ref_x, labels, **kwargs)
+    close(mine, ref, dtype)
+    if upstream is None:
+        mine.backward()
+        ref.backward()
+    else:
+        mine.backward(upstream.to(mine.dtype))
+        ref.backward(upstream)
+    assert mine_x.grad.dtype == dtype
+    close(mine_x.grad, ref_x.grad, dtype)
+
+
+def test_cross_entropy_with_probabilities():
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    probs = torch.softmax(torch.randn(6, 5, generator=gen, dtype=torch.float64), -1)
+    gkt.cross_entropy(logits, probs, label_smoothing=0.1).backward()
+    ref_x = logits.detach().clone().requires_grad_()
+    F.cross_entropy(ref_x, probs, label_smoothing=0.1).backward()
+    close(logits.grad, ref_x.grad, torch.float64)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_elementwise_losses_match_torch(reduction):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    y = torch.rand(4, 6, generator=gen, dtype=torch.float64)
+    w, pw = torch.rand(6, dtype=torch.float64) + 0.5, torch.rand(6, dtype=torch.float64) + 0.5
+    cases = [
+        (
+            lambda a: gkt.binary_cross_entropy_with_logits(a, y, w, reduction, pw),
+            lambda a: F.binary_cross_entropy_with_logits(
+                a, y, w, reduction=reduction, pos_weight=pw
+            ),
+        ),
+        (lambda a: gkt.mse_loss(a, y, reduction), lambda a: F.mse_loss(a, y, reduction=reduction)),
+        (
+            lambda a: gkt.huber_loss(a, y, reduction, 0.3),
+            lambda a: F.huber_loss(a, y, reduction=reduction, delta=0.3),
+        ),
+    ]
+    upstream = torch.rand(4, 6, dtype=torch.float64) if reduction == "none" else None
+    for mine_fn, ref_fn in cases:
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        mine, ref = mine_fn(a), ref_fn(b)
+        close(mine, ref, torch.float64)
+        mine.backward(upstream)
+        ref.backward(upstream)
+        close(a.grad, b.grad, torch.float64)
+
+
+def test_modules_are_drop_in():
+    gen = torch.Generator().manual_seed(6)
+    logits, labels, weight = ce_case(gen, torch.float64)
+    pairs = [
+        (
+            gkt.CrossEntropyLoss(weight=weight, label_smoothing=0.1),
+            torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1),
+            labels,
+        ),
+        (
+            gkt.BCEWithLogitsLoss(pos_weight=weight),
+            torch.nn.BCEWithLogitsLoss(pos_weight=weight),
+            torch.rand(13, 7, generator=gen, dtype=torch.float64),
+        ),
+        (gkt.MSELoss(reduction="sum"), torch.nn.MSELoss(reduction="sum"), logits.flip(0)),
+        (gkt.HuberLoss(delta=0.5), torch.nn.HuberLoss(delta=0.5), logits.flip(0)),
+    ]
+    for mine, ref, target in pairs:
+        close(mine(logits, target), ref(logits, target), torch.float64)
+
+
+def test_composite_loss_matches_torch():
+    gen = torch.Generator().manual_seed(7)
+    pred = torch.randn(9, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.cat(
+        [torch.randint(0, 2, (9, 1), generator=gen), torch.randn(9, 4, generator=gen)], 1
+    ).double()
+    terms = [
+        gk.LossTerm("bce_with_logits", slice(0, 1)),
+        gk.LossTerm("huber", slice(1, 5), only_where=0, delta=0.5, weight=2.0),
+    ]
+    gkt.composite_loss(pred, target, terms).backward()
+    ref_x = pred.detach().clone().requires_grad_()
+    rows = target[:, 0] != 0
+    ref = F.binary_cross_entropy_with_logits(ref_x[:, 0], target[:, 0]) + 2.0 * F.huber_loss(
+        ref_x[rows, 1:5], target[rows, 1:5], delta=0.5
+    )
+    ref.backward()
+    close(pred.grad, ref_x.grad, torch.float64)
+
+
+def test_gradcheck():
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(4, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 3, -100, 4])
+    y = torch.rand(4, 5, generator=gen, dtype=torch.float64)
+    w = torch.rand(5, generator=gen, dtype=torch.float64) + 0.5
+    for fn in (
+        lambda a: gkt.cross_entropy(a, labels, w, label_smoothing=0.2),
+        lambda a: gkt.cross_entropy(a, labels, reduction="none"),
+        lambda a: gkt.cross_entropy(a, torch.softmax(y, -1)),
+        lambda a: gkt.binary_cross_entropy_with_logits(a, y, reduction="sum"),
+        lambda a: gkt.mse_loss(a, y, reduction="none"),
+        lambda a: gkt.huber_loss(a, y, delta=0.4),
+    ):
+        assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-7)
+
+
+def test_second_derivative_raises():
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    loss = gkt.cross_entropy(x, torch.tensor([0, 1, 2]))
+    with pytest.raises(RuntimeError, match="once differentiable"):
+        torch.autograd.grad(loss, x, create_graph=True)
+
+
+# ----------------------------------------------------------------------- in place
+
+
+def test_inplace_backward_writes_the_gradient_over_the_input():
+    gen = torch.Generator().manual_seed(9)
+    base = torch.randn(6, 5, generator=gen, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    logits = base * 2.0  # not a leaf: its memory may be reused
+    pointer = logits.data_ptr()
+    loss = gkt.cross_entropy(logits, labels, inplace_backward=True)
+    loss.backward(torch.tensor(3.0))
+    ref_x = base.detach().clone().requires_grad_()
+    (3.0 * F.cross_entropy(ref_x * 2.0, labels)).backward()
+    close(base.grad, ref_x.grad, torch.float32)
+    assert logits.data_ptr() == pointer
+
+
+def test_inplace_backward_misuse_raises():
+    labels = torch.tensor([0, 1, 2])
+    leaf = torch.randn(3, 4, requires_grad=True)
+    with pytest.raises(RuntimeError):  # a leaf that requires grad cannot be overwritten
+        gkt.cross_entropy(leaf, labels, inplace_backward=True)
+    x = torch.randn(3, 4, requires_grad=True)
+    logits = x.exp()  # exp saves its output for backward
+    loss = gkt.cross_entropy(logits, labels, inplace_backward=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+# ----------------------------------------------------------------------- torch.compile
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compile_fullgraph(backend):
+    gen = torch.Generator().manual_seed(10)
+    layer = torch.nn.Linear(8, 5).double()
+    x = torch.randn(16, 8, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 5, (16,), generator=gen)
+    y = torch.rand(16, 5, generator=gen, dtype=torch.float64)
+
+    def step(inputs):
+        logits = layer(inputs)
+        return gkt.cross_entropy(logits, labels, label_smoothing=0.1) + gkt.mse_loss(logits, y)
+
+    compiled = torch.compile(step, fullgraph=True, backend=backend)
+    loss = compiled(x)
+    loss.backward()
+    got = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    logits = layer(x)
+    want = F.cross_entropy(logits, labels, label_smoothing=0.1) + F.mse_loss(logits, y)
+    want.backward()
+    close(loss, want, torch.float64)
+    for g, p in zip(got, layer.parameters(), strict=True):
+        close(g, p.grad, torch.float64)
+
+
+# ----------------------------------------------------------------------- training
+
+
+def test_training_follows_the_same_loss_curve():
+    """A small classifier trained for 40 SGD steps with our loss and with PyTorch's, from
+    the same start: the two loss curves agree step by step, and the loss falls."""
+
+    def train(loss_fn):
+        torch.manual_seed(11)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(10, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4)
+        )
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        gen = torch.Generator().manual_seed(12)
+        centres = torch.randn(4, 10, generator=gen) * 2
+        curve = []
+        for _ in range(40):
+            labels = torch.randint(0, 4, (64,), generator=gen)
+            x = centres[labels] + torch.randn(64, 10, generator=gen)
+            opt.zero_grad()
+            loss = loss_fn(model(x), labels)
+            loss.backward()
+            opt.step()
+            curve.append(loss.item())
+        return np.array(curve)
+
+    mine = train(lambda z, y: gkt.cross_entropy(z, y, label_smoothing=0.05))
+    ref = train(lambda z, y: F.cross_entropy(z, y, label_smoothing=0.05))
+    np.testing.assert_allclose(mine, ref, rtol=1e-4)
+    assert mine[-5:].mean() < 0.5 * mine[:5].mean()
