@@ -1,8 +1,8 @@
 """CPU twins of the gpukernels CUDA kernels: ``prange`` loops over rows or tiles.
 
 Each module has the name and the launcher signatures of its CUDA twin in ``gpukernels``
-(see docs/BACKENDS.md). Numba's CPU target has no float16, so launchers compute float16
-data in float32 copies and round into the caller's float16 buffers at the end.
+(see docs/BACKENDS.md). Numba's CPU target has no float16 or bfloat16, so launchers compute
+16-bit data in float32 copies and round into the caller's 16-bit buffers at the end.
 """
 
 from types import FunctionType
@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from gpukernels._dtypes import WIDENED
 from gpukernels._scalar import ONE
 
 from ._cache import CACHE
@@ -59,17 +60,18 @@ def _renamed(fn: FunctionType, name: str) -> FunctionType:
 
 
 def compute_view(x: np.ndarray) -> np.ndarray:
-    """``x``, or a float32 copy of it when it is float16."""
-    return x.astype(np.float32) if x.dtype == np.float16 else x
+    """``x``, or a float32 copy of it when it is 16-bit (float16, bfloat16)."""
+    return x.astype(np.float32) if x.dtype in WIDENED else x
 
 
 def output_view(out: np.ndarray) -> np.ndarray:
     """``out``, or a float32 stand-in to be rounded into it by :func:`store`."""
-    return np.empty(out.shape, np.float32) if out.dtype == np.float16 else out
+    return np.empty(out.shape, np.float32) if out.dtype in WIDENED else out
 
 
 def store(buffer: np.ndarray, out: np.ndarray) -> None:
-    """Round a float32 stand-in into its float16 ``out`` (nothing to do otherwise)."""
+    """Round a float32 stand-in into its 16-bit ``out``, once, to nearest even (nothing to
+    do otherwise)."""
     if buffer is not out:
         out[...] = buffer
 

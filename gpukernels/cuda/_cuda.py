@@ -18,9 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 from numba import cuda
 from numba.core import types
+from numba.cuda import libdevice
 from numba.np import numpy_support
 
-from .._dtypes import ACCUMULATORS, STORAGE, accumulation_dtype
+from .._dtypes import ACCUMULATORS, BFLOAT16, accumulation_dtype
+from .._dtypes import STORAGE as STORAGE
 from .._env import SIMULATOR as SIMULATOR
 
 try:
@@ -73,7 +75,6 @@ SIMULATOR_POLICY = LaunchPolicy(
 POLICY: LaunchPolicy = SIMULATOR_POLICY if SIMULATOR else GPU_POLICY
 
 
-STORAGE_TYPES: tuple[types.Float, ...] = tuple(numpy_support.from_dtype(d) for d in STORAGE)
 ACCUMULATOR_TYPES: tuple[types.Float, ...] = tuple(
     numpy_support.from_dtype(d) for d in ACCUMULATORS
 )
@@ -82,6 +83,73 @@ ACCUMULATOR_TYPES: tuple[types.Float, ...] = tuple(
 def accumulator(dtype) -> types.Float:
     """The Numba type kernels for ``dtype`` data compute in (the dtype table's accumulation)."""
     return numpy_support.from_dtype(accumulation_dtype(dtype))
+
+
+def is_bf16(dtype) -> bool:
+    """Whether ``dtype`` is bfloat16 (which kernels see as its 16 bits, ``uint16``)."""
+    return BFLOAT16 is not None and np.dtype(dtype) == BFLOAT16
+
+
+def kernel_type(dtype) -> types.Type:
+    """The Numba element type a kernel sees for arrays of ``dtype``: Numba has no bfloat16,
+    so bfloat16 arrays arrive as their bits (``uint16``)."""
+    return types.uint16 if is_bf16(dtype) else numpy_support.from_dtype(np.dtype(dtype))
+
+
+def bits(x):
+    """``x`` as a kernel takes it: a bfloat16 array as a ``uint16`` view of its memory."""
+    return x.view(np.uint16) if is_bf16(x.dtype) else x
+
+
+@functools.cache
+def element_io(acc, bf16: bool):
+    """``(load, store)`` device functions for the elements of a storage array.
+
+    ``load(v)`` is the element's value in ``acc``; ``store(x)`` is what to assign to an
+    element for the value ``x``. For bfloat16 (``bf16``: the elements are ``uint16`` bits)
+    ``load`` widens the bits to float32 and ``store`` rounds a float32 once to nearest even
+    (NaN stays a quiet NaN); otherwise both are plain conversions. The simulator has no
+    libdevice, so there the bits move through NumPy instead.
+    """
+    if not bf16:
+
+        @cuda.jit(device=True)
+        def load(v):
+            return acc(v)
+
+        @cuda.jit(device=True)
+        def store(x):
+            return x
+
+        return load, store
+    if SIMULATOR:
+
+        def load_sim(v):
+            return np.array(np.uint32(v) << np.uint32(16)).view(np.float32)[()]
+
+        def store_sim(x):
+            f = np.float32(x)
+            if f != f:
+                return np.uint16(0x7FC0)
+            b = int(np.array(f).view(np.uint32)[()])
+            return np.uint16((b + 0x7FFF + ((b >> 16) & 1)) >> 16)
+
+        return cuda.jit(device=True)(load_sim), cuda.jit(device=True)(store_sim)
+
+    @cuda.jit(device=True)
+    def load_bits(v):
+        return libdevice.int_as_float(types.int32(types.uint32(v) << types.uint32(16)))
+
+    @cuda.jit(device=True)
+    def store_bits(x):
+        f = types.float32(x)
+        if f != f:
+            return types.uint16(0x7FC0)
+        b = types.uint32(libdevice.float_as_int(f))
+        rounded = b + types.uint32(0x7FFF) + ((b >> types.uint32(16)) & types.uint32(1))
+        return types.uint16(rounded >> types.uint32(16))
+
+    return load_bits, store_bits
 
 
 def _next_pow2(n: int) -> int:

@@ -25,9 +25,13 @@ from .._canon import TILE
 from ._cuda import (
     GPU_POLICY,
     POLICY,
-    STORAGE_TYPES,
+    STORAGE,
     acc_constant,
     accumulator,
+    bits,
+    element_io,
+    is_bf16,
+    kernel_type,
     launch,
     scalar_device,
     tile_grid,
@@ -36,11 +40,12 @@ from .reduce import block_tile_sum, register_fold
 
 
 @functools.cache
-def _elementwise_loss_kernel(element, acc, tpb: int):
+def _elementwise_loss_kernel(element, acc, tpb: int, bf16: bool):
     count = TILE // tpb
     fold, tree = register_fold(acc, count), block_tile_sum(acc, tpb)
     zero, one = acc_constant(acc, 0.0), acc_constant(acc, 1.0)
     leaf = scalar_device(element, acc)
+    load, store = element_io(acc, bf16)
 
     @cuda.jit
     def _elementwise_loss_tiles_kernel(z, y, weight, param, grad_scale, grad, loss, reduce):
@@ -59,8 +64,8 @@ def _elementwise_loss_kernel(element, acc, tpb: int):
                 if i < n:
                     p = acc(param[i % period]) if period > 0 else one
                     w = acc(weight[i]) if has_w else one
-                    li, gi = leaf(acc(z[i]), acc(y[i]), p)
-                    grad[i] = grad_scale[i if per_element else 0] * (w * gi)
+                    li, gi = leaf(load(z[i]), load(y[i]), p)
+                    grad[i] = store(grad_scale[i if per_element else 0] * (w * gi))
                     # rounded to acc here so that the tile sum adds the stored bits
                     value = acc(w * li)
                     if not reduce:
@@ -89,18 +94,20 @@ def loss_and_grad_launcher(element):
         if n == 0:
             return
         tpb = POLICY.tile_threads
-        kernel = _elementwise_loss_kernel(element, accumulator(loss.dtype), tpb)
+        kernel = _elementwise_loss_kernel(
+            element, accumulator(loss.dtype), tpb, is_bf16(pred.dtype)
+        )
         grid = tile_grid(-(-n // TILE))
-        args = (pred, target, weight, param, grad_scale, grad, loss, bool(reduce))
+        args = (bits(pred), bits(target), weight, param, grad_scale, bits(grad), loss, bool(reduce))
         launch(kernel, grid, tpb, 0, *args)
 
     def ptx_signatures():
         """``(kernel, argument types)`` of every launch ``loss_and_grad`` makes on a GPU."""
         sigs = []
-        for dtype in STORAGE_TYPES:
-            acc = accumulator(dtype.name)
-            vec, acc_vec = dtype[::1], acc[::1]
-            kernel = _elementwise_loss_kernel(element, acc, GPU_POLICY.tile_threads)
+        for dtype in STORAGE:
+            acc = accumulator(dtype)
+            vec, acc_vec = kernel_type(dtype)[::1], acc[::1]
+            kernel = _elementwise_loss_kernel(element, acc, GPU_POLICY.tile_threads, is_bf16(dtype))
             args = (vec, vec, acc_vec, acc_vec, acc_vec, vec, acc_vec, types.boolean)
             sigs.append((kernel, args))
         return sigs

@@ -28,10 +28,14 @@ from numba.core import types
 from .. import _kinds, _scalar
 from ._cuda import (
     POLICY,
-    STORAGE_TYPES,
+    STORAGE,
     acc_constant,
     accumulator,
+    bits,
+    element_io,
     grid_for,
+    is_bf16,
+    kernel_type,
     launch,
     scalar_device,
 )
@@ -42,19 +46,20 @@ MAX_TERMS = _kinds.MAX_TERMS  # softmax statistics per term live in a thread's l
 
 
 @functools.cache
-def _kernel(acc):
+def _kernel(acc, bf16: bool):
     zero, one = acc_constant(acc, 0.0), acc_constant(acc, 1.0)
     neg_inf, nan = acc_constant(acc, -math.inf), acc_constant(acc, math.nan)
     online, finish, nll, grad_value = row_maths(acc)
     bce = scalar_device(_scalar.bce_with_logits, acc)
     squared_error = scalar_device(_scalar.squared_error, acc)
     huber = scalar_device(_scalar.huber, acc)
+    load, store = element_io(acc, bf16)
 
     @cuda.jit(device=True)
     def selected(target, i, only_where, k):
         col = only_where[k]
         # in acc: float16/32 != the integer 0 would compare in float64
-        return col < 0 or acc(target[i, col]) != zero
+        return col < 0 or load(target[i, col]) != zero
 
     @cuda.jit(device=True)
     def class_of(target, i, t0, t1, width):
@@ -62,7 +67,7 @@ def _kernel(acc):
         or for a value that is not a whole number in ``[0, width)``; and whether it is one."""
         if t1 - t0 != 1 or width == 1:
             return types.int64(-1), False
-        v = acc(target[i, t0])
+        v = load(target[i, t0])
         if v >= zero and v < acc(width) and v == math.floor(v):
             return types.int64(v), True
         return types.int64(-1), True
@@ -91,26 +96,26 @@ def _kernel(acc):
                     if kinds[k] == _XENT:
                         m, s = neg_inf, zero
                         for c in range(p0, p1):
-                            m, s = online(m, s, acc(pred[i, c]))
+                            m, s = online(m, s, load(pred[i, c]))
                         log_s, row_inv[k] = finish(m, s)
                         row_max[k] = m
                         y, indexed = class_of(target, i, t0, tcols[k, 1], p1 - p0)
                         if indexed:
-                            loss = nll(m, acc(pred[i, p0 + y]), log_s) if y >= 0 else nan
+                            loss = nll(m, load(pred[i, p0 + y]), log_s) if y >= 0 else nan
                         else:
                             total = zero
                             for c in range(p1 - p0):
-                                t = acc(target[i, t0 + c])
-                                loss += t * nll(m, acc(pred[i, p0 + c]), log_s)
+                                t = load(target[i, t0 + c])
+                                loss += t * nll(m, load(pred[i, p0 + c]), log_s)
                                 total += t
                             t_sum[k] = total
                     else:
                         for c in range(p1 - p0):
-                            z, t = acc(pred[i, p0 + c]), acc(target[i, t0 + c])
+                            z, t = load(pred[i, p0 + c]), load(target[i, t0 + c])
                             loss += elementwise(kinds[k], z, t, term_param[k])[0]
                 row_loss[i, k] = loss
             for c in range(pred.shape[1]):  # phase 2: column c read, then written
-                z = acc(pred[i, c])
+                z = load(pred[i, c])
                 g = zero
                 for k in range(num_terms):
                     p0, p1, t0 = cols[k, 0], cols[k, 1], tcols[k, 0]
@@ -119,15 +124,15 @@ def _kernel(acc):
                     if kinds[k] == _XENT:
                         y, indexed = class_of(target, i, t0, tcols[k, 1], p1 - p0)
                         if not indexed:
-                            t = acc(target[i, t0 + c - p0])
+                            t = load(target[i, t0 + c - p0])
                             g += grad_value(term_scale[k], t_sum[k], z, row_max[k], row_inv[k], t)
                         elif y >= 0:
                             a = one if c - p0 == y else zero
                             g += grad_value(term_scale[k], one, z, row_max[k], row_inv[k], a)
                     else:
-                        t = acc(target[i, t0 + c - p0])
+                        t = load(target[i, t0 + c - p0])
                         g += term_scale[k] * elementwise(kinds[k], z, t, term_param[k])[1]
-                grad[i, c] = g
+                grad[i, c] = store(g)
 
     return _composite_rows_kernel
 
@@ -145,21 +150,21 @@ def composite(
     if n == 0:
         return
     threads = POLICY.elementwise_threads
-    kernel = _kernel(accumulator(row_loss.dtype))
+    kernel = _kernel(accumulator(row_loss.dtype), is_bf16(pred.dtype))
     launch(
         kernel,
         grid_for(n, threads),
         threads,
         0,
-        pred,
-        target,
+        bits(pred),
+        bits(target),
         kinds,
         cols,
         tcols,
         only_where,
         term_scale,
         term_param,
-        grad,
+        bits(grad),
         row_loss,
     )
 
@@ -168,10 +173,11 @@ def ptx_signatures():
     """``(kernel, argument types)`` of every launch this module makes on a GPU."""
     i64 = types.int64
     sigs = []
-    for dtype in STORAGE_TYPES:
-        acc = accumulator(dtype.name)
+    for dtype in STORAGE:
+        acc = accumulator(dtype)
+        kernel = _kernel(acc, is_bf16(dtype))
         for layout in ("C", "A"):
-            mat = types.Array(dtype, 2, layout)
+            mat = types.Array(kernel_type(dtype), 2, layout)
             ints = (i64[::1], i64[:, ::1], i64[:, ::1], i64[::1])
-            sigs.append((_kernel(acc), (mat, mat, *ints, acc[::1], acc[::1], mat, acc[:, ::1])))
+            sigs.append((kernel, (mat, mat, *ints, acc[::1], acc[::1], mat, acc[:, ::1])))
     return sigs

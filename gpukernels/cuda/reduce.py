@@ -32,9 +32,13 @@ from ._cuda import (
     GPU_POLICY,
     POLICY,
     SIMULATOR,
-    STORAGE_TYPES,
+    STORAGE,
     acc_constant,
     accumulator,
+    bits,
+    element_io,
+    is_bf16,
+    kernel_type,
     launch,
     tile_grid,
 )
@@ -210,10 +214,11 @@ def group_reducers(acc):
 
 
 @functools.cache
-def _tile_sums_kernel(acc, tpb: int):
+def _tile_sums_kernel(acc, tpb: int, bf16: bool):
     count = TILE // tpb
     fold, tree = register_fold(acc, count), block_tile_sum(acc, tpb)
     zero = acc_constant(acc, 0.0)
+    load = element_io(acc, bf16)[0]
 
     @cuda.jit
     def _tile_sums_kernel(x, out):
@@ -225,7 +230,7 @@ def _tile_sums_kernel(acc, tpb: int):
             first = types.int64(tile) * TILE + t
             for k in range(count):
                 i = first + tpb * k
-                r[k] = acc(x[i]) if i < n else zero
+                r[k] = load(x[i]) if i < n else zero
             v = tree(fold(r), smem, t)
             if t == 0:
                 out[tile] = v
@@ -234,10 +239,11 @@ def _tile_sums_kernel(acc, tpb: int):
 
 
 @functools.cache
-def _column_tile_sums_kernel(acc, cx: int, ry: int):
+def _column_tile_sums_kernel(acc, cx: int, ry: int, bf16: bool):
     count, size = TILE // ry, cx * ry  # shared.array wants a constant, not an expression
     fold, add = register_fold(acc, count), rounded_add(acc)
     zero = acc_constant(acc, 0.0)
+    load = element_io(acc, bf16)[0]
 
     @cuda.jit
     def _column_tile_sums_kernel(x, out):
@@ -251,7 +257,7 @@ def _column_tile_sums_kernel(acc, cx: int, ry: int):
                 first = types.int64(tile) * TILE + ty
                 for k in range(count):
                     i = first + ry * k
-                    r[k] = acc(x[i, col]) if i < n and col < m else zero
+                    r[k] = load(x[i, col]) if i < n and col < m else zero
                 smem[ty * cx + tx] = fold(r)
                 cuda.syncthreads()
                 h = ry // 2
@@ -276,8 +282,8 @@ def tile_sums(x, out) -> None:
     if num_tiles == 0:
         return
     tpb = POLICY.tile_threads
-    kernel = _tile_sums_kernel(accumulator(out.dtype), tpb)
-    launch(kernel, tile_grid(num_tiles), tpb, 0, x, out)
+    kernel = _tile_sums_kernel(accumulator(out.dtype), tpb, is_bf16(x.dtype))
+    launch(kernel, tile_grid(num_tiles), tpb, 0, bits(x), out)
 
 
 def column_tile_sums(x, out) -> None:
@@ -290,10 +296,10 @@ def column_tile_sums(x, out) -> None:
     if num_tiles == 0 or m == 0:
         return
     cx, ry = POLICY.column_block
-    kernel = _column_tile_sums_kernel(accumulator(out.dtype), cx, ry)
+    kernel = _column_tile_sums_kernel(accumulator(out.dtype), cx, ry, is_bf16(x.dtype))
     gx = tile_grid(-(-m // cx))
     gy = min(num_tiles, 65535, max(1, POLICY.max_blocks // gx))
-    launch(kernel, (gx, gy), (cx, ry), 0, x, out)
+    launch(kernel, (gx, gy), (cx, ry), 0, bits(x), out)
 
 
 def ptx_signatures():
@@ -301,15 +307,10 @@ def ptx_signatures():
     tpb, (cx, ry) = GPU_POLICY.tile_threads, GPU_POLICY.column_block
     sigs = []
     for acc in ACCUMULATOR_TYPES:
-        for dtype in STORAGE_TYPES:
+        for dtype in STORAGE:
+            element, bf16 = kernel_type(dtype), is_bf16(dtype)
             for layout in ("C", "A"):
-                sigs.append(
-                    (_tile_sums_kernel(acc, tpb), (types.Array(dtype, 1, layout), acc[::1]))
-                )
-                sigs.append(
-                    (
-                        _column_tile_sums_kernel(acc, cx, ry),
-                        (types.Array(dtype, 2, layout), acc[:, ::1]),
-                    )
-                )
+                vector, matrix = types.Array(element, 1, layout), types.Array(element, 2, layout)
+                sigs.append((_tile_sums_kernel(acc, tpb, bf16), (vector, acc[::1])))
+                sigs.append((_column_tile_sums_kernel(acc, cx, ry, bf16), (matrix, acc[:, ::1])))
     return sigs

@@ -16,30 +16,43 @@ import functools
 from numba import cuda
 
 from .. import _scalar
-from ._cuda import POLICY, STORAGE_TYPES, acc_constant, accumulator, grid_for, launch, scalar_device
+from ._cuda import (
+    POLICY,
+    STORAGE,
+    acc_constant,
+    accumulator,
+    bits,
+    element_io,
+    grid_for,
+    is_bf16,
+    kernel_type,
+    launch,
+    scalar_device,
+)
 
 
 @functools.cache
-def _kernels(acc):
+def _kernels(acc, bf16: bool):
     one = acc_constant(acc, 1.0)
+    load, store = element_io(acc, bf16)
     _sigmoid = scalar_device(_scalar.sigmoid, acc)
     _sigmoid_derivative = scalar_device(_scalar.sigmoid_derivative, acc)
 
     @cuda.jit
     def _sigmoid_kernel(x, y):
         for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
-            y[i] = _sigmoid(acc(x[i]))
+            y[i] = store(_sigmoid(load(x[i])))
 
     @cuda.jit
     def _sigmoid_derivative_kernel(x, y):
         for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
-            y[i] = _sigmoid_derivative(acc(x[i]))
+            y[i] = store(_sigmoid_derivative(load(x[i])))
 
     @cuda.jit
     def _sigmoid_backward_kernel(grad_output, y, out):
         for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
-            s = acc(y[i])
-            out[i] = acc(grad_output[i]) * s * (one - s)
+            s = load(y[i])
+            out[i] = store(load(grad_output[i]) * s * (one - s))
 
     return _sigmoid_kernel, _sigmoid_derivative_kernel, _sigmoid_backward_kernel
 
@@ -49,8 +62,9 @@ def _run(which: int, *arrays) -> None:
     if n == 0:
         return
     threads = POLICY.elementwise_threads
-    kernel = _kernels(accumulator(arrays[-1].dtype))[which]
-    launch(kernel, grid_for(n, threads), threads, 0, *arrays)
+    dtype = arrays[-1].dtype
+    kernel = _kernels(accumulator(dtype), is_bf16(dtype))[which]
+    launch(kernel, grid_for(n, threads), threads, 0, *map(bits, arrays))
 
 
 def sigmoid(x, y) -> None:
@@ -71,8 +85,8 @@ def sigmoid_backward(grad_output, y, out) -> None:
 def ptx_signatures():
     """``(kernel, argument types)`` of every launch this module makes on a GPU."""
     sigs = []
-    for dtype in STORAGE_TYPES:
-        forward, derivative, backward = _kernels(accumulator(dtype.name))
-        vec = dtype[::1]
+    for dtype in STORAGE:
+        forward, derivative, backward = _kernels(accumulator(dtype), is_bf16(dtype))
+        vec = kernel_type(dtype)[::1]
         sigs += [(forward, (vec, vec)), (derivative, (vec, vec)), (backward, (vec, vec, vec))]
     return sigs

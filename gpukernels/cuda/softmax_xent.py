@@ -27,7 +27,19 @@ import math
 from numba import cuda
 from numba.core import types
 
-from ._cuda import POLICY, STORAGE_TYPES, acc_constant, accumulator, grid_for, launch, row_shape
+from ._cuda import (
+    POLICY,
+    STORAGE,
+    acc_constant,
+    accumulator,
+    bits,
+    element_io,
+    grid_for,
+    is_bf16,
+    kernel_type,
+    launch,
+    row_shape,
+)
 from .reduce import group_reducers
 
 
@@ -106,12 +118,13 @@ def _group_reductions(acc):
 
 
 @functools.cache
-def _labels_kernel(acc):
+def _labels_kernel(acc, bf16: bool):
     zero, one, neg_inf = (acc_constant(acc, v) for v in (0.0, 1.0, -math.inf))
     nan = acc_constant(acc, math.nan)
     online, finish, nll, grad_value = row_maths(acc)
     row_max_sum, group_sum = _group_reductions(acc)
     batch = _batch(acc)
+    load, store = element_io(acc, bf16)
 
     @cuda.jit
     def _softmax_xent_labels_rows_kernel(
@@ -143,11 +156,11 @@ def _labels_kernel(acc):
             # batch loads in flight, then the updates in the same order as one at a time
             if base + (batch - 1) * tx_n < num_c:
                 for u in range(batch):
-                    zs[u] = acc(logits[i, base + u * tx_n])
+                    zs[u] = load(logits[i, base + u * tx_n])
             else:
                 for u in range(batch):
                     c = base + u * tx_n
-                    zs[u] = acc(logits[i, c]) if c < num_c else neg_inf
+                    zs[u] = load(logits[i, c]) if c < num_c else neg_inf
             for u in range(batch):
                 c = base + u * tx_n
                 if c < num_c:
@@ -170,18 +183,18 @@ def _labels_kernel(acc):
         smooth = zero
         if live:
             for c in range(tx, num_c, tx_n):
-                z = buf[row + c] if cache else acc(logits[i, c])
+                z = buf[row + c] if cache else load(logits[i, c])
                 if valid:
                     # w_c only with smoothing: an inf weight of an unused class stays out
                     w_c = (acc(weight[c]) if has_w else one) if eps > zero else zero
                     a = eps_c * w_c
                     if c == y:
                         a += (one - eps) * w_y
-                    grad[i, c] = grad_value(g, big_a, z, big, inv, a)
+                    grad[i, c] = store(grad_value(g, big_a, z, big, inv, a))
                     if eps > zero:
                         smooth += w_c * nll(big, z, log_s)
                 else:
-                    grad[i, c] = zero
+                    grad[i, c] = store(zero)
         if eps > zero:
             smooth = group_sum(smooth, buf, tx, ty, tx_n)
         if live:
@@ -199,11 +212,13 @@ def _labels_kernel(acc):
 
 
 @functools.cache
-def _probs_kernel(acc):
+def _probs_kernel(acc, bf16: bool, target_bf16: bool):
     zero, one, neg_inf = (acc_constant(acc, v) for v in (0.0, 1.0, -math.inf))
     online, finish, nll, grad_value = row_maths(acc)
     row_max_sum, group_sum = _group_reductions(acc)
     batch = _batch(acc)
+    load, store = element_io(acc, bf16)
+    load_target = element_io(acc, target_bf16)[0]
 
     @cuda.jit
     def _softmax_xent_probs_rows_kernel(
@@ -228,13 +243,13 @@ def _probs_kernel(acc):
             # batch loads of each array in flight, then the updates in column order
             if base + (batch - 1) * tx_n < num_c:
                 for u in range(batch):
-                    zs[u] = acc(logits[i, base + u * tx_n])
-                    ts[u] = acc(target[i, base + u * tx_n])
+                    zs[u] = load(logits[i, base + u * tx_n])
+                    ts[u] = load_target(target[i, base + u * tx_n])
             else:
                 for u in range(batch):
                     c = base + u * tx_n
-                    zs[u] = acc(logits[i, c]) if c < num_c else neg_inf
-                    ts[u] = acc(target[i, c]) if c < num_c else zero
+                    zs[u] = load(logits[i, c]) if c < num_c else neg_inf
+                    ts[u] = load_target(target[i, c]) if c < num_c else zero
             for u in range(batch):
                 c = base + u * tx_n
                 if c < num_c:
@@ -253,10 +268,10 @@ def _probs_kernel(acc):
         loss = zero
         if live:
             for c in range(tx, num_c, tx_n):
-                z = buf[row + c] if cache else acc(logits[i, c])
+                z = buf[row + c] if cache else load(logits[i, c])
                 w_c = acc(weight[c]) if has_w else one
-                a = w_c * (acc(target[i, c]) * (one - eps) + eps_c)
-                grad[i, c] = grad_value(g, big_a, z, big, inv, a)
+                a = w_c * (load_target(target[i, c]) * (one - eps) + eps_c)
+                grad[i, c] = store(grad_value(g, big_a, z, big, inv, a))
                 loss += a * nll(big, z, log_s)
         loss = group_sum(loss, buf, tx, ty, tx_n)
         if live and tx == 0:
@@ -319,15 +334,15 @@ def softmax_xent_labels(
     acc = accumulator(row_loss.dtype)
     tx, ry, cache, shared = row_shape(num_c, acc.bitwidth // 8)
     launch(
-        _labels_kernel(acc),
+        _labels_kernel(acc, is_bf16(logits.dtype)),
         -(-n // ry),
         (tx, ry),
         shared,
-        logits,
+        bits(logits),
         labels,
         weight,
         grad_scale,
-        grad,
+        bits(grad),
         row_loss,
         int(ignore_index),
         float(smoothing),
@@ -343,15 +358,15 @@ def softmax_xent_probs(logits, target, weight, grad_scale, grad, row_loss, smoot
     acc = accumulator(row_loss.dtype)
     tx, ry, cache, shared = row_shape(num_c, acc.bitwidth // 8)
     launch(
-        _probs_kernel(acc),
+        _probs_kernel(acc, is_bf16(logits.dtype), is_bf16(target.dtype)),
         -(-n // ry),
         (tx, ry),
         shared,
-        logits,
-        target,
+        bits(logits),
+        bits(target),
         weight,
         grad_scale,
-        grad,
+        bits(grad),
         row_loss,
         float(smoothing),
         cache,
@@ -366,15 +381,17 @@ def ptx_signatures():
     """
     i64, f64, b1 = types.int64, types.float64, types.boolean
     sigs = []
-    for dtype in STORAGE_TYPES:
-        acc = accumulator(dtype.name)
+    for dtype in STORAGE:
+        acc, bf16 = accumulator(dtype), is_bf16(dtype)
         vec = acc[::1]
         for layout in ("C", "A"):
-            mat = types.Array(dtype, 2, layout)
+            mat = types.Array(kernel_type(dtype), 2, layout)
             labels = types.Array(i64, 1, layout)
-            sigs.append((_labels_kernel(acc), (mat, labels, vec, vec, mat, vec, i64, f64, b1)))
-            for tdtype in STORAGE_TYPES if layout == "C" else (dtype,):
-                target = types.Array(tdtype, 2, layout)
-                sigs.append((_probs_kernel(acc), (mat, target, vec, vec, mat, vec, f64, b1)))
+            kernel = _labels_kernel(acc, bf16)
+            sigs.append((kernel, (mat, labels, vec, vec, mat, vec, i64, f64, b1)))
+            for tdtype in STORAGE if layout == "C" else (dtype,):
+                target = types.Array(kernel_type(tdtype), 2, layout)
+                kernel = _probs_kernel(acc, bf16, is_bf16(tdtype))
+                sigs.append((kernel, (mat, target, vec, vec, mat, vec, f64, b1)))
         sigs.append((_row_weights_kernel(acc), (i64[::1], vec, vec, i64, i64)))
     return sigs

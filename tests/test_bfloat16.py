@@ -1,0 +1,125 @@
+"""bfloat16 (``ml_dtypes.bfloat16`` NumPy arrays) on both backends: loaded as float32, computed
+in float32, each gradient element rounded once to nearest even. References are float64 maths
+of the same bfloat16 inputs: every gradient element must lie within half a bfloat16 ulp of
+it (plus float32's own error), and losses are float32."""
+
+import numpy as np
+import pytest
+from _refs import bce_with_logits, cross_entropy, huber, mse
+
+import gpukernels as gk
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def within_half_ulp(got, exact):
+    """Every element of the bfloat16 ``got`` within half an ulp of the float64 ``exact``."""
+    assert got.dtype == BF16
+    got, exact = got.astype(np.float64), np.asarray(exact, np.float64)
+    nan = np.isnan(exact)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    got, exact = got[~nan], exact[~nan]
+    with np.errstate(divide="ignore"):
+        ulp = np.where(exact == 0, 0.0, 2.0 ** (np.floor(np.log2(np.abs(exact))) - 7))
+    slack = 1e-6 * np.abs(exact) + 1e-38  # float32's own error on the way
+    bad = np.abs(got - exact) > ulp / 2 + slack
+    assert not bad.any(), f"{bad.sum()} elements off by more than half an ulp: {got[bad][:5]}"
+
+
+def loss_close(got, want):
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def bf16(rng, shape, scale=3.0):
+    return (scale * rng.standard_normal(shape)).astype(BF16)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_softmax_cross_entropy(backend, smoothing):
+    rng = np.random.default_rng(91)
+    z = bf16(rng, (9, 37))
+    y = rng.integers(0, 37, 9)
+    y[3] = -100
+    weight = rng.uniform(0.5, 2, 37).astype(np.float32)
+    loss, grad = gk.softmax_cross_entropy(z, y, weight=weight, label_smoothing=smoothing)
+    want_loss, want_grad = cross_entropy(
+        z.astype(np.float64), y, weight=weight, label_smoothing=smoothing
+    )
+    loss_close(loss, want_loss)
+    within_half_ulp(grad, want_grad)
+
+
+def test_true_class_term_is_formed_in_float32(backend):
+    """p_y - 1 = -9.1e-5 here: formed in bfloat16, p_y would round to 1 and the gradient of
+    the true class to 0."""
+    z = np.array([[10.0, 0.0, 0.0], [0.0, 10.0, 0.0]], BF16)
+    _, grad = gk.softmax_cross_entropy(z, np.array([0, 1]), reduction="sum")
+    exact = np.exp(0.0) / (np.exp(10.0) + 2.0) * 2  # 1 - p_y
+    within_half_ulp(grad[[0, 1], [0, 1]], [-exact, -exact])
+
+
+def test_soft_targets_of_bfloat16(backend):
+    rng = np.random.default_rng(92)
+    z = bf16(rng, (5, 11))
+    t = rng.dirichlet(np.ones(11), 5).astype(BF16)
+    loss, grad = gk.softmax_cross_entropy(z, t, reduction="sum")
+    want_loss, want_grad = cross_entropy(
+        z.astype(np.float64), t.astype(np.float64), reduction="sum"
+    )
+    loss_close(loss, want_loss)
+    within_half_ulp(grad, want_grad)
+
+
+def test_elementwise_losses(backend):
+    rng = np.random.default_rng(93)
+    p, t = bf16(rng, (6, 50)), rng.uniform(0, 1, (6, 50)).astype(BF16)
+    p64, t64 = p.astype(np.float64), t.astype(np.float64)
+    for mine, ref in (
+        (gk.bce_with_logits(p, t), bce_with_logits(p64, t64)),
+        (gk.mse(p, t), mse(p64, t64)),
+        (gk.huber_loss(p, t, delta=0.5), huber(p64, t64, delta=0.5)),
+    ):
+        loss_close(mine[0], ref[0])
+        within_half_ulp(mine[1], ref[1])
+
+
+def test_sigmoid_family_and_batch_sum(backend):
+    rng = np.random.default_rng(94)
+    x = bf16(rng, (300,))
+    x64 = x.astype(np.float64)
+    s = 1 / (1 + np.exp(-x64))
+    within_half_ulp(gk.sigmoid(x), s)
+    within_half_ulp(gk.sigmoid_derivative(x), s * (1 - s))
+    y = gk.sigmoid(x)
+    within_half_ulp(
+        gk.sigmoid_backward(x, y), x64 * y.astype(np.float64) * (1 - y.astype(np.float64))
+    )
+    total = gk.batch_sum(x)
+    assert total.dtype == np.float32
+    np.testing.assert_allclose(total, x64.sum(), rtol=1e-6)
+
+
+def test_composite(backend):
+    rng = np.random.default_rng(95)
+    pred = bf16(rng, (7, 5), 1.0)
+    target = np.concatenate([rng.integers(0, 2, (7, 1)), rng.standard_normal((7, 4))], 1)
+    target = target.astype(BF16)
+    terms = [gk.LossTerm("bce_with_logits", slice(0, 1)), gk.LossTerm("mse", slice(1, 5))]
+    loss, grad = gk.composite_loss(pred, target, terms)
+    p64, t64 = pred.astype(np.float64), target.astype(np.float64)
+    want_bce = bce_with_logits(p64[:, :1], t64[:, :1])
+    want_mse = mse(p64[:, 1:], t64[:, 1:])
+    loss_close(loss, want_bce[0] + want_mse[0])
+    within_half_ulp(grad, np.concatenate([want_bce[1], want_mse[1]], axis=1))
+
+
+def test_in_place(backend):
+    rng = np.random.default_rng(96)
+    z = bf16(rng, (4, 9))
+    y = np.array([0, 3, 8, 1])
+    want = gk.softmax_cross_entropy(z.copy(), y)[1]
+    _, grad = gk.softmax_cross_entropy(z, y, out=z)
+    assert grad is z
+    np.testing.assert_array_equal(z.view(np.uint16), want.view(np.uint16))
