@@ -7,6 +7,7 @@ import numpy as np
 from . import _validate
 from ._canon import tile_count
 from ._dispatch import Call, accumulation_dtype
+from ._tensors import tensor_io
 
 
 def canonical_sum(call: Call, v):
@@ -41,6 +42,7 @@ def canonical_column_sums(call: Call, x):
     return x[0].astype(acc, copy=False)
 
 
+@tensor_io
 def batch_sum(x, *, axis: int | None = None, out=None):
     r"""Deterministic parallel sum of ``x``, over every element or over the batch axis.
 

@@ -13,6 +13,7 @@ from ._batch_sum import canonical_column_sums
 from ._common import safe_divide, upstream_scale
 from ._dispatch import Call, accumulation_dtype
 from ._kinds import TermKind
+from ._tensors import tensor_io
 from ._validate import ResolvedTerm
 
 
@@ -42,6 +43,7 @@ class LossTerm:
     delta: float = 1.0
 
 
+@tensor_io
 def composite_loss(
     pred, target, terms: Sequence[LossTerm], *, grad_output=None, out=None, validate: bool = True
 ):

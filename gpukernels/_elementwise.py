@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import _validate
 from ._common import FlatOutput, flat_input
 from ._dispatch import Call
+from ._tensors import tensor_io
 
 
 def _unary(op: str, x, out, name: str = "x"):
@@ -18,6 +19,7 @@ def _unary(op: str, x, out, name: str = "x"):
     return y.result()
 
 
+@tensor_io
 def sigmoid(x, *, out=None):
     r"""The logistic function, elementwise.
 
@@ -38,6 +40,7 @@ def sigmoid(x, *, out=None):
     return _unary("sigmoid", x, out)
 
 
+@tensor_io
 def sigmoid_derivative(x, *, out=None):
     r"""The sigmoid's derivative, elementwise, in one pass.
 
@@ -55,6 +58,7 @@ def sigmoid_derivative(x, *, out=None):
     return _unary("sigmoid_derivative", x, out)
 
 
+@tensor_io
 def sigmoid_backward(grad_output, y, *, out=None):
     r"""Chain rule through a sigmoid from its saved output ``y = sigmoid(x)``.
 

@@ -10,6 +10,7 @@ from ._batch_sum import canonical_sum
 from ._canon import tile_count
 from ._common import FlatOutput, flat_input, upstream_scale
 from ._dispatch import Call, accumulation_dtype
+from ._tensors import tensor_io
 
 
 def _elementwise_loss(call, op, x, inputs, divisor, reduction, grad_output, out):
@@ -50,6 +51,7 @@ def _checked(call, name_x, name_t, reduction, allowed, grad_output, out):
     return x, t, dtype
 
 
+@tensor_io
 def bce_with_logits(
     logits,
     target,
@@ -143,6 +145,7 @@ def bce_with_logits(
     )
 
 
+@tensor_io
 def mse(pred, target, *, reduction: str = "mean", grad_output=None, out=None):
     r"""Mean squared error and its gradient in one pass.
 
@@ -204,6 +207,7 @@ def mse(pred, target, *, reduction: str = "mean", grad_output=None, out=None):
     )
 
 
+@tensor_io
 def huber_loss(
     pred, target, *, delta: float = 1.0, reduction: str = "mean", grad_output=None, out=None
 ):

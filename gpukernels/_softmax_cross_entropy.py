@@ -8,8 +8,10 @@ from . import _validate
 from ._batch_sum import canonical_sum
 from ._common import safe_divide, upstream_scale
 from ._dispatch import Call, accumulation_dtype
+from ._tensors import tensor_io
 
 
+@tensor_io
 def softmax_cross_entropy(
     logits,
     target,

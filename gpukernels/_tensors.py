@@ -10,6 +10,9 @@ a tensor can only reach us from a program that has imported it already.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
+import itertools
 import sys
 
 import numpy as np
@@ -78,3 +81,64 @@ def current_stream(device):
 
     torch = torch_module()
     return cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
+
+
+def tensor_io(fn):
+    """Let the array-level function ``fn`` take PyTorch tensors: tensors in, tensors out.
+
+    Tensor arguments become zero-copy arrays (``as_array``), ``fn`` runs with CuPy's current
+    stream set to PyTorch's (CUDA tensors), and every array it returns becomes a tensor of the
+    same memory; an ``out=`` tensor comes back as the very tensor passed. Tensors may not be
+    mixed with other arrays, nor tensors of different devices (``TypeError``). Calls without
+    tensors pass straight through.
+    """
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        torch = torch_module()
+        if torch is None or not any(
+            isinstance(a, torch.Tensor) for a in itertools.chain(args, kwargs.values())
+        ):
+            return fn(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        arguments = bound.arguments
+        tensors = {k: v for k, v in arguments.items() if isinstance(v, torch.Tensor)}
+        _check_tensor_arguments(arguments, tensors)
+        device = next(iter(tensors.values())).device
+        originals = {}
+        for name, t in tensors.items():
+            array = as_array(t, name)
+            originals[id(array)] = t
+            arguments[name] = array
+        with current_stream(device):
+            result = fn(*bound.args, **bound.kwargs)
+            if isinstance(result, tuple):
+                return tuple(_back(r, originals) for r in result)
+            return _back(result, originals)
+
+    return wrapper
+
+
+def _check_tensor_arguments(arguments: dict, tensors: dict) -> None:
+    first_name, first = next(iter(tensors.items()))
+    for name, value in arguments.items():
+        if name in tensors:
+            if tensors[name].device != first.device:
+                raise TypeError(
+                    f"{name} is on {tensors[name].device} but {first_name} is on "
+                    f"{first.device}: pass tensors of one device"
+                )
+        elif isinstance(value, np.ndarray) or hasattr(value, "__cuda_array_interface__"):
+            raise TypeError(
+                f"{name} is a {type(value).__module__}.{type(value).__name__} but {first_name} "
+                "is a torch.Tensor: pass arrays of one library (no copies are made behind "
+                "your back)"
+            )
+
+
+def _back(value, originals: dict):
+    if value is None or isinstance(value, str | int | float):
+        return value
+    original = originals.get(id(value))
+    return original if original is not None else as_tensor(value)

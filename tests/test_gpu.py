@@ -301,3 +301,70 @@ def test_calls_do_not_synchronise(cp):
             leaves = result if isinstance(result, tuple) else (result,)
             assert all(isinstance(a, cp.ndarray) for a in leaves)
             stream.synchronize()
+
+
+# ----------------------------------------------------------------------- PyTorch CUDA tensors
+
+
+@pytest.fixture
+def cuda_torch(monkeypatch):
+    """PyTorch with a CUDA device (and CuPy, through which the kernels see its tensors)."""
+    monkeypatch.delenv("GPUKERNELS_BACKEND", raising=False)
+    pytest.importorskip("cupy")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch sees no CUDA device")
+    return torch
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+def test_torch_cuda_tensors_in_and_out(cuda_torch, dtype):
+    torch = cuda_torch
+    r = rng(21)
+    z = r.standard_normal((1000, 257)).astype(dtype)
+    y = r.integers(0, 257, 1000)
+    loss, grad = gk.softmax_cross_entropy(torch.from_numpy(z).cuda(), torch.from_numpy(y).cuda())
+    assert loss.is_cuda and grad.is_cuda and grad.dtype == getattr(torch, dtype)
+    want_loss, want_grad = gk.softmax_cross_entropy(z, y)
+    tol = {"float16": 2e-3, "float32": 2e-6, "float64": 1e-12}[dtype]
+    np.testing.assert_allclose(loss.cpu().numpy(), want_loss, rtol=tol * 10)
+    np.testing.assert_allclose(grad.cpu().numpy().astype(np.float64), want_grad, atol=tol)
+
+
+def test_torch_cuda_out_tensor_and_current_stream(cuda_torch):
+    """The kernels follow PyTorch's current stream (input written late on a side stream is
+    seen) and out= comes back as the very tensor given."""
+    torch = cuda_torch
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        x = torch.zeros(4096, 100, device="cuda")
+        labels = torch.zeros(4096, dtype=torch.int64, device="cuda")
+        gk.softmax_cross_entropy(x, labels, validate=False)  # compile first
+        torch.cuda._sleep(int(2e8))  # the GPU spins, then the fill runs on the same stream
+        x.fill_(3.0)
+        out = torch.empty_like(x)
+        loss, grad = gk.softmax_cross_entropy(x, labels, validate=False, out=out)
+    stream.synchronize()
+    assert grad is out
+    assert abs(loss.item() - np.log(100)) < 1e-5
+
+
+def test_torch_cuda_autograd_losses(cuda_torch):
+    torch = cuda_torch
+    import gpukernels.torch as gkt
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    logits = torch.randn(512, 1000, device="cuda", generator=gen, requires_grad=True)
+    labels = torch.randint(0, 1000, (512,), device="cuda", generator=gen)
+    gkt.cross_entropy(logits, labels, label_smoothing=0.1).backward()
+    ref = logits.detach().clone().requires_grad_()
+    torch.nn.functional.cross_entropy(ref, labels, label_smoothing=0.1).backward()
+    torch.testing.assert_close(logits.grad, ref.grad, rtol=1e-4, atol=1e-7)
+    compiled = torch.compile(
+        lambda z: gkt.cross_entropy(z * 1.0, labels, inplace_backward=True), fullgraph=True
+    )
+    z = logits.detach().clone().requires_grad_()
+    compiled(z).backward()
+    plain = logits.detach().clone().requires_grad_()
+    torch.nn.functional.cross_entropy(plain, labels).backward()
+    torch.testing.assert_close(z.grad, plain.grad, rtol=1e-4, atol=1e-7)
