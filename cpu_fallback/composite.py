@@ -32,8 +32,8 @@ def _xent_term(z, t, no_weight, e, grad):
     if t.shape[0] == 1 and z.shape[0] > 1:
         v = t[0]
         y = int(v) if v >= 0 and v < z.shape[0] and v == np.floor(v) else _NO_CLASS
-        return label_row(z, y, no_weight, ONE, _NEVER_IGNORED, ZERO, ZERO, e, grad)
-    return soft_row(z, t, no_weight, ONE, ONE, ZERO, e, grad)
+        return label_row(z, y, no_weight, ONE, _NEVER_IGNORED, ZERO, ZERO, ZERO, e, grad)
+    return soft_row(z, t, no_weight, ONE, ONE, ZERO, ZERO, e, grad)
 
 
 @njit(cache=CACHE)

@@ -107,15 +107,16 @@ def _write_soft_grad(e, t, w, k_p, g, keep, eps_c, grad):
 
 
 @njit(cache=CACHE)
-def label_row(z, y, w, g, ignore_index, eps, eps_c, e, grad):
-    """Loss of one row ``z`` with class index ``y``; writes its gradient ``g (A p - a)``.
+def label_row(z, y, w, g, ignore_index, eps, eps_c, z_loss, e, grad):
+    """Loss of one row ``z`` with class index ``y``; writes its gradient ``g (A' p - a)``.
 
-    ``w`` the class weights (empty: 1), ``eps`` the smoothing and ``eps_c = eps / C``, ``e``
-    scratch of ``z``'s length. The loss is ``(1 - eps) w_y ((m - z_y) + log s) + eps_c
-    sum_c w_c ((m - z_c) + log s)`` with ``m`` the row max and ``s = sum_c exp(z_c - m)``:
+    ``w`` the class weights (empty: 1), ``eps`` the smoothing and ``eps_c = eps / C``,
+    ``z_loss`` the factor of ``lse^2``, ``e`` scratch of ``z``'s length. The loss is
+    ``(1 - eps) w_y ((m - z_y) + log s) + eps_c sum_c w_c ((m - z_c) + log s) + z_loss
+    lse^2`` with ``m`` the row max, ``s = sum_c exp(z_c - m)`` and ``lse = m + log s``:
     ``m - z_y`` is exact for the large logits that matter, so no precision is lost to the
-    magnitude of ``m``. An ignored row has loss 0, a ``y`` outside ``[0, C)`` NaN; both get
-    a zero gradient.
+    magnitude of ``m``. ``A' = A + 2 z_loss lse``. An ignored row has loss 0, a ``y``
+    outside ``[0, C)`` NaN; both get a zero gradient.
     """
     c = z.shape[0]
     if y == ignore_index or y < 0 or y >= c:
@@ -131,45 +132,86 @@ def label_row(z, y, w, g, ignore_index, eps, eps_c, e, grad):
     keep = ONE - eps
     a_sum = keep * w_y + eps_c * w_sum
     loss = keep * w_y * (m - z_y + log_s) + eps_c * (w_sum * log_s + gap)
+    if z_loss > 0:
+        lse = m + log_s
+        loss += z_loss * lse * lse
+        a_sum += (z_loss + z_loss) * lse
     _write_label_grad(e, w, g * a_sum / s, g * eps_c, eps > 0 and w.shape[0] > 0, grad)
     # p_y - a_y in the accumulation dtype, rounded once into grad.
     grad[y] = g * (a_sum * e[y] / s - (keep * w_y + eps_c * w_y))
     return loss
 
 
-@ParallelKernel
-def _labels_kernel(logits, labels, w, scale, grad, row_loss, ignore_index, eps, eps_c, chunk):
-    n, c = logits.shape
-    for b in prange((n + chunk - 1) // chunk):
-        e = np.empty(c, row_loss.dtype)
-        for i in range(b * chunk, min(n, (b + 1) * chunk)):
-            g = at(scale, i)
-            row_loss[i] = label_row(
-                logits[i], labels[i], w, g, ignore_index, eps, eps_c, e, grad[i]
-            )
+@njit(cache=CACHE)
+def _capped(z, cap, zc):
+    """``zc = cap tanh(z / cap)``: the logits after softcapping."""
+    for c in range(z.shape[0]):
+        zc[c] = cap * math.tanh(z[c] / cap)
 
 
 @njit(cache=CACHE)
-def soft_row(z, t, w, g, keep, eps_c, e, grad):
+def _through_cap(zc, cap, grad):
+    """The chain rule through the cap: d zc / dz = 1 - tanh^2 = 1 - (zc / cap)^2."""
+    for c in range(zc.shape[0]):
+        r = zc[c] / cap
+        grad[c] *= ONE - r * r
+
+
+@ParallelKernel
+def _labels_kernel(
+    logits, labels, w, scale, grad, row_loss, ignore_index, eps, eps_c, z_loss, cap, chunk
+):
+    n, c = logits.shape
+    for b in prange((n + chunk - 1) // chunk):
+        e = np.empty(c, row_loss.dtype)
+        zc = np.empty(c if cap > 0 else 0, row_loss.dtype)
+        for i in range(b * chunk, min(n, (b + 1) * chunk)):
+            g, y = at(scale, i), labels[i]
+            if cap > 0:
+                _capped(logits[i], cap, zc)
+                loss = label_row(zc, y, w, g, ignore_index, eps, eps_c, z_loss, e, grad[i])
+                _through_cap(zc, cap, grad[i])
+            else:
+                loss = label_row(logits[i], y, w, g, ignore_index, eps, eps_c, z_loss, e, grad[i])
+            row_loss[i] = loss
+
+
+@njit(cache=CACHE)
+def soft_row(z, t, w, g, keep, eps_c, z_loss, e, grad):
     """Loss of one row ``z`` with class probabilities ``t``; writes its gradient
-    ``g (A p - a)``, ``a_c = w_c (keep t_c + eps_c)``, ``A = sum_c a_c``. The loss is
-    ``sum_c a_c ((m - z_c) + log s)`` (the gap sum and ``A log s``)."""
+    ``g (A' p - a)``, ``a_c = w_c (keep t_c + eps_c)``, ``A = sum_c a_c``,
+    ``A' = A + 2 z_loss lse``. The loss is ``sum_c a_c ((m - z_c) + log s)`` (the gap sum
+    and ``A log s``) plus ``z_loss lse^2``."""
     m = _row_max(z)
     a_sum, gap = _soft_sums(z, t, w, m, keep, eps_c)
     _exp_shifted(z, m, e)
     s = _sum(e)
-    _write_soft_grad(e, t, w, g * a_sum / s, g, keep, eps_c, grad)
-    return a_sum * math.log(s) + gap
+    log_s = math.log(s)
+    loss = a_sum * log_s + gap
+    k_p = a_sum
+    if z_loss > 0:
+        lse = m + log_s
+        loss += z_loss * lse * lse
+        k_p += (z_loss + z_loss) * lse
+    _write_soft_grad(e, t, w, g * k_p / s, g, keep, eps_c, grad)
+    return loss
 
 
 @ParallelKernel
-def _probs_kernel(logits, target, w, scale, grad, row_loss, keep, eps_c, chunk):
+def _probs_kernel(logits, target, w, scale, grad, row_loss, keep, eps_c, z_loss, cap, chunk):
     n, c = logits.shape
     for b in prange((n + chunk - 1) // chunk):
         e = np.empty(c, row_loss.dtype)
+        zc = np.empty(c if cap > 0 else 0, row_loss.dtype)
         for i in range(b * chunk, min(n, (b + 1) * chunk)):
-            g = at(scale, i)
-            row_loss[i] = soft_row(logits[i], target[i], w, g, keep, eps_c, e, grad[i])
+            g, t = at(scale, i), target[i]
+            if cap > 0:
+                _capped(logits[i], cap, zc)
+                loss = soft_row(zc, t, w, g, keep, eps_c, z_loss, e, grad[i])
+                _through_cap(zc, cap, grad[i])
+            else:
+                loss = soft_row(logits[i], t, w, g, keep, eps_c, z_loss, e, grad[i])
+            row_loss[i] = loss
 
 
 @ParallelKernel
@@ -188,9 +230,9 @@ def label_row_weights(labels, weight, row_weight, ignore_index, num_classes):
 
 
 def softmax_xent_labels(
-    logits, labels, weight, grad_scale, grad, row_loss, ignore_index, smoothing
+    logits, labels, weight, grad_scale, grad, row_loss, ignore_index, smoothing, z_loss, softcap
 ):
-    """Fused CE with class indices (maths in docs/BACKENDS.md)."""
+    """Fused CE with class indices (maths in docs/BACKENDS.md); ``softcap`` 0 for none."""
     acc = row_loss.dtype.type
     n, c = logits.shape
     buffer = output_view(grad)
@@ -204,14 +246,18 @@ def softmax_xent_labels(
         ignore_index,
         acc(smoothing),
         acc(smoothing / c),
+        acc(z_loss),
+        acc(softcap),
         per_task(n),
         work=logits.size,
     )
     store(buffer, grad)
 
 
-def softmax_xent_probs(logits, target, weight, grad_scale, grad, row_loss, smoothing):
-    """Fused CE with class probabilities (maths in docs/BACKENDS.md)."""
+def softmax_xent_probs(
+    logits, target, weight, grad_scale, grad, row_loss, smoothing, z_loss, softcap
+):
+    """Fused CE with class probabilities (maths in docs/BACKENDS.md); ``softcap`` 0: none."""
     acc = row_loss.dtype.type
     n, c = logits.shape
     buffer = output_view(grad)
@@ -224,6 +270,8 @@ def softmax_xent_probs(logits, target, weight, grad_scale, grad, row_loss, smoot
         row_loss,
         acc(1.0 - smoothing),
         acc(smoothing / c),
+        acc(z_loss),
+        acc(softcap),
         per_task(n),
         work=logits.size,
     )

@@ -23,6 +23,8 @@ def softmax_cross_entropy(
     grad_output=None,
     out=None,
     validate: bool = True,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ):
     r"""Softmax cross-entropy of ``logits`` against ``target`` and its gradient, fused.
 
@@ -43,6 +45,13 @@ def softmax_cross_entropy(
     (ignored rows keep a zero gradient). The row's log-sum-exp is max-subtracted: stable for
     any finite logits.
 
+    ``z_loss`` adds PaLM's auxiliary :math:`\zeta\, \mathrm{lse}_i^2` to every non-ignored
+    row (not class-weighted; a ``"mean"`` divides it by the same divisor), so the gradient
+    gains :math:`2 \zeta\, \mathrm{lse}_i\, p`. ``softcap`` :math:`= \kappa` first caps the
+    logits, :math:`z' = \kappa 	anh(z / \kappa)` (Gemma 2): the loss is that of :math:`z'`
+    and the gradient is taken through the cap, times :math:`1 - (z' / \kappa)^2`. Both are
+    computed in the same fused pass.
+
     Args:
         logits: ``(N, C)`` float16/float32/float64.
         target: ``(N,)`` integer class indices, or ``(N, C)`` class probabilities.
@@ -55,6 +64,8 @@ def softmax_cross_entropy(
         out: array to write the gradient into; may be ``logits`` itself (in place).
         validate: check class indices (one small device-to-host read on a GPU). With
             ``False`` a bad index gives that row a zero gradient and a NaN loss.
+        z_loss: :math:`\zeta \ge 0`, the factor of the squared log-sum-exp.
+        softcap: ``None``, or :math:`\kappa > 0` to cap the logits.
 
     Returns:
         ``(loss, grad)``: ``loss`` 0-d (or ``(N,)`` for ``"none"``), float32 for float16
@@ -86,6 +97,7 @@ def softmax_cross_entropy(
     _validate.ndim("logits", logits, 2, "a (N, C) batch of logit rows")
     _validate.reduction(reduction)
     label_smoothing = _validate.label_smoothing(label_smoothing)
+    z_loss, softcap = _validate.z_loss(z_loss), _validate.softcap(softcap)
     ignore_index = _validate.ignore_index(ignore_index)
     n, c = logits.shape
     _validate.class_weight(weight, c)
@@ -126,10 +138,12 @@ def softmax_cross_entropy(
     row_loss = xp.empty(n, acc)
     if class_indices:
         ops.softmax_xent_labels(
-            logits, labels, w, scale, grad, row_loss, ignore_index, float(label_smoothing)
+            logits, labels, w, scale, grad, row_loss, ignore_index, label_smoothing, z_loss, softcap
         )
     else:
-        ops.softmax_xent_probs(logits, target, w, scale, grad, row_loss, float(label_smoothing))
+        ops.softmax_xent_probs(
+            logits, target, w, scale, grad, row_loss, label_smoothing, z_loss, softcap
+        )
 
     if reduction == "none":
         return row_loss, grad

@@ -297,6 +297,24 @@ def real_number(name: str, value) -> float:
     return float(value)
 
 
+def z_loss(value) -> float:
+    """The z-loss factor: a finite real number >= 0."""
+    value = real_number("z_loss", value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"z_loss must be a finite number >= 0, got {value}")
+    return value
+
+
+def softcap(value) -> float:
+    """``None`` (no cap, given to kernels as 0) or a finite real number > 0."""
+    if value is None:
+        return 0.0
+    value = real_number("softcap", value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"softcap must be None or a finite number > 0, got {value}")
+    return value
+
+
 def label_smoothing(value) -> float:
     value = real_number("label_smoothing", value)
     if not 0.0 <= value <= 1.0:  # NaN fails too

@@ -29,6 +29,7 @@ import torch
 
 import gpukernels as _gk
 
+from . import _validate
 from ._composite_loss import LossTerm
 from ._kinds import TermKind
 
@@ -64,6 +65,8 @@ def _cross_entropy_op(
     ignore_index: int,
     reduction: str,
     label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
 ) -> tuple[Tensor, Tensor]:
     return _gk.softmax_cross_entropy(
         input,
@@ -72,11 +75,13 @@ def _cross_entropy_op(
         ignore_index=ignore_index,
         reduction=reduction,
         label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
     )
 
 
 @_cross_entropy_op.register_fake
-def _(input, target, weight, ignore_index, reduction, label_smoothing):
+def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap):
     shape = (input.shape[0],) if reduction == "none" else ()
     return _loss_like(input, shape), torch.empty_like(input)
 
@@ -89,6 +94,8 @@ def _cross_entropy_inplace_op(
     ignore_index: int,
     reduction: str,
     label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
 ) -> Tensor:
     loss, _ = _gk.softmax_cross_entropy(
         input,
@@ -97,13 +104,15 @@ def _cross_entropy_inplace_op(
         ignore_index=ignore_index,
         reduction=reduction,
         label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
         out=input,
     )
     return loss
 
 
 @_cross_entropy_inplace_op.register_fake
-def _(input, target, weight, ignore_index, reduction, label_smoothing):
+def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap):
     return _loss_like(input, (input.shape[0],) if reduction == "none" else ())
 
 
@@ -258,6 +267,8 @@ def cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     *,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
     inplace_backward: bool = False,
 ) -> Tensor:
     r"""Softmax cross-entropy of ``input`` ``(N, C)`` against class indices ``(N,)`` or
@@ -271,9 +282,21 @@ def cross_entropy(
     The gradient is computed with the loss in one fused pass and saved; with
     ``inplace_backward=True`` it is written over ``input`` (no extra buffer), and ``input``
     is marked modified so that autograd raises if anything else still needs it. A mean
-    over no row (every target ignored) is 0 with a zero gradient.
+    over no row (every target ignored) is 0 with a zero gradient. ``z_loss`` adds
+    ``z_loss * lse^2`` per non-ignored row and ``softcap`` caps the logits to
+    ``softcap * tanh(z / softcap)`` first, in the same pass (see
+    ``gpukernels.softmax_cross_entropy``).
     """
-    args = (target, weight, int(ignore_index), reduction, float(label_smoothing))
+    cap = None if softcap is None else float(softcap)
+    args = (
+        target,
+        weight,
+        int(ignore_index),
+        reduction,
+        float(label_smoothing),
+        float(z_loss),
+        cap,
+    )
     if inplace_backward:
         loss, _ = _FusedLossInPlace.apply(input, *args)
         return loss
@@ -306,7 +329,9 @@ def huber_loss(
     r"""Huber loss of :math:`d = p - t`: :math:`d^2 / 2` where :math:`|d| \le \delta`, else
     :math:`\delta (|d| - \delta / 2)`; gradient :math:`\mathrm{clip}(d, -\delta, \delta)`.
     As ``torch.nn.functional.huber_loss``."""
-    return _FusedLoss.apply(_huber_op, input, target, reduction, float(delta))
+    return _FusedLoss.apply(
+        _huber_op, input, target, reduction, _validate.real_number("delta", delta)
+    )
 
 
 def composite_loss(pred: Tensor, target: Tensor, terms: Sequence[LossTerm]) -> Tensor:
@@ -332,12 +357,15 @@ class CrossEntropyLoss(torch.nn.Module):
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         *,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
         inplace_backward: bool = False,
     ) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
         self.ignore_index, self.reduction = ignore_index, reduction
         self.label_smoothing, self.inplace_backward = label_smoothing, inplace_backward
+        self.z_loss, self.softcap = z_loss, softcap
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return cross_entropy(
@@ -347,6 +375,8 @@ class CrossEntropyLoss(torch.nn.Module):
             self.ignore_index,
             self.reduction,
             self.label_smoothing,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
             inplace_backward=self.inplace_backward,
         )
 

@@ -115,7 +115,7 @@ def run_labels(z, y, w, g, eps, ignore_index=-100, grad=None):
     acc = acc_of(z.dtype)
     grad = poisoned(z.shape, z.dtype) if grad is None else grad
     loss = poisoned(z.shape[0], acc)
-    softmax_xent.softmax_xent_labels(z, y, w, g, grad, loss, ignore_index, eps)
+    softmax_xent.softmax_xent_labels(z, y, w, g, grad, loss, ignore_index, eps, 0.0, 0.0)
     return loss, grad
 
 
@@ -151,12 +151,12 @@ def test_softmax_xent_rereads_rows_that_do_not_fit(monkeypatch):
     t = rng.dirichlet(np.ones(300), 3)
     cached = run_labels(z, y, w, g, 0.1)
     cached_p = poisoned(3, np.float32), poisoned(z.shape, np.float32)
-    softmax_xent.softmax_xent_probs(z, t, w, g, cached_p[1], cached_p[0], 0.1)
+    softmax_xent.softmax_xent_probs(z, t, w, g, cached_p[1], cached_p[0], 0.1, 0.0, 0.0)
     monkeypatch.setattr(_cuda.POLICY, "shared_bytes", 0)
     assert not _cuda.row_shape(300, 4)[2]
     reread = run_labels(z, y, w, g, 0.1)
     reread_p = poisoned(3, np.float32), poisoned(z.shape, np.float32)
-    softmax_xent.softmax_xent_probs(z, t, w, g, reread_p[1], reread_p[0], 0.1)
+    softmax_xent.softmax_xent_probs(z, t, w, g, reread_p[1], reread_p[0], 0.1, 0.0, 0.0)
     for a, b in zip(cached + cached_p, reread + reread_p, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -205,7 +205,7 @@ def test_softmax_xent_probs(dtype, case):
     w = rng.uniform(0.5, 2, c).astype(acc) if weighted else np.empty(0, acc)
     g = rng.uniform(0.5, 2, n).astype(acc)
     grad, loss = poisoned(z.shape, dtype), poisoned(n, acc)
-    softmax_xent.softmax_xent_probs(z, t, w, g, grad, loss, eps)
+    softmax_xent.softmax_xent_probs(z, t, w, g, grad, loss, eps, 0.0, 0.0)
     z64 = z.astype(np.float64)
     lse = np.log(np.exp(z64 - z64.max(1, keepdims=True)).sum(1, keepdims=True)) + z64.max(
         1, keepdims=True

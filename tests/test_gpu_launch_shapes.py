@@ -54,7 +54,7 @@ def test_softmax_xent_labels(gpu_policy, n, c, cached):
     w = rng.uniform(0.5, 2.0, c).astype(np.float32)
     g = np.ones(1, np.float32)
     grad, loss = poisoned(z.shape, np.float32), poisoned(n, np.float32)
-    softmax_xent.softmax_xent_labels(z, y, w, g, grad, loss, -100, 0.1)
+    softmax_xent.softmax_xent_labels(z, y, w, g, grad, loss, -100, 0.1, 0.0, 0.0)
     want_loss, want_grad = softmax_labels_reference(z, y, w, g, -100, 0.1)
     close(loss, want_loss, np.float32, scale=10)
     close(grad, want_grad, np.float32)
@@ -66,11 +66,13 @@ def test_softmax_xent_probs(gpu_policy):
     t = rng.dirichlet(np.ones(3000), 2).astype(np.float32)
     grad, loss = poisoned(z.shape, np.float32), poisoned(2, np.float32)
     w = np.empty(0, np.float32)
-    softmax_xent.softmax_xent_probs(z, t, w, np.ones(1, np.float32), grad, loss, 0.0)
-    z64 = z.astype(np.float64)
+    g = np.ones(1, np.float32)
+    softmax_xent.softmax_xent_probs(z, t, w, g, grad, loss, 0.0, 0.01, 2.0)  # z-loss, softcap
+    z64 = 2.0 * np.tanh(z.astype(np.float64) / 2.0)
     lse = np.log(np.exp(z64).sum(1, keepdims=True))
-    close(loss, (t * (lse - z64)).sum(1), np.float32, scale=10)
-    close(grad, np.exp(z64 - lse) - t, np.float32)
+    close(loss, (t * (lse - z64)).sum(1) + 0.01 * lse[:, 0] ** 2, np.float32, scale=10)
+    slope = 1 - (z64 / 2.0) ** 2
+    close(grad, ((1 + 0.02 * lse) * np.exp(z64 - lse) - t) * slope, np.float32)
 
 
 def test_label_row_weights(gpu_policy):

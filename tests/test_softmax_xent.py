@@ -434,3 +434,83 @@ def test_infinite_weight_of_an_unused_class(backend):
         assert np.isfinite(grad).all() and np.isfinite(loss)
         np.testing.assert_allclose(loss, want.item(), rtol=1e-6)
         np.testing.assert_allclose(grad, x.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def zloss_softcap_reference(torch, z, target, *, reduction, weight, smoothing, z_loss, softcap):
+    """PyTorch autograd through the definitions: the capped logits, cross_entropy per row,
+    z_loss * lse^2 on the non-ignored rows, and the weighted mean's divisor."""
+    f = torch.nn.functional
+    x = torch.tensor(z.astype(np.float64), requires_grad=True)
+    capped = softcap * torch.tanh(x / softcap) if softcap else x
+    probs = target.dtype.kind == "f"
+    t = torch.tensor(target.astype(np.float64) if probs else target)
+    w = None if weight is None else torch.tensor(weight, dtype=torch.float64)
+    rows = f.cross_entropy(capped, t, weight=w, reduction="none", label_smoothing=smoothing)
+    valid = torch.ones(len(z), dtype=torch.bool) if probs else t != -100
+    rows = rows + z_loss * torch.logsumexp(capped, -1) ** 2 * valid
+    if reduction == "none":
+        total = rows
+    elif reduction == "sum":
+        total = rows.sum()
+    else:
+        divisor = valid.sum() if w is None or probs else w[t[valid]].sum()
+        total = rows.sum() / divisor
+    total.backward(torch.ones_like(total))
+    return total.detach().numpy(), x.grad.numpy()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("targets", ["labels", "probabilities"])
+def test_z_loss_and_softcap(backend, dtype, reduction, targets):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(72)
+    z = (6 * rng.standard_normal((7, 11))).astype(dtype)
+    if targets == "labels":
+        target = rng.integers(0, 11, 7)
+        target[3] = -100
+    else:
+        target = rng.dirichlet(np.ones(11), 7).astype(dtype)
+    weight = rng.uniform(0.5, 2.0, 11).astype(dtype)
+    options = dict(reduction=reduction, weight=weight, smoothing=0.1, z_loss=1e-2, softcap=5.0)
+    loss, grad = gk.softmax_cross_entropy(
+        z,
+        target,
+        reduction=reduction,
+        weight=weight,
+        label_smoothing=0.1,
+        z_loss=1e-2,
+        softcap=5.0,
+    )
+    want_loss, want_grad = zloss_softcap_reference(torch, z, target, **options)
+    assert_close(loss, want_loss, dtype, what="loss")
+    assert_close(grad, want_grad, dtype, what="grad")
+
+
+def test_softcap_caps_infinite_logits(backend):
+    """+inf caps to softcap: a finite row, whose capped class gets no gradient (tanh' = 0)."""
+    z = np.array([[np.inf, 0.0, 1.0], [np.nan, 0.0, 1.0]], np.float32)
+    loss, grad = gk.softmax_cross_entropy(z, np.array([1, 1]), reduction="none", softcap=3.0)
+    capped = np.array([3.0, 0.0, 3.0 * np.tanh(1 / 3.0)])
+    want = np.log(np.exp(capped).sum()) - capped[1]
+    np.testing.assert_allclose(loss[0], want, rtol=1e-6)
+    assert grad[0, 0] == 0 and np.isfinite(grad[0]).all()
+    assert np.isnan(loss[1]) and np.isnan(grad[1]).all()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "error"),
+    [
+        ("z_loss", -1e-4, ValueError),
+        ("z_loss", float("nan"), ValueError),
+        ("z_loss", "0.1", TypeError),
+        ("softcap", 0.0, ValueError),
+        ("softcap", -2.0, ValueError),
+        ("softcap", float("inf"), ValueError),
+        ("softcap", True, TypeError),
+    ],
+)
+def test_bad_z_loss_and_softcap(option, value, error):
+    z = np.zeros((2, 3), np.float32)
+    with pytest.raises(error, match=option):
+        gk.softmax_cross_entropy(z, np.array([0, 1]), **{option: value})

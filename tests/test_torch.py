@@ -320,3 +320,19 @@ def test_training_follows_the_same_loss_curve():
     ref = train(lambda z, y: F.cross_entropy(z, y, label_smoothing=0.05))
     np.testing.assert_allclose(mine, ref, rtol=1e-4)
     assert mine[-5:].mean() < 0.5 * mine[:5].mean()
+
+
+def test_cross_entropy_z_loss_and_softcap():
+    gen = torch.Generator().manual_seed(13)
+    logits, labels, weight = ce_case(gen, torch.float64)
+    x = logits.clone().requires_grad_()
+    gkt.cross_entropy(x, labels, weight, z_loss=1e-3, softcap=2.5).backward()
+    ref_x = logits.clone().requires_grad_()
+    capped = 2.5 * torch.tanh(ref_x / 2.5)
+    rows = F.cross_entropy(capped, labels, weight, reduction="none")
+    valid = labels != -100
+    rows = rows + 1e-3 * torch.logsumexp(capped, -1) ** 2 * valid
+    (rows.sum() / weight[labels[valid]].sum()).backward()
+    close(x.grad, ref_x.grad, torch.float64)
+    module = gkt.CrossEntropyLoss(weight, z_loss=1e-3, softcap=2.5)
+    close(module(logits, labels), rows.sum() / weight[labels[valid]].sum(), torch.float64)

@@ -49,7 +49,7 @@ MAX_TERMS = _kinds.MAX_TERMS  # softmax statistics per term live in a thread's l
 def _kernel(acc, bf16: bool):
     zero, one = acc_constant(acc, 0.0), acc_constant(acc, 1.0)
     neg_inf, nan = acc_constant(acc, -math.inf), acc_constant(acc, math.nan)
-    online, finish, nll, grad_value = row_maths(acc)
+    online, finish, nll, grad_value, _, _ = row_maths(acc)
     bce = scalar_device(_scalar.bce_with_logits, acc)
     squared_error = scalar_device(_scalar.squared_error, acc)
     huber = scalar_device(_scalar.huber, acc)

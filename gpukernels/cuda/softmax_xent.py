@@ -65,7 +65,9 @@ def row_maths(acc):
     - ``nll(m, z, log_s)``: ``-log p`` of a logit ``z``, as ``(m - z) + log s`` (``m - z`` is
       exact near the max, so large logits lose no precision to ``lse = m + log s``);
     - ``grad_value(g, big_a, z, m, inv, a)``: ``g (A p - a)`` with ``p = exp(z - m) / s``,
-      formed in acc and rounded once when stored (``p_y - 1`` is never a 16-bit value).
+      formed in acc and rounded once when stored (``p_y - 1`` is never a 16-bit value);
+    - ``capped(z, cap)``: the softcapped logit ``cap tanh(z / cap)`` (``z`` for ``cap`` 0),
+      and ``cap_slope(zc, cap)``: its derivative ``1 - (zc / cap)^2`` (1 for ``cap`` 0).
     """
     zero, one = acc_constant(acc, 0.0), acc_constant(acc, 1.0)
     neg_inf, pos_inf = acc_constant(acc, -math.inf), acc_constant(acc, math.inf)
@@ -98,7 +100,18 @@ def row_maths(acc):
     def grad_value(g, big_a, z, m, inv, a):
         return g * (big_a * (math.exp(z - m) * inv) - a)
 
-    return online, finish, nll, grad_value
+    @cuda.jit(device=True)
+    def capped(z, cap):
+        return cap * math.tanh(z / cap) if cap > zero else z
+
+    @cuda.jit(device=True)
+    def cap_slope(zc, cap):
+        if cap > zero:
+            r = zc / cap
+            return one - r * r
+        return one
+
+    return online, finish, nll, grad_value, capped, cap_slope
 
 
 @functools.cache
@@ -121,14 +134,24 @@ def _group_reductions(acc):
 def _labels_kernel(acc, bf16: bool):
     zero, one, neg_inf = (acc_constant(acc, v) for v in (0.0, 1.0, -math.inf))
     nan = acc_constant(acc, math.nan)
-    online, finish, nll, grad_value = row_maths(acc)
+    online, finish, nll, grad_value, capped, cap_slope = row_maths(acc)
     row_max_sum, group_sum = _group_reductions(acc)
     batch = _batch(acc)
     load, store = element_io(acc, bf16)
 
     @cuda.jit
     def _softmax_xent_labels_rows_kernel(
-        logits, labels, weight, grad_scale, grad, row_loss, ignore_index, smoothing, cache
+        logits,
+        labels,
+        weight,
+        grad_scale,
+        grad,
+        row_loss,
+        ignore_index,
+        smoothing,
+        z_loss,
+        softcap,
+        cache,
     ):
         buf = cuda.shared.array(0, acc)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
@@ -138,7 +161,7 @@ def _labels_kernel(acc, bf16: bool):
         live = i < n
         row = ry * tx_n + ty * num_c  # this row's cache in buf, after the scratch
         has_w = weight.shape[0] > 0
-        eps = acc(smoothing)
+        eps, zl, cap = acc(smoothing), acc(z_loss), acc(softcap)
         eps_c = eps / acc(num_c) if num_c > 0 else zero
         y = types.int64(-1)
         valid = False
@@ -164,7 +187,7 @@ def _labels_kernel(acc, bf16: bool):
             for u in range(batch):
                 c = base + u * tx_n
                 if c < num_c:
-                    z = zs[u]
+                    z = capped(zs[u], cap)
                     if cache:
                         buf[row + c] = z
                     if c == y:
@@ -176,21 +199,25 @@ def _labels_kernel(acc, bf16: bool):
         big, total = row_max_sum(m, s, buf, tx, ty, tx_n)
         w_all = group_sum(w_sum, buf, tx, ty, tx_n) if need_w else acc(num_c)
         log_s, inv = finish(big, total)
-        # A = sum_c a_c = (1 - eps) w_y + (eps / C) sum_c w_c
+        lse = big + log_s
+        # A = sum_c a_c = (1 - eps) w_y + (eps / C) sum_c w_c, and z-loss's 2 zl lse
         big_a = (one - eps) * w_y + eps_c * w_all
+        if zl > zero:
+            big_a += (zl + zl) * lse
         g = grad_scale[i if grad_scale.shape[0] > 1 and live else 0]
 
         smooth = zero
         if live:
             for c in range(tx, num_c, tx_n):
-                z = buf[row + c] if cache else load(logits[i, c])
+                z = buf[row + c] if cache else capped(load(logits[i, c]), cap)
                 if valid:
                     # w_c only with smoothing: an inf weight of an unused class stays out
                     w_c = (acc(weight[c]) if has_w else one) if eps > zero else zero
                     a = eps_c * w_c
                     if c == y:
                         a += (one - eps) * w_y
-                    grad[i, c] = store(grad_value(g, big_a, z, big, inv, a))
+                    value = grad_value(g, big_a, z, big, inv, a) * cap_slope(z, cap)
+                    grad[i, c] = store(value)
                     if eps > zero:
                         smooth += w_c * nll(big, z, log_s)
                 else:
@@ -203,6 +230,8 @@ def _labels_kernel(acc, bf16: bool):
                     loss = (one - eps) * w_y * nll(big, z_y, log_s)
                     if eps > zero:
                         loss += eps_c * smooth
+                    if zl > zero:
+                        loss += zl * lse * lse
                     row_loss[i] = loss
             elif tx == 0:
                 # ignored: no loss; out of range: NaN so that the reduced loss shows it
@@ -214,7 +243,7 @@ def _labels_kernel(acc, bf16: bool):
 @functools.cache
 def _probs_kernel(acc, bf16: bool, target_bf16: bool):
     zero, one, neg_inf = (acc_constant(acc, v) for v in (0.0, 1.0, -math.inf))
-    online, finish, nll, grad_value = row_maths(acc)
+    online, finish, nll, grad_value, capped, cap_slope = row_maths(acc)
     row_max_sum, group_sum = _group_reductions(acc)
     batch = _batch(acc)
     load, store = element_io(acc, bf16)
@@ -222,7 +251,7 @@ def _probs_kernel(acc, bf16: bool, target_bf16: bool):
 
     @cuda.jit
     def _softmax_xent_probs_rows_kernel(
-        logits, target, weight, grad_scale, grad, row_loss, smoothing, cache
+        logits, target, weight, grad_scale, grad, row_loss, smoothing, z_loss, softcap, cache
     ):
         buf = cuda.shared.array(0, acc)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
@@ -232,7 +261,7 @@ def _probs_kernel(acc, bf16: bool, target_bf16: bool):
         live = i < n
         row = ry * tx_n + ty * num_c
         has_w = weight.shape[0] > 0
-        eps = acc(smoothing)
+        eps, zl, cap = acc(smoothing), acc(z_loss), acc(softcap)
         eps_c = eps / acc(num_c) if num_c > 0 else zero
 
         m, s, a_sum = neg_inf, zero, zero
@@ -253,7 +282,7 @@ def _probs_kernel(acc, bf16: bool, target_bf16: bool):
             for u in range(batch):
                 c = base + u * tx_n
                 if c < num_c:
-                    z = zs[u]
+                    z = capped(zs[u], cap)
                     if cache:
                         buf[row + c] = z
                     m, s = online(m, s, z)
@@ -263,19 +292,21 @@ def _probs_kernel(acc, bf16: bool, target_bf16: bool):
         big, total = row_max_sum(m, s, buf, tx, ty, tx_n)
         big_a = group_sum(a_sum, buf, tx, ty, tx_n)
         log_s, inv = finish(big, total)
+        lse = big + log_s
+        big_a_z = big_a + (zl + zl) * lse if zl > zero else big_a  # z-loss's 2 zl lse
         g = grad_scale[i if grad_scale.shape[0] > 1 and live else 0]
 
         loss = zero
         if live:
             for c in range(tx, num_c, tx_n):
-                z = buf[row + c] if cache else load(logits[i, c])
+                z = buf[row + c] if cache else capped(load(logits[i, c]), cap)
                 w_c = acc(weight[c]) if has_w else one
                 a = w_c * (load_target(target[i, c]) * (one - eps) + eps_c)
-                grad[i, c] = store(grad_value(g, big_a, z, big, inv, a))
+                grad[i, c] = store(grad_value(g, big_a_z, z, big, inv, a) * cap_slope(z, cap))
                 loss += a * nll(big, z, log_s)
         loss = group_sum(loss, buf, tx, ty, tx_n)
         if live and tx == 0:
-            row_loss[i] = loss
+            row_loss[i] = loss + zl * lse * lse if zl > zero else loss
 
     return _softmax_xent_probs_rows_kernel
 
@@ -320,7 +351,7 @@ def label_row_weights(labels, weight, row_weight, ignore_index, num_classes) -> 
 
 
 def softmax_xent_labels(
-    logits, labels, weight, grad_scale, grad, row_loss, ignore_index, smoothing
+    logits, labels, weight, grad_scale, grad, row_loss, ignore_index, smoothing, z_loss, softcap
 ) -> None:
     """Loss and gradient of class-index targets (see the module docstring for the maths).
 
@@ -346,11 +377,15 @@ def softmax_xent_labels(
         row_loss,
         int(ignore_index),
         float(smoothing),
+        float(z_loss),
+        float(softcap),
         cache,
     )
 
 
-def softmax_xent_probs(logits, target, weight, grad_scale, grad, row_loss, smoothing) -> None:
+def softmax_xent_probs(
+    logits, target, weight, grad_scale, grad, row_loss, smoothing, z_loss, softcap
+) -> None:
     """Loss and gradient of probability targets ``target`` ``(N, C)`` (any float dtype)."""
     n, num_c = logits.shape
     if n == 0:
@@ -369,6 +404,8 @@ def softmax_xent_probs(logits, target, weight, grad_scale, grad, row_loss, smoot
         bits(grad),
         row_loss,
         float(smoothing),
+        float(z_loss),
+        float(softcap),
         cache,
     )
 
@@ -388,10 +425,10 @@ def ptx_signatures():
             mat = types.Array(kernel_type(dtype), 2, layout)
             labels = types.Array(i64, 1, layout)
             kernel = _labels_kernel(acc, bf16)
-            sigs.append((kernel, (mat, labels, vec, vec, mat, vec, i64, f64, b1)))
+            sigs.append((kernel, (mat, labels, vec, vec, mat, vec, i64, f64, f64, f64, b1)))
             for tdtype in STORAGE if layout == "C" else (dtype,):
                 target = types.Array(kernel_type(tdtype), 2, layout)
                 kernel = _probs_kernel(acc, bf16, is_bf16(tdtype))
-                sigs.append((kernel, (mat, target, vec, vec, mat, vec, f64, b1)))
+                sigs.append((kernel, (mat, target, vec, vec, mat, vec, f64, f64, f64, b1)))
         sigs.append((_row_weights_kernel(acc), (i64[::1], vec, vec, i64, i64)))
     return sigs
