@@ -17,6 +17,7 @@ from ._composite_loss import LossTerm, composite_loss
 from ._dispatch import backend, cuda_available
 from ._elementwise import sigmoid, sigmoid_backward, sigmoid_derivative
 from ._elementwise_losses import bce_with_logits, huber_loss, mse
+from ._linear_cross_entropy import linear_cross_entropy
 from ._softmax_cross_entropy import softmax_cross_entropy
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ __all__ = [
     "composite_loss",
     "cuda_available",
     "huber_loss",
+    "linear_cross_entropy",
     "mse",
     "sigmoid",
     "sigmoid_backward",

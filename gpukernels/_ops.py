@@ -48,7 +48,7 @@ OPS: dict[str, Op] = {
         Op(
             "softmax_xent",
             ("label_row_weights", "softmax_xent_labels", "softmax_xent_probs"),
-            ("softmax_cross_entropy",),
+            ("softmax_cross_entropy", "linear_cross_entropy"),
             "softmax_xent",
         ),
         Op("bce", _ELEMENTWISE_LOSS, ("bce_with_logits",), "bce"),

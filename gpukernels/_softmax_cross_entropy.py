@@ -117,7 +117,7 @@ def softmax_cross_entropy(
     if n == 0:
         grad[...] = 0
         return xp.zeros((0,) if reduction == "none" else (), acc), grad
-    labels = _int64_labels(xp, target) if class_indices else None
+    labels = int64_labels(xp, target) if class_indices else None
     if class_indices and validate:
         _validate.class_indices(xp, labels, c, ignore_index, target)
 
@@ -126,11 +126,7 @@ def softmax_cross_entropy(
     scale = upstream_scale(xp, grad_output, acc)
     if reduction == "mean":
         if class_indices:
-            row_weight = xp.empty(n, acc)
-            ops.label_row_weights(labels, w, row_weight, ignore_index, c)
-            divisor = canonical_sum(call, row_weight)
-            if weight is not None:
-                divisor = _weighted_mean_divisor(xp, divisor, labels, ignore_index, c)
+            divisor = label_mean_divisor(call, labels, w, weight is not None, ignore_index, c)
         else:
             divisor = xp.full((), n, acc)
         scale = safe_divide(xp, scale, divisor)
@@ -153,13 +149,25 @@ def softmax_cross_entropy(
     return xp.asarray(total), grad
 
 
-def _int64_labels(xp, target):
+def int64_labels(xp, target):
     """Class indices as int64; uint64 ones past int64's range are clipped to its largest value
     first (they would wrap to negative numbers, even to ``ignore_index``), so that they stay
     out of range."""
     if np.dtype(target.dtype) == np.uint64:
         target = xp.minimum(target, np.uint64(_validate.INT64_MAX))
     return target.astype(np.int64, copy=False)
+
+
+def label_mean_divisor(call, labels, w, weighted: bool, ignore_index: int, num_classes: int):
+    """The ``"mean"`` divisor of class-index targets: the canonical sum of the class weights
+    ``w`` (``acc``, empty for none) of the rows taking part, a 0-d array on the data's device
+    (nothing read back). With weights, see :func:`_weighted_mean_divisor`."""
+    row_weight = call.xp.empty(labels.shape[0], w.dtype)
+    call.ops("softmax_xent").label_row_weights(labels, w, row_weight, ignore_index, num_classes)
+    divisor = canonical_sum(call, row_weight)
+    if weighted:
+        divisor = _weighted_mean_divisor(call.xp, divisor, labels, ignore_index, num_classes)
+    return divisor
 
 
 def _weighted_mean_divisor(xp, weight_sum, labels, ignore_index: int, num_classes: int):

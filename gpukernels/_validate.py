@@ -221,6 +221,21 @@ def same_shape(name: str, x, other_name: str, shape: tuple[int, ...]) -> None:
         )
 
 
+def same_dtype(name: str, x, other_name: str, dtype: np.dtype) -> None:
+    if np.dtype(x.dtype) != dtype:
+        raise TypeError(f"{name} must have the dtype of {other_name} ({dtype}), got {x.dtype}")
+
+
+def chunk_size(value) -> int | None:
+    """``None`` or a positive integer (rows per chunk)."""
+    if value is None:
+        return None
+    value = integer("chunk_size", value)
+    if value < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows, got {value}")
+    return value
+
+
 def reduction(value: str, allowed: tuple[str, ...] = REDUCTIONS) -> None:
     if value not in allowed:
         raise ValueError(f"reduction must be one of {', '.join(map(repr, allowed))}, got {value!r}")

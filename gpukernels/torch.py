@@ -27,196 +27,53 @@ from collections.abc import Sequence
 
 import torch
 
-import gpukernels as _gk
-
 from . import _validate
 from ._composite_loss import LossTerm
-from ._kinds import TermKind
+from ._torch_ops import (
+    bce_op,
+    composite_op,
+    cross_entropy_inplace_op,
+    cross_entropy_op,
+    huber_op,
+    layout_of,
+    linear_cross_entropy_op,
+    mse_op,
+)
 
 __all__ = [
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
     "HuberLoss",
+    "LinearCrossEntropyLoss",
     "MSELoss",
     "binary_cross_entropy_with_logits",
     "composite_loss",
     "cross_entropy",
     "huber_loss",
+    "linear_cross_entropy",
     "mse_loss",
 ]
 
 Tensor = torch.Tensor
 
 
-def _loss_like(input: Tensor, shape) -> Tensor:
-    """An empty loss of ``shape``: float32 for 16-bit inputs, else the input's dtype."""
-    dtype = torch.float32 if input.element_size() == 2 else input.dtype
-    return input.new_empty(shape, dtype=dtype)
-
-
-# ----------------------------------------------------------------------- the custom ops
-
-
-@torch.library.custom_op("gpukernels::cross_entropy", mutates_args=())
-def _cross_entropy_op(
-    input: Tensor,
-    target: Tensor,
-    weight: Tensor | None,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-) -> tuple[Tensor, Tensor]:
-    return _gk.softmax_cross_entropy(
-        input,
-        target,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-    )
-
-
-@_cross_entropy_op.register_fake
-def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap):
-    shape = (input.shape[0],) if reduction == "none" else ()
-    return _loss_like(input, shape), torch.empty_like(input)
-
-
-@torch.library.custom_op("gpukernels::cross_entropy_inplace", mutates_args=("input",))
-def _cross_entropy_inplace_op(
-    input: Tensor,
-    target: Tensor,
-    weight: Tensor | None,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-) -> Tensor:
-    loss, _ = _gk.softmax_cross_entropy(
-        input,
-        target,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        out=input,
-    )
-    return loss
-
-
-@_cross_entropy_inplace_op.register_fake
-def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap):
-    return _loss_like(input, (input.shape[0],) if reduction == "none" else ())
-
-
-@torch.library.custom_op("gpukernels::bce_with_logits", mutates_args=())
-def _bce_op(
-    input: Tensor,
-    target: Tensor,
-    weight: Tensor | None,
-    pos_weight: Tensor | None,
-    reduction: str,
-) -> tuple[Tensor, Tensor]:
-    return _gk.bce_with_logits(
-        input, target, weight=weight, pos_weight=pos_weight, reduction=reduction
-    )
-
-
-@_bce_op.register_fake
-def _(input, target, weight, pos_weight, reduction):
-    return _elementwise_fake(input, reduction)
-
-
-@torch.library.custom_op("gpukernels::mse", mutates_args=())
-def _mse_op(input: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
-    return _gk.mse(input, target, reduction=reduction)
-
-
-@_mse_op.register_fake
-def _(input, target, reduction):
-    return _elementwise_fake(input, reduction)
-
-
-@torch.library.custom_op("gpukernels::huber", mutates_args=())
-def _huber_op(input: Tensor, target: Tensor, reduction: str, delta: float) -> tuple[Tensor, Tensor]:
-    return _gk.huber_loss(input, target, reduction=reduction, delta=delta)
-
-
-@_huber_op.register_fake
-def _(input, target, reduction, delta):
-    return _elementwise_fake(input, reduction)
-
-
-def _elementwise_fake(input, reduction):
-    shape = tuple(input.shape) if reduction == "none" else ()
-    return _loss_like(input, shape), torch.empty_like(input)
-
-
-@torch.library.custom_op("gpukernels::composite", mutates_args=())
-def _composite_op(
-    pred: Tensor, target: Tensor, layout: list[int], factors: list[float]
-) -> tuple[Tensor, Tensor]:
-    return _gk.composite_loss(pred, target, _terms_from(layout, factors))
-
-
-@_composite_op.register_fake
-def _(pred, target, layout, factors):
-    return _loss_like(pred, ()), torch.empty_like(pred)
-
-
-def _layout_of(terms: Sequence[LossTerm], width: int, target_width: int):
-    """``LossTerm``s as the flat lists a custom op can take (ints and floats)."""
-    layout, factors = [], []
-    for term in terms:
-        if not isinstance(term, LossTerm):
-            raise TypeError(f"terms must be a sequence of LossTerm, got {type(term).__name__}")
-        columns = term.columns.indices(width) if isinstance(term.columns, slice) else None
-        tsel = term.columns if term.target_columns is None else term.target_columns
-        tcolumns = tsel.indices(target_width) if isinstance(tsel, slice) else None
-        if columns is None or tcolumns is None or columns[2] != 1 or tcolumns[2] != 1:
-            raise TypeError("terms: columns and target_columns must be slices with step 1")
-        only = -1 if term.only_where is None else term.only_where
-        layout += [TermKind.from_name(term.kind), *columns[:2], *tcolumns[:2], only]
-        factors += [term.weight, term.delta]
-    return layout, factors
-
-
-def _terms_from(layout: list[int], factors: list[float]) -> list[LossTerm]:
-    terms = []
-    for k in range(len(layout) // 6):
-        kind, c0, c1, t0, t1, only = layout[6 * k : 6 * k + 6]
-        terms.append(
-            LossTerm(
-                TermKind(kind).label,
-                slice(c0, c1),
-                slice(t0, t1),
-                weight=factors[2 * k],
-                only_where=None if only < 0 else only,
-                delta=factors[2 * k + 1],
-            )
-        )
-    return terms
-
-
 # ----------------------------------------------------------------------- autograd
 
 
-def _scaled(grad: Tensor, grad_loss: Tensor, in_place: bool) -> Tensor:
-    """``grad`` times the upstream gradient of the loss (a scalar, or one value per row or
-    element of a ``"none"`` loss), in ``grad``'s dtype."""
+def _refuse_second_derivative() -> None:
+    """Backward runs with grad mode on only under ``create_graph=True``: refuse it."""
     if torch.is_grad_enabled():
         raise RuntimeError(
             "gpukernels.torch losses are once differentiable: their gradient is computed in "
             "the forward pass and saved, so a second derivative (create_graph=True) is not "
             "available; use the torch.nn.functional loss for that"
         )
+
+
+def _scaled(grad: Tensor, grad_loss: Tensor, in_place: bool) -> Tensor:
+    """``grad`` times the upstream gradient of the loss (a scalar, or one value per row or
+    element of a ``"none"`` loss), in ``grad``'s dtype."""
+    _refuse_second_derivative()
     scale = grad_loss.reshape(grad_loss.shape + (1,) * (grad.ndim - grad_loss.ndim))
     if in_place:
         return grad.mul_(scale)
@@ -244,7 +101,7 @@ class _FusedLossInPlace(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, *args):
-        loss = _cross_entropy_inplace_op(input, *args)
+        loss = cross_entropy_inplace_op(input, *args)
         ctx.mark_dirty(input)
         ctx.save_for_backward(input)
         ctx.num_args = len(args)
@@ -254,6 +111,38 @@ class _FusedLossInPlace(torch.autograd.Function):
     def backward(ctx, grad_loss, _unused):
         (grad,) = ctx.saved_tensors
         return (_scaled(grad, grad_loss, in_place=True),) + (None,) * ctx.num_args
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """The fused output layer: the gradients come from the forward pass (``"mean"`` and
+    ``"sum"``: scaled in backward). With ``"none"`` the per-row upstream gradient must enter
+    before the matrix products, so backward runs the chunks again with it."""
+
+    @staticmethod
+    def forward(ctx, input, linear_weight, linear_bias, target, *options):
+        reduction = options[1]
+        loss, grad_x, grad_w, grad_b = linear_cross_entropy_op(
+            input, linear_weight, target, linear_bias, *options[:-1], None, options[-1]
+        )
+        ctx.has_bias, ctx.reduction, ctx.options = linear_bias is not None, reduction, options
+        if reduction == "none":
+            ctx.save_for_backward(input, linear_weight, linear_bias, target)
+        else:
+            ctx.save_for_backward(grad_x, grad_w, grad_b)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        if ctx.reduction == "none":
+            _refuse_second_derivative()
+            input, linear_weight, linear_bias, target = ctx.saved_tensors
+            options = ctx.options
+            _, grad_x, grad_w, grad_b = linear_cross_entropy_op(
+                input, linear_weight, target, linear_bias, *options[:-1], grad_loss, options[-1]
+            )
+        else:
+            grad_x, grad_w, grad_b = (_scaled(g, grad_loss, False) for g in ctx.saved_tensors)
+        return (grad_x, grad_w, grad_b if ctx.has_bias else None) + (None,) * (1 + len(ctx.options))
 
 
 # ----------------------------------------------------------------------- functions
@@ -300,7 +189,39 @@ def cross_entropy(
     if inplace_backward:
         loss, _ = _FusedLossInPlace.apply(input, *args)
         return loss
-    return _FusedLoss.apply(_cross_entropy_op, input, *args)
+    return _FusedLoss.apply(cross_entropy_op, input, *args)
+
+
+def linear_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    r"""Cross-entropy of ``input @ linear_weight.T + linear_bias`` without holding the
+    ``(N, V)`` logits (``torch.nn.functional.linear_cross_entropy``'s names): chunks of rows,
+    PyTorch's matrix products, the fused kernel in place (see
+    ``gpukernels.linear_cross_entropy``). Differentiable with respect to ``input``,
+    ``linear_weight`` and ``linear_bias``; the weight gradient is accumulated in float32."""
+    cap = None if softcap is None else _validate.softcap(softcap)
+    options = (
+        weight,
+        reduction,
+        _validate.ignore_index(ignore_index),
+        _validate.label_smoothing(label_smoothing),
+        _validate.z_loss(z_loss),
+        cap,
+        _validate.chunk_size(chunk_size),
+    )
+    return _LinearCrossEntropy.apply(input, linear_weight, linear_bias, target, *options)
 
 
 def binary_cross_entropy_with_logits(
@@ -314,13 +235,13 @@ def binary_cross_entropy_with_logits(
     binary_cross_entropy_with_logits``:
     :math:`\ell = w [(1 - y) z + l_w \log(1 + e^{-z})]`, :math:`l_w = 1 + (p_w - 1) y`,
     gradient :math:`w (l_w \sigma(z) - p_w y)`."""
-    return _FusedLoss.apply(_bce_op, input, target, weight, pos_weight, reduction)
+    return _FusedLoss.apply(bce_op, input, target, weight, pos_weight, reduction)
 
 
 def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     r"""Squared error :math:`(p - t)^2`, gradient :math:`2 (p - t)`, as
     ``torch.nn.functional.mse_loss``."""
-    return _FusedLoss.apply(_mse_op, input, target, reduction)
+    return _FusedLoss.apply(mse_op, input, target, reduction)
 
 
 def huber_loss(
@@ -330,7 +251,7 @@ def huber_loss(
     :math:`\delta (|d| - \delta / 2)`; gradient :math:`\mathrm{clip}(d, -\delta, \delta)`.
     As ``torch.nn.functional.huber_loss``."""
     return _FusedLoss.apply(
-        _huber_op, input, target, reduction, _validate.real_number("delta", delta)
+        huber_op, input, target, reduction, _validate.real_number("delta", delta)
     )
 
 
@@ -340,8 +261,8 @@ def composite_loss(pred: Tensor, target: Tensor, terms: Sequence[LossTerm]) -> T
     fused kernel (see ``gpukernels.composite_loss``)."""
     if not isinstance(terms, Sequence) or isinstance(terms, LossTerm | str):
         raise TypeError(f"terms must be a sequence of LossTerm, got {type(terms).__name__}")
-    layout, factors = _layout_of(terms, pred.shape[-1], target.shape[-1])
-    return _FusedLoss.apply(_composite_op, pred, target, layout, factors)
+    layout, factors = layout_of(terms, pred.shape[-1], target.shape[-1])
+    return _FusedLoss.apply(composite_op, pred, target, layout, factors)
 
 
 # ----------------------------------------------------------------------- modules
@@ -378,6 +299,49 @@ class CrossEntropyLoss(torch.nn.Module):
             z_loss=self.z_loss,
             softcap=self.softcap,
             inplace_backward=self.inplace_backward,
+        )
+
+
+class LinearCrossEntropyLoss(torch.nn.Module):
+    """A fused output layer and its cross-entropy (see :func:`linear_cross_entropy`): call it
+    with ``(input, linear_weight, target, linear_bias=None)``."""
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.ignore_index, self.reduction = ignore_index, reduction
+        self.label_smoothing, self.z_loss, self.softcap = label_smoothing, z_loss, softcap
+        self.chunk_size = chunk_size
+
+    def forward(
+        self,
+        input: Tensor,
+        linear_weight: Tensor,
+        target: Tensor,
+        linear_bias: Tensor | None = None,
+    ) -> Tensor:
+        return linear_cross_entropy(
+            input,
+            linear_weight,
+            target,
+            linear_bias=linear_bias,
+            weight=self.weight,
+            reduction=self.reduction,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
+            chunk_size=self.chunk_size,
         )
 
 

@@ -1,0 +1,181 @@
+"""``linear_cross_entropy``: a classifier's last layer and its cross-entropy, without ever
+holding the ``(N, V)`` logits.
+
+Rows are taken in chunks: a chunk's logits come from the array library's matrix product
+(BLAS through NumPy, cuBLAS through CuPy), the fused cross-entropy kernel turns them into
+their gradient in place, and two more products give the chunk's input gradient and its share
+of the weight gradient, accumulated in float32 (float64 for float64).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validate
+from ._common import safe_divide, upstream_scale
+from ._dispatch import Call, accumulation_dtype
+from ._dtypes import WIDENED
+from ._softmax_cross_entropy import int64_labels, label_mean_divisor, softmax_cross_entropy
+from ._tensors import tensor_io
+
+CHUNK_BYTES = 256 * 2**20  # a chunk's logits, by default
+
+
+@tensor_io
+def linear_cross_entropy(
+    input,
+    linear_weight,
+    target,
+    *,
+    linear_bias=None,
+    weight=None,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    grad_output=None,
+    chunk_size: int | None = None,
+    validate: bool = True,
+):
+    r"""Cross-entropy of ``input @ linear_weight.T + linear_bias`` and the gradients of its
+    three arguments, one chunk of rows at a time.
+
+    With :math:`z = x W^\top + b` and :math:`g = \partial L / \partial z` the fused
+    cross-entropy gradient (``softmax_cross_entropy``'s, with every option and the upstream
+    gradient applied per row):
+
+    .. math::
+        \frac{\partial L}{\partial x} = g W, \qquad
+        \frac{\partial L}{\partial W} = g^\top x, \qquad
+        \frac{\partial L}{\partial b} = \sum_i g_i
+
+    The same loss as ``softmax_cross_entropy(input @ linear_weight.T + linear_bias, target,
+    ...)`` with the same options, up to float rounding, whatever the chunk size. Rows whose
+    target is ``ignore_index`` are skipped (their input gradient is 0; on a GPU finding them
+    costs one small device-to-host read). Extra memory: one chunk of logits (default: about
+    256 MiB, or 1/8 of the free GPU memory), the float32 (float64) accumulators of the weight
+    and bias gradients and, for 16-bit inputs on the CPU, a float32 copy of the weight.
+
+    Args:
+        input: ``(N, H)`` float.
+        linear_weight: ``(V, H)``, ``input``'s dtype.
+        target: ``(N,)`` integer class indices in ``[0, V)`` or ``ignore_index``.
+        linear_bias: optional ``(V,)``, ``input``'s dtype.
+        weight, reduction, ignore_index, label_smoothing, z_loss, softcap, validate: as for
+            ``softmax_cross_entropy``.
+        grad_output: upstream gradient: a scalar, or with ``"none"`` an ``(N,)`` array.
+        chunk_size: rows per chunk (a positive integer), or ``None`` for the default.
+
+    Returns:
+        ``(loss, grad_input, grad_linear_weight, grad_linear_bias)``, the last ``None``
+        without a bias; each gradient has its argument's shape and dtype.
+
+    Example:
+        >>> import numpy as np, gpukernels as gk
+        >>> x, w = np.ones((2, 3)), np.arange(12.0).reshape(4, 3) / 10
+        >>> loss, gx, gw, gb = gk.linear_cross_entropy(x, w, np.array([3, 0]))
+        >>> round(float(loss), 4), gx.shape, gw.shape, gb
+        (1.8441, (2, 3), (4, 3), None)
+    """
+    call = Call(
+        input=input,
+        linear_weight=linear_weight,
+        target=target,
+        optional={"linear_bias": linear_bias, "weight": weight, "grad_output": grad_output},
+        numbers=("grad_output",),
+    )
+    a = call.arrays
+    x, w_lin, target, bias = a["input"], a["linear_weight"], a["target"], a["linear_bias"]
+    dtype = _validate.float_array("input", x)
+    _validate.ndim("input", x, 2, "an (N, H) batch of rows")
+    _validate.ndim("linear_weight", w_lin, 2, "a (V, H) weight")
+    n, h = x.shape
+    v = w_lin.shape[0]
+    _validate.same_dtype("linear_weight", w_lin, "input", dtype)
+    _validate.same_shape("linear_weight", w_lin, "(V, the input's H)", (v, h))
+    if bias is not None:
+        _validate.same_dtype("linear_bias", bias, "input", dtype)
+        _validate.same_shape("linear_bias", bias, "(V,)", (v,))
+    if np.dtype(target.dtype).kind not in "iu":
+        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    _validate.same_shape("target", target, "the input's rows", (n,))
+    _validate.class_weight(a["weight"], v)
+    _validate.reduction(reduction)
+    _validate.grad_output(a["grad_output"], reduction, (n,))
+    ignore_index = _validate.ignore_index(ignore_index)
+    chunk_size = _validate.chunk_size(chunk_size)
+    if v == 0 and n > 0:
+        raise ValueError("linear_weight must have at least one class (V >= 1)")
+
+    xp, acc = call.xp, accumulation_dtype(dtype)
+    labels = int64_labels(xp, target)
+    if validate:
+        _validate.class_indices(xp, labels, v, ignore_index, target)
+    scale = upstream_scale(xp, a["grad_output"], acc)
+    class_weight = a["weight"]
+    if reduction == "mean":
+        w_acc = xp.empty(0, acc) if class_weight is None else class_weight.astype(acc)
+        divisor = label_mean_divisor(call, labels, w_acc, class_weight is not None, ignore_index, v)
+        scale = safe_divide(xp, scale, divisor)
+
+    # 16-bit products on the CPU have no BLAS: the chunks are computed in float32
+    compute = acc if xp is np and dtype in WIDENED else dtype
+    w_c = w_lin.astype(compute, copy=False)
+    b_c = None if bias is None else bias.astype(compute, copy=False)
+    rows = xp.flatnonzero(labels != ignore_index)
+    every_row = int(rows.shape[0]) == n  # then chunks are slices: views, no gathers
+    chunk = chunk_size or _default_chunk(xp, v, np.dtype(compute).itemsize)
+
+    grad_x = xp.zeros((n, h), dtype)
+    grad_w = xp.zeros((v, h), acc)
+    grad_b = None if bias is None else xp.zeros(v, acc)
+    row_loss = xp.zeros(n, acc) if reduction == "none" else None
+    sums = []
+    for start in range(0, int(rows.shape[0]), chunk):
+        idx = slice(start, start + chunk) if every_row else rows[start : start + chunk]
+        x_c = x[idx].astype(compute, copy=False)
+        logits = x_c @ w_c.T
+        if b_c is not None:
+            logits += b_c
+        loss_c, g = softmax_cross_entropy(
+            logits,
+            labels[idx],
+            reduction="none" if reduction == "none" else "sum",
+            weight=class_weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            grad_output=scale.reshape(()) if scale.shape[0] == 1 else scale[idx],
+            out=logits,
+            validate=False,
+        )
+        grad_x[idx] = (g @ w_c).astype(dtype, copy=False)
+        grad_w += g.T.astype(acc, copy=False) @ x_c.astype(acc, copy=False)
+        if grad_b is not None:
+            grad_b += g.sum(axis=0, dtype=acc)
+        if row_loss is None:
+            sums.append(loss_c)
+        else:
+            row_loss[idx] = loss_c
+
+    if row_loss is not None:
+        loss = row_loss
+    else:
+        loss = sum(sums, xp.zeros((), acc))
+        if reduction == "mean":
+            loss = safe_divide(xp, loss, divisor)
+        loss = xp.asarray(loss, dtype=acc)
+    grad_w = grad_w.astype(w_lin.dtype, copy=False)
+    grad_b = None if grad_b is None else grad_b.astype(bias.dtype, copy=False)
+    return loss, grad_x, grad_w, grad_b
+
+
+def _default_chunk(xp, num_classes: int, itemsize: int) -> int:
+    """Rows whose logits take about ``CHUNK_BYTES``, or on a GPU 1/8 of its free memory."""
+    budget = CHUNK_BYTES
+    if xp is not np:
+        free, _ = xp.cuda.Device().mem_info
+        budget = min(budget, free // 8)
+    return max(1, budget // max(1, num_classes * itemsize))

@@ -1,0 +1,210 @@
+"""gk.linear_cross_entropy and gpukernels.torch.linear_cross_entropy against PyTorch autograd
+through ``input @ W.T + b`` and ``torch.nn.functional``'s cross-entropy (and PyTorch 2.13's
+own ``linear_cross_entropy``), at every chunk size."""
+
+import numpy as np
+import pytest
+from _refs import FLOATS, assert_close, loss_dtype
+
+import gpukernels as gk
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+def case(rng, dtype, n=19, h=6, v=13):
+    x = rng.standard_normal((n, h)).astype(dtype)
+    w = (rng.standard_normal((v, h)) / 2).astype(dtype)
+    b = rng.standard_normal(v).astype(dtype)
+    y = rng.integers(0, v, n)
+    y[::4] = -100
+    return x, w, b, y
+
+
+def reference(
+    x,
+    w,
+    b,
+    y,
+    *,
+    reduction="mean",
+    weight=None,
+    smoothing=0.0,
+    z_loss=0.0,
+    softcap=None,
+    grad_output=None,
+):
+    """Loss and gradients by PyTorch autograd in float64, through the definitions."""
+    xt, wt = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (x, w))
+    bt = None if b is None else torch.tensor(b.astype(np.float64), requires_grad=True)
+    z = xt @ wt.T + (0 if bt is None else bt)
+    if softcap:
+        z = softcap * torch.tanh(z / softcap)
+    cw = None if weight is None else torch.tensor(weight, dtype=torch.float64)
+    t = torch.tensor(y)
+    rows = F.cross_entropy(z, t, weight=cw, reduction="none", label_smoothing=smoothing)
+    valid = t != -100
+    rows = rows + z_loss * torch.logsumexp(z, -1) ** 2 * valid
+    if reduction == "none":
+        total = rows
+    elif reduction == "sum":
+        total = rows.sum()
+    else:
+        total = rows.sum() / (valid.sum() if cw is None else cw[t[valid]].sum())
+    up = 1.0 if grad_output is None else torch.tensor(np.asarray(grad_output, np.float64))
+    total.backward(up * torch.ones_like(total))
+    grads = [xt.grad.numpy(), wt.grad.numpy(), None if bt is None else bt.grad.numpy()]
+    return [total.detach().numpy(), *grads]
+
+
+def check(got, want, dtype):
+    loss, *grads = got
+    assert loss.dtype == loss_dtype(dtype)
+    assert_close(loss, want[0], dtype, what="loss")
+    for name, g, e in zip(("input", "weight", "bias"), grads, want[1:], strict=True):
+        if e is None:
+            assert g is None
+            continue
+        assert g.dtype == dtype and g.shape == e.shape
+        rtol, atol = {np.float16: (3e-3, 3e-3)}.get(dtype, (None, None))
+        assert_close(g, e, dtype, rtol=rtol, atol=atol, what=name)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("chunk_size", [None, 1, 7])
+def test_matches_autograd(backend, dtype, reduction, chunk_size):
+    rng = np.random.default_rng(101)
+    x, w, b, y = case(rng, dtype)
+    go = rng.uniform(0.5, 2.0, len(y)) if reduction == "none" else 0.7
+    weight = rng.uniform(0.5, 2.0, w.shape[0]).astype(dtype)
+    options = dict(reduction=reduction, label_smoothing=0.1, z_loss=1e-3, softcap=4.0)
+    got = gk.linear_cross_entropy(
+        x, w, y, linear_bias=b, weight=weight, grad_output=go, chunk_size=chunk_size, **options
+    )
+    want = reference(
+        x,
+        w,
+        b,
+        y,
+        reduction=reduction,
+        weight=weight,
+        smoothing=0.1,
+        z_loss=1e-3,
+        softcap=4.0,
+        grad_output=go,
+    )
+    check(got, want, dtype)
+
+
+def test_no_bias_and_chunks_agree(backend):
+    rng = np.random.default_rng(102)
+    x, w, _, y = case(rng, np.float64)
+    results = [gk.linear_cross_entropy(x, w, y, chunk_size=c) for c in (1, 2, 5, None)]
+    check(results[0], reference(x, w, None, y), np.float64)
+    for other in results[1:]:
+        for a, e in zip(other[:3], results[0][:3], strict=True):
+            np.testing.assert_allclose(a, e, rtol=1e-13, atol=1e-15)
+
+
+def test_every_row_ignored_and_empty(backend):
+    rng = np.random.default_rng(103)
+    x, w, b, _ = case(rng, np.float32)
+    y = np.full(len(x), -100)
+    loss, gx, gw, gb = gk.linear_cross_entropy(x, w, y, linear_bias=b)
+    assert loss == 0 and not gx.any() and not gw.any() and not gb.any()
+    loss, gx, gw, gb = gk.linear_cross_entropy(x[:0], w, y[:0], linear_bias=b)
+    assert loss == 0 and gx.shape == (0, 6) and not gw.any()
+
+
+def test_matches_torch_linear_cross_entropy(cpu_backend):
+    """PyTorch 2.13's own fused linear cross-entropy (no z-loss or softcap there)."""
+    rng = np.random.default_rng(104)
+    x, w, b, y = case(rng, np.float32)
+    loss, gx, gw, gb = gk.linear_cross_entropy(x, w, y, linear_bias=b, label_smoothing=0.2)
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ref = F.linear_cross_entropy(xt, wt, torch.tensor(y), linear_bias=bt, label_smoothing=0.2)
+    ref.backward()
+    for got, want in ((loss, ref.detach()), (gx, xt.grad), (gw, wt.grad), (gb, bt.grad)):
+        np.testing.assert_allclose(got, want.numpy(), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"chunk_size": 0}, ValueError, "chunk_size"),
+        ({"chunk_size": True}, TypeError, "chunk_size"),
+        ({"linear_bias": np.zeros(4, np.float32)}, ValueError, "linear_bias"),
+        ({"linear_bias": np.zeros(5, np.float64)}, TypeError, "linear_bias"),
+        ({"z_loss": -1.0}, ValueError, "z_loss"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    x, w = np.ones((3, 2), np.float32), np.ones((5, 2), np.float32)
+    with pytest.raises(error, match=match):
+        gk.linear_cross_entropy(x, w, np.array([0, 1, 2]), **kwargs)
+
+
+def test_bad_shapes_and_labels():
+    x, w = np.ones((3, 2), np.float32), np.ones((5, 2), np.float32)
+    with pytest.raises(TypeError, match="linear_weight"):
+        gk.linear_cross_entropy(x, w.astype(np.float64), np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="linear_weight"):
+        gk.linear_cross_entropy(x, np.ones((5, 3), np.float32), np.array([0, 1, 2]))
+    with pytest.raises(TypeError, match="target"):
+        gk.linear_cross_entropy(x, w, np.array([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="class index 5"):
+        gk.linear_cross_entropy(x, w, np.array([0, 5, 2]))
+
+
+# ----------------------------------------------------------------------- PyTorch
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_torch_function_matches_pytorch(cpu_backend, reduction):
+    import gpukernels.torch as gkt
+
+    gen = torch.Generator().manual_seed(105)
+    x = torch.randn(17, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(23, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(23, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 23, (17,), generator=gen)
+    y[::3] = -100
+    mine = gkt.linear_cross_entropy(x, w, y, linear_bias=b, reduction=reduction, chunk_size=4)
+    up = torch.rand_like(mine)
+    mine.backward(up)
+    got = [t.grad.clone() for t in (x, w, b)]
+    for t in (x, w, b):
+        t.grad = None
+    ref = F.linear_cross_entropy(x, w, y, linear_bias=b, reduction=reduction)
+    ref.backward(up)
+    torch.testing.assert_close(mine, ref)
+    for g, t in zip(got, (x, w, b), strict=True):
+        torch.testing.assert_close(g, t.grad)
+    assert torch.autograd.gradcheck(
+        lambda a, m: gkt.linear_cross_entropy(a, m, y, reduction="none", chunk_size=5),
+        (x.detach().requires_grad_(), w.detach().requires_grad_()),
+    )
+
+
+@pytest.mark.slow
+def test_torch_module_and_compile(cpu_backend):
+    import gpukernels.torch as gkt
+
+    gen = torch.Generator().manual_seed(106)
+    x = torch.randn(12, 8, generator=gen, requires_grad=True)
+    w = torch.randn(9, 8, generator=gen, requires_grad=True)
+    y = torch.randint(0, 9, (12,), generator=gen)
+    loss_fn = gkt.LinearCrossEntropyLoss(label_smoothing=0.1, chunk_size=5)
+    compiled = torch.compile(lambda a, m: loss_fn(a, m, y), fullgraph=True, backend="aot_eager")
+    compiled(x, w).backward()
+    ref_x, ref_w = (t.detach().clone().requires_grad_() for t in (x, w))
+    F.cross_entropy(ref_x @ ref_w.T, y, label_smoothing=0.1).backward()
+    torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w.grad, ref_w.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_tensors_at_the_array_level(cpu_backend):
+    x, w = torch.randn(5, 3), torch.randn(7, 3)
+    loss, gx, gw, gb = gk.linear_cross_entropy(x, w, torch.tensor([0, 1, 2, 3, 6]))
+    assert all(type(t) is torch.Tensor for t in (loss, gx, gw)) and gb is None
