@@ -132,10 +132,13 @@ def linear_cross_entropy(
     grad_b = None if bias is None else xp.zeros(v, acc)
     row_loss = xp.zeros(n, acc) if reduction == "none" else None
     sums = []
-    for start in range(0, int(rows.shape[0]), chunk):
+    count = int(rows.shape[0])
+    buffer = xp.empty((min(chunk, count), v), compute)  # every chunk's logits, in turn
+    for start in range(0, count, chunk):
         idx = slice(start, start + chunk) if every_row else rows[start : start + chunk]
         x_c = x[idx].astype(compute, copy=False)
-        logits = x_c @ w_c.T
+        logits = buffer[: x_c.shape[0]]
+        xp.matmul(x_c, w_c.T, out=logits)
         if b_c is not None:
             logits += b_c
         loss_c, g = softmax_cross_entropy(

@@ -71,3 +71,18 @@ def test_main_runs_one_part(tmp_path, capsys):
     assert demo.main(["descent", "--fast", "--out", str(tmp_path)]) == 0
     assert "8, 6.8, 5.84, 5.072" in capsys.readouterr().out
     assert _is_png(tmp_path / "descent.png")
+
+
+def test_pytorch_part_follows_torchs_loss_curve_in_bfloat16(tmp_path):
+    """The drop-in replacement: a bfloat16 MLP trained with gpukernels.torch.CrossEntropyLoss
+    follows the loss curve of torch.nn.CrossEntropyLoss from the same start."""
+    pytest.importorskip("torch")
+    from gpukernels.demo import pytorch
+
+    result = pytorch.run(tmp_path, fast=True, seed=0)
+    assert result["gap"] < 0.05
+    assert result["losses"][-1] < 0.1 * result["losses"][0]
+    assert (
+        result["accuracy"] > 0.9 and abs(result["accuracy"] - result["reference_accuracy"]) < 0.02
+    )
+    assert result["ok"] and _is_png(result["figure"])

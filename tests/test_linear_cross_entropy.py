@@ -208,3 +208,27 @@ def test_tensors_at_the_array_level(cpu_backend):
     x, w = torch.randn(5, 3), torch.randn(7, 3)
     loss, gx, gw, gb = gk.linear_cross_entropy(x, w, torch.tensor([0, 1, 2, 3, 6]))
     assert all(type(t) is torch.Tensor for t in (loss, gx, gw)) and gb is None
+
+
+def test_peak_memory_stays_within_a_chunk(cpu_backend):
+    """2048 rows x 32768 classes: the full float32 logits would take 256 MiB (and as much
+    again for their gradient). In chunks of 256 rows the call's peak beyond its inputs and
+    outputs stays under 64 MiB (NumPy reports its allocations to tracemalloc)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(107)
+    n, h, v = 2048, 32, 32768
+    x = rng.standard_normal((n, h)).astype(np.float32)
+    w = (rng.standard_normal((v, h)) / 8).astype(np.float32)
+    y = rng.integers(0, v, n)
+    gk.linear_cross_entropy(x[:8], w, y[:8], chunk_size=4)  # compile outside the measurement
+    outputs = x.nbytes + w.nbytes  # grad_input and grad_linear_weight
+    tracemalloc.start()
+    try:
+        result = gk.linear_cross_entropy(x, w, y, chunk_size=256)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    extra = peak - outputs
+    assert extra < 64 * 2**20, f"peak beyond the outputs: {extra / 2**20:.1f} MiB"
+    assert np.isfinite(result[0]) and result[2].shape == (v, h)
