@@ -1,10 +1,12 @@
 """Every Python block of README.md runs as written: in order, in one namespace, on the CPU.
 
 A block fenced ```` ```python gpu ```` needs a GPU and CuPy and is skipped here. A block that
-calls a public function this build of the library lacks is left out of the run and reported
-by ``test_readme_needs_no_missing_function``.
+calls a public function this build of the library lacks, or names an optional package that is
+not installed (PyTorch, ml_dtypes), is left out of the run and reported by
+``test_readme_needs_no_missing_function``.
 """
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -23,14 +25,25 @@ def blocks() -> list[tuple[int, str, str]]:
     ]
 
 
+def missing_modules() -> set[str]:
+    """The packages the CPU blocks import (``import x``, ``from x import``) that are not
+    installed."""
+    code = "\n".join(code for _, tags, code in blocks() if tags != "gpu")
+    imported = re.findall(r"^(?:import|from)\s+(\w+)", code, re.MULTILINE)
+    return {name for name in imported if importlib.util.find_spec(name) is None}
+
+
 def missing_functions(code: str) -> list[str]:
-    """The ``gk.<name>`` functions (and term kinds) a block uses that the library lacks."""
+    """The ``gk.<name>`` functions (and term kinds) a block uses that the library lacks, and
+    the missing packages it names (a later block uses what an earlier one imported)."""
     import gpukernels as gk
 
     used = set(re.findall(r"\bgk\.(\w+)", code))
     if re.search(r"""LossTerm\(\s*["']huber["']""", code):
         used.add("huber_loss")  # the "huber" term kind arrives with huber_loss
-    return sorted(name for name in used if not hasattr(gk, name))
+    missing = sorted(name for name in used if not hasattr(gk, name))
+    modules = sorted(m for m in missing_modules() if re.search(rf"\b{m}\b", code))
+    return missing + [f"package {m}" for m in modules]
 
 
 def test_readme_has_python_blocks():
