@@ -14,7 +14,7 @@ from types import ModuleType
 
 import numpy as np
 
-from . import _validate
+from . import _tensors, _validate
 from ._dtypes import accumulation_dtype as accumulation_dtype
 from ._env import ENV_BACKEND, SIMULATOR, forced_backend
 from ._ops import OPS
@@ -52,7 +52,9 @@ def backend_of(library: str) -> str:
 
 
 def backend(x) -> str:
-    """Where ``x`` would run: ``"cuda"`` or ``"cpu"``."""
+    """Where ``x`` would run: ``"cuda"`` or ``"cpu"`` (a PyTorch tensor: by its device)."""
+    if _tensors.is_tensor(x):
+        return backend_of(_tensors.device_kind(x))
     return backend_of(_validate.array_library("x", x))
 
 

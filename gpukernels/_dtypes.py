@@ -3,8 +3,8 @@
 One table for both backends: validation, allocation and the CUDA signatures all read it, so a
 dtype is added here once. 16-bit inputs are computed in float32 and rounded once (to nearest
 even) when stored; float64 is computed in float64. bfloat16 is ``ml_dtypes.bfloat16`` for
-NumPy arrays (``torch.bfloat16`` tensors are viewed as it), present when ml_dtypes is
-installed (the ``ml_dtypes`` extra; PyTorch's CPU wheels bring it too).
+NumPy arrays (``torch.bfloat16`` CPU tensors are viewed as it), present when ml_dtypes is
+installed (the ``ml_dtypes`` extra).
 """
 
 from __future__ import annotations

@@ -57,8 +57,13 @@ def as_array(t, name: str):
         return t.numpy()
     if t.dtype == torch.bfloat16:
         raise TypeError(f"{name}: bfloat16 CUDA tensors are not supported yet (CPU tensors are)")
-    import cupy
-
+    try:
+        import cupy
+    except ImportError as error:
+        raise TypeError(
+            f"{name}: CUDA tensors run through CuPy, which cannot be imported ({error}); "
+            "install CuPy (pip install gpukernels[gpu])"
+        ) from error
     return cupy.from_dlpack(t)
 
 
@@ -122,6 +127,7 @@ def tensor_io(fn):
 
 def _check_tensor_arguments(arguments: dict, tensors: dict) -> None:
     first_name, first = next(iter(tensors.items()))
+    device_kind(first)  # CPU or CUDA, else TypeError
     for name, value in arguments.items():
         if name in tensors:
             if tensors[name].device != first.device:

@@ -336,3 +336,12 @@ def test_cross_entropy_z_loss_and_softcap():
     close(x.grad, ref_x.grad, torch.float64)
     module = gkt.CrossEntropyLoss(weight, z_loss=1e-3, softcap=2.5)
     close(module(logits, labels), rows.sum() / weight[labels[valid]].sum(), torch.float64)
+
+
+def test_backend_of_a_tensor_and_unsupported_devices():
+    assert gk.backend(torch.ones(2)) == "cpu"
+    meta = torch.empty(3, device="meta")
+    with pytest.raises(TypeError, match="meta"):
+        gk.sigmoid(meta)
+    with pytest.raises(TypeError, match="meta"):
+        gk.backend(meta)
