@@ -5,12 +5,16 @@ user's cache folder, else nowhere: with ``cache=CACHE`` and no writable place it
 import with "cannot cache function ... no locator available" (a read-only install with an
 unwritable ``HOME``). Then this module points Numba at a folder of the system's temporary
 directory, or, if even that cannot be written, compiles without caching; either way it warns
-once. ``NUMBA_CACHE_DIR`` set by the user is honoured first, as Numba does.
+once. ``NUMBA_CACHE_DIR`` set by the user is honoured first, as Numba does. The fallback
+folder is used only if it belongs to this user and no one else may write to it (cached
+kernels are loaded as code). It is set as Numba's process-wide cache folder, so other
+Numba code of the process caches there too.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import warnings
 
@@ -30,13 +34,27 @@ def _cacheable() -> bool:
     return True
 
 
+def _private_folder(path: str) -> bool:
+    """Create ``path`` for this user alone, or accept it if it exists, is this user's and
+    nobody else may write to it: cached kernels are loaded as code, so a folder another user
+    could write to (a predictable name in a shared temporary directory) must not be used."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+    except OSError:
+        return False
+    mine = not hasattr(os, "getuid") or info.st_uid == os.getuid()
+    return stat.S_ISDIR(info.st_mode) and mine and not info.st_mode & 0o022
+
+
 def _decide() -> bool:
     if _cacheable():
         return True
     uid = os.getuid() if hasattr(os, "getuid") else "user"
     fallback = os.path.join(tempfile.gettempdir(), f"gpukernels-numba-cache-{uid}")
-    config.CACHE_DIR = fallback
-    if _cacheable():
+    if _private_folder(fallback):
+        config.CACHE_DIR = fallback
+    if config.CACHE_DIR and _cacheable():
         warnings.warn(
             "gpukernels: the package folder and the user cache folder are not writable, so "
             f"Numba caches the compiled kernels in {fallback} (set NUMBA_CACHE_DIR to choose)",

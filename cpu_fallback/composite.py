@@ -15,7 +15,7 @@ from gpukernels._scalar import ONE, ZERO
 
 from . import CACHE, ParallelKernel, compute_view, output_view, per_task, store
 from ._math import leaf
-from .softmax_xent import label_row, soft_row
+from .softmax_xent import capped, label_row, soft_row, through_cap
 
 _bce = leaf(_scalar.bce_with_logits)
 _squared_error = leaf(_scalar.squared_error)
@@ -25,15 +25,24 @@ _NO_CLASS, _NEVER_IGNORED = -1, -2
 
 
 @njit(cache=CACHE)
-def _xent_term(z, t, no_weight, e, grad):
+def _xent_term(z, t, no_weight, z_loss, cap, zc, e, grad):
     """Softmax CE of ``z`` against a class index (``t`` one value, ``z`` wider) or the
-    probabilities ``t``, unscaled; its gradient into ``grad``. A class index that is not a
-    whole number in ``[0, len(z))`` gives a NaN loss and a zero gradient."""
+    probabilities ``t``, unscaled, with its z-loss; its gradient into ``grad``. With a cap
+    the logits are capped into the scratch ``zc`` first and the gradient taken through the
+    cap. A class index that is not a whole number in ``[0, len(z))`` gives a NaN loss and a
+    zero gradient."""
+    if cap > 0:
+        capped(z, cap, zc)
+        z = zc
     if t.shape[0] == 1 and z.shape[0] > 1:
         v = t[0]
         y = int(v) if v >= 0 and v < z.shape[0] and v == np.floor(v) else _NO_CLASS
-        return label_row(z, y, no_weight, ONE, _NEVER_IGNORED, ZERO, ZERO, ZERO, e, grad)
-    return soft_row(z, t, no_weight, ONE, ONE, ZERO, ZERO, e, grad)
+        loss = label_row(z, y, no_weight, ONE, _NEVER_IGNORED, ZERO, ZERO, z_loss, e, grad)
+    else:
+        loss = soft_row(z, t, no_weight, ONE, ONE, ZERO, z_loss, e, grad)
+    if cap > 0:
+        through_cap(zc, cap, grad)
+    return loss
 
 
 @njit(cache=CACHE)
@@ -60,6 +69,7 @@ def _composite_kernel(
         z = np.empty(width, row_loss.dtype)
         e = np.empty(width, row_loss.dtype)
         term_grad = np.empty(width, row_loss.dtype)
+        capped_row = np.empty(width, row_loss.dtype)
         no_weight = np.empty(0, row_loss.dtype)
         for i in range(b * chunk, min(n, (b + 1) * chunk)):
             z[:] = pred[i]
@@ -72,9 +82,11 @@ def _composite_kernel(
                 zk, gk = z[c0:c1], term_grad[: c1 - c0]
                 tk = target[i, tcols[k, 0] : tcols[k, 1]]
                 if kinds[k] == _XENT:
-                    row_loss[i, k] = _xent_term(zk, tk, no_weight, e[: c1 - c0], gk)
+                    z_loss, cap = term_param[k, 1], term_param[k, 2]
+                    zc, ek = capped_row[: c1 - c0], e[: c1 - c0]
+                    row_loss[i, k] = _xent_term(zk, tk, no_weight, z_loss, cap, zc, ek, gk)
                 else:
-                    row_loss[i, k] = _elementwise_term(kinds[k], zk, tk, term_param[k], gk)
+                    row_loss[i, k] = _elementwise_term(kinds[k], zk, tk, term_param[k, 0], gk)
                 for c in range(c1 - c0):
                     grad[i, c0 + c] += term_scale[k] * gk[c]
 

@@ -143,14 +143,14 @@ def label_row(z, y, w, g, ignore_index, eps, eps_c, z_loss, e, grad):
 
 
 @njit(cache=CACHE)
-def _capped(z, cap, zc):
-    """``zc = cap tanh(z / cap)``: the logits after softcapping."""
+def capped(z, cap, zc):
+    """``zc = cap tanh(z / cap)``: the logits after softcapping (also ``composite``'s)."""
     for c in range(z.shape[0]):
         zc[c] = cap * math.tanh(z[c] / cap)
 
 
 @njit(cache=CACHE)
-def _through_cap(zc, cap, grad):
+def through_cap(zc, cap, grad):
     """The chain rule through the cap: d zc / dz = 1 - tanh^2 = 1 - (zc / cap)^2."""
     for c in range(zc.shape[0]):
         r = zc[c] / cap
@@ -168,9 +168,9 @@ def _labels_kernel(
         for i in range(b * chunk, min(n, (b + 1) * chunk)):
             g, y = at(scale, i), labels[i]
             if cap > 0:
-                _capped(logits[i], cap, zc)
+                capped(logits[i], cap, zc)
                 loss = label_row(zc, y, w, g, ignore_index, eps, eps_c, z_loss, e, grad[i])
-                _through_cap(zc, cap, grad[i])
+                through_cap(zc, cap, grad[i])
             else:
                 loss = label_row(logits[i], y, w, g, ignore_index, eps, eps_c, z_loss, e, grad[i])
             row_loss[i] = loss
@@ -206,9 +206,9 @@ def _probs_kernel(logits, target, w, scale, grad, row_loss, keep, eps_c, z_loss,
         for i in range(b * chunk, min(n, (b + 1) * chunk)):
             g, t = at(scale, i), target[i]
             if cap > 0:
-                _capped(logits[i], cap, zc)
+                capped(logits[i], cap, zc)
                 loss = soft_row(zc, t, w, g, keep, eps_c, z_loss, e, grad[i])
-                _through_cap(zc, cap, grad[i])
+                through_cap(zc, cap, grad[i])
             else:
                 loss = soft_row(logits[i], t, w, g, keep, eps_c, z_loss, e, grad[i])
             row_loss[i] = loss

@@ -12,6 +12,7 @@ from . import _validate
 from ._batch_sum import canonical_column_sums
 from ._common import safe_divide, upstream_scale
 from ._dispatch import Call, accumulation_dtype
+from ._dtypes import companion_dtype
 from ._kinds import TermKind
 from ._tensors import tensor_io
 from ._validate import ResolvedTerm
@@ -33,6 +34,9 @@ class LossTerm:
         only_where: target column ``k`` (an integer, not a bool): apply the term only to rows
             whose ``target[:, k]`` is nonzero; its mean is then over those rows alone.
         delta: the Huber threshold of a ``"huber"`` term, a finite number > 0.
+        z_loss: a ``"softmax_cross_entropy"`` term's z-loss factor (``z_loss lse^2`` per
+            selected row, as in :func:`gpukernels.softmax_cross_entropy`), >= 0.
+        softcap: a ``"softmax_cross_entropy"`` term's logit cap, ``None`` or > 0.
     """
 
     kind: str
@@ -41,6 +45,8 @@ class LossTerm:
     weight: float = 1.0
     only_where: int | None = None
     delta: float = 1.0
+    z_loss: float = 0.0
+    softcap: float | None = None
 
 
 @tensor_io
@@ -106,7 +112,7 @@ def composite_loss(
     resolved = _validate.loss_terms(terms, pred.shape[1], target.shape[1])
 
     xp, acc = call.xp, accumulation_dtype(dtype)
-    target = target.astype(dtype, copy=False)
+    target = target.astype(companion_dtype(target.dtype, dtype), copy=False)
     for k, term in enumerate(resolved):
         (c0, c1), t0 = term.columns, term.target_columns[0]
         if validate and _class_index_term(term):
@@ -129,7 +135,13 @@ def composite_loss(
     row_loss = xp.empty((n, len(resolved)), acc)
     if n:
         layout = tuple(
-            (term.kind, term.columns, term.target_columns, term.only_where, term.delta)
+            (
+                term.kind,
+                term.columns,
+                term.target_columns,
+                term.only_where,
+                (term.delta, term.z_loss, term.softcap),
+            )
             for term in resolved
         )
         table = _term_table(xp, layout, acc, _validate.device_id(pred))
@@ -162,7 +174,8 @@ def _term_divisor(xp, target, term: ResolvedTerm, n: int, acc):
 @functools.lru_cache(maxsize=64)
 def _term_table(xp, layout: tuple, acc: np.dtype, device: int | None):
     """The terms' metadata as arrays of the data's library, on its device: kinds, columns,
-    target columns, ``only_where`` (int64) and each term's parameter (``acc``: Huber's delta).
+    target columns, ``only_where`` (int64) and each term's parameters (``(K, 3)`` ``acc``:
+    Huber's delta, and a cross-entropy term's z-loss factor and softcap, 0 for none).
 
     Cached per layout and device: a training loop copies it to the GPU once, not per call.
     """

@@ -10,6 +10,7 @@ from ._batch_sum import canonical_sum
 from ._canon import tile_count
 from ._common import FlatOutput, flat_input, upstream_scale
 from ._dispatch import Call, accumulation_dtype
+from ._dtypes import companion_dtype
 from ._tensors import tensor_io
 
 
@@ -131,7 +132,7 @@ def bce_with_logits(
         _validate.float_array("pos_weight", pw)
         _validate.broadcastable("pos_weight", pw, (last,))
         pw = flat_input(xp, xp.broadcast_to(pw.astype(acc, copy=False), (last,)))
-    inputs = (flat_input(xp, t, dtype), w, pw)
+    inputs = (flat_input(xp, t, companion_dtype(t.dtype, dtype)), w, pw)
     divisor = x.size if reduction == "mean" else 1
     return _elementwise_loss(
         call,
@@ -194,7 +195,7 @@ def mse(pred, target, *, reduction: str = "mean", grad_output=None, out=None):
     batch = x.shape[0] if x.ndim else 1
     divisor = {"mean": x.size, "batchmean": batch, "sum": 1, "none": 1}[reduction]
     none = call.xp.empty(0, accumulation_dtype(dtype))
-    inputs = (flat_input(call.xp, t, dtype), none, none)
+    inputs = (flat_input(call.xp, t, companion_dtype(t.dtype, dtype)), none, none)
     return _elementwise_loss(
         call,
         "mse",
@@ -261,7 +262,8 @@ def huber_loss(
     if not (np.isfinite(delta) and delta > 0):
         raise ValueError(f"delta must be a finite number > 0, got {delta}")
     xp, acc = call.xp, accumulation_dtype(dtype)
-    inputs = (flat_input(xp, t, dtype), xp.empty(0, acc), xp.full(1, delta, acc))
+    target = flat_input(xp, t, companion_dtype(t.dtype, dtype))
+    inputs = (target, xp.empty(0, acc), xp.full(1, delta, acc))
     divisor = x.size if reduction == "mean" else 1
     return _elementwise_loss(
         call,

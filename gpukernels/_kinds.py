@@ -34,5 +34,3 @@ SOFTMAX_CROSS_ENTROPY = int(TermKind.SOFTMAX_CROSS_ENTROPY)
 BCE_WITH_LOGITS = int(TermKind.BCE_WITH_LOGITS)
 MSE = int(TermKind.MSE)
 HUBER = int(TermKind.HUBER)
-MAX_TERMS = 16  # terms of one composite_loss: the CUDA kernel keeps per-term row state in
-# a thread's local memory, and both backends take the same inputs

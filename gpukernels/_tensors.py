@@ -77,15 +77,21 @@ def as_tensor(a):
     return torch.from_dlpack(a)
 
 
+@contextlib.contextmanager
 def current_stream(device):
-    """A context in which CuPy's current stream is PyTorch's on ``device`` (so kernels and
-    CuPy's allocations and expressions are ordered with the caller's PyTorch work)."""
+    """A context in which CuPy's current device is ``device`` and its current stream is
+    PyTorch's current stream there, so kernels, allocations and CuPy expressions are ordered
+    with the caller's PyTorch work (and DLPack hands tensors over without a cross-stream
+    wait)."""
     if device is None or device.type != "cuda":
-        return contextlib.nullcontext()
+        yield
+        return
     import cupy
 
     torch = torch_module()
-    return cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
+    with cupy.cuda.Device(device.index):
+        with cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
+            yield
 
 
 def tensor_io(fn):
@@ -112,11 +118,11 @@ def tensor_io(fn):
         _check_tensor_arguments(arguments, tensors)
         device = next(iter(tensors.values())).device
         originals = {}
-        for name, t in tensors.items():
-            array = as_array(t, name)
-            originals[id(array)] = t
-            arguments[name] = array
-        with current_stream(device):
+        with current_stream(device):  # DLPack then hands CUDA tensors over on that stream
+            for name, t in tensors.items():
+                array = as_array(t, name)
+                originals[id(array)] = t
+                arguments[name] = array
             result = fn(*bound.args, **bound.kwargs)
             if isinstance(result, tuple):
                 return tuple(_back(r, originals) for r in result)

@@ -13,6 +13,7 @@ import torch
 
 import gpukernels as _gk
 
+from . import _validate
 from ._composite_loss import LossTerm
 from ._kinds import TermKind
 
@@ -35,6 +36,7 @@ def cross_entropy_op(
     label_smoothing: float,
     z_loss: float,
     softcap: float | None,
+    validate: bool,
 ) -> tuple[Tensor, Tensor]:
     return _gk.softmax_cross_entropy(
         input,
@@ -45,13 +47,14 @@ def cross_entropy_op(
         label_smoothing=label_smoothing,
         z_loss=z_loss,
         softcap=softcap,
+        validate=validate,
     )
 
 
 @cross_entropy_op.register_fake
-def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap):
+def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, validate):
     shape = (input.shape[0],) if reduction == "none" else ()
-    return _loss_like(input, shape), torch.empty_like(input)
+    return _loss_like(input, shape), input.new_empty(input.shape)
 
 
 @torch.library.custom_op("gpukernels::cross_entropy_inplace", mutates_args=("input",))
@@ -64,6 +67,7 @@ def cross_entropy_inplace_op(
     label_smoothing: float,
     z_loss: float,
     softcap: float | None,
+    validate: bool,
 ) -> Tensor:
     loss, _ = _gk.softmax_cross_entropy(
         input,
@@ -75,12 +79,13 @@ def cross_entropy_inplace_op(
         z_loss=z_loss,
         softcap=softcap,
         out=input,
+        validate=validate,
     )
     return loss
 
 
 @cross_entropy_inplace_op.register_fake
-def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap):
+def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, validate):
     return _loss_like(input, (input.shape[0],) if reduction == "none" else ())
 
 
@@ -158,46 +163,40 @@ def linear_cross_entropy_op(
 @linear_cross_entropy_op.register_fake
 def _(input, linear_weight, target, linear_bias, weight, reduction, *rest):
     shape = (input.shape[0],) if reduction == "none" else ()
-    grad_b = input.new_empty(0) if linear_bias is None else torch.empty_like(linear_bias)
+    grad_b = input.new_empty(0) if linear_bias is None else linear_bias.new_empty(linear_bias.shape)
     return (
         _loss_like(input, shape),
-        torch.empty_like(input),
-        torch.empty_like(linear_weight),
+        input.new_empty(input.shape),
+        linear_weight.new_empty(linear_weight.shape),
         grad_b,
     )
 
 
 def _elementwise_fake(input, reduction):
     shape = tuple(input.shape) if reduction == "none" else ()
-    return _loss_like(input, shape), torch.empty_like(input)
+    return _loss_like(input, shape), input.new_empty(input.shape)
 
 
 @torch.library.custom_op("gpukernels::composite", mutates_args=())
 def composite_op(
-    pred: Tensor, target: Tensor, layout: list[int], factors: list[float]
+    pred: Tensor, target: Tensor, layout: list[int], factors: list[float], validate: bool
 ) -> tuple[Tensor, Tensor]:
-    return _gk.composite_loss(pred, target, _terms_from(layout, factors))
+    return _gk.composite_loss(pred, target, _terms_from(layout, factors), validate=validate)
 
 
 @composite_op.register_fake
-def _(pred, target, layout, factors):
-    return _loss_like(pred, ()), torch.empty_like(pred)
+def _(pred, target, layout, factors, validate):
+    return _loss_like(pred, ()), pred.new_empty(pred.shape)
 
 
 def layout_of(terms: Sequence[LossTerm], width: int, target_width: int):
-    """``LossTerm``s as the flat lists a custom op can take (ints and floats)."""
+    """``LossTerm``s, validated as ``composite_loss`` validates them, as the flat lists a
+    custom op can take: per term six ints (kind, columns, target columns, ``only_where``)
+    and four floats (weight, delta, z-loss factor, softcap; 0 for no cap)."""
     layout, factors = [], []
-    for term in terms:
-        if not isinstance(term, LossTerm):
-            raise TypeError(f"terms must be a sequence of LossTerm, got {type(term).__name__}")
-        columns = term.columns.indices(width) if isinstance(term.columns, slice) else None
-        tsel = term.columns if term.target_columns is None else term.target_columns
-        tcolumns = tsel.indices(target_width) if isinstance(tsel, slice) else None
-        if columns is None or tcolumns is None or columns[2] != 1 or tcolumns[2] != 1:
-            raise TypeError("terms: columns and target_columns must be slices with step 1")
-        only = -1 if term.only_where is None else term.only_where
-        layout += [TermKind.from_name(term.kind), *columns[:2], *tcolumns[:2], only]
-        factors += [term.weight, term.delta]
+    for term in _validate.loss_terms(terms, width, target_width):
+        layout += [int(term.kind), *term.columns, *term.target_columns, term.only_where]
+        factors += [term.weight, term.delta, term.z_loss, term.softcap]
     return layout, factors
 
 
@@ -205,14 +204,17 @@ def _terms_from(layout: list[int], factors: list[float]) -> list[LossTerm]:
     terms = []
     for k in range(len(layout) // 6):
         kind, c0, c1, t0, t1, only = layout[6 * k : 6 * k + 6]
+        weight, delta, z_loss, softcap = factors[4 * k : 4 * k + 4]
         terms.append(
             LossTerm(
                 TermKind(kind).label,
                 slice(c0, c1),
                 slice(t0, t1),
-                weight=factors[2 * k],
+                weight=weight,
                 only_where=None if only < 0 else only,
-                delta=factors[2 * k + 1],
+                delta=delta,
+                z_loss=z_loss,
+                softcap=softcap or None,
             )
         )
     return terms

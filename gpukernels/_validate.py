@@ -369,7 +369,8 @@ def axis(value, ndim_: int) -> None:
 
 class ResolvedTerm(NamedTuple):
     """A validated ``LossTerm``: its kind, its column ranges ``(start, stop)`` of ``pred`` and
-    ``target``, its ``only_where`` column (-1 for every row), weight and Huber delta."""
+    ``target``, its ``only_where`` column (-1 for every row), weight, Huber delta, and a
+    cross-entropy term's z-loss factor and softcap (0 for none)."""
 
     kind: TermKind
     columns: tuple[int, int]
@@ -377,6 +378,8 @@ class ResolvedTerm(NamedTuple):
     only_where: int
     weight: float
     delta: float
+    z_loss: float
+    softcap: float
 
 
 def _bound(name: str, value, width: int, default: int) -> int:
@@ -462,7 +465,23 @@ def _loss_term(k: int, term, pred_width: int, target_width: int, loss_term_type)
     delta = real_number(f"{where}.delta", term.delta)
     if not (math.isfinite(delta) and delta > 0):
         raise ValueError(f"{where}.delta must be a finite number > 0, got {delta}")
-    return ResolvedTerm(kind, cols, tcols, -1 if only is None else only, weight, delta)
+    z, cap = (
+        _term_option(where, "z_loss", term.z_loss),
+        _term_option(where, "softcap", term.softcap),
+    )
+    if (z or cap) and not cross_entropy:
+        raise ValueError(f"{where}: z_loss and softcap apply to softmax_cross_entropy terms only")
+    only = -1 if only is None else only
+    return ResolvedTerm(kind, cols, tcols, only, weight, delta, z, cap)
+
+
+def _term_option(where: str, name: str, value) -> float:
+    """A term's ``z_loss`` or ``softcap``, checked as the loss's own option is, with the
+    term's name in the message."""
+    try:
+        return z_loss(value) if name == "z_loss" else softcap(value)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{where}.{error}") from None
 
 
 def class_index_column(xp, column, num_classes: int, name: str, selected=None) -> None:

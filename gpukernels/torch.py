@@ -159,6 +159,7 @@ def cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     inplace_backward: bool = False,
+    validate: bool | None = None,
 ) -> Tensor:
     r"""Softmax cross-entropy of ``input`` ``(N, C)`` against class indices ``(N,)`` or
     class probabilities ``(N, C)``, as ``torch.nn.functional.cross_entropy``.
@@ -174,22 +175,41 @@ def cross_entropy(
     over no row (every target ignored) is 0 with a zero gradient. ``z_loss`` adds
     ``z_loss * lse^2`` per non-ignored row and ``softcap`` caps the logits to
     ``softcap * tanh(z / softcap)`` first, in the same pass (see
-    ``gpukernels.softmax_cross_entropy``).
+    ``gpukernels.softmax_cross_entropy``). ``inplace_backward`` takes effect only where a
+    backward pass can follow (grad mode on, ``input`` requiring grad): an evaluation loop
+    keeps its logits. ``validate`` (class indices in range, else ``ValueError``) defaults to
+    ``True`` on CPU tensors and ``False`` on CUDA ones, where the check would cost a
+    device-to-host read every step (a bad index then gives its row a zero gradient and makes
+    the loss NaN).
     """
-    cap = None if softcap is None else float(softcap)
+    _no_gradient_for("target", target)
+    _no_gradient_for("weight", weight)
+    # the custom op's schema takes Python ints and floats: checked here, with the library's
+    # messages, before a bad value reaches it
     args = (
         target,
         weight,
-        int(ignore_index),
+        _validate.ignore_index(ignore_index),
         reduction,
-        float(label_smoothing),
-        float(z_loss),
-        cap,
+        _validate.label_smoothing(label_smoothing),
+        _validate.z_loss(z_loss),
+        None if softcap is None else _validate.softcap(softcap),
+        input.device.type == "cpu" if validate is None else bool(validate),
     )
-    if inplace_backward:
+    if inplace_backward and torch.is_grad_enabled() and input.requires_grad:
         loss, _ = _FusedLossInPlace.apply(input, *args)
         return loss
     return _FusedLoss.apply(cross_entropy_op, input, *args)
+
+
+def _no_gradient_for(name: str, value) -> None:
+    """The losses differentiate their input only: a ``name`` tensor that requires grad would
+    silently get none, so it is refused."""
+    if isinstance(value, Tensor) and value.requires_grad:
+        raise RuntimeError(
+            f"gpukernels.torch does not differentiate with respect to {name}: pass "
+            f"{name}.detach(), or use the torch.nn.functional loss"
+        )
 
 
 def linear_cross_entropy(
@@ -235,12 +255,15 @@ def binary_cross_entropy_with_logits(
     binary_cross_entropy_with_logits``:
     :math:`\ell = w [(1 - y) z + l_w \log(1 + e^{-z})]`, :math:`l_w = 1 + (p_w - 1) y`,
     gradient :math:`w (l_w \sigma(z) - p_w y)`."""
+    for name, value in (("target", target), ("weight", weight), ("pos_weight", pos_weight)):
+        _no_gradient_for(name, value)
     return _FusedLoss.apply(bce_op, input, target, weight, pos_weight, reduction)
 
 
 def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     r"""Squared error :math:`(p - t)^2`, gradient :math:`2 (p - t)`, as
     ``torch.nn.functional.mse_loss``."""
+    _no_gradient_for("target", target)
     return _FusedLoss.apply(mse_op, input, target, reduction)
 
 
@@ -250,19 +273,22 @@ def huber_loss(
     r"""Huber loss of :math:`d = p - t`: :math:`d^2 / 2` where :math:`|d| \le \delta`, else
     :math:`\delta (|d| - \delta / 2)`; gradient :math:`\mathrm{clip}(d, -\delta, \delta)`.
     As ``torch.nn.functional.huber_loss``."""
-    return _FusedLoss.apply(
-        huber_op, input, target, reduction, _validate.real_number("delta", delta)
-    )
+    _no_gradient_for("target", target)
+    delta = _validate.real_number("delta", delta)
+    return _FusedLoss.apply(huber_op, input, target, reduction, delta)
 
 
-def composite_loss(pred: Tensor, target: Tensor, terms: Sequence[LossTerm]) -> Tensor:
+def composite_loss(
+    pred: Tensor, target: Tensor, terms: Sequence[LossTerm], *, validate: bool | None = None
+) -> Tensor:
     r"""Several loss terms on column slices of one output (``gpukernels.LossTerm``), each
     reduced by its own mean and weighted, their gradients summed in their columns: one
-    fused kernel (see ``gpukernels.composite_loss``)."""
-    if not isinstance(terms, Sequence) or isinstance(terms, LossTerm | str):
-        raise TypeError(f"terms must be a sequence of LossTerm, got {type(terms).__name__}")
+    fused kernel (see ``gpukernels.composite_loss``). ``validate`` as for
+    :func:`cross_entropy`."""
+    _no_gradient_for("target", target)
     layout, factors = layout_of(terms, pred.shape[-1], target.shape[-1])
-    return _FusedLoss.apply(composite_op, pred, target, layout, factors)
+    check = pred.device.type == "cpu" if validate is None else bool(validate)
+    return _FusedLoss.apply(composite_op, pred, target, layout, factors, check)
 
 
 # ----------------------------------------------------------------------- modules
@@ -281,12 +307,13 @@ class CrossEntropyLoss(torch.nn.Module):
         z_loss: float = 0.0,
         softcap: float | None = None,
         inplace_backward: bool = False,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
         self.ignore_index, self.reduction = ignore_index, reduction
         self.label_smoothing, self.inplace_backward = label_smoothing, inplace_backward
-        self.z_loss, self.softcap = z_loss, softcap
+        self.z_loss, self.softcap, self.validate = z_loss, softcap, validate
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return cross_entropy(
@@ -299,6 +326,7 @@ class CrossEntropyLoss(torch.nn.Module):
             z_loss=self.z_loss,
             softcap=self.softcap,
             inplace_backward=self.inplace_backward,
+            validate=self.validate,
         )
 
 

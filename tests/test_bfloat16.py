@@ -123,3 +123,17 @@ def test_in_place(backend):
     _, grad = gk.softmax_cross_entropy(z, y, out=z)
     assert grad is z
     np.testing.assert_array_equal(z.view(np.uint16), want.view(np.uint16))
+
+
+def test_a_wider_target_is_not_rounded_to_bfloat16(backend):
+    """A float32 target beside a bfloat16 prediction is read in float32 (PyTorch promotes):
+    1.001 is not rounded to 1, and a class index 257 not to 256."""
+    p = np.array([1.0, 100.0], BF16)
+    t = np.array([1.001, 100.3], np.float32)
+    loss, _ = gk.mse(p, t, reduction="none")
+    np.testing.assert_allclose(loss, (p.astype(np.float64) - t.astype(np.float64)) ** 2, rtol=1e-5)
+    pred = np.zeros((1, 300), BF16)
+    target = np.array([[257.0]], np.float32)
+    term = gk.LossTerm("softmax_cross_entropy", slice(0, 300), slice(0, 1))
+    _, grad = gk.composite_loss(pred, target, [term])
+    assert np.argmin(grad.astype(np.float32)[0]) == 257

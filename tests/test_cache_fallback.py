@@ -10,7 +10,6 @@ Numba's cache locators run (``_CacheLocator.ensure_cache_path``).
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -44,9 +43,11 @@ for m in messages:
 """
 
 
-def _run(allowed: str) -> str:
+def _run(allowed: str, tmp: Path) -> str:
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    env.update(GPUKERNELS_BACKEND="cpu", NUMBA_ENABLE_CUDASIM="0", PYTHONPATH=str(ROOT))
+    env.update(
+        GPUKERNELS_BACKEND="cpu", NUMBA_ENABLE_CUDASIM="0", PYTHONPATH=str(ROOT), TMPDIR=str(tmp)
+    )
     proc = subprocess.run(
         [sys.executable, "-c", _SCRIPT, allowed],
         cwd=ROOT,
@@ -60,15 +61,30 @@ def _run(allowed: str) -> str:
 
 
 @pytest.mark.slow
-def test_falls_back_to_the_temporary_directory():
-    # only the fallback folder is writable (not all of /tmp, where a checkout may live)
-    out = _run(os.path.join(tempfile.gettempdir(), "gpukernels-numba-cache-"))
+def test_falls_back_to_the_temporary_directory(tmp_path):
+    # only the fallback folder is writable (not all of the temporary directory)
+    out = _run(str(tmp_path / "gpukernels-numba-cache-"), tmp_path)
     assert "LOSS 0.55144" in out
     assert "WARNINGS 1" in out and "caches the compiled kernels in" in out
+    (folder,) = tmp_path.glob("gpukernels-numba-cache-*")
+    assert folder.stat().st_mode & 0o777 == 0o700
 
 
 @pytest.mark.slow
-def test_compiles_uncached_when_nothing_is_writable():
-    out = _run("")
+def test_compiles_uncached_when_nothing_is_writable(tmp_path):
+    out = _run("", tmp_path)
     assert "LOSS 0.55144" in out
     assert "WARNINGS 1" in out and "compiled at first use" in out
+
+
+@pytest.mark.slow
+def test_refuses_a_fallback_folder_others_may_write(tmp_path):
+    """Cached kernels are loaded as code: a world-writable folder of the predictable name
+    (planted by another user, say) is not used."""
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    planted = tmp_path / f"gpukernels-numba-cache-{uid}"
+    planted.mkdir()
+    planted.chmod(0o777)
+    out = _run(str(planted), tmp_path)
+    assert "LOSS 0.55144" in out
+    assert "compiled at first use" in out and not list(planted.iterdir())

@@ -298,3 +298,52 @@ def test_huber_box_term_matches_torch(backend, dtype):
     want.backward()
     assert_close(loss, want.item(), dtype, what="loss vs torch")
     assert_close(grad, x.grad.numpy(), dtype, what="grad vs torch")
+
+
+@pytest.mark.parametrize("targets", ["index", "probabilities"])
+def test_cross_entropy_term_with_z_loss_and_softcap(backend, targets):
+    """A class term with z-loss and a softcap, against PyTorch autograd through the
+    definitions on the rows the term selects."""
+    torch = pytest.importorskip("torch")
+    f = torch.nn.functional
+    rng = np.random.default_rng(82)
+    n = 9
+    pred = (4 * rng.standard_normal((n, 5))).astype(np.float64)
+    flags = rng.integers(0, 2, (n, 1))
+    if targets == "index":
+        target = np.concatenate([flags, rng.integers(0, 4, (n, 1))], 1).astype(np.float64)
+        term = gk.LossTerm(
+            "softmax_cross_entropy",
+            slice(1, 5),
+            slice(1, 2),
+            only_where=0,
+            z_loss=0.01,
+            softcap=3.0,
+        )
+    else:
+        probs = rng.dirichlet(np.ones(4), n)
+        target = np.concatenate([flags, probs], 1)
+        term = gk.LossTerm(
+            "softmax_cross_entropy", slice(1, 5), only_where=0, z_loss=0.01, softcap=3.0
+        )
+    loss, grad = gk.composite_loss(pred, target, [term])
+    x = torch.tensor(pred, requires_grad=True)
+    rows = torch.tensor(flags[:, 0] != 0)
+    capped = 3.0 * torch.tanh(x[rows, 1:5] / 3.0)
+    t = torch.tensor(target[rows.numpy()])
+    labels = t[:, 1].long() if targets == "index" else t[:, 1:5]
+    per_row = f.cross_entropy(capped, labels, reduction="none")
+    want = (per_row + 0.01 * torch.logsumexp(capped, -1) ** 2).mean()
+    want.backward()
+    assert_close(loss, want.item(), np.float64, what="loss")
+    assert_close(grad, x.grad.numpy(), np.float64, what="grad")
+
+
+def test_z_loss_and_softcap_only_on_cross_entropy_terms():
+    pred, target = np.zeros((2, 3)), np.zeros((2, 3))
+    with pytest.raises(ValueError, match="terms\\[0\\]"):
+        gk.composite_loss(pred, target, [gk.LossTerm("mse", slice(0, 3), z_loss=0.1)])
+    with pytest.raises(ValueError, match="terms\\[0\\].softcap"):
+        gk.composite_loss(
+            pred, target, [gk.LossTerm("softmax_cross_entropy", slice(0, 3), softcap=-1.0)]
+        )

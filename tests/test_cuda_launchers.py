@@ -363,7 +363,7 @@ def composite_reference(pred, target, kinds, cols, tcols, only_where, scale, par
                 loss[i, k] = (d**2).sum()
                 g = 2 * d
             else:
-                delta, a = float(param[k]), np.abs(d)
+                delta, a = float(param[k, 0]), np.abs(d)
                 loss[i, k] = np.where(a <= delta, 0.5 * d * d, delta * (a - 0.5 * delta)).sum()
                 g = np.clip(d, -delta, delta)
             grad[i, p0:p1] += scale[k] * g
@@ -389,7 +389,8 @@ def test_composite(dtype):
     tcols = np.array([[0, 1], [1, 5], [5, 6], [6, 9], [3, 5], [1, 5]])
     only_where = np.array([-1, 0, 0, -1, -1, 0])
     scale = np.array([1.0, 0.5, 2.0, 0.25, 1.5, 0.75], acc)
-    param = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.5], acc)
+    param = np.zeros((6, 3), acc)  # (delta, z-loss, softcap) per term
+    param[:, 0] = [1.0, 1.0, 1.0, 1.0, 1.0, 0.5]
     args = (kinds, cols, tcols, only_where, scale, param)
     grad, loss = poisoned(pred.shape, dtype), poisoned((n, 6), acc)
     composite.composite(pred, target, *args, grad, loss)

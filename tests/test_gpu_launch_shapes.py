@@ -132,7 +132,8 @@ def test_composite(gpu_policy):
     tcols = np.array([[0, 1], [1, 5], [5, 6]])
     only_where = np.array([-1, 0, -1])
     scale = np.array([1.0, 0.5, 2.0], np.float32)
-    param = np.array([1.0, 0.3, 1.0], np.float32)
+    param = np.zeros((3, 3), np.float32)  # (delta, z-loss, softcap) per term
+    param[:, 0] = [1.0, 0.3, 1.0]
     args = (kinds.astype(np.int64), cols, tcols, only_where, scale, param)
     grad, loss = poisoned(pred.shape, np.float32), poisoned((n, 3), np.float32)
     composite.composite(pred, target, *args, grad, loss)

@@ -345,3 +345,72 @@ def test_backend_of_a_tensor_and_unsupported_devices():
         gk.sigmoid(meta)
     with pytest.raises(TypeError, match="meta"):
         gk.backend(meta)
+
+
+def test_targets_that_require_grad_are_refused():
+    """PyTorch differentiates its losses' targets; ours do not, so rather than leave such a
+    target silently without a gradient they refuse it."""
+    x = torch.randn(3, 4, requires_grad=True)
+    t = torch.rand(3, 4, requires_grad=True)
+    for call in (
+        lambda: gkt.mse_loss(x, t),
+        lambda: gkt.huber_loss(x, t),
+        lambda: gkt.binary_cross_entropy_with_logits(x, t),
+        lambda: gkt.cross_entropy(x, torch.softmax(t, -1)),
+    ):
+        with pytest.raises(RuntimeError, match="target"):
+            call()
+    gkt.mse_loss(x, t.detach()).backward()  # detached: fine
+
+
+def test_inplace_backward_leaves_logits_alone_without_autograd():
+    logits = torch.randn(4, 5)
+    kept = logits.clone()
+    labels = torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        loss = gkt.cross_entropy(logits, labels, inplace_backward=True)
+    torch.testing.assert_close(logits, kept)
+    torch.testing.assert_close(loss, F.cross_entropy(kept, labels))
+    gkt.CrossEntropyLoss(inplace_backward=True)(logits, labels)  # no requires_grad: the same
+    torch.testing.assert_close(logits, kept)
+
+
+def test_custom_ops_pass_opcheck():
+    """torch.library.opcheck: schemas, fake (meta) kernels and the real ones agree, for
+    contiguous and transposed inputs."""
+    gen = torch.Generator().manual_seed(14)
+    z = torch.randn(6, 5, generator=gen)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    y = torch.rand(5, 6, generator=gen).t()
+    ops = torch.ops.gpukernels
+    for args in (
+        (ops.cross_entropy, (z, labels, None, -100, "mean", 0.1, 0.0, None, True)),
+        (
+            ops.cross_entropy,
+            (z.t().contiguous().t(), labels, None, -100, "none", 0.0, 1e-3, 2.0, True),
+        ),
+        (ops.mse, (y, y.contiguous() * 2, "none")),
+        (ops.huber, (y, y * 0, "sum", 0.5)),
+        (ops.bce_with_logits, (z, torch.rand(6, 5, generator=gen), None, None, "mean")),
+    ):
+        torch.library.opcheck(*args)
+
+
+@pytest.mark.slow
+def test_compile_with_transposed_inputs():
+    w = torch.randn(5, 6, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    step = torch.compile(
+        lambda a: (
+            gkt.cross_entropy((a * 1.5).t(), labels, reduction="none").sum()
+            + gkt.mse_loss(a.t(), torch.zeros(6, 5))
+        ),
+        fullgraph=True,
+    )
+    step(w).backward()
+    ref = w.detach().clone().requires_grad_()
+    (
+        F.cross_entropy((ref * 1.5).t(), labels, reduction="none").sum()
+        + F.mse_loss(ref.t(), torch.zeros(6, 5))
+    ).backward()
+    torch.testing.assert_close(w.grad, ref.grad)

@@ -40,12 +40,13 @@ from .reduce import block_tile_sum, register_fold
 
 
 @functools.cache
-def _elementwise_loss_kernel(element, acc, tpb: int, bf16: bool):
+def _elementwise_loss_kernel(element, acc, tpb: int, bf16: bool, target_bf16: bool):
     count = TILE // tpb
     fold, tree = register_fold(acc, count), block_tile_sum(acc, tpb)
     zero, one = acc_constant(acc, 0.0), acc_constant(acc, 1.0)
     leaf = scalar_device(element, acc)
     load, store = element_io(acc, bf16)
+    load_target = element_io(acc, target_bf16)[0]
 
     @cuda.jit
     def _elementwise_loss_tiles_kernel(z, y, weight, param, grad_scale, grad, loss, reduce):
@@ -64,7 +65,7 @@ def _elementwise_loss_kernel(element, acc, tpb: int, bf16: bool):
                 if i < n:
                     p = acc(param[i % period]) if period > 0 else one
                     w = acc(weight[i]) if has_w else one
-                    li, gi = leaf(load(z[i]), load(y[i]), p)
+                    li, gi = leaf(load(z[i]), load_target(y[i]), p)
                     grad[i] = store(grad_scale[i if per_element else 0] * (w * gi))
                     # rounded to acc here so that the tile sum adds the stored bits
                     value = acc(w * li)
@@ -94,22 +95,24 @@ def loss_and_grad_launcher(element):
         if n == 0:
             return
         tpb = POLICY.tile_threads
-        kernel = _elementwise_loss_kernel(
-            element, accumulator(loss.dtype), tpb, is_bf16(pred.dtype)
-        )
+        bf16 = is_bf16(pred.dtype), is_bf16(target.dtype)
+        kernel = _elementwise_loss_kernel(element, accumulator(loss.dtype), tpb, *bf16)
         grid = tile_grid(-(-n // TILE))
         args = (bits(pred), bits(target), weight, param, grad_scale, bits(grad), loss, bool(reduce))
         launch(kernel, grid, tpb, 0, *args)
 
     def ptx_signatures():
-        """``(kernel, argument types)`` of every launch ``loss_and_grad`` makes on a GPU."""
+        """``(kernel, argument types)`` of every launch ``loss_and_grad`` makes on a GPU: the
+        target of the prediction's dtype or, for another one, of the accumulation dtype."""
         sigs = []
         for dtype in STORAGE:
             acc = accumulator(dtype)
             vec, acc_vec = kernel_type(dtype)[::1], acc[::1]
-            kernel = _elementwise_loss_kernel(element, acc, GPU_POLICY.tile_threads, is_bf16(dtype))
-            args = (vec, vec, acc_vec, acc_vec, acc_vec, vec, acc_vec, types.boolean)
-            sigs.append((kernel, args))
+            for target, target_bf16 in {(vec, is_bf16(dtype)), (acc_vec, False)}:
+                tpb, bf16 = GPU_POLICY.tile_threads, is_bf16(dtype)
+                kernel = _elementwise_loss_kernel(element, acc, tpb, bf16, target_bf16)
+                args = (vec, target, acc_vec, acc_vec, acc_vec, vec, acc_vec, types.boolean)
+                sigs.append((kernel, args))
         return sigs
 
     return loss_and_grad, ptx_signatures
