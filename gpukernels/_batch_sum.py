@@ -56,7 +56,7 @@ def batch_sum(x, *, axis: int | None = None, out=None):
     in float32, float64 in float64.
 
     Args:
-        x: array of any shape, float16/float32/float64 (NumPy or CuPy).
+        x: array of any shape, float16/bfloat16/float32/float64 (NumPy or CuPy).
         axis: ``None`` sums every element (0-d result); ``0`` sums over the first axis
             (result ``x.shape[1:]``, the bias gradient of a layer).
         out: optional array of the result's shape and dtype to write into.

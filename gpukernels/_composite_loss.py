@@ -65,11 +65,11 @@ def composite_loss(
     (the sum rule: each term's gradient lands in its own columns and overlapping columns
     add; columns no term reads get 0). :math:`S_k` are the selected rows (all, or those with
     ``target[:, only_where] != 0``); :math:`D_k` is :math:`|S_k|` for cross-entropy and
-    :math:`|S_k|` times the term's width for BCE and MSE (each term's own ``"mean"``). A term
+    :math:`|S_k|` times the term's width for BCE, MSE and Huber (each term's own ``"mean"``). A term
     that selects no row contributes 0. One kernel launch computes every term.
 
     Args:
-        pred: ``(N, P)`` float16/float32/float64.
+        pred: ``(N, P)`` float16/bfloat16/float32/float64.
         target: ``(N, Q)`` floats.
         terms: sequence (list or tuple) of at most 16 :class:`LossTerm`.
         grad_output: scalar upstream gradient.

@@ -29,7 +29,7 @@ def sigmoid(x, *, out=None):
     that it never overflows.
 
     Args:
-        x: any shape, float16/float32/float64.
+        x: any shape, float16/bfloat16/float32/float64.
         out: optional array of ``x``'s shape and dtype (may be ``x``).
 
     Example:

@@ -14,24 +14,49 @@ from ._dtypes import companion_dtype
 from ._tensors import tensor_io
 
 
-def _elementwise_loss(call, op, x, inputs, divisor, reduction, grad_output, out):
-    """Shared tail of the elementwise losses: scale, launch ``op``'s ``loss_and_grad``, reduce.
+def _begin(pred_name, pred, target, reduction, allowed, grad_output, out, **optional):
+    """The elementwise losses' common start: adopt and check the arguments.
 
-    ``inputs`` are the launcher's arguments after the prediction (target, weight, param);
-    ``divisor`` the mean's denominator (a Python int; 0 for a mean over nothing, which is 0
-    with a zero gradient).
+    Returns the call, the prediction and the target as the kernel reads it (1-D, in the
+    prediction's dtype or, if it has another one, the accumulation dtype).
+    """
+    call = Call(
+        **{pred_name: pred, "target": target},
+        optional={**optional, "grad_output": grad_output, "out": out},
+        numbers=("grad_output",),
+        in_place=(pred_name,),
+    )
+    a = call.arrays
+    x, t = a[pred_name], a["target"]
+    dtype = _validate.float_array(pred_name, x)
+    _validate.float_array("target", t)
+    _validate.same_shape("target", t, pred_name, tuple(x.shape))
+    _validate.reduction(reduction, allowed)
+    _validate.out_array(a["out"], tuple(x.shape), dtype, call.library)
+    _validate.grad_output(a["grad_output"], reduction, tuple(x.shape))
+    return call, x, flat_input(call.xp, t, companion_dtype(t.dtype, dtype))
+
+
+def _finish(call, op, x, target, weight, param, divisor, reduction):
+    """The elementwise losses' common end: scale, launch ``op``'s ``loss_and_grad``, reduce.
+
+    ``weight`` and ``param`` are the launcher's (``None`` for none); ``divisor`` the mean's
+    denominator (a Python int; 0 for a mean over nothing, which is 0 with a zero gradient).
     """
     xp, dtype = call.xp, np.dtype(x.dtype)
     acc = accumulation_dtype(dtype)
+    weight = xp.empty(0, acc) if weight is None else weight
+    param = xp.empty(0, acc) if param is None else param
     shape, n = tuple(x.shape), int(x.size)
-    grad = FlatOutput(xp, out, shape, dtype)
-    scale = upstream_scale(xp, grad_output, acc)
+    grad = FlatOutput(xp, call.arrays["out"], shape, dtype)
+    scale = upstream_scale(xp, call.arrays["grad_output"], acc)
     if divisor > 1:
         scale = scale / acc.type(divisor)
     reduce = reduction != "none"
     loss = xp.empty(tile_count(n) if reduce else n, acc)
     if n:
-        call.ops(op).loss_and_grad(flat_input(xp, x), *inputs, scale, grad.flat, loss, reduce)
+        launcher = call.ops(op).loss_and_grad
+        launcher(flat_input(xp, x), target, weight, param, scale, grad.flat, loss, reduce)
     if not reduce:
         return loss.reshape(shape), grad.result()
     total = canonical_sum(call, loss)
@@ -40,16 +65,7 @@ def _elementwise_loss(call, op, x, inputs, divisor, reduction, grad_output, out)
     return xp.asarray(total), grad.result()
 
 
-def _checked(call, name_x, name_t, reduction, allowed, grad_output, out):
-    a = call.arrays
-    x, t = a[name_x], a[name_t]
-    dtype = _validate.float_array(name_x, x)
-    _validate.float_array(name_t, t)
-    _validate.same_shape(name_t, t, name_x, tuple(x.shape))
-    _validate.reduction(reduction, allowed)
-    _validate.out_array(out, tuple(x.shape), dtype, call.library)
-    _validate.grad_output(grad_output, reduction, tuple(x.shape))
-    return x, t, dtype
+_REDUCTIONS = ("mean", "sum", "none")
 
 
 @tensor_io
@@ -78,7 +94,7 @@ def bce_with_logits(
     number of elements, and a mean over nothing is 0.
 
     Args:
-        logits: any shape, float16/float32/float64.
+        logits: any shape, float16/bfloat16/float32/float64.
         target: same shape, values in [0, 1].
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         weight: optional, broadcasts to ``logits``' shape.
@@ -95,55 +111,31 @@ def bce_with_logits(
         >>> round(float(loss), 4), grad.round(4).tolist()
         (1.41, [-0.25, 0.4404])
     """
-    call = Call(
-        logits=logits,
-        target=target,
-        optional={
-            "weight": weight,
-            "pos_weight": pos_weight,
-            "grad_output": grad_output,
-            "out": out,
-        },
-        numbers=("grad_output",),
-        in_place=("logits",),
-    )
-    x, t, dtype = _checked(
-        call,
+    call, x, t = _begin(
         "logits",
-        "target",
+        logits,
+        target,
         reduction,
-        ("mean", "sum", "none"),
-        call.arrays["grad_output"],
-        call.arrays["out"],
+        _REDUCTIONS,
+        grad_output,
+        out,
+        weight=weight,
+        pos_weight=pos_weight,
     )
-    xp, acc = call.xp, accumulation_dtype(dtype)
+    xp, acc = call.xp, accumulation_dtype(x.dtype)
     shape = tuple(x.shape)
-    last = shape[-1] if shape else 1
     w, pw = call.arrays["weight"], call.arrays["pos_weight"]
-    if w is None:
-        w = xp.empty(0, acc)
-    else:
+    if w is not None:
         _validate.float_array("weight", w)
         _validate.broadcastable("weight", w, shape)
         w = flat_input(xp, xp.broadcast_to(w.astype(acc, copy=False), shape))
-    if pw is None:
-        pw = xp.empty(0, acc)
-    else:
+    if pw is not None:
+        last = (shape[-1] if shape else 1,)
         _validate.float_array("pos_weight", pw)
-        _validate.broadcastable("pos_weight", pw, (last,))
-        pw = flat_input(xp, xp.broadcast_to(pw.astype(acc, copy=False), (last,)))
-    inputs = (flat_input(xp, t, companion_dtype(t.dtype, dtype)), w, pw)
+        _validate.broadcastable("pos_weight", pw, last)
+        pw = flat_input(xp, xp.broadcast_to(pw.astype(acc, copy=False), last))
     divisor = x.size if reduction == "mean" else 1
-    return _elementwise_loss(
-        call,
-        "bce",
-        x,
-        inputs,
-        divisor,
-        reduction,
-        call.arrays["grad_output"],
-        call.arrays["out"],
-    )
+    return _finish(call, "bce", x, t, w, pw, divisor, reduction)
 
 
 @tensor_io
@@ -159,7 +151,7 @@ def mse(pred, target, *, reduction: str = "mean", grad_output=None, out=None):
     returns the elementwise squares. A mean over nothing is 0.
 
     Args:
-        pred: any shape, float16/float32/float64.
+        pred: any shape, float16/bfloat16/float32/float64.
         target: same shape.
         reduction: ``"mean"``, ``"batchmean"``, ``"sum"`` or ``"none"``.
         grad_output: upstream gradient: a scalar, or with ``"none"`` an array of the shape.
@@ -174,38 +166,13 @@ def mse(pred, target, *, reduction: str = "mean", grad_output=None, out=None):
         >>> float(loss), grad.tolist()
         (36.0, [12.0])
     """
-    call = Call(
-        pred=pred,
-        target=target,
-        optional={"grad_output": grad_output, "out": out},
-        numbers=("grad_output",),
-        in_place=("pred",),
-    )
-    x, t, dtype = _checked(
-        call,
-        "pred",
-        "target",
-        reduction,
-        ("mean", "batchmean", "sum", "none"),
-        call.arrays["grad_output"],
-        call.arrays["out"],
-    )
+    allowed = ("mean", "batchmean", "sum", "none")
+    call, x, t = _begin("pred", pred, target, reduction, allowed, grad_output, out)
     if reduction == "batchmean" and x.ndim == 0:
         raise ValueError("reduction='batchmean' needs pred with a batch axis (ndim >= 1)")
     batch = x.shape[0] if x.ndim else 1
     divisor = {"mean": x.size, "batchmean": batch, "sum": 1, "none": 1}[reduction]
-    none = call.xp.empty(0, accumulation_dtype(dtype))
-    inputs = (flat_input(call.xp, t, companion_dtype(t.dtype, dtype)), none, none)
-    return _elementwise_loss(
-        call,
-        "mse",
-        x,
-        inputs,
-        divisor,
-        reduction,
-        call.arrays["grad_output"],
-        call.arrays["out"],
-    )
+    return _finish(call, "mse", x, t, None, None, divisor, reduction)
 
 
 @tensor_io
@@ -226,7 +193,7 @@ def huber_loss(
     ``"mean"`` divides by the number of elements; a mean over nothing is 0.
 
     Args:
-        pred: any shape, float16/float32/float64.
+        pred: any shape, float16/bfloat16/float32/float64.
         target: same shape.
         delta: the threshold between the quadratic and the linear part, a finite number > 0.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
@@ -242,36 +209,10 @@ def huber_loss(
         >>> float(loss), grad.tolist()
         (2.625, [0.5, 1.0])
     """
-    call = Call(
-        pred=pred,
-        target=target,
-        optional={"grad_output": grad_output, "out": out},
-        numbers=("grad_output",),
-        in_place=("pred",),
-    )
-    x, t, dtype = _checked(
-        call,
-        "pred",
-        "target",
-        reduction,
-        ("mean", "sum", "none"),
-        call.arrays["grad_output"],
-        call.arrays["out"],
-    )
+    call, x, t = _begin("pred", pred, target, reduction, _REDUCTIONS, grad_output, out)
     delta = _validate.real_number("delta", delta)
     if not (np.isfinite(delta) and delta > 0):
         raise ValueError(f"delta must be a finite number > 0, got {delta}")
-    xp, acc = call.xp, accumulation_dtype(dtype)
-    target = flat_input(xp, t, companion_dtype(t.dtype, dtype))
-    inputs = (target, xp.empty(0, acc), xp.full(1, delta, acc))
+    param = call.xp.full(1, delta, accumulation_dtype(x.dtype))
     divisor = x.size if reduction == "mean" else 1
-    return _elementwise_loss(
-        call,
-        "huber",
-        x,
-        inputs,
-        divisor,
-        reduction,
-        call.arrays["grad_output"],
-        call.arrays["out"],
-    )
+    return _finish(call, "huber", x, t, None, param, divisor, reduction)

@@ -53,7 +53,7 @@ def softmax_cross_entropy(
     computed in the same fused pass.
 
     Args:
-        logits: ``(N, C)`` float16/float32/float64.
+        logits: ``(N, C)`` float16/bfloat16/float32/float64.
         target: ``(N,)`` integer class indices, or ``(N, C)`` class probabilities.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         weight: optional ``(C,)`` per-class weight.

@@ -202,7 +202,7 @@ def device_id(x) -> int | None:
 
 
 def float_array(name: str, x) -> np.dtype:
-    """The dtype of ``x``, which must be float16, float32 or float64."""
+    """The dtype of ``x``, which must be a storage dtype of the dtype table (``_dtypes``)."""
     dtype = np.dtype(x.dtype)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype {FLOAT_NAMES}, got {dtype}")

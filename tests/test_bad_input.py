@@ -576,9 +576,11 @@ def test_huber_terms_pass_validation():
     ]
     resolved = _validate.loss_terms(terms, 5, 5)
     assert resolved == [
-        _validate.ResolvedTerm(TermKind.HUBER, (1, 5), (1, 5), 0, 2.0, 0.5),
-        _validate.ResolvedTerm(TermKind.SOFTMAX_CROSS_ENTROPY, (0, 3), (4, 5), -1, 1.0, 1.0),
-        _validate.ResolvedTerm(TermKind.BCE_WITH_LOGITS, (3, 5), (0, 2), -1, 1.0, 1.0),
+        _validate.ResolvedTerm(TermKind.HUBER, (1, 5), (1, 5), 0, 2.0, 0.5, 0.0, 0.0),
+        _validate.ResolvedTerm(
+            TermKind.SOFTMAX_CROSS_ENTROPY, (0, 3), (4, 5), -1, 1.0, 1.0, 0.0, 0.0
+        ),
+        _validate.ResolvedTerm(TermKind.BCE_WITH_LOGITS, (3, 5), (0, 2), -1, 1.0, 1.0, 0.0, 0.0),
     ]
     assert isinstance(resolved[0].kind, TermKind)
     assert all(type(v) is int for term in resolved for v in (*term.columns, term.only_where))

@@ -4,7 +4,7 @@ This is the one module that knows whether kernels run on a GPU or on Numba's sim
 (``NUMBA_ENABLE_CUDASIM=1``), how a caller's array becomes a kernel argument, which stream a
 kernel is launched on, and which launch shapes (threads per block, blocks per grid) the
 launchers use. The choice between the shared-memory and the warp-shuffle block reductions is
-made in :mod:`gpukernels.reduce` from :data:`SIMULATOR`.
+made in :mod:`gpukernels.cuda.reduce` from :data:`SIMULATOR`.
 """
 
 from __future__ import annotations
