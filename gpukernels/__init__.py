@@ -18,6 +18,7 @@ from ._dispatch import backend, cuda_available
 from ._elementwise import sigmoid, sigmoid_backward, sigmoid_derivative
 from ._elementwise_losses import bce_with_logits, huber_loss, mse
 from ._linear_cross_entropy import linear_cross_entropy
+from ._shard import merge_shard_stats, shard_loss_and_grad, shard_stats
 from ._softmax_cross_entropy import softmax_cross_entropy
 
 __version__ = "0.1.0"
@@ -31,9 +32,12 @@ __all__ = [
     "cuda_available",
     "huber_loss",
     "linear_cross_entropy",
+    "merge_shard_stats",
     "mse",
     "sigmoid",
     "sigmoid_backward",
+    "shard_loss_and_grad",
+    "shard_stats",
     "sigmoid_derivative",
     "softmax_cross_entropy",
 ]

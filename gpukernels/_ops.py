@@ -61,5 +61,11 @@ OPS: dict[str, Op] = {
             "sigmoid",
         ),
         Op("composite", ("composite",), ("composite_loss",), None),
+        Op(
+            "shard",
+            ("shard_stats", "shard_loss_and_grad"),
+            ("shard_stats", "merge_shard_stats", "shard_loss_and_grad"),
+            None,
+        ),
     )
 }

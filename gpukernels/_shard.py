@@ -1,0 +1,186 @@
+r"""Class-sharded softmax cross-entropy: the two local steps of a vocabulary-parallel loss.
+
+When a row of ``V`` logits is split by columns over devices or workers, the loss needs per
+row only four numbers from each shard: its max :math:`m_s`, its sum
+:math:`S_s = \sum_{c \in s} e^{z_c - m_s}`, the target's logit if the target falls in the
+shard (else 0) and the sum of its logits (for label smoothing). ``shard_stats`` computes them,
+``merge_shard_stats`` combines two disjoint shards (what an all-reduce or a tree applies):
+
+.. math::
+    m = \max(m_a, m_b), \qquad S = S_a e^{m_a - m} + S_b e^{m_b - m}
+
+and sums the other two columns; ``shard_loss_and_grad`` turns the merged stats of the whole
+rows into the loss (the same on every shard) and this shard's columns of the gradient. No
+logits move between shards; an engine (Dask, ``torch.distributed``) does the exchange.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validate
+from ._batch_sum import canonical_sum
+from ._common import safe_divide, upstream_scale
+from ._dispatch import Call, accumulation_dtype
+from ._softmax_cross_entropy import int64_labels
+from ._tensors import tensor_io
+
+STATS = 4  # columns of the stats: max, sum of exp(z - max), target logit, sum of logits
+
+
+def _shard_arguments(call, name: str, class_start, num_classes=None):
+    a = call.arrays
+    z, target = a[name], a["target"]
+    dtype = _validate.float_array(name, z)
+    _validate.ndim(name, z, 2, "an (N, C_shard) block of logit columns")
+    n, width = z.shape
+    if np.dtype(target.dtype).kind not in "iu":
+        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    _validate.same_shape("target", target, f"{name}'s rows", (n,))
+    start = _validate.integer("class_start", class_start)
+    if start < 0:
+        raise ValueError(f"class_start must be >= 0, got {start}")
+    if num_classes is not None:
+        num_classes = _validate.integer("num_classes", num_classes)
+        if not start + width <= num_classes:
+            raise ValueError(
+                f"the shard's classes [{start}, {start + width}) must lie in "
+                f"[0, num_classes={num_classes})"
+            )
+    return z, int64_labels(call.xp, target), dtype, start, num_classes
+
+
+@tensor_io
+def shard_stats(
+    logits_shard,
+    target,
+    *,
+    class_start: int,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    softcap: float | None = None,
+):
+    r"""Per row of a shard of logit columns: ``[max, sum exp(z - max), z_target, sum z]``.
+
+    ``logits_shard`` ``(N, C_s)`` holds the classes ``[class_start, class_start + C_s)`` of
+    each row; ``target`` ``(N,)`` the rows' class indices over all classes. ``z_target`` is
+    the target's logit if the target falls in this shard, else 0 (an ignored row's too).
+    With ``softcap`` the logits are capped first, :math:`\kappa \tanh(z / \kappa)`.
+    ``label_smoothing`` is accepted for symmetry with :func:`shard_loss_and_grad` (the sum
+    of logits is always there). Returns ``(N, 4)`` float32 (float64 for float64).
+    """
+    call = Call(logits_shard=logits_shard, target=target)
+    z, labels, dtype, start, _ = _shard_arguments(call, "logits_shard", class_start)
+    _validate.ignore_index(ignore_index)
+    _validate.label_smoothing(label_smoothing)
+    cap = _validate.softcap(softcap)
+    xp, acc = call.xp, accumulation_dtype(dtype)
+    stats = xp.empty((z.shape[0], STATS), acc)
+    if z.shape[0]:
+        call.ops("shard").shard_stats(z, labels, stats, start, cap)
+    return stats
+
+
+@tensor_io
+def merge_shard_stats(a, b):
+    r"""The stats of the union of two disjoint shards of the same rows:
+    :math:`m = \max(m_a, m_b)`, :math:`S = S_a e^{m_a - m} + S_b e^{m_b - m}`, the target
+    logits and the logit sums added. Associative and commutative up to float rounding.
+    """
+    call = Call(a=a, b=b)
+    a, b = call.arrays["a"], call.arrays["b"]
+    for name, s in (("a", a), ("b", b)):
+        _validate.float_array(name, s)
+        _validate.ndim(name, s, 2, "(N, 4) shard stats")
+    _validate.same_shape("b", b, "a", tuple(a.shape))
+    if a.shape[1] != STATS:
+        raise ValueError(f"shard stats have {STATS} columns, got shape {tuple(a.shape)}")
+    xp = call.xp
+    m = xp.maximum(a[:, 0], b[:, 0])
+    safe = xp.where(xp.isneginf(m), 0, m)  # two empty shards: exp(-inf - -inf) would be NaN
+    merged = a + b
+    merged[:, 0] = m
+    merged[:, 1] = a[:, 1] * xp.exp(a[:, 0] - safe) + b[:, 1] * xp.exp(b[:, 0] - safe)
+    return merged
+
+
+@tensor_io
+def shard_loss_and_grad(
+    logits_shard,
+    target,
+    stats,
+    *,
+    class_start: int,
+    num_classes: int,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    grad_output=None,
+    out=None,
+):
+    r"""The loss of the whole rows and this shard's columns of its gradient, from the merged
+    stats ``[m, S, z_y, sum z]`` of the whole rows.
+
+    With :math:`\mathrm{lse} = m + \log S`, :math:`\varepsilon` the smoothing and :math:`V`
+    the number of classes, a non-ignored row's loss is
+
+    .. math::
+        (1 - \varepsilon)(\mathrm{lse} - z_y) + \varepsilon\,\mathrm{lse}
+        - \tfrac{\varepsilon}{V} \textstyle\sum_c z_c + \zeta\,\mathrm{lse}^2
+
+    and its gradient in column :math:`c` is
+    :math:`(1 + 2\zeta\,\mathrm{lse})\, p_c - (1 - \varepsilon)[c = y] - \varepsilon / V`,
+    :math:`p_c = e^{z_c - m} / S`, times the reduction's scale (``"mean"``: over the
+    non-ignored rows; a mean over none is 0) and through the softcap. Class weights are not
+    offered. The same as ``softmax_cross_entropy`` on the whole rows, up to rounding. A
+    class index outside ``[0, num_classes)`` that is not ``ignore_index`` raises
+    ``ValueError`` (on a GPU the check costs one small device-to-host read).
+
+    Returns:
+        ``(loss, grad_shard)``: the loss (0-d, or ``(N,)`` with ``"none"``; float32 for
+        16-bit logits) and the gradient of this shard's columns, like ``logits_shard``.
+    """
+    call = Call(
+        logits_shard=logits_shard,
+        target=target,
+        stats=stats,
+        optional={"grad_output": grad_output, "out": out},
+        numbers=("grad_output",),
+        in_place=("logits_shard",),
+    )
+    a = call.arrays
+    z, labels, dtype, start, classes = _shard_arguments(
+        call, "logits_shard", class_start, num_classes
+    )
+    n, width = z.shape
+    st = a["stats"]
+    _validate.float_array("stats", st)
+    _validate.same_shape("stats", st, "(N, 4)", (n, STATS))
+    _validate.reduction(reduction)
+    ignore = _validate.ignore_index(ignore_index)
+    eps = _validate.label_smoothing(label_smoothing)
+    zl, cap = _validate.z_loss(z_loss), _validate.softcap(softcap)
+    _validate.out_array(a["out"], (n, width), dtype, call.library)
+    _validate.grad_output(a["grad_output"], reduction, (n,))
+    xp, acc = call.xp, accumulation_dtype(dtype)
+    # a class outside [0, V) would fall in no shard and silently count as logit 0
+    _validate.class_indices(xp, labels, classes, ignore, a["target"])
+    st = st.astype(acc, copy=False)
+    grad = xp.empty((n, width), dtype) if a["out"] is None else a["out"]
+    scale = upstream_scale(xp, a["grad_output"], acc)
+    if reduction == "mean":
+        divisor = xp.asarray(xp.count_nonzero(labels != ignore)).astype(acc)
+        scale = safe_divide(xp, scale, divisor)
+    row_loss = xp.empty(n, acc)
+    if n:
+        call.ops("shard").shard_loss_and_grad(
+            z, labels, st, scale, grad, row_loss, start, classes, ignore, eps, zl, cap
+        )
+    if reduction == "none":
+        return row_loss, grad
+    total = canonical_sum(call, row_loss)
+    if reduction == "mean":
+        total = safe_divide(xp, total, divisor)
+    return xp.asarray(total), grad
