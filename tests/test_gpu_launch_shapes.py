@@ -140,3 +140,38 @@ def test_composite(gpu_policy):
     want_loss, want_grad = composite_reference(pred, target, *args)
     close(loss, want_loss, np.float32, scale=10)
     close(grad, want_grad, np.float32)
+
+
+def test_shard_steps(gpu_policy):
+    """A shard of 4100 columns (512-thread rows) and one of 7 (several rows a block)."""
+    shard = OPS["shard"].module("cuda")
+    rng = np.random.default_rng(8)
+    z = (2 * rng.standard_normal((3, 4107))).astype(np.float32)
+    y = np.array([5, 4100, -100])
+    halves = [(0, 4100), (4100, 4107)]
+    stats = []
+    for a, b in halves:
+        out = poisoned((3, 4), np.float32)
+        shard.shard_stats(np.ascontiguousarray(z[:, a:b]), y, out, a, 0.0)
+        stats.append(out)
+    m = np.maximum(stats[0][:, 0], stats[1][:, 0])
+    s = sum(st[:, 1] * np.exp(st[:, 0] - m) for st in stats)
+    z64 = z.astype(np.float64)
+    close(m, z64.max(1), np.float32)
+    close(s, np.exp(z64 - z64.max(1, keepdims=True)).sum(1), np.float32, scale=10)
+    merged = np.stack([m, s, stats[0][:, 2] + stats[1][:, 2], stats[0][:, 3] + stats[1][:, 3]], 1)
+    lse = np.log(np.exp(z64).sum(1))
+    for a, b in halves:
+        grad, loss = poisoned((3, b - a), np.float32), poisoned(3, np.float32)
+        g = np.full(1, 0.5, np.float32)
+        args = (merged.astype(np.float32), g, grad, loss, a, 4107, -100, 0.0, 0.0, 0.0)
+        shard.shard_loss_and_grad(np.ascontiguousarray(z[:, a:b]), y, *args)
+        want = np.exp(z64[:, a:b] - lse[:, None]) * 0.5
+        for row, label in enumerate(y):
+            if label == -100:
+                want[row] = 0
+            elif a <= label < b:
+                want[row, label - a] -= 0.5
+        close(grad, want, np.float32)
+        close(loss[:2], lse[:2] - z64[[0, 1], y[:2]], np.float32, scale=10)
+        assert loss[2] == 0
