@@ -103,17 +103,23 @@ def tensor_io(fn):
     mixed with other arrays, nor tensors of different devices (``TypeError``). Calls without
     tensors pass straight through.
     """
-    signature = inspect.signature(fn)
+    positional = [
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         torch = torch_module()
-        if torch is None or not any(
-            isinstance(a, torch.Tensor) for a in itertools.chain(args, kwargs.values())
+        if (
+            torch is None
+            or len(args) > len(positional)  # fn raises its own TypeError
+            or not any(isinstance(a, torch.Tensor) for a in itertools.chain(args, kwargs.values()))
         ):
             return fn(*args, **kwargs)
-        bound = signature.bind(*args, **kwargs)
-        arguments = bound.arguments
+        # the arguments by name (cheaper than Signature.bind, which a small call would feel)
+        arguments = {**dict(zip(positional, args, strict=False)), **kwargs}
         tensors = {k: v for k, v in arguments.items() if isinstance(v, torch.Tensor)}
         _check_tensor_arguments(arguments, tensors)
         device = next(iter(tensors.values())).device
@@ -123,7 +129,8 @@ def tensor_io(fn):
                 array = as_array(t, name)
                 originals[id(array)] = t
                 arguments[name] = array
-            result = fn(*bound.args, **bound.kwargs)
+            args = [arguments.pop(name) for name in positional[: len(args)]]
+            result = fn(*args, **arguments)
             if isinstance(result, tuple):
                 return tuple(_back(r, originals) for r in result)
             return _back(result, originals)

@@ -38,6 +38,7 @@ from ._torch_ops import (
     layout_of,
     linear_cross_entropy_op,
     mse_op,
+    run,
 )
 
 __all__ = [
@@ -72,8 +73,20 @@ def _refuse_second_derivative() -> None:
 
 def _scaled(grad: Tensor, grad_loss: Tensor, in_place: bool) -> Tensor:
     """``grad`` times the upstream gradient of the loss (a scalar, or one value per row or
-    element of a ``"none"`` loss), in ``grad``'s dtype."""
+    element of a ``"none"`` loss), in ``grad``'s dtype.
+
+    On the CPU an upstream gradient of exactly 1 (``loss.backward()``) returns ``grad``
+    itself, saving a pass over it; reading the value there costs nothing, where on a GPU it
+    would wait for the device.
+    """
     _refuse_second_derivative()
+    if (
+        not torch.compiler.is_compiling()  # a traced graph cannot branch on a value
+        and grad_loss.device.type == "cpu"
+        and grad_loss.numel() == 1
+        and grad_loss.item() == 1
+    ):
+        return grad
     scale = grad_loss.reshape(grad_loss.shape + (1,) * (grad.ndim - grad_loss.ndim))
     if in_place:
         return grad.mul_(scale)
@@ -85,7 +98,7 @@ class _FusedLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, op, input, *args):
-        loss, grad = op(input, *args)
+        loss, grad = run(op, input, *args)
         ctx.save_for_backward(grad)
         ctx.num_args = len(args)
         return loss
@@ -101,7 +114,7 @@ class _FusedLossInPlace(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, *args):
-        loss = cross_entropy_inplace_op(input, *args)
+        loss = run(cross_entropy_inplace_op, input, *args)
         ctx.mark_dirty(input)
         ctx.save_for_backward(input)
         ctx.num_args = len(args)
@@ -121,8 +134,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, linear_weight, linear_bias, target, *options):
         reduction = options[1]
-        loss, grad_x, grad_w, grad_b = linear_cross_entropy_op(
-            input, linear_weight, target, linear_bias, *options[:-1], None, options[-1]
+        loss, grad_x, grad_w, grad_b = run(
+            linear_cross_entropy_op,
+            input,
+            linear_weight,
+            target,
+            linear_bias,
+            *options[:-1],
+            None,
+            options[-1],
         )
         ctx.has_bias, ctx.reduction, ctx.options = linear_bias is not None, reduction, options
         if reduction == "none":
@@ -137,8 +157,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             _refuse_second_derivative()
             input, linear_weight, linear_bias, target = ctx.saved_tensors
             options = ctx.options
-            _, grad_x, grad_w, grad_b = linear_cross_entropy_op(
-                input, linear_weight, target, linear_bias, *options[:-1], grad_loss, options[-1]
+            _, grad_x, grad_w, grad_b = run(
+                linear_cross_entropy_op,
+                input,
+                linear_weight,
+                target,
+                linear_bias,
+                *options[:-1],
+                grad_loss,
+                options[-1],
             )
         else:
             grad_x, grad_w, grad_b = (_scaled(g, grad_loss, False) for g in ctx.saved_tensors)
