@@ -225,7 +225,7 @@ def parser() -> argparse.ArgumentParser:
         help="comma list of float32,float16,bfloat16,float64 (default: each op's own: "
         "float32 on the CPU, float32,float16 on the GPU; torch_xent adds bfloat16)",
     )
-    top.add_argument("--quick", action="store_true", help="shorter timing: about a minute")
+    top.add_argument("--quick", action="store_true", help="shorter timing: fewer, shorter repeats")
     top.add_argument(
         "--backend",
         choices=("auto", "cpu", "cuda"),
