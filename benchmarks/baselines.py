@@ -81,6 +81,24 @@ def torch_or_reason(kind: str) -> tuple[Any, str]:
     return torch, ""
 
 
+RECOMPILE_LIMIT = 64  # compiled graphs kept per function: one per shape and dtype of a run
+
+
+def compile_static(torch, fn: Callable) -> Callable:
+    """``torch.compile(fn)`` specialised to each shape (``dynamic=False``).
+
+    Dynamo keeps its compiled graphs on ``fn``'s code object, shared by every
+    ``torch.compile`` of it, and past its recompile limit (8) silently runs ``fn`` eagerly;
+    a run has more shapes and dtypes than that, so the limit is raised.
+    """
+    config = torch._dynamo.config
+    for limit in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, limit):
+            setattr(config, limit, max(getattr(config, limit), RECOMPILE_LIMIT))
+            break
+    return torch.compile(fn, dynamic=False)
+
+
 def torch_variants(
     kind: str,
     fn: Callable,
@@ -88,12 +106,14 @@ def torch_variants(
     backward: bool = True,
     compiled: bool | None = None,
     name: str = "torch",
+    wrt: int = 1,
 ) -> list[Variant]:
     """PyTorch eager (and on CUDA ``torch.compile``) of ``fn`` over the case's arrays.
 
     ``fn(x, *rest)`` takes tensors; with ``backward`` it returns a scalar loss and the variant
-    returns ``(loss, d loss / d x)``; without, its result is the variant's ``grad`` (an
-    elementwise op) or, when 0-d, its ``loss`` (a sum).
+    returns ``(loss, d loss / d x)``, or with ``wrt > 1`` ``(loss, (d loss / d t) for the
+    first wrt tensors t)``; without, its result is the variant's ``grad`` (an elementwise
+    op) or, when 0-d, its ``loss`` (a sum).
     """
     torch, why = torch_or_reason(kind)
     compiled = kind == "cuda" if compiled is None else compiled
@@ -104,7 +124,8 @@ def torch_variants(
     def prepare(arrays):
         tensors = tuple(torch.from_dlpack(a) for a in arrays)
         if backward:
-            tensors[0].requires_grad_(True)
+            for t in tensors[:wrt]:
+                t.requires_grad_(True)
         return tensors
 
     def make_call(f):
@@ -112,8 +133,8 @@ def torch_variants(
 
             def call(t):
                 loss = f(*t)
-                (grad,) = torch.autograd.grad(loss, t[0])
-                return loss.detach(), grad
+                grads = torch.autograd.grad(loss, t[:wrt])
+                return loss.detach(), grads[0] if wrt == 1 else grads
 
             return call
 
@@ -126,7 +147,8 @@ def torch_variants(
 
     out = [Variant(name, call=make_call(fn), prepare=prepare)]
     if compiled:
-        out.append(Variant(f"{name}.compile", call=make_call(torch.compile(fn)), prepare=prepare))
+        compiled_fn = compile_static(torch, fn)
+        out.append(Variant(f"{name}.compile", call=make_call(compiled_fn), prepare=prepare))
     return out
 
 
@@ -135,5 +157,8 @@ def as_array(xp, value):
     if value is None:
         return None
     if hasattr(value, "detach"):
-        return xp.from_dlpack(value.detach().contiguous())
+        tensor = value.detach()
+        if str(tensor.dtype) == "torch.bfloat16":  # NumPy and CuPy have none: widen, exactly
+            tensor = tensor.float()
+        return xp.from_dlpack(tensor.contiguous())
     return xp.asarray(value)

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import memory
 from .baselines import OURS, as_array
 
 # Largest relative error (loss: |a - b| / |b|; gradient: max |a - b| / max |b|) against the
-# float64 reference. float16 covers values stored in half precision (PyTorch's loss too).
-TOLERANCE = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2}
+# float64 reference. float16 covers values stored in half precision (PyTorch's loss too);
+# bfloat16 (8 significant bits, 3 fewer) about 4 of its units in the last place.
+TOLERANCE = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
 MAX_SETS = 64
 TINY = 1e-300
 
@@ -81,6 +83,7 @@ class Outcome:
     loss_err: float | None = None
     grad_err: float | None = None
     timing: Timing | None = None
+    memory: dict | None = None  # peak extra memory, for ops with ``MEMORY`` (see memory.py)
 
 
 @dataclass
@@ -93,6 +96,7 @@ class CaseResult:
     nbytes: int
     host_clock: bool
     n_sets: int
+    memory: bool = False  # whether the peak extra memory of each variant was measured
     copy: Timing | None = None
     copy_bytes: int = 0
     outcomes: list[Outcome] = field(default_factory=list)
@@ -154,8 +158,13 @@ def measure(dev, fn: Callable[[int], object], n_sets: int, budget: Budget, host:
 
 
 def compare(xp, got: tuple, ref: tuple) -> tuple[float | None, float | None]:
-    """Relative errors of a variant's ``(loss, grad)`` against the reference's."""
-    loss, grad = (as_array(xp, v) for v in got)
+    """Relative errors of a variant's ``(loss, grad)`` against the reference's.
+
+    ``grad`` may be a tuple of gradients (one per differentiated argument) where the
+    reference's is: each is compared with its own scale, and the worst error counts.
+    """
+    loss, grad = got
+    loss = as_array(xp, loss)
     ref_loss, ref_grad = ref
     loss_err = grad_err = None
     if ref_loss is not None:
@@ -164,13 +173,23 @@ def compare(xp, got: tuple, ref: tuple) -> tuple[float | None, float | None]:
         a, b = float(loss), float(ref_loss)
         loss_err = abs(a - b) / max(abs(b), TINY)
     if ref_grad is not None:
-        if grad is None or tuple(grad.shape) != tuple(ref_grad.shape):
-            raise ValueError(f"gradient of shape {getattr(grad, 'shape', None)}")
-        scale = float(xp.abs(ref_grad).max())
-        diff = grad.astype(xp.float64)  # a copy, so the in-place steps leave grad alone
-        diff -= ref_grad
-        grad_err = float(xp.abs(diff, out=diff).max()) / max(scale, TINY)
+        if not isinstance(ref_grad, tuple):
+            return loss_err, _grad_err(xp, as_array(xp, grad), ref_grad)
+        if not isinstance(grad, tuple) or len(grad) != len(ref_grad):
+            raise ValueError(f"returned no tuple of {len(ref_grad)} gradients")
+        pairs = zip(grad, ref_grad, strict=True)
+        grad_err = max(_grad_err(xp, as_array(xp, g), r) for g, r in pairs)
     return loss_err, grad_err
+
+
+def _grad_err(xp, grad, ref_grad) -> float:
+    """``max |grad - ref| / max |ref|``."""
+    if grad is None or tuple(grad.shape) != tuple(ref_grad.shape):
+        raise ValueError(f"gradient of shape {getattr(grad, 'shape', None)}")
+    scale = float(xp.abs(ref_grad).max())
+    diff = grad.astype(xp.float64)  # a copy, so the in-place steps leave grad alone
+    diff -= ref_grad
+    return float(xp.abs(diff, out=diff).max()) / max(scale, TINY)
 
 
 def _short(exc: BaseException) -> str:
@@ -208,12 +227,15 @@ def _nth(call: Callable, args: list, i: int):
 def run_case(dev, op, shape: tuple, dtype: str, budget: Budget, step: Callable) -> CaseResult:
     """Check and time every variant of ``op`` at ``shape`` and ``dtype``.
 
-    ``step(label)`` is called once per variant, for a progress display.
+    ``step(label)`` is called once per variant, for a progress display. For an op with
+    ``MEMORY = True`` each timed variant's peak extra memory is then measured in a fresh
+    process (``memory.measure``).
     """
     host = getattr(op, "HOST_CLOCK", False)
+    with_memory = bool(getattr(op, "MEMORY", False))
     nbytes = op.nbytes(shape, dtype)
     n_sets = 1 if host else min(MAX_SETS, max(1, math.ceil(2 * dev.cache_bytes / nbytes)))
-    result = CaseResult(op.NAME, tuple(shape), dtype, nbytes, host, n_sets)
+    result = CaseResult(op.NAME, tuple(shape), dtype, nbytes, host, n_sets, memory=with_memory)
     sets = [op.inputs(dev, shape, dtype, seed=k) for k in range(n_sets)]
     ref = op.reference(dev, sets[0])
     variants = op.variants(dev)
@@ -231,6 +253,8 @@ def run_case(dev, op, shape: tuple, dtype: str, budget: Budget, step: Callable) 
                 outcome.timing = measure(dev, fn, n_sets, budget, host)
             except Exception as exc:  # reported in the table, the run goes on
                 outcome.status, outcome.detail = "error", _short(exc)
+        if with_memory and outcome.timing is not None:
+            outcome.memory = memory.measure(dev, op, shape, dtype, variant.name)
         step(outcome)
     del checked, sets
     dev.release()

@@ -1,7 +1,10 @@
 """Everything the run shows or writes: progress, tables, the JSON file and the plot.
 
 rich and matplotlib are optional: without rich, progress and tables are plain text; without
-matplotlib the plot is skipped with a note. Both tables come from the same rows.
+matplotlib the plot is skipped with a note. Both tables come from the same rows. A run with
+a case that measures memory (``MEMORY`` in its module: linear_xent) gets a ``peak mem``
+column in both tables and a ``memory`` record per variant in the JSON; other runs' tables and
+JSON are as they were.
 """
 
 from __future__ import annotations
@@ -35,6 +38,17 @@ def fmt_time(seconds: float | None) -> str:
     return f"{seconds:.3g} s"
 
 
+def fmt_bytes(n: int | None) -> str:
+    """``512 B``, ``12.0 KiB``, ``258 MiB`` or ``1.25 GiB`` (negative: below the baseline)."""
+    if n is None:
+        return "-"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= scale:
+            value = n / scale
+            return f"{value:.3g} {unit}" if abs(value) < 1000 else f"{value:.0f} {unit}"
+    return f"{n} B"
+
+
 def fmt_shape(shape: tuple) -> str:
     """``4096x32768``; a 1-D power of two as ``2^24``."""
     if len(shape) == 1 and shape[0] > 1 and shape[0] & (shape[0] - 1) == 0:
@@ -57,28 +71,55 @@ def _status(case: CaseResult, name: str) -> str:
     return "-"
 
 
+def _memory(c: CaseResult, name: str) -> str:
+    """A ``peak mem`` cell: the variant's peak extra memory, ``-`` if not measured, or blank
+    for a case that does not measure memory."""
+    if not c.memory:
+        return ""
+    for o in c.outcomes:
+        if o.variant == name and o.memory:
+            return "error" if "error" in o.memory else fmt_bytes(o.memory["peak_extra_bytes"])
+    return "-"
+
+
 # ---- tables -----------------------------------------------------------------------------
 DETAIL_HEAD = ["op", "shape", "dtype", "variant", "median", "IQR", "GB/s", "% copy", "ours x"]
+MEMORY_HEAD = "peak mem"
+
+
+def _with_memory(cases: list[CaseResult]) -> bool:
+    return any(c.memory for c in cases)
+
+
+def detail_head(cases: list[CaseResult]) -> list[str]:
+    """``DETAIL_HEAD``, and ``peak mem`` when a case measured memory."""
+    return DETAIL_HEAD + [MEMORY_HEAD] * _with_memory(cases)
 
 
 def detail_rows(cases: list[CaseResult]) -> list[list[str]]:
     """One row per variant per case (and one for the copy), with failures spelled out."""
     rows = []
+    mem = _with_memory(cases)
     for c in cases:
         head = [c.op, fmt_shape(c.shape), c.dtype]
         if c.copy:
             copy = [fmt_time(c.copy.median), _num(100 * c.copy.spread, ".0f") + "%"]
-            rows.append(head + ["memcpy (same bytes)", *copy, _num(c.copy_gbps, ".1f"), "100", ""])
+            rows.append(
+                head
+                + ["memcpy (same bytes)", *copy, _num(c.copy_gbps, ".1f"), "100", ""]
+                + [""] * mem
+            )
         for o in c.outcomes:
             t = o.timing
             if t is None:
-                rows.append(head + [o.variant, o.status, o.detail, "", "", ""])
+                rows.append(head + [o.variant, o.status, o.detail, "", "", ""] + [""] * mem)
                 continue
             ratio = "" if o.variant == OURS else _status(c, o.variant)
             rows.append(
                 head
                 + [o.variant, fmt_time(t.median), _num(100 * t.spread, ".0f") + "%"]
                 + [_num(c.gbps(t), ".1f"), _num(c.pct_of_copy(t), ".0f"), ratio]
+                + [_memory(c, o.variant)] * mem
             )
     return rows
 
@@ -91,7 +132,9 @@ def summary(cases: list[CaseResult]) -> tuple[list[str], list[list[str]]]:
         for o in c.outcomes:
             if not o.variant.startswith(OURS) and o.variant not in others:
                 others.append(o.variant)
-    head = ["op", "shape", "dtype", OURS, "GB/s", "% copy"] + [f"vs {n}" for n in others]
+    mem = _with_memory(cases)
+    head = ["op", "shape", "dtype", OURS, "GB/s", "% copy"] + [MEMORY_HEAD] * mem
+    head += [f"vs {n}" for n in others]
     rows = []
     for c in cases:
         t = c.timed(OURS)
@@ -99,6 +142,7 @@ def summary(cases: list[CaseResult]) -> tuple[list[str], list[list[str]]]:
             ours = [_status(c, OURS), "-", "-"]
         else:
             ours = [fmt_time(t.median), _num(c.gbps(t), ".1f"), _num(c.pct_of_copy(t), ".0f")]
+        ours += [_memory(c, OURS)] * mem
         rows.append([c.op, fmt_shape(c.shape), c.dtype, *ours] + [_status(c, n) for n in others])
     return head, rows
 
@@ -200,6 +244,8 @@ def case_record(c: CaseResult, op) -> dict:
                 "pct_of_copy": c.pct_of_copy(o.timing),
                 "median_over_gpukernels": c.speedup(o.variant),
             }
+        if o.memory is not None:
+            rec["memory"] = o.memory
         variants.append(rec)
     return {
         "op": c.op,

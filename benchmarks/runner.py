@@ -2,8 +2,10 @@
 
 ``main(argv)`` parses the command line (``parser()``); ``run(options)`` takes its namespace
 (``ops``, ``sizes``, ``dtypes``, ``quick``, ``backend``, ``out``). The cases are the ops of
-the library's op table (``gpukernels._ops.OPS``) that name a benchmark module, plus
-``overhead``, which times the Python cost of a call rather than a kernel.
+the library's op table (``gpukernels._ops.OPS``) that name a benchmark module, plus the extra
+cases: ``overhead`` (the Python cost of a call rather than a kernel), ``torch_xent``
+(``gpukernels.torch.cross_entropy`` on tensors) and ``linear_xent`` (the fused output layer,
+timed and its peak memory measured).
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from pathlib import Path
 
 from gpukernels._ops import OPS as KERNEL_OPS
 
-from . import report
+from . import memory, report
 from .device import Device, open_device, slug
 from .harness import BUDGETS, TOLERANCE, run_case
 
 TIERS = ("small", "medium", "large")
 ROOT = Path(__file__).resolve().parent.parent
-EXTRA_CASES = ("overhead",)  # not a kernel op: the Python cost of one small call
+# Not ops of the table: the Python cost of one small call, the PyTorch losses, the output layer.
+EXTRA_CASES = ("overhead", "torch_xent", "linear_xent")
 
 
 def bench_names() -> tuple[str, ...]:
@@ -52,7 +55,8 @@ def parse_list(text: str | None, allowed: tuple[str, ...] | None, what: str) -> 
 
 
 def parse_size(text: str) -> tuple[int, ...]:
-    """``4096x1024``, ``1048576``, ``2^20``, ``16M`` or ``1G`` (binary) as a shape."""
+    """``4096x1024``, ``2048x256x32768``, ``1048576``, ``2^20``, ``16M`` or ``1G`` (binary)
+    as a shape."""
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     dims = []
     for part in text.lower().split("x"):
@@ -62,8 +66,8 @@ def parse_size(text: str) -> tuple[int, ...]:
             dims.append(int(m.group(1)) * units[m.group(2).upper()])
         else:
             raise SystemExit(f"--sizes: cannot read {text!r} (try 4096x1024, 2^20 or 16M)")
-    if not 1 <= len(dims) <= 2 or min(dims) < 1:
-        raise SystemExit(f"--sizes: {text!r} is not a count or an NxC shape")
+    if not 1 <= len(dims) <= 3 or min(dims) < 1:
+        raise SystemExit(f"--sizes: {text!r} is not a count, an NxC or an NxHxV shape")
     return tuple(dims)
 
 
@@ -78,8 +82,16 @@ def plan(dev: Device, ops: list[str], sizes: str | None, dtypes: list[str]) -> l
             print(f"skipping {name}: gpukernels has no {', '.join(missing)}", file=sys.stderr)
             continue
         op = importlib.import_module(f"benchmarks.{name}")
+        if why := getattr(op, "unavailable", lambda dev: "")(dev):
+            print(f"skipping {name}: {why}", file=sys.stderr)
+            continue
         shapes = [s for t in tiers for s in op.SIZES[dev.kind].get(t, [])]
-        shapes += [op.shape_of(s) for s in explicit] if not getattr(op, "HOST_CLOCK", 0) else []
+        if not getattr(op, "HOST_CLOCK", False):
+            dims = getattr(op, "SIZE_DIMS", (1, 2))  # the --sizes entries the op can take
+            if odd := [e for e in explicit if len(e) not in dims]:
+                shown = ", ".join(report.fmt_shape(e) for e in odd)
+                print(f"{name}: ignoring --sizes {shown} (not its shape)", file=sys.stderr)
+            shapes += [op.shape_of(s) for s in explicit if len(s) in dims]
         for shape in dict.fromkeys(tuple(s) for s in shapes):
             for dtype in dtypes or op.DTYPES[dev.kind]:
                 cases.append((op, shape, dtype))
@@ -165,6 +177,8 @@ def run(options) -> int:
     out = Path(options.out) if options.out else default_out()
     stem = out / f"{slug(dev.name)}-{now:%Y-%m-%d}{tag}"
     meta = metadata(dev, options, ops, dtypes, budget, now)
+    if any(getattr(op, "MEMORY", False) for op, _, _ in cases):
+        meta["method"]["memory"] = memory.METHOD[dev.kind]
     print(f"gpukernels bench: {len(cases)} cases on {dev.name} ({dev.kind})", flush=True)
     results, records = [], []
     total = sum(len(op.variants(dev)) for op, _, _ in cases)
@@ -180,7 +194,7 @@ def run(options) -> int:
     note = report.plot(stem.with_suffix(".png"), results, titles, heading)
     report.print_table(
         "All variants (ours x = that variant's median / gpukernels')",
-        report.DETAIL_HEAD,
+        report.detail_head(results),
         report.detail_rows(results),
     )
     head, rows = report.summary(results)
@@ -203,14 +217,15 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument(
         "--sizes",
         help="comma list of tiers small,medium,large (default: all) or "
-        "explicit sizes: 4096x1024 (rows x classes), 2^24, 16M, 1048576",
+        "explicit sizes: 4096x1024 (rows x classes), 2048x256x32768 (linear_xent: "
+        "rows x hidden x classes), 2^24, 16M, 1048576",
     )
     top.add_argument(
         "--dtypes",
-        help="comma list of float32,float16,float64 "
-        "(default: float32 on the CPU, float32,float16 on the GPU)",
+        help="comma list of float32,float16,bfloat16,float64 (default: each op's own: "
+        "float32 on the CPU, float32,float16 on the GPU; torch_xent adds bfloat16)",
     )
-    top.add_argument("--quick", action="store_true", help="shorter timing: about a minute")
+    top.add_argument("--quick", action="store_true", help="shorter timing: fewer, shorter repeats")
     top.add_argument(
         "--backend",
         choices=("auto", "cpu", "cuda"),
