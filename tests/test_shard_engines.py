@@ -1,10 +1,16 @@
 """The engines of class-sharded cross-entropy against the whole rows: gpukernels.dask on the
 threaded scheduler (uneven column chunks: one a single column, some without a target) and on
-a two-process LocalCluster."""
+a two-process LocalCluster; vocab_parallel_cross_entropy on gloo with 2 and 3 spawned
+processes, against torch.nn.functional.cross_entropy."""
 
 import doctest
 import importlib
+import multiprocessing
+import os
 import sys
+import time
+import traceback
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -173,3 +179,135 @@ def test_dask_on_a_local_cluster(cpu_backend, gkd):
     want_loss, want_grad = whole_rows(z, y, **FULL)
     assert_close(got_loss, want_loss, np.float64, what="loss")
     assert_close(got_grad, want_grad, np.float64, what="grad")
+
+
+# ------------------------------------------------------------------------ torch.distributed
+
+TORCH_CASES = [
+    {"dtype": "float32", "reduction": "mean"},
+    {"dtype": "float64", "reduction": "sum", **FULL},
+    {"dtype": "float64", "reduction": "none", **FULL},
+    {"dtype": "float64", "reduction": "mean", "label_smoothing": 0.2, "all_ignored": True},
+]
+JOIN_SECONDS = 120
+
+
+def torch_case(case: dict, world: int):
+    """The whole rows of a case: ``world * 5`` classes (shards of 5), and an upstream
+    gradient for ``"none"``."""
+    z, y = logits_and_target(np.dtype(case["dtype"]), seed=world, n=N, v=5 * world)
+    if case.get("all_ignored"):
+        y[:] = -100
+    up = np.random.default_rng(world + 1).uniform(0.5, 2, N).astype(case["dtype"])
+    options = {k: v for k, v in case.items() if k not in ("dtype", "all_ignored")}
+    return z, y, up, options
+
+
+def torch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """One rank: its shard's loss and gradient for every case, saved to ``out_dir``."""
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    try:
+        import torch
+        import torch.distributed as dist
+
+        from gpukernels._torch_distributed import vocab_parallel_cross_entropy
+
+        torch.set_num_threads(1)
+        dist.init_process_group(
+            "gloo",
+            init_method=f"file://{init_file}",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=JOIN_SECONDS),
+        )
+        for k, case in enumerate(TORCH_CASES):
+            z, y, up, options = torch_case(case, world)
+            width = z.shape[1] // world
+            shard = torch.tensor(z[:, rank * width : (rank + 1) * width], requires_grad=True)
+            loss = vocab_parallel_cross_entropy(shard, torch.tensor(y), **options)
+            loss.backward(torch.tensor(up) if options["reduction"] == "none" else None)
+            np.savez(
+                os.path.join(out_dir, f"{k}-{rank}.npz"),
+                loss=loss.detach().numpy(),
+                grad=shard.grad.numpy(),
+            )
+        shard = torch.tensor(z[:, :width], requires_grad=True)
+        loss = vocab_parallel_cross_entropy(shard, torch.tensor(y), reduction="sum")
+        try:
+            torch.autograd.grad(loss, shard, create_graph=True)
+        except RuntimeError as error:
+            assert "once differentiable" in str(error)
+        else:
+            raise AssertionError("a second derivative was not refused")
+        dist.destroy_process_group()
+    except BaseException:
+        with open(os.path.join(out_dir, f"error-{rank}.txt"), "w") as f:
+            f.write(traceback.format_exc())
+        raise
+
+
+def run_ranks(world: int, tmp_path) -> None:
+    """Spawn ``world`` ranks; wait for all of them, or kill them all at the first failure or
+    after ``JOIN_SECONDS``."""
+    context = multiprocessing.get_context("spawn")
+    init_file = tmp_path / "rendezvous"
+    procs = [
+        context.Process(target=torch_worker, args=(r, world, str(init_file), str(tmp_path)))
+        for r in range(world)
+    ]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + JOIN_SECONDS
+    try:
+        while time.monotonic() < deadline and any(p.is_alive() for p in procs):
+            if any(p.exitcode not in (None, 0) for p in procs):
+                break
+            time.sleep(0.1)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+            p.join(10)
+    errors = "\n".join(f.read_text() for f in sorted(tmp_path.glob("error-*.txt")))
+    codes = [p.exitcode for p in procs]
+    assert codes == [0] * world, f"exit codes {codes} (killed after {JOIN_SECONDS} s?)\n{errors}"
+
+
+def torch_reference(z, y, up, *, reduction, label_smoothing=0.0, z_loss=0.0, softcap=None):
+    """torch.nn.functional.cross_entropy of the whole rows in float64, with PaLM's z-loss
+    and the softcap written out; a mean over no row is 0."""
+    import torch
+
+    F = torch.nn.functional
+    x = torch.tensor(z.astype(np.float64), requires_grad=True)
+    zc = softcap * torch.tanh(x / softcap) if softcap else x
+    t = torch.tensor(y)
+    valid = t != -100
+    rows = F.cross_entropy(zc, t, reduction="none", label_smoothing=label_smoothing)
+    rows = rows + z_loss * torch.logsumexp(zc, -1) ** 2 * valid
+    if reduction == "none":
+        total = rows
+    elif reduction == "sum":
+        total = rows.sum()
+    else:
+        total = rows.sum() / valid.sum() if valid.any() else rows.sum() * 0
+    total.backward(torch.tensor(up, dtype=torch.float64) if reduction == "none" else None)
+    return total.detach().numpy(), x.grad.numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 3])
+def test_vocab_parallel_on_gloo(world, tmp_path):
+    pytest.importorskip("torch")
+    run_ranks(world, tmp_path)
+    for k, case in enumerate(TORCH_CASES):
+        z, y, up, options = torch_case(case, world)
+        want_loss, want_grad = torch_reference(z, y, up, **options)
+        parts = [np.load(tmp_path / f"{k}-{r}.npz") for r in range(world)]
+        for part in parts[1:]:  # every rank merged the same stats in the same order
+            np.testing.assert_array_equal(part["loss"], parts[0]["loss"])
+        assert_close(parts[0]["loss"], want_loss, z.dtype, what=f"loss of {case}")
+        grad = np.concatenate([p["grad"] for p in parts], axis=1)
+        assert grad.dtype == z.dtype
+        assert_close(grad, want_grad, z.dtype, what=f"grad of {case}")
