@@ -9,13 +9,16 @@ reduction over the column chunks of each row block merges them (``gk.merge_shard
     m = \max(m_a, m_b), \qquad S = S_a e^{m_a - m} + S_b e^{m_b - m},
 
 so that :math:`\mathrm{lse} = m + \log S` of the whole rows reaches every chunk, which then
-computes the loss and its own columns of the gradient (``gk.shard_loss_and_grad``). A task
-reads one chunk of logits; only ``(rows, 4)`` stats move between tasks.
+computes its own columns of the gradient (``gk.shard_loss_and_grad``). A task reads at most
+one chunk of logits; only ``(rows, 4)`` stats move between tasks.
 
-``"mean"`` divides by the number of non-ignored rows of the whole array (a Dask scalar
-computed once from ``target``; a mean over no row is 0 with a zero gradient): the chunks run
-as ``"sum"`` with the upstream gradient :math:`1 / \text{count}`, and each row block's loss is
-taken from its first column chunk (every column chunk returns the same loss).
+The loss of a row is the same on every shard and needs only the merged stats (its target
+logit and sum of logits are in them): each row block's loss is counted once, by
+``gk.shard_loss_and_grad`` on an empty shard of the block's rows, a task that reads no logits
+and does not wait for the gradient. ``"mean"`` divides by the number of non-ignored rows of
+the whole array (a Dask scalar computed once from ``target``; a mean over no row is 0 with a
+zero gradient): the chunks run as ``"sum"`` with the upstream gradient
+:math:`1 / \text{count}`.
 
 Runs on any Dask scheduler; CuPy chunks stay CuPy (every step declares its ``meta``). Needs
 Dask: ``pip install gpukernels[dask]``.
@@ -100,7 +103,7 @@ def softmax_cross_entropy(
     if any(math.isnan(c) for axis in logits.chunks for c in axis):
         raise ValueError("logits has unknown chunk sizes: call logits.compute_chunk_sizes()")
     n, classes = logits.shape
-    rows, columns = logits.chunks
+    rows = logits.chunks[0]
     target = _rows(target, "target", n, rows)
     if np.dtype(target.dtype).kind not in "iu":
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
@@ -112,14 +115,31 @@ def softmax_cross_entropy(
         "softcap": None if softcap is None else _validate.softcap(softcap),
     }
     acc = accumulation_dtype(dtype)
-    meta = logits._meta
-    starts = tuple(int(s) for s in np.cumsum((0,) + columns[:-1]))
+    merged = _merged_stats(logits, target, options, split_every)
+    count = (target != ignore).sum()
+    divisor = da.maximum(count, 1).astype(acc)  # a mean over no row is 0, its gradient 0
+    per_chunk = dict(options, reduction="none" if reduction == "none" else "sum")
+    per_chunk.update(num_classes=classes, z_loss=_validate.z_loss(z_loss))
+    scale = _scale(grad_output, reduction, n, rows, divisor)
+    grad = _gradient(logits, target, merged, scale, per_chunk)
+    loss = _row_block_losses(target, merged, dtype, per_chunk, logits._meta)
+    if reduction != "none":
+        loss = loss.sum(dtype=acc, split_every=split_every)
+    if reduction == "mean":
+        loss = loss / divisor
+    return loss, grad
 
+
+def _merged_stats(logits, target, options: dict, split_every):
+    """The ``(N, 4)`` stats of the whole rows: each chunk's, merged along the row blocks by
+    a tree reduction, chunked like the rows."""
+    rows, columns = logits.chunks
+    acc, meta = accumulation_dtype(logits.dtype), logits._meta
     stats = da.map_blocks(
         _block_stats,
         logits,
         target[:, None],
-        starts=starts,
+        starts=_class_starts(columns),
         **options,
         chunks=(rows, (1,) * len(columns), (STATS,)),
         new_axis=2,
@@ -127,7 +147,7 @@ def softmax_cross_entropy(
         meta=meta_from_array(meta, 3, dtype=acc),
         token="gk-shard-stats",
     )
-    merged = da.reduction(
+    return da.reduction(
         stats,
         chunk=_keep,
         combine=_merge_along,
@@ -141,45 +161,53 @@ def softmax_cross_entropy(
         name="gk-merge-shard-stats",
     )
 
-    count = (target != ignore).sum()
-    divisor = da.maximum(count, 1).astype(acc)  # a mean over no row is 0, its gradient 0
-    scale = _scale(grad_output, reduction, n, rows, divisor)
-    args = [logits, "ij", target, "i", merged, "ik", da.from_array(np.asarray(starts), 1), "j"]
+
+def _gradient(logits, target, merged, scale, options: dict):
+    """Each chunk's columns of the gradient, from its row block's merged stats."""
+    starts = da.from_array(np.asarray(_class_starts(logits.chunks[1])), 1)
+    args = [logits, "ij", target, "i", merged, "ik", starts, "j"]
     if isinstance(scale, da.Array):
         args += [scale, "i" if scale.ndim else ""]
     else:
         args += [scale, None]
-    pairs = da.blockwise(
-        _block_loss_and_grad,
+    return da.blockwise(
+        _block_gradient,
         "ij",
         *args,
-        num_classes=classes,
-        reduction="none" if reduction == "none" else "sum",
-        z_loss=_validate.z_loss(z_loss),
         **options,
         concatenate=True,
         align_arrays=False,  # aligned already; the class starts hold one number a chunk
-        dtype=dtype,
-        meta=meta,
-        token="gk-shard-loss-and-grad",
+        dtype=logits.dtype,
+        meta=logits._meta,
+        token="gk-shard-grad",
     )
-    grad = pairs.map_blocks(_second, dtype=dtype, meta=meta, token="gk-shard-grad")
-    first = pairs.blocks[:, 0]  # one column chunk's loss per row block: all are equal
-    if reduction == "none":
-        loss = first.map_blocks(
-            _loss_column, chunks=(rows, (1,)), dtype=acc, meta=meta_from_array(meta, 2, acc)
-        )
-        return loss[:, 0], grad
-    parts = first.map_blocks(
-        _loss_column,
-        chunks=((1,) * len(rows), (1,)),
+
+
+def _row_block_losses(target, merged, dtype, options: dict, meta):
+    """Each row block's loss (``(n,)`` per block for ``"none"``, else one number): the loss
+    of an empty shard of the block's rows, which needs the merged stats and no logits."""
+    acc = accumulation_dtype(dtype)
+    rows = target.chunks[0]
+    reduced = options["reduction"] != "none"
+    return da.blockwise(
+        _block_loss,
+        "i",
+        target,
+        "i",
+        merged,
+        "ik",
+        logits_dtype=dtype,
+        **options,
+        concatenate=True,
+        adjust_chunks={"i": (1,) * len(rows)} if reduced else None,
         dtype=acc,
-        meta=meta_from_array(meta, 2, acc),
+        meta=meta_from_array(meta, 1, dtype=acc),
+        token="gk-shard-loss",
     )
-    loss = parts.sum(dtype=acc, split_every=split_every)
-    if reduction == "mean":
-        loss = loss / divisor
-    return loss, grad
+
+
+def _class_starts(columns: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(s) for s in np.cumsum((0,) + columns[:-1]))
 
 
 def _rows(x, name: str, n: int, rows: tuple[int, ...]):
@@ -240,8 +268,8 @@ def _merge_along(stats, axis=None, keepdims=True, **_):
     return merged[:, None] if keepdims else merged
 
 
-def _block_loss_and_grad(z, target, stats, start, scale, **options):
-    return shard_loss_and_grad(
+def _block_gradient(z, target, stats, start, scale, **options):
+    _, grad = shard_loss_and_grad(
         z,
         _like(target, z),
         stats,
@@ -249,12 +277,10 @@ def _block_loss_and_grad(z, target, stats, start, scale, **options):
         grad_output=_like(scale, z),
         **options,
     )
+    return grad
 
 
-def _second(pair):
-    return pair[1]
-
-
-def _loss_column(pair):
-    """A row block's loss as a column: ``(n, 1)``, or ``(1, 1)`` for a reduced loss."""
-    return pair[0].reshape(-1, 1)
+def _block_loss(target, stats, *, logits_dtype, **options):
+    empty = np.empty_like(stats, shape=(stats.shape[0], 0), dtype=logits_dtype)
+    loss, _ = shard_loss_and_grad(empty, _like(target, stats), stats, class_start=0, **options)
+    return loss if options["reduction"] == "none" else loss.reshape(1)

@@ -102,6 +102,41 @@ def test_dask_mean_over_no_row(cpu_backend, gkd, reduction):
     assert not np.any(grad.compute(scheduler="threads"))
 
 
+@pytest.mark.parametrize(
+    "reduction, upstream",
+    [
+        ("mean", np.float32(0.5)),
+        ("mean", np.array([0.5])),
+        ("sum", "dask-0d"),
+        ("none", 0.5),
+        ("none", "dask-0d"),
+    ],
+)
+def test_dask_upstream_gradients(cpu_backend, gkd, reduction, upstream):
+    import dask.array as da
+
+    z, y = logits_and_target()
+    if isinstance(upstream, str):
+        upstream, given = np.array(0.5), da.from_array(np.array(0.5))
+    else:
+        given = upstream
+    loss, grad = gkd.softmax_cross_entropy(
+        da.from_array(z, CHUNKS), y, reduction=reduction, grad_output=given
+    )
+    want_loss, want_grad = whole_rows(z, y, reduction=reduction, grad_output=upstream)
+    assert_close(loss.compute(scheduler="sync"), want_loss, np.float64, what="loss")
+    assert_close(grad.compute(scheduler="sync"), want_grad, np.float64, what="grad")
+
+
+def test_dask_no_rows(cpu_backend, gkd):
+    import dask.array as da
+
+    z, y = np.zeros((0, V)), np.zeros(0, np.int64)
+    loss, grad = gkd.softmax_cross_entropy(da.from_array(z, (1, 10)), y)
+    assert float(loss.compute(scheduler="sync")) == 0.0
+    assert grad.compute(scheduler="sync").shape == (0, V)
+
+
 def test_dask_tasks_read_one_chunk_of_logits(gkd):
     """No task of the graph depends on two chunks of logits: only stats move."""
     import dask.array as da
@@ -116,7 +151,9 @@ def test_dask_tasks_read_one_chunk_of_logits(gkd):
         chunks = [d for d in get_dependencies(graph, key) if d[0] == "the-logits"]
         assert len(chunks) <= 1, (key, chunks)
         readers += bool(chunks)
-    assert readers == 2 * 6  # the stats and the loss-and-gradient of each of the 6 chunks
+    assert readers == 2 * 6  # the stats and the gradient of each of the 6 chunks
+    loss_only = dict(loss.__dask_graph__())  # the loss waits for no gradient
+    assert not any(isinstance(k, tuple) and k[0] == grad.name for k in loss_only)
 
 
 def test_dask_errors(cpu_backend, gkd):
