@@ -1,0 +1,350 @@
+"""The engines of class-sharded cross-entropy against the whole rows: gpukernels.dask on the
+threaded scheduler (uneven column chunks: one a single column, some without a target) and on
+a two-process LocalCluster; vocab_parallel_cross_entropy on gloo with 2 and 3 spawned
+processes, against torch.nn.functional.cross_entropy."""
+
+import doctest
+import importlib
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from _refs import assert_close, loss_dtype
+
+import gpukernels as gk
+
+N, V = 9, 23
+CHUNKS = ((5, 4), (10, 1, 12))  # 2 x 3 blocks; the middle column chunk is class 10 alone
+FULL = {"label_smoothing": 0.1, "z_loss": 1e-3, "softcap": 5.0}
+
+
+def logits_and_target(dtype=np.float64, seed=7, n=N, v=V):
+    """Logits of order 3; targets in the first and last column chunks only (none is class
+    10), rows 2 and 6 ignored."""
+    rng = np.random.default_rng(seed)
+    z = (3 * rng.standard_normal((n, v))).astype(dtype)
+    y = rng.choice(np.r_[0:10, 11:v], n)
+    y[[2, 6]] = -100
+    return z, y
+
+
+def whole_rows(z, y, **options):
+    return gk.softmax_cross_entropy(z, y, **options)
+
+
+# ---------------------------------------------------------------------------------- Dask
+
+
+@pytest.fixture
+def gkd():
+    pytest.importorskip("dask.array")
+    import gpukernels.dask
+
+    return gpukernels.dask
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("full", [False, True], ids=["plain", "smooth-zloss-softcap"])
+def test_dask_equals_the_whole_rows(cpu_backend, gkd, dtype, reduction, full):
+    import dask
+    import dask.array as da
+
+    z, y = logits_and_target(dtype)
+    options = dict(FULL) if full else {}
+    if full:  # an upstream gradient: a number, or rows chunked unlike the logits
+        up = np.random.default_rng(1).uniform(0.5, 2, N).astype(loss_dtype(dtype))
+        options["grad_output"] = up if reduction == "none" else 0.7
+    logits = da.from_array(z, chunks=CHUNKS)
+    dask_options = dict(options)
+    if reduction == "none" and full:
+        dask_options["grad_output"] = da.from_array(up, chunks=3)
+    loss, grad = gkd.softmax_cross_entropy(logits, y, reduction=reduction, **dask_options)
+    assert grad.chunks == CHUNKS
+    assert loss.shape == ((N,) if reduction == "none" else ())
+    got_loss, got_grad = dask.compute(loss, grad, scheduler="threads")
+    want_loss, want_grad = whole_rows(z, y, reduction=reduction, **options)
+    assert got_loss.dtype == want_loss.dtype == loss.dtype
+    assert got_grad.dtype == grad.dtype == np.dtype(dtype)
+    assert_close(got_loss, want_loss, dtype, what="loss")
+    assert_close(got_grad, want_grad, dtype, what="grad")
+
+
+def test_dask_tree_of_stats_and_a_dask_target(cpu_backend, gkd):
+    """Six column chunks merged two at a time (a tree of three levels); the target a dask
+    array chunked unlike the rows; a mean over the non-ignored rows of every row block."""
+    import dask.array as da
+
+    z, y = logits_and_target(seed=8, n=12)
+    y[:6] = -100  # the first row block has no row to count
+    logits = da.from_array(z, chunks=(6, 4))
+    loss, grad = gkd.softmax_cross_entropy(
+        logits, da.from_array(y, chunks=5), split_every=2, **FULL
+    )
+    want_loss, want_grad = whole_rows(z, y, **FULL)
+    assert_close(loss.compute(scheduler="threads"), want_loss, np.float64, what="loss")
+    assert_close(grad.compute(scheduler="threads"), want_grad, np.float64, what="grad")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_dask_mean_over_no_row(cpu_backend, gkd, reduction):
+    import dask.array as da
+
+    z, y = logits_and_target()
+    y[:] = -100
+    loss, grad = gkd.softmax_cross_entropy(da.from_array(z, CHUNKS), y, reduction=reduction)
+    assert float(loss.compute(scheduler="threads")) == 0.0
+    assert not np.any(grad.compute(scheduler="threads"))
+
+
+@pytest.mark.parametrize(
+    "reduction, upstream",
+    [
+        ("mean", np.float32(0.5)),
+        ("mean", np.array([0.5])),
+        ("sum", "dask-0d"),
+        ("none", 0.5),
+        ("none", "dask-0d"),
+    ],
+)
+def test_dask_upstream_gradients(cpu_backend, gkd, reduction, upstream):
+    import dask.array as da
+
+    z, y = logits_and_target()
+    if isinstance(upstream, str):
+        upstream, given = np.array(0.5), da.from_array(np.array(0.5))
+    else:
+        given = upstream
+    loss, grad = gkd.softmax_cross_entropy(
+        da.from_array(z, CHUNKS), y, reduction=reduction, grad_output=given
+    )
+    want_loss, want_grad = whole_rows(z, y, reduction=reduction, grad_output=upstream)
+    assert_close(loss.compute(scheduler="sync"), want_loss, np.float64, what="loss")
+    assert_close(grad.compute(scheduler="sync"), want_grad, np.float64, what="grad")
+
+
+def test_dask_no_rows(cpu_backend, gkd):
+    import dask.array as da
+
+    z, y = np.zeros((0, V)), np.zeros(0, np.int64)
+    loss, grad = gkd.softmax_cross_entropy(da.from_array(z, (1, 10)), y)
+    assert float(loss.compute(scheduler="sync")) == 0.0
+    assert grad.compute(scheduler="sync").shape == (0, V)
+
+
+def test_dask_tasks_read_one_chunk_of_logits(gkd):
+    """No task of the graph depends on two chunks of logits: only stats move."""
+    import dask.array as da
+    from dask.core import get_dependencies
+
+    z, y = logits_and_target()
+    logits = da.from_array(z, chunks=CHUNKS, name="the-logits")
+    loss, grad = gkd.softmax_cross_entropy(logits, y, **FULL)
+    graph = {**dict(loss.__dask_graph__()), **dict(grad.__dask_graph__())}
+    readers = 0
+    for key in graph:
+        chunks = [d for d in get_dependencies(graph, key) if d[0] == "the-logits"]
+        assert len(chunks) <= 1, (key, chunks)
+        readers += bool(chunks)
+    assert readers == 2 * 6  # the stats and the gradient of each of the 6 chunks
+    loss_only = dict(loss.__dask_graph__())  # the loss waits for no gradient
+    assert not any(isinstance(k, tuple) and k[0] == grad.name for k in loss_only)
+
+
+def test_dask_errors(cpu_backend, gkd):
+    import dask.array as da
+
+    z, y = logits_and_target()
+    logits = da.from_array(z, chunks=CHUNKS)
+    with pytest.raises(ValueError, match="reduction"):
+        gkd.softmax_cross_entropy(logits, y, reduction="avg")
+    with pytest.raises(ValueError, match="target"):
+        gkd.softmax_cross_entropy(logits, y[:-1])
+    with pytest.raises(TypeError, match="integer"):
+        gkd.softmax_cross_entropy(logits, y.astype(np.float32))
+    with pytest.raises(ValueError, match="logits"):
+        gkd.softmax_cross_entropy(logits[0], y)
+    with pytest.raises(ValueError, match="grad_output"):
+        gkd.softmax_cross_entropy(logits, y, grad_output=np.ones(N))
+    y[0] = V  # out of range: found by the tasks
+    loss, _ = gkd.softmax_cross_entropy(logits, y)
+    with pytest.raises(ValueError, match="class"):
+        loss.compute(scheduler="sync")
+
+
+def test_dask_docstring_example(cpu_backend, gkd):
+    result = doctest.testmod(gkd, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0
+    assert result.failed == 0
+
+
+def test_dask_missing_names_the_extra(monkeypatch):
+    for name in ("dask", "dask.array", "dask.array.utils", "gpukernels.dask"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delitem(sys.modules, "gpukernels.dask")
+    with pytest.raises(ImportError, match=r"pip install gpukernels\[dask\]"):
+        importlib.import_module("gpukernels.dask")
+
+
+@pytest.mark.slow
+def test_dask_on_a_local_cluster(cpu_backend, gkd):
+    """Two worker processes (loopback only); the tasks and the stats travel between them."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as error:
+        pytest.skip(f"distributed is not importable: {error}")
+    import dask.array as da
+
+    z, y = logits_and_target()
+    with (
+        LocalCluster(
+            n_workers=2,
+            processes=True,
+            threads_per_worker=1,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        loss, grad = gkd.softmax_cross_entropy(da.from_array(z, CHUNKS), y, **FULL)
+        got_loss, got_grad = client.compute([loss, grad], sync=True)
+    want_loss, want_grad = whole_rows(z, y, **FULL)
+    assert_close(got_loss, want_loss, np.float64, what="loss")
+    assert_close(got_grad, want_grad, np.float64, what="grad")
+
+
+# ------------------------------------------------------------------------ torch.distributed
+
+TORCH_CASES = [
+    {"dtype": "float32", "reduction": "mean"},
+    {"dtype": "float64", "reduction": "sum", **FULL},
+    {"dtype": "float64", "reduction": "none", **FULL},
+    {"dtype": "float64", "reduction": "mean", "label_smoothing": 0.2, "all_ignored": True},
+]
+JOIN_SECONDS = 120
+
+
+def torch_case(case: dict, world: int):
+    """The whole rows of a case: ``world * 5`` classes (shards of 5), and an upstream
+    gradient for ``"none"``."""
+    z, y = logits_and_target(np.dtype(case["dtype"]), seed=world, n=N, v=5 * world)
+    if case.get("all_ignored"):
+        y[:] = -100
+    up = np.random.default_rng(world + 1).uniform(0.5, 2, N).astype(case["dtype"])
+    options = {k: v for k, v in case.items() if k not in ("dtype", "all_ignored")}
+    return z, y, up, options
+
+
+def torch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """One rank: its shard's loss and gradient for every case, saved to ``out_dir``."""
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    try:
+        import torch
+        import torch.distributed as dist
+
+        from gpukernels._torch_distributed import vocab_parallel_cross_entropy
+
+        torch.set_num_threads(1)
+        dist.init_process_group(
+            "gloo",
+            init_method=f"file://{init_file}",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=JOIN_SECONDS),
+        )
+        for k, case in enumerate(TORCH_CASES):
+            z, y, up, options = torch_case(case, world)
+            width = z.shape[1] // world
+            shard = torch.tensor(z[:, rank * width : (rank + 1) * width], requires_grad=True)
+            loss = vocab_parallel_cross_entropy(shard, torch.tensor(y), **options)
+            loss.backward(torch.tensor(up) if options["reduction"] == "none" else None)
+            np.savez(
+                os.path.join(out_dir, f"{k}-{rank}.npz"),
+                loss=loss.detach().numpy(),
+                grad=shard.grad.numpy(),
+            )
+        shard = torch.tensor(z[:, :width], requires_grad=True)
+        loss = vocab_parallel_cross_entropy(shard, torch.tensor(y), reduction="sum")
+        try:
+            torch.autograd.grad(loss, shard, create_graph=True)
+        except RuntimeError as error:
+            assert "once differentiable" in str(error)
+        else:
+            raise AssertionError("a second derivative was not refused")
+        dist.destroy_process_group()
+    except BaseException:
+        with open(os.path.join(out_dir, f"error-{rank}.txt"), "w") as f:
+            f.write(traceback.format_exc())
+        raise
+
+
+def run_ranks(world: int, tmp_path) -> None:
+    """Spawn ``world`` ranks; wait for all of them, or kill them all at the first failure or
+    after ``JOIN_SECONDS``."""
+    context = multiprocessing.get_context("spawn")
+    init_file = tmp_path / "rendezvous"
+    procs = [
+        context.Process(target=torch_worker, args=(r, world, str(init_file), str(tmp_path)))
+        for r in range(world)
+    ]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + JOIN_SECONDS
+    try:
+        while time.monotonic() < deadline and any(p.is_alive() for p in procs):
+            if any(p.exitcode not in (None, 0) for p in procs):
+                break
+            time.sleep(0.1)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+            p.join(10)
+    errors = "\n".join(f.read_text() for f in sorted(tmp_path.glob("error-*.txt")))
+    codes = [p.exitcode for p in procs]
+    assert codes == [0] * world, f"exit codes {codes} (killed after {JOIN_SECONDS} s?)\n{errors}"
+
+
+def torch_reference(z, y, up, *, reduction, label_smoothing=0.0, z_loss=0.0, softcap=None):
+    """torch.nn.functional.cross_entropy of the whole rows in float64, with PaLM's z-loss
+    and the softcap written out; a mean over no row is 0."""
+    import torch
+
+    F = torch.nn.functional
+    x = torch.tensor(z.astype(np.float64), requires_grad=True)
+    zc = softcap * torch.tanh(x / softcap) if softcap else x
+    t = torch.tensor(y)
+    valid = t != -100
+    rows = F.cross_entropy(zc, t, reduction="none", label_smoothing=label_smoothing)
+    rows = rows + z_loss * torch.logsumexp(zc, -1) ** 2 * valid
+    if reduction == "none":
+        total = rows
+    elif reduction == "sum":
+        total = rows.sum()
+    else:
+        total = rows.sum() / valid.sum() if valid.any() else rows.sum() * 0
+    total.backward(torch.tensor(up, dtype=torch.float64) if reduction == "none" else None)
+    return total.detach().numpy(), x.grad.numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 3])
+def test_vocab_parallel_on_gloo(world, tmp_path):
+    pytest.importorskip("torch")
+    run_ranks(world, tmp_path)
+    for k, case in enumerate(TORCH_CASES):
+        z, y, up, options = torch_case(case, world)
+        want_loss, want_grad = torch_reference(z, y, up, **options)
+        parts = [np.load(tmp_path / f"{k}-{r}.npz") for r in range(world)]
+        for part in parts[1:]:  # every rank merged the same stats in the same order
+            np.testing.assert_array_equal(part["loss"], parts[0]["loss"])
+        assert_close(parts[0]["loss"], want_loss, z.dtype, what=f"loss of {case}")
+        grad = np.concatenate([p["grad"] for p in parts], axis=1)
+        assert grad.dtype == z.dtype
+        assert_close(grad, want_grad, z.dtype, what=f"grad of {case}")
