@@ -29,6 +29,7 @@ import torch
 
 from . import _validate
 from ._composite_loss import LossTerm
+from ._torch_distributed import vocab_parallel_cross_entropy
 from ._torch_ops import (
     bce_op,
     composite_op,
@@ -53,6 +54,7 @@ __all__ = [
     "huber_loss",
     "linear_cross_entropy",
     "mse_loss",
+    "vocab_parallel_cross_entropy",
 ]
 
 Tensor = torch.Tensor
