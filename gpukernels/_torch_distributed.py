@@ -31,20 +31,11 @@ import torch
 import torch.distributed as dist
 
 from . import merge_shard_stats, shard_loss_and_grad, shard_stats
+from ._torch_ops import scaled
 
 __all__ = ["vocab_parallel_cross_entropy"]
 
 Tensor = torch.Tensor
-
-
-def _refuse_second_derivative() -> None:
-    """Backward runs with grad mode on only under ``create_graph=True``: refuse it."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "vocab_parallel_cross_entropy is once differentiable: its gradient is computed in "
-            "the forward pass and saved, so a second derivative (create_graph=True) is not "
-            "available"
-        )
 
 
 def _merged_stats(stats: Tensor, group) -> Tensor:
@@ -87,10 +78,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        _refuse_second_derivative()
         (grad,) = ctx.saved_tensors
-        scale = grad_loss.reshape(grad_loss.shape + (1,) * (grad.ndim - grad_loss.ndim))
-        return (grad * scale).to(grad.dtype), None, None, None
+        return scaled(grad, grad_loss, in_place=False), None, None, None
 
 
 def vocab_parallel_cross_entropy(

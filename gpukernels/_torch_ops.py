@@ -241,3 +241,38 @@ def _terms_from(layout: list[int], factors: list[float]) -> list[LossTerm]:
             )
         )
     return terms
+
+
+# ----------------------------------------------------------------------- autograd helpers
+
+
+def refuse_second_derivative() -> None:
+    """Backward runs with grad mode on only under ``create_graph=True``: refuse it."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "gpukernels.torch losses are once differentiable: their gradient is computed in "
+            "the forward pass and saved, so a second derivative (create_graph=True) is not "
+            "available; use the torch.nn.functional loss for that"
+        )
+
+
+def scaled(grad: Tensor, grad_loss: Tensor, in_place: bool) -> Tensor:
+    """``grad`` times the upstream gradient of the loss (a scalar, or one value per row or
+    element of a ``"none"`` loss), in ``grad``'s dtype.
+
+    On the CPU an upstream gradient of exactly 1 (``loss.backward()``) returns ``grad``
+    itself, saving a pass over it; reading the value there costs nothing, where on a GPU it
+    would wait for the device.
+    """
+    refuse_second_derivative()
+    if (
+        not torch.compiler.is_compiling()  # a traced graph cannot branch on a value
+        and grad_loss.device.type == "cpu"
+        and grad_loss.numel() == 1
+        and grad_loss.item() == 1
+    ):
+        return grad
+    scale = grad_loss.reshape(grad_loss.shape + (1,) * (grad.ndim - grad_loss.ndim))
+    if in_place:
+        return grad.mul_(scale)
+    return (grad * scale).to(grad.dtype)

@@ -39,7 +39,9 @@ from ._torch_ops import (
     layout_of,
     linear_cross_entropy_op,
     mse_op,
+    refuse_second_derivative,
     run,
+    scaled,
 )
 
 __all__ = [
@@ -63,38 +65,6 @@ Tensor = torch.Tensor
 # ----------------------------------------------------------------------- autograd
 
 
-def _refuse_second_derivative() -> None:
-    """Backward runs with grad mode on only under ``create_graph=True``: refuse it."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "gpukernels.torch losses are once differentiable: their gradient is computed in "
-            "the forward pass and saved, so a second derivative (create_graph=True) is not "
-            "available; use the torch.nn.functional loss for that"
-        )
-
-
-def _scaled(grad: Tensor, grad_loss: Tensor, in_place: bool) -> Tensor:
-    """``grad`` times the upstream gradient of the loss (a scalar, or one value per row or
-    element of a ``"none"`` loss), in ``grad``'s dtype.
-
-    On the CPU an upstream gradient of exactly 1 (``loss.backward()``) returns ``grad``
-    itself, saving a pass over it; reading the value there costs nothing, where on a GPU it
-    would wait for the device.
-    """
-    _refuse_second_derivative()
-    if (
-        not torch.compiler.is_compiling()  # a traced graph cannot branch on a value
-        and grad_loss.device.type == "cpu"
-        and grad_loss.numel() == 1
-        and grad_loss.item() == 1
-    ):
-        return grad
-    scale = grad_loss.reshape(grad_loss.shape + (1,) * (grad.ndim - grad_loss.ndim))
-    if in_place:
-        return grad.mul_(scale)
-    return (grad * scale).to(grad.dtype)
-
-
 class _FusedLoss(torch.autograd.Function):
     """``op(input, *args) -> (loss, grad)``; backward scales the saved ``grad``."""
 
@@ -108,7 +78,7 @@ class _FusedLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         (grad,) = ctx.saved_tensors
-        return (None, _scaled(grad, grad_loss, in_place=False)) + (None,) * ctx.num_args
+        return (None, scaled(grad, grad_loss, in_place=False)) + (None,) * ctx.num_args
 
 
 class _FusedLossInPlace(torch.autograd.Function):
@@ -125,7 +95,7 @@ class _FusedLossInPlace(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _unused):
         (grad,) = ctx.saved_tensors
-        return (_scaled(grad, grad_loss, in_place=True),) + (None,) * ctx.num_args
+        return (scaled(grad, grad_loss, in_place=True),) + (None,) * ctx.num_args
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -156,7 +126,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         if ctx.reduction == "none":
-            _refuse_second_derivative()
+            refuse_second_derivative()
             input, linear_weight, linear_bias, target = ctx.saved_tensors
             options = ctx.options
             _, grad_x, grad_w, grad_b = run(
@@ -170,7 +140,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 options[-1],
             )
         else:
-            grad_x, grad_w, grad_b = (_scaled(g, grad_loss, False) for g in ctx.saved_tensors)
+            grad_x, grad_w, grad_b = (scaled(g, grad_loss, False) for g in ctx.saved_tensors)
         return (grad_x, grad_w, grad_b if ctx.has_bias else None) + (None,) * (1 + len(ctx.options))
 
 
