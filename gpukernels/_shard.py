@@ -19,10 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validate
-from ._batch_sum import canonical_sum
 from ._common import safe_divide, upstream_scale
 from ._dispatch import Call, accumulation_dtype
-from ._softmax_cross_entropy import int64_labels
+from ._softmax_cross_entropy import int64_labels, reduced
 from ._tensors import tensor_io
 
 STATS = 4  # columns of the stats: max, sum of exp(z - max), target logit, sum of logits
@@ -178,9 +177,4 @@ def shard_loss_and_grad(
         call.ops("shard").shard_loss_and_grad(
             z, labels, st, scale, grad, row_loss, start, classes, ignore, eps, zl, cap
         )
-    if reduction == "none":
-        return row_loss, grad
-    total = canonical_sum(call, row_loss)
-    if reduction == "mean":
-        total = safe_divide(xp, total, divisor)
-    return xp.asarray(total), grad
+    return reduced(call, row_loss, reduction, divisor if reduction == "mean" else None), grad

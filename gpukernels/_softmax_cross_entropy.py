@@ -141,12 +141,19 @@ def softmax_cross_entropy(
             logits, target, w, scale, grad, row_loss, label_smoothing, z_loss, softcap
         )
 
+    return reduced(call, row_loss, reduction, divisor if reduction == "mean" else None), grad
+
+
+def reduced(call, row_loss, reduction: str, divisor=None):
+    """The loss of per-row losses: themselves for ``"none"``, else their canonical sum,
+    divided by ``divisor`` for ``"mean"`` (a 0-d array; 0 is taken as 1: a mean over
+    nothing is 0)."""
     if reduction == "none":
-        return row_loss, grad
+        return row_loss
     total = canonical_sum(call, row_loss)
     if reduction == "mean":
-        total = safe_divide(xp, total, divisor)
-    return xp.asarray(total), grad
+        total = safe_divide(call.xp, total, divisor)
+    return call.xp.asarray(total)
 
 
 def int64_labels(xp, target):

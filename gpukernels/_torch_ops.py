@@ -61,16 +61,26 @@ def cross_entropy_op(
     softcap: float | None,
     validate: bool,
 ) -> tuple[Tensor, Tensor]:
+    return _softmax_xent(
+        input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, validate
+    )
+
+
+def _softmax_xent(
+    input, target, weight, ignore_index, reduction, smoothing, z_loss, cap, validate, out=None
+):
+    """``gk.softmax_cross_entropy`` with the ops' positional arguments."""
     return _gk.softmax_cross_entropy(
         input,
         target,
         weight=weight,
         ignore_index=ignore_index,
         reduction=reduction,
-        label_smoothing=label_smoothing,
+        label_smoothing=smoothing,
         z_loss=z_loss,
-        softcap=softcap,
+        softcap=cap,
         validate=validate,
+        out=out,
     )
 
 
@@ -92,19 +102,8 @@ def cross_entropy_inplace_op(
     softcap: float | None,
     validate: bool,
 ) -> Tensor:
-    loss, _ = _gk.softmax_cross_entropy(
-        input,
-        target,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        out=input,
-        validate=validate,
-    )
-    return loss
+    args = (ignore_index, reduction, label_smoothing, z_loss, softcap, validate)
+    return _softmax_xent(input, target, weight, *args, out=input)[0]
 
 
 @cross_entropy_inplace_op.register_fake
