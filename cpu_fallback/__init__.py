@@ -85,23 +85,26 @@ def per_task(n: int) -> int:
     return max(1, -(-n // (8 * numba.config.NUMBA_NUM_THREADS)))
 
 
-def at(a, i):
-    """``a[i]`` for an array, ``a`` for a number, 1 for ``None``: an optional operand's value
-    at element ``i``, chosen when the kernel compiles. Launchers pass a missing weight as
-    ``None`` and a uniform scale as a number, so each case compiles to its own loop without a
-    per-element branch or gather, and the common one vectorises."""
+def at(a, i, period=0):
+    """``a[i]`` for an array (``a[i % period]`` with a period), ``a`` for a number, 1 for
+    ``None``: an optional operand's value at element ``i``, chosen when the kernel compiles.
+    Launchers pass a missing weight as ``None`` and a uniform scale as a number, so each case
+    compiles to its own loop without a per-element branch, gather or division, and the common
+    one vectorises."""
     if a is None:
         return ONE
-    return a if np.ndim(a) == 0 else a[i]
+    if np.ndim(a) == 0:
+        return a
+    return a[i % period] if period else a[i]
 
 
 @overload(at)
-def _at_overload(a, i):
+def _at_overload(a, i, period=0):
     if isinstance(a, types.NoneType):
-        return lambda a, i: ONE
+        return lambda a, i, period=0: ONE
     if isinstance(a, types.Number):
-        return lambda a, i: a
-    return lambda a, i: a[i]
+        return lambda a, i, period=0: a
+    return lambda a, i, period=0: a[i % period] if period else a[i]
 
 
 def optional(a: np.ndarray):

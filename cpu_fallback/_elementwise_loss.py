@@ -30,7 +30,7 @@ def _elementwise_loss_kernel(z, y, w, param, period, scale, grad, loss, reduce, 
             count = min(TILE, n - j * TILE)
             for k in range(count):
                 i = j * TILE + k
-                value, slope = _element(z[i], y[i], at(param, i % period))
+                value, slope = _element(z[i], y[i], at(param, i, period))
                 w_i = at(w, i)
                 grad[i] = w_i * slope * at(scale, i)
                 s[k] = w_i * value

@@ -14,13 +14,20 @@ from . import CACHE, ParallelKernel, compute_view, per_task
 _COLUMN_BLOCK = 128  # columns folded together: the (TILE / 2, 128) float32 scratch is 64 KiB
 
 
+@njit(cache=CACHE, inline="always")
+def _add_into(a, b):
+    """a += b, element by element: two views of a tile, so that the loop vectorises (indexing
+    one array at two computed offsets does not)."""
+    for c in range(a.shape[0]):
+        a[c] += b[c]
+
+
 @njit(cache=CACHE)
 def _fold(s):
     """Halving tree over a tile: s[k] += s[k + h] for h = TILE/2, ..., 1; returns s[0]."""
     h = TILE // 2
     while h >= 1:
-        for k in range(h):
-            s[k] += s[k + h]
+        _add_into(s[:h], s[h : h + h])  # two views: the additions vectorise
         h //= 2
     return s[0]
 
@@ -33,17 +40,9 @@ def _tile_sums_kernel(x, out, chunk):
         for j in range(b * chunk, min(tiles, (b + 1) * chunk)):
             lo = j * TILE
             count = min(TILE, n - lo)
-            for k in range(count):
-                s[k] = x[lo + k]
+            s[:count] = x[lo : lo + count]
             s[count:] = 0
             out[j] = _fold(s)
-
-
-@njit(cache=CACHE, inline="always")
-def _add_into(a, b):
-    """a += b, element by element (two rows of a tile: separate views, so it vectorises)."""
-    for c in range(a.shape[0]):
-        a[c] += b[c]
 
 
 @ParallelKernel
