@@ -97,8 +97,7 @@ def linear_cross_entropy(
     if bias is not None:
         _validate.same_dtype("linear_bias", bias, "input", dtype)
         _validate.same_shape("linear_bias", bias, "(V,)", (v,))
-    if np.dtype(target.dtype).kind not in "iu":
-        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    _validate.integer_labels("target", target)
     _validate.same_shape("target", target, "the input's rows", (n,))
     _validate.class_weight(a["weight"], v)
     _validate.reduction(reduction)

@@ -16,8 +16,6 @@ logits move between shards; an engine (Dask, ``torch.distributed``) does the exc
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import _validate
 from ._common import safe_divide, upstream_scale
 from ._dispatch import Call, accumulation_dtype
@@ -33,8 +31,7 @@ def _shard_arguments(call, name: str, class_start, num_classes=None):
     dtype = _validate.float_array(name, z)
     _validate.ndim(name, z, 2, "an (N, C_shard) block of logit columns")
     n, width = z.shape
-    if np.dtype(target.dtype).kind not in "iu":
-        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    _validate.integer_labels("target", target)
     _validate.same_shape("target", target, f"{name}'s rows", (n,))
     start = _validate.integer("class_start", class_start)
     if start < 0:

@@ -41,10 +41,6 @@ def device_kind(t) -> str:
     raise TypeError(f"tensors on {t.device} are not supported: use CPU or CUDA tensors")
 
 
-def device_index(t) -> int | None:
-    return t.device.index if t.device.type == "cuda" else None
-
-
 def as_array(t, name: str):
     """``t``'s memory as a NumPy (CPU) or CuPy (CUDA) array, without a copy."""
     torch = torch_module()

@@ -221,6 +221,12 @@ def same_shape(name: str, x, other_name: str, shape: tuple[int, ...]) -> None:
         )
 
 
+def integer_labels(name: str, x) -> None:
+    """``x`` holds integer class indices (any signed or unsigned integer dtype)."""
+    if np.dtype(x.dtype).kind not in "iu":
+        raise TypeError(f"{name} must hold integer class indices, got dtype {x.dtype}")
+
+
 def same_dtype(name: str, x, other_name: str, dtype: np.dtype) -> None:
     if np.dtype(x.dtype) != dtype:
         raise TypeError(f"{name} must have the dtype of {other_name} ({dtype}), got {x.dtype}")

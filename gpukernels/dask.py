@@ -105,8 +105,7 @@ def softmax_cross_entropy(
     n, classes = logits.shape
     rows = logits.chunks[0]
     target = _rows(target, "target", n, rows)
-    if np.dtype(target.dtype).kind not in "iu":
-        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    _validate.integer_labels("target", target)
     _validate.reduction(reduction)
     ignore = _validate.ignore_index(ignore_index)
     options = {
