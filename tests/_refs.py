@@ -1,7 +1,8 @@
 """Float64 NumPy references written from the maths, and the helpers the test modules share.
 
 Nothing here imports ``gpukernels``: every expected value comes from the formulas of the
-public contract (``docs/API.md``: PyTorch's semantics) evaluated in float64, or, for
+public contract (``docs/API.md``: PyTorch's semantics) evaluated in float64 (in NumPy, or in
+PyTorch for the autograd references of ``torch_cross_entropy_loss``), or, for
 ``batch_sum``, from the canonical summation order of ``docs/BACKENDS.md`` replayed in NumPy.
 """
 
@@ -233,6 +234,31 @@ def mse(pred, target, *, reduction="mean", grad_output=None):
         d * d, "mean" if reduction == "batchmean" else reduction, divisor, grad_output
     )
     return loss, 2.0 * d * scale
+
+
+def torch_cross_entropy_loss(
+    z, target, *, reduction="mean", weight=None, label_smoothing=0.0, z_loss=0.0, softcap=None
+):
+    """``softmax_cross_entropy``'s loss written out in PyTorch, for autograd references (the
+    caller builds ``z``, a float64 tensor, and calls ``backward``): the logits capped,
+    ``cross_entropy`` per row, ``z_loss lse^2`` on the rows taking part, then the reduction;
+    a weighted mean divides by those rows' class weights, a mean over no row is 0."""
+    import torch
+
+    zc = softcap * torch.tanh(z / softcap) if softcap else z
+    probs = target.dtype.is_floating_point
+    rows = torch.nn.functional.cross_entropy(
+        zc, target, weight=weight, reduction="none", label_smoothing=label_smoothing
+    )
+    valid = torch.ones(len(z), dtype=torch.bool) if probs else target != -100
+    rows = rows + z_loss * torch.logsumexp(zc, -1) ** 2 * valid
+    if reduction == "none":
+        return rows
+    if reduction == "sum":
+        return rows.sum()
+    if not valid.any():
+        return rows.sum() * 0
+    return rows.sum() / (valid.sum() if weight is None or probs else weight[target[valid]].sum())
 
 
 def huber(pred, target, *, delta=1.0, reduction="mean", grad_output=None):

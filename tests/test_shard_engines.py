@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from _refs import assert_close, loss_dtype
+from _refs import assert_close, loss_dtype, torch_cross_entropy_loss
 
 import gpukernels as gk
 
@@ -311,24 +311,13 @@ def run_ranks(world: int, tmp_path) -> None:
     assert codes == [0] * world, f"exit codes {codes} (killed after {JOIN_SECONDS} s?)\n{errors}"
 
 
-def torch_reference(z, y, up, *, reduction, label_smoothing=0.0, z_loss=0.0, softcap=None):
-    """torch.nn.functional.cross_entropy of the whole rows in float64, with PaLM's z-loss
-    and the softcap written out; a mean over no row is 0."""
+def torch_reference(z, y, up, *, reduction, **options):
+    """torch.nn.functional.cross_entropy of the whole rows in float64, with the z-loss and
+    the softcap written out (``_refs.torch_cross_entropy_loss``); a mean over no row is 0."""
     import torch
 
-    F = torch.nn.functional
     x = torch.tensor(z.astype(np.float64), requires_grad=True)
-    zc = softcap * torch.tanh(x / softcap) if softcap else x
-    t = torch.tensor(y)
-    valid = t != -100
-    rows = F.cross_entropy(zc, t, reduction="none", label_smoothing=label_smoothing)
-    rows = rows + z_loss * torch.logsumexp(zc, -1) ** 2 * valid
-    if reduction == "none":
-        total = rows
-    elif reduction == "sum":
-        total = rows.sum()
-    else:
-        total = rows.sum() / valid.sum() if valid.any() else rows.sum() * 0
+    total = torch_cross_entropy_loss(x, torch.tensor(y), reduction=reduction, **options)
     total.backward(torch.tensor(up, dtype=torch.float64) if reduction == "none" else None)
     return total.detach().numpy(), x.grad.numpy()
 

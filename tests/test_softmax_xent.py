@@ -19,6 +19,7 @@ from _refs import (
     random_floats,
     random_labels,
     random_probs,
+    torch_cross_entropy_loss,
 )
 
 import gpukernels as gk
@@ -437,24 +438,13 @@ def test_infinite_weight_of_an_unused_class(backend):
 
 
 def zloss_softcap_reference(torch, z, target, *, reduction, weight, smoothing, z_loss, softcap):
-    """PyTorch autograd through the definitions: the capped logits, cross_entropy per row,
-    z_loss * lse^2 on the non-ignored rows, and the weighted mean's divisor."""
-    f = torch.nn.functional
+    """PyTorch autograd through the definitions (``_refs.torch_cross_entropy_loss``)."""
     x = torch.tensor(z.astype(np.float64), requires_grad=True)
-    capped = softcap * torch.tanh(x / softcap) if softcap else x
     probs = target.dtype.kind == "f"
     t = torch.tensor(target.astype(np.float64) if probs else target)
     w = None if weight is None else torch.tensor(weight, dtype=torch.float64)
-    rows = f.cross_entropy(capped, t, weight=w, reduction="none", label_smoothing=smoothing)
-    valid = torch.ones(len(z), dtype=torch.bool) if probs else t != -100
-    rows = rows + z_loss * torch.logsumexp(capped, -1) ** 2 * valid
-    if reduction == "none":
-        total = rows
-    elif reduction == "sum":
-        total = rows.sum()
-    else:
-        divisor = valid.sum() if w is None or probs else w[t[valid]].sum()
-        total = rows.sum() / divisor
+    options = dict(label_smoothing=smoothing, z_loss=z_loss, softcap=softcap)
+    total = torch_cross_entropy_loss(x, t, reduction=reduction, weight=w, **options)
     total.backward(torch.ones_like(total))
     return total.detach().numpy(), x.grad.numpy()
 
