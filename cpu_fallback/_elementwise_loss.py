@@ -6,17 +6,21 @@ partial sums in one pass.
 ``i`` has weight ``w_i`` (1 when there is none), parameter ``param[i % L]`` and upstream
 factor ``g_i``:
 
-    grad_i = g_i w_i slope_i,    loss: w_i loss_i per element, or their canonical tile sums.
+    grad_i = g_i w_i slope_i,    loss: w_i loss_i per element, or their canonical sum.
+
+``g_i`` is the upstream gradient divided, for a mean, by its divisor; the sum, divided by the
+same divisor, is formed in the same call.
 """
 
 import numpy as np
 from numba import prange
 
 from gpukernels._canon import TILE
+from gpukernels._kinds import MEAN, SUM
 
 from . import ParallelKernel, at, compute_view, optional, output_view, store
 from ._math import leaf
-from .reduce import finish_tile, tasks
+from .reduce import finish_tile, fold_tiles, tasks
 
 _element = None  # each loss's leaf, bound by loss_and_grad_launcher
 
@@ -35,6 +39,8 @@ def _elementwise_loss_kernel(z, y, w, param, period, scale, grad, loss, reduce, 
                 grad[i] = w_i * slope * at(scale, i)
                 s[k] = w_i * value
             finish_tile(s, count, j, loss, reduce)
+    if reduce:
+        loss[0] = fold_tiles(loss, tiles, np.empty(TILE, loss.dtype))
 
 
 def loss_and_grad_launcher(element):
@@ -43,14 +49,20 @@ def loss_and_grad_launcher(element):
         _elementwise_loss_kernel, f"{element.__name__}_loss_kernel", {"_element": leaf(element)}
     )
 
-    def loss_and_grad(pred, target, weight, param, grad_scale, grad, loss, reduce):
-        """Per-element loss and gradient of the 1-D ``pred`` against ``target``.
+    def loss_and_grad(pred, target, weight, param, grad_scale, grad, loss, reduction, divisor):
+        """Per-element loss and gradient of the 1-D ``pred`` against ``target``, reduced.
 
         ``weight`` ``(n,)`` acc or ``(0,)``; ``param`` ``(L,)`` acc or ``(0,)``, element ``i``
-        using ``param[i % L]``; ``grad_scale`` ``(1,)`` or ``(n,)`` acc; ``grad`` ``(n,)`` of
-        ``pred``'s dtype (may be ``pred``); ``loss`` ``(ceil(n / TILE),)`` tile sums when
-        ``reduce``, else ``(n,)``, in acc.
+        using ``param[i % L]``; ``grad_scale`` ``(0,)`` (1), ``(1,)`` or ``(n,)`` acc;
+        ``grad`` ``(n,)`` of ``pred``'s dtype (may be ``pred``). ``reduction`` a
+        ``Reduction`` code: ``NONE`` writes the losses into ``loss`` ``(n,)``; ``SUM`` and
+        ``MEAN`` their canonical sum into ``loss[0]`` (``loss`` ``(ceil(n / TILE),)`` acc, the
+        tile sums' scratch), ``MEAN`` dividing it and the gradient by ``divisor`` (> 0).
         """
+        acc = loss.dtype.type
+        scale = optional(grad_scale)
+        if reduction == MEAN:  # a scalar upstream gradient: the kernel sees u / divisor
+            scale = (acc(1) if scale is None else scale) / acc(divisor)
         buffer = output_view(grad)
         kernel(
             compute_view(pred),
@@ -58,14 +70,16 @@ def loss_and_grad_launcher(element):
             optional(weight),
             optional(param),
             max(1, param.shape[0]),
-            optional(grad_scale),
+            scale,
             buffer,
             loss,
-            reduce,
+            reduction >= SUM,
             tasks(pred.shape[0])[1],
             work=pred.shape[0],
         )
         store(buffer, grad)
+        if reduction == MEAN:
+            loss[0] /= acc(divisor)
 
     loss_and_grad.kernel = kernel
     return loss_and_grad

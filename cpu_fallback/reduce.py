@@ -32,17 +32,51 @@ def _fold(s):
     return s[0]
 
 
+@njit(cache=CACHE)
+def tile_sum(x, j, s):
+    """The canonical sum of tile ``j`` of the 1-D ``x`` (an absent element is 0), folded in
+    the scratch tile ``s``: the tile is copied by a slice, which vectorises."""
+    lo = j * TILE
+    count = min(TILE, x.shape[0] - lo)
+    s[:count] = x[lo : lo + count]
+    s[count:] = 0
+    return _fold(s)
+
+
+@njit(cache=CACHE)
+def fold_tiles(partial, tiles, s):
+    """The canonical tree's levels above the first: ``partial[:tiles]`` (the tile sums) folded
+    tile by tile, in place, until one value is left; returns it. Tile ``j`` of a level is read
+    into ``s`` before ``partial[j]`` is written, and later tiles start past ``j``."""
+    while tiles > 1:
+        level = partial[:tiles]
+        tiles = (tiles + TILE - 1) // TILE
+        for j in range(tiles):
+            partial[j] = tile_sum(level, j, s)
+    return partial[0]
+
+
+@njit(cache=CACHE)
+def canonical_total(x):
+    """The canonical sum of the 1-D ``x`` (0 when empty), on the calling thread."""
+    s = np.empty(TILE, x.dtype)
+    tiles = (x.shape[0] + TILE - 1) // TILE
+    if tiles == 0:
+        return x.dtype.type(0)
+    partial = np.empty(tiles, x.dtype)
+    for j in range(tiles):
+        partial[j] = tile_sum(x, j, s)
+    return fold_tiles(partial, tiles, s)
+
+
 @ParallelKernel
-def _tile_sums_kernel(x, out, chunk):
-    n, tiles = x.shape[0], out.shape[0]
+def _total_kernel(x, out, chunk):
+    tiles = out.shape[0]
     for b in prange((tiles + chunk - 1) // chunk):
         s = np.empty(TILE, out.dtype)
         for j in range(b * chunk, min(tiles, (b + 1) * chunk)):
-            lo = j * TILE
-            count = min(TILE, n - lo)
-            s[:count] = x[lo : lo + count]
-            s[count:] = 0
-            out[j] = _fold(s)
+            out[j] = tile_sum(x, j, s)
+    out[0] = fold_tiles(out, tiles, np.empty(TILE, out.dtype))
 
 
 @ParallelKernel
@@ -77,17 +111,36 @@ def _column_tile_sums_kernel(x, out, block):
                 _add_into(s[r], s[r + h])
             h //= 2
         out[j, c0 : c0 + width] = s[0]
+    _fold_column_tiles(out, tiles)
 
 
-def tile_sums(x, out):
-    """out[j] = canonical tree sum of x[j*TILE:(j+1)*TILE], in out's dtype."""
-    _tile_sums_kernel(compute_view(x), out, tasks(x.shape[0])[1], work=x.shape[0])
+@njit(cache=CACHE)
+def _fold_column_tiles(partial, tiles):
+    """Every column of ``partial[:tiles]`` folded like :func:`fold_tiles`, into ``partial[0]``."""
+    s = np.empty(TILE, partial.dtype)
+    for c in range(partial.shape[1] if tiles > 1 else 0):
+        partial[0, c] = fold_tiles(partial[:tiles, c], tiles, s)
 
 
-def column_tile_sums(x, out):
-    """out[j, c] = canonical tree sum of x[j*TILE:(j+1)*TILE, c]."""
+def total(x, out, partial):
+    """``out[0]`` = the canonical sum of the 1-D ``x``, in one call; ``partial``
+    ``(ceil(n / TILE),)`` acc is scratch for the tile sums (empty for an empty ``x``)."""
+    if partial.shape[0] == 0:
+        out[0] = 0
+        return
+    _total_kernel(compute_view(x), partial, tasks(x.shape[0])[1], work=x.shape[0])
+    out[0] = partial[0]
+
+
+def column_totals(x, out, partial):
+    """``out[c]`` = the canonical sum of column ``c`` of ``x`` ``(n, m)``, in one call;
+    ``partial`` ``(ceil(n / TILE), m)`` acc is scratch for the column tile sums."""
+    if partial.shape[0] == 0:
+        out[...] = 0
+        return
     block = min(_COLUMN_BLOCK, max(1, x.shape[1]))
-    _column_tile_sums_kernel(compute_view(x), out, block, work=x.size)
+    _column_tile_sums_kernel(compute_view(x), partial, block, work=x.size)
+    out[...] = partial[0]
 
 
 @njit(cache=CACHE)

@@ -11,6 +11,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from gpukernels._kinds import MEAN, SUM
 from gpukernels._scalar import ONE, ZERO
 
 from . import (
@@ -25,8 +26,11 @@ from . import (
     store,
 )
 from ._math import fast_exp
+from .reduce import canonical_total
 
 _NAN = np.float32(np.nan)
+SHORT_ROW = 16  # classes a row at most to take the short-row path (without softcap)
+SHORT_BLOCK = 64  # short rows whose exponentials are computed in one flat loop
 
 
 @njit(fastmath=FASTMATH, cache=CACHE)
@@ -111,23 +115,43 @@ def label_row(z, y, w, g, ignore_index, eps, eps_c, z_loss, e, grad):
     """Loss of one row ``z`` with class index ``y``; writes its gradient ``g (A' p - a)``.
 
     ``w`` the class weights (empty: 1), ``eps`` the smoothing and ``eps_c = eps / C``,
-    ``z_loss`` the factor of ``lse^2``, ``e`` scratch of ``z``'s length. The loss is
-    ``(1 - eps) w_y ((m - z_y) + log s) + eps_c sum_c w_c ((m - z_c) + log s) + z_loss
-    lse^2`` with ``m`` the row max, ``s = sum_c exp(z_c - m)`` and ``lse = m + log s``:
-    ``m - z_y`` is exact for the large logits that matter, so no precision is lost to the
-    magnitude of ``m``. ``A' = A + 2 z_loss lse``. An ignored row has loss 0, a ``y``
-    outside ``[0, C)`` NaN; both get a zero gradient.
+    ``z_loss`` the factor of ``lse^2``, ``e`` scratch of ``z``'s length. An ignored row has
+    loss 0, a ``y`` outside ``[0, C)`` NaN; both get a zero gradient. Otherwise see
+    :func:`label_finish`.
     """
-    c = z.shape[0]
-    if y == ignore_index or y < 0 or y >= c:
-        grad[:] = 0
-        return (ZERO if y == ignore_index else _NAN) * g
+    if not valid_label(y, ignore_index, z.shape[0]):
+        return skipped_row(y, ignore_index, g, grad)
     m = _row_max(z)
+    _exp_shifted(z, m, e)
+    return label_finish(z, y, w, g, eps, eps_c, z_loss, m, _sum(e), e, grad)
+
+
+@njit(cache=CACHE, inline="always")
+def valid_label(y, ignore_index, num_classes):
+    """Whether class index ``y`` takes part: not ignored and in ``[0, C)``."""
+    return y != ignore_index and 0 <= y < num_classes
+
+
+@njit(cache=CACHE, inline="always")
+def skipped_row(y, ignore_index, g, grad):
+    """A row that takes no part: zero gradient; loss 0 if ignored, NaN if out of range."""
+    grad[:] = 0
+    return (ZERO if y == ignore_index else _NAN) * g
+
+
+@njit(cache=CACHE, inline="always")
+def label_finish(z, y, w, g, eps, eps_c, z_loss, m, s, e, grad):
+    """The loss of a row with class index ``y`` from its max ``m``, ``e = exp(z - m)`` and
+    ``s = sum e``; writes its gradient ``g (A' e / s - a)``.
+
+    The loss is ``(1 - eps) w_y ((m - z_y) + log s) + eps_c sum_c w_c ((m - z_c) + log s) +
+    z_loss lse^2`` with ``lse = m + log s``: ``m - z_y`` is exact for the large logits that
+    matter, so no precision is lost to the magnitude of ``m``. ``A = (1 - eps) w_y + eps_c
+    sum_c w_c`` and ``A' = A + 2 z_loss lse``.
+    """
     z_y = z[y]
     w_y = w[y] if w.shape[0] else ONE
     w_sum, gap = _weight_and_gap_sums(z, w, m) if eps > 0 else (ZERO * m, ZERO * m)
-    _exp_shifted(z, m, e)
-    s = _sum(e)
     log_s = math.log(s)
     keep = ONE - eps
     a_sum = keep * w_y + eps_c * w_sum
@@ -140,6 +164,73 @@ def label_row(z, y, w, g, ignore_index, eps, eps_c, z_loss, e, grad):
     # p_y - a_y in the accumulation dtype, rounded once into grad.
     grad[y] = g * (a_sum * e[y] / s - (keep * w_y + eps_c * w_y))
     return loss
+
+
+@njit(cache=CACHE)
+def _exp_in_place(e):
+    """e = exp(e), one flat loop: vectorised across the rows of a block of short rows."""
+    for k in range(e.shape[0]):
+        e[k] = fast_exp(e[k])
+
+
+@njit(cache=CACHE)
+def _short_rows(z, labels, w, scale, grad, row_loss, lo, hi, args, e, m):
+    """Rows ``lo:hi`` of short rows, ``SHORT_BLOCK`` at a time: each block's maxima, then the
+    shifted logits of all its rows in ``e`` and one flat ``exp`` over them (a loop over 10
+    classes a row does not vectorise; one over 64 rows of them does), then each row's
+    :func:`label_finish`. ``scale`` is ``(upstream, divisor, mean)`` (:func:`row_scale`),
+    ``args`` ``(ignore_index, eps, eps_c, z_loss)``."""
+    upstream, divisor, mean = scale
+    ignore_index, eps, eps_c, z_loss = args
+    c = z.shape[1]
+    for b in range(lo, hi, SHORT_BLOCK):
+        rows = min(hi, b + SHORT_BLOCK) - b
+        for r in range(rows):
+            m[r] = _short_max(z[b + r])
+            _shift(z[b + r], m[r], e[r * c : (r + 1) * c])
+        _exp_in_place(e[: rows * c])
+        for r in range(rows):
+            i = b + r
+            y = labels[i]
+            g = row_scale(upstream, i, divisor, mean)
+            if valid_label(y, ignore_index, c):
+                e_r = e[r * c : (r + 1) * c]
+                s = _short_sum(e_r)
+                loss = label_finish(z[i], y, w, g, eps, eps_c, z_loss, m[r], s, e_r, grad[i])
+            else:
+                loss = skipped_row(y, ignore_index, g, grad[i])
+            row_loss[i] = loss
+
+
+# Short rows' max and sum, inlined scalar loops: a vectorised loop of a handful of elements
+# costs more in its set-up than it saves.
+@njit(cache=CACHE, inline="always")
+def _short_max(z):
+    m = z[0]
+    for c in range(1, z.shape[0]):
+        m = z[c] if z[c] > m else m
+    return m
+
+
+@njit(cache=CACHE, inline="always")
+def _short_sum(e):
+    s = e[0]
+    for c in range(1, e.shape[0]):
+        s += e[c]
+    return s
+
+
+@njit(cache=CACHE, inline="always")
+def _shift(z, m, out):
+    for c in range(z.shape[0]):
+        out[c] = z[c] - m
+
+
+@njit(cache=CACHE, inline="always")
+def row_scale(upstream, i, divisor, mean):
+    """Row ``i``'s factor of the gradient: the upstream gradient, over the divisor for a
+    mean (the same ``u / d`` for every row)."""
+    return at(upstream, i) / divisor if mean else at(upstream, i)
 
 
 @njit(cache=CACHE)
@@ -159,21 +250,76 @@ def through_cap(zc, cap, grad):
 
 @ParallelKernel
 def _labels_kernel(
-    logits, labels, w, scale, grad, row_loss, ignore_index, eps, eps_c, z_loss, cap, chunk
+    logits, labels, w, upstream, grad, row_loss, loss, bad, args, cap, reduction, chunk
 ):
     n, c = logits.shape
+    ignore_index, eps, eps_c, z_loss = args
+    mean = reduction == MEAN
+    # the labels first: the first bad one, and for a mean the row weights (in row_loss)
+    bad[0], rows = _scan_labels(labels, w, row_loss, ignore_index, c, mean)
+    one = np.ones(1, row_loss.dtype)[0]
+    divisor = _label_divisor(row_loss, rows, w.shape[0] > 0) if mean else one
+    short = c <= SHORT_ROW and cap == 0
     for b in prange((n + chunk - 1) // chunk):
+        lo, hi = b * chunk, min(n, (b + 1) * chunk)
+        if short:
+            e = np.empty(SHORT_BLOCK * c, row_loss.dtype)
+            m = np.empty(SHORT_BLOCK, row_loss.dtype)
+            scale = (upstream, divisor, mean)
+            _short_rows(logits, labels, w, scale, grad, row_loss, lo, hi, args, e, m)
+            continue
         e = np.empty(c, row_loss.dtype)
         zc = np.empty(c if cap > 0 else 0, row_loss.dtype)
-        for i in range(b * chunk, min(n, (b + 1) * chunk)):
-            g, y = at(scale, i), labels[i]
+        for i in range(lo, hi):
+            g, y = row_scale(upstream, i, divisor, mean), labels[i]
             if cap > 0:
                 capped(logits[i], cap, zc)
-                loss = label_row(zc, y, w, g, ignore_index, eps, eps_c, z_loss, e, grad[i])
+                row_loss[i] = label_row(zc, y, w, g, ignore_index, eps, eps_c, z_loss, e, grad[i])
                 through_cap(zc, cap, grad[i])
             else:
-                loss = label_row(logits[i], y, w, g, ignore_index, eps, eps_c, z_loss, e, grad[i])
-            row_loss[i] = loss
+                row_loss[i] = label_row(
+                    logits[i], y, w, g, ignore_index, eps, eps_c, z_loss, e, grad[i]
+                )
+    if reduction >= SUM:
+        total = canonical_total(row_loss)
+        loss[0] = total / divisor if mean else total
+
+
+@njit(cache=CACHE)
+def _scan_labels(labels, w, row_weight, ignore_index, num_classes, mean):
+    """(first row whose label is neither ignored nor in ``[0, C)``, or -1; rows taking
+    part). With ``mean``, ``row_weight[i]`` = the class weight of row ``i`` (1 without
+    weights), 0 for a row that takes no part."""
+    first, rows = -1, 0
+    for i in range(labels.shape[0]):
+        y = labels[i]
+        valid = valid_label(y, ignore_index, num_classes)
+        if not valid and y != ignore_index and first < 0:
+            first = i
+        rows += valid
+        if mean:
+            row_weight[i] = row_weight_of(y, w, ignore_index, num_classes)
+    return first, rows
+
+
+@njit(cache=CACHE, inline="always")
+def row_weight_of(y, w, ignore_index, num_classes):
+    """The class weight of label ``y`` (1 without weights); 0 if it takes no part."""
+    if not valid_label(y, ignore_index, num_classes):
+        return ZERO
+    return w[y] if w.shape[0] else ONE
+
+
+@njit(cache=CACHE)
+def _label_divisor(row_weight, rows, weighted):
+    """The mean's divisor: the canonical sum of the row weights; 1 when no row takes part
+    (the mean is 0), NaN when weighted rows' weights sum to 0 (PyTorch's 0/0)."""
+    total = canonical_total(row_weight)
+    if rows == 0:
+        return total + ONE  # total is 0: no row has a weight
+    if weighted and total == 0:
+        return total + _NAN
+    return total
 
 
 @njit(cache=CACHE)
@@ -198,30 +344,33 @@ def soft_row(z, t, w, g, keep, eps_c, z_loss, e, grad):
 
 
 @ParallelKernel
-def _probs_kernel(logits, target, w, scale, grad, row_loss, keep, eps_c, z_loss, cap, chunk):
+def _probs_kernel(
+    logits, target, w, upstream, grad, row_loss, loss, keep, eps_c, z_loss, cap, reduction, chunk
+):
     n, c = logits.shape
+    mean = reduction == MEAN
+    divisor = np.full(1, n, row_loss.dtype)[0]  # the mean's divisor
     for b in prange((n + chunk - 1) // chunk):
         e = np.empty(c, row_loss.dtype)
         zc = np.empty(c if cap > 0 else 0, row_loss.dtype)
         for i in range(b * chunk, min(n, (b + 1) * chunk)):
-            g, t = at(scale, i), target[i]
+            g, t = row_scale(upstream, i, divisor, mean), target[i]
             if cap > 0:
                 capped(logits[i], cap, zc)
-                loss = soft_row(zc, t, w, g, keep, eps_c, z_loss, e, grad[i])
+                loss_i = soft_row(zc, t, w, g, keep, eps_c, z_loss, e, grad[i])
                 through_cap(zc, cap, grad[i])
             else:
-                loss = soft_row(logits[i], t, w, g, keep, eps_c, z_loss, e, grad[i])
-            row_loss[i] = loss
+                loss_i = soft_row(logits[i], t, w, g, keep, eps_c, z_loss, e, grad[i])
+            row_loss[i] = loss_i
+    if reduction >= SUM:
+        total = canonical_total(row_loss)
+        loss[0] = total / divisor if mean else total
 
 
 @ParallelKernel
 def _row_weights_kernel(labels, w, row_weight, ignore_index, num_classes):
     for i in prange(labels.shape[0]):
-        y = labels[i]
-        if y == ignore_index or y < 0 or y >= num_classes:
-            row_weight[i] = 0
-        else:
-            row_weight[i] = w[y] if w.shape[0] else 1
+        row_weight[i] = row_weight_of(labels[i], w, ignore_index, num_classes)
 
 
 def label_row_weights(labels, weight, row_weight, ignore_index, num_classes):
@@ -230,9 +379,22 @@ def label_row_weights(labels, weight, row_weight, ignore_index, num_classes):
 
 
 def softmax_xent_labels(
-    logits, labels, weight, grad_scale, grad, row_loss, ignore_index, smoothing, z_loss, softcap
+    logits,
+    labels,
+    weight,
+    grad_scale,
+    grad,
+    row_loss,
+    loss,
+    bad,
+    ignore_index,
+    smoothing,
+    z_loss,
+    softcap,
+    reduction,
 ):
-    """Fused CE with class indices (maths in docs/BACKENDS.md); ``softcap`` 0 for none."""
+    """Fused CE with class indices and its reduction, in one compiled call (contract in
+    docs/BACKENDS.md); ``softcap`` 0 for none."""
     acc = row_loss.dtype.type
     n, c = logits.shape
     buffer = output_view(grad)
@@ -243,11 +405,11 @@ def softmax_xent_labels(
         optional(grad_scale),
         buffer,
         row_loss,
-        ignore_index,
-        acc(smoothing),
-        acc(smoothing / c),
-        acc(z_loss),
+        loss,
+        bad,
+        (ignore_index, acc(smoothing), acc(smoothing / c), acc(z_loss)),
         acc(softcap),
+        reduction,
         per_task(n),
         work=logits.size,
     )
@@ -255,9 +417,10 @@ def softmax_xent_labels(
 
 
 def softmax_xent_probs(
-    logits, target, weight, grad_scale, grad, row_loss, smoothing, z_loss, softcap
+    logits, target, weight, grad_scale, grad, row_loss, loss, smoothing, z_loss, softcap, reduction
 ):
-    """Fused CE with class probabilities (maths in docs/BACKENDS.md); ``softcap`` 0: none."""
+    """Fused CE with class probabilities and its reduction, in one compiled call (contract
+    in docs/BACKENDS.md); ``softcap`` 0 for none."""
     acc = row_loss.dtype.type
     n, c = logits.shape
     buffer = output_view(grad)
@@ -268,10 +431,12 @@ def softmax_xent_probs(
         optional(grad_scale),
         buffer,
         row_loss,
+        loss,
         acc(1.0 - smoothing),
         acc(smoothing / c),
         acc(z_loss),
         acc(softcap),
+        reduction,
         per_task(n),
         work=logits.size,
     )

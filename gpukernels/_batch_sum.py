@@ -11,35 +11,22 @@ from ._tensors import tensor_io
 
 
 def canonical_sum(call: Call, v):
-    """Sum of the 1-D array ``v`` in the canonical tile-tree order, as a 0-d array.
-
-    The tree is folded level by level (``reduce.tile_sums``) until one value is left, all on
-    ``v``'s device: nothing is read back to the host.
-    """
+    """Sum of the 1-D array ``v`` in the canonical tile-tree order, as a 0-d array: one launch
+    of ``reduce.total`` on ``v``'s device (nothing read back)."""
     xp, acc = call.xp, accumulation_dtype(v.dtype)
-    n = v.shape[0]
-    if n == 0:
-        return xp.zeros((), acc)
-    tile_sums = call.ops("reduce").tile_sums
-    while n > 1:
-        partial = xp.empty(tile_count(n), acc)
-        tile_sums(v, partial)
-        v, n = partial, partial.shape[0]
-    return v.reshape(()).astype(acc, copy=False)
+    out = xp.empty(1, acc)
+    call.ops("reduce").total(v, out, xp.empty(tile_count(v.shape[0]), acc))
+    return out.reshape(())
 
 
 def canonical_column_sums(call: Call, x):
-    """Per-column canonical sums of the 2-D array ``x``: shape ``(x.shape[1],)``."""
+    """Per-column canonical sums of the 2-D array ``x``: shape ``(x.shape[1],)``, one launch
+    of ``reduce.column_totals``."""
     xp, acc = call.xp, accumulation_dtype(x.dtype)
     n, m = x.shape
-    if n == 0:
-        return xp.zeros(m, acc)
-    column_tile_sums = call.ops("reduce").column_tile_sums
-    while n > 1:
-        partial = xp.empty((tile_count(n), m), acc)
-        column_tile_sums(x, partial)
-        x, n = partial, partial.shape[0]
-    return x[0].astype(acc, copy=False)
+    out = xp.empty(m, acc)
+    call.ops("reduce").column_totals(x, out, xp.empty((tile_count(n), m), acc))
+    return out
 
 
 @tensor_io

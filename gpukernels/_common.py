@@ -5,14 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 
-def upstream_scale(xp, grad_output, acc: np.dtype):
-    """``grad_output`` as a 1-D ``acc`` array: length 1 for a scalar, else flattened.
+def upstream_scale(xp, grad_output, acc: np.dtype, *, none_as_empty: bool = False):
+    """``grad_output`` as a 1-D ``acc`` array: length 1 for a scalar, else flattened; for
+    none, ``[1]``, or with ``none_as_empty`` an empty array (the fused launchers read it as 1,
+    so nothing is launched to fill it).
 
     A Python number becomes a device-side fill (no host-to-device copy); an array stays
     where it is.
     """
     if grad_output is None:
-        return xp.ones(1, acc)
+        return xp.empty(0, acc) if none_as_empty else xp.ones(1, acc)
     if isinstance(grad_output, int | float | np.number):
         return xp.full(1, grad_output, acc)
     return xp.ascontiguousarray(grad_output, dtype=acc).reshape(-1)

@@ -1,16 +1,16 @@
-"""``bce_with_logits``, ``mse`` and ``huber_loss``: one pass writes the gradient and the
-canonical partial sums, through the op table's elementwise-loss launchers (``loss_and_grad``)."""
+"""``bce_with_logits``, ``mse`` and ``huber_loss``: one launch of the op table's
+elementwise-loss launcher (``loss_and_grad``) writes the gradient and the reduced loss."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from . import _validate
-from ._batch_sum import canonical_sum
 from ._canon import tile_count
 from ._common import FlatOutput, flat_input, upstream_scale
 from ._dispatch import Call, accumulation_dtype
 from ._dtypes import companion_dtype
+from ._kinds import REDUCTION_CODES
 from ._tensors import tensor_io
 
 
@@ -38,7 +38,8 @@ def _begin(pred_name, pred, target, reduction, allowed, grad_output, out, **opti
 
 
 def _finish(call, op, x, target, weight, param, divisor, reduction):
-    """The elementwise losses' common end: scale, launch ``op``'s ``loss_and_grad``, reduce.
+    """The elementwise losses' common end: one launch of ``op``'s ``loss_and_grad``, which
+    writes the gradient and reduces the losses.
 
     ``weight`` and ``param`` are the launcher's (``None`` for none); ``divisor`` the mean's
     denominator (a Python int; 0 for a mean over nothing, which is 0 with a zero gradient).
@@ -49,20 +50,25 @@ def _finish(call, op, x, target, weight, param, divisor, reduction):
     param = xp.empty(0, acc) if param is None else param
     shape, n = tuple(x.shape), int(x.size)
     grad = FlatOutput(xp, call.arrays["out"], shape, dtype)
-    scale = upstream_scale(xp, call.arrays["grad_output"], acc)
-    if divisor > 1:
-        scale = scale / acc.type(divisor)
     reduce = reduction != "none"
-    loss = xp.empty(tile_count(n) if reduce else n, acc)
+    loss = xp.empty(max(1, tile_count(n)) if reduce else n, acc)
     if n:
-        launcher = call.ops(op).loss_and_grad
-        launcher(flat_input(xp, x), target, weight, param, scale, grad.flat, loss, reduce)
+        call.ops(op).loss_and_grad(
+            flat_input(xp, x),
+            target,
+            weight,
+            param,
+            upstream_scale(xp, call.arrays["grad_output"], acc, none_as_empty=True),
+            grad.flat,
+            loss,
+            REDUCTION_CODES["mean" if reduction == "batchmean" else reduction],
+            max(1, divisor),
+        )
+    elif reduce:
+        loss[...] = 0
     if not reduce:
         return loss.reshape(shape), grad.result()
-    total = canonical_sum(call, loss)
-    if divisor > 1:
-        total = total / acc.type(divisor)
-    return xp.asarray(total), grad.result()
+    return loss[:1].reshape(()), grad.result()
 
 
 _REDUCTIONS = ("mean", "sum", "none")

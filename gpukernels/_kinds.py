@@ -1,7 +1,8 @@
-"""The kinds of ``composite_loss`` term: one enum for the public API and both backends.
+"""The kinds of ``composite_loss`` term and the reductions: enums shared by the public API and
+both backends.
 
-Kernels compare a term's kind with the module-level integers below (Numba freezes them as
-constants); the public API names kinds by their ``str`` value.
+Kernels compare a term's kind or a reduction with the module-level integers below (Numba
+freezes them as constants); the public API names both by their ``str`` value.
 """
 
 from __future__ import annotations
@@ -34,3 +35,15 @@ SOFTMAX_CROSS_ENTROPY = int(TermKind.SOFTMAX_CROSS_ENTROPY)
 BCE_WITH_LOGITS = int(TermKind.BCE_WITH_LOGITS)
 MSE = int(TermKind.MSE)
 HUBER = int(TermKind.HUBER)
+
+
+class Reduction(IntEnum):
+    """A loss's reduction as launchers take it: the fused kernels reduce in the same call."""
+
+    NONE = 0
+    SUM = 1
+    MEAN = 2
+
+
+REDUCTION_CODES: dict[str, int] = {r.name.lower(): int(r) for r in Reduction}
+SUM, MEAN = int(Reduction.SUM), int(Reduction.MEAN)

@@ -44,7 +44,7 @@ _ELEMENTWISE_LOSS = ("loss_and_grad",)
 OPS: dict[str, Op] = {
     op.name: op
     for op in (
-        Op("reduce", ("tile_sums", "column_tile_sums"), ("batch_sum",), "reduce"),
+        Op("reduce", ("total", "column_totals"), ("batch_sum",), "reduce"),
         Op(
             "softmax_xent",
             ("label_row_weights", "softmax_xent_labels", "softmax_xent_probs"),

@@ -8,6 +8,7 @@ from . import _validate
 from ._batch_sum import canonical_sum
 from ._common import safe_divide, upstream_scale
 from ._dispatch import Call, accumulation_dtype
+from ._kinds import REDUCTION_CODES
 from ._tensors import tensor_io
 
 
@@ -62,7 +63,8 @@ def softmax_cross_entropy(
         label_smoothing: :math:`\varepsilon`, a real number in ``[0, 1]``.
         grad_output: upstream gradient: a scalar, or with ``"none"`` an ``(N,)`` array.
         out: array to write the gradient into; may be ``logits`` itself (in place).
-        validate: check class indices (one small device-to-host read on a GPU). With
+        validate: check class indices (one small device-to-host read on a GPU): a bad one
+            raises ``ValueError`` after the pass, so ``out`` has been written by then. With
             ``False`` a bad index gives that row a zero gradient and a NaN loss.
         z_loss: :math:`\zeta \ge 0`, the factor of the squared log-sum-exp.
         softcap: ``None``, or :math:`\kappa > 0` to cap the logits.
@@ -117,31 +119,37 @@ def softmax_cross_entropy(
     if n == 0:
         grad[...] = 0
         return xp.zeros((0,) if reduction == "none" else (), acc), grad
-    labels = int64_labels(xp, target) if class_indices else None
-    if class_indices and validate:
-        _validate.class_indices(xp, labels, c, ignore_index, target)
 
+    # one launch: the divisor of a mean, the rows, and the reduction
     ops = call.ops("softmax_xent")
     w = xp.empty(0, acc) if weight is None else weight.astype(acc, copy=False)
-    scale = upstream_scale(xp, grad_output, acc)
-    if reduction == "mean":
-        if class_indices:
-            divisor = label_mean_divisor(call, labels, w, weight is not None, ignore_index, c)
-        else:
-            divisor = xp.full((), n, acc)
-        scale = safe_divide(xp, scale, divisor)
-
-    row_loss = xp.empty(n, acc)
+    scale = upstream_scale(xp, grad_output, acc, none_as_empty=True)
+    row_loss, loss = xp.empty(n, acc), xp.empty(1, acc)
+    code = REDUCTION_CODES[reduction]
     if class_indices:
+        bad = xp.empty(1, np.int64)
         ops.softmax_xent_labels(
-            logits, labels, w, scale, grad, row_loss, ignore_index, label_smoothing, z_loss, softcap
+            logits,
+            int64_labels(xp, target),
+            w,
+            scale,
+            grad,
+            row_loss,
+            loss,
+            bad,
+            ignore_index,
+            label_smoothing,
+            z_loss,
+            softcap,
+            code,
         )
+        if validate:  # on a GPU, the one read back to the host
+            _validate.bad_class_index(int(bad[0]), target, c, ignore_index)
     else:
         ops.softmax_xent_probs(
-            logits, target, w, scale, grad, row_loss, label_smoothing, z_loss, softcap
+            logits, target, w, scale, grad, row_loss, loss, label_smoothing, z_loss, softcap, code
         )
-
-    return reduced(call, row_loss, reduction, divisor if reduction == "mean" else None), grad
+    return (row_loss if reduction == "none" else loss.reshape(())), grad
 
 
 def reduced(call, row_loss, reduction: str, divisor=None):

@@ -288,10 +288,15 @@ def class_indices(xp, labels, num_classes: int, ignore_index: int, target=None) 
     """
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
     if bool(bad.any()):
-        first = int(xp.argmax(bad))
-        value = int((labels if target is None else target)[first])
+        target = labels if target is None else target
+        bad_class_index(int(xp.argmax(bad)), target, num_classes, ignore_index)
+
+
+def bad_class_index(row: int, target, num_classes: int, ignore_index: int) -> None:
+    """Raise for the bad class index of ``target`` at ``row``, found by a kernel (-1: none)."""
+    if row >= 0:
         raise ValueError(
-            f"target holds class index {value} at row {first}, outside "
+            f"target holds class index {int(target[row])} at row {row}, outside "
             f"[0, {num_classes}) and not ignore_index={ignore_index}"
         )
 

@@ -46,6 +46,17 @@ def canonical_tiles(values, acc):
     return s[:, 0]
 
 
+def canonical_total(values, acc):
+    """docs/BACKENDS.md: tile sums folded again until one value is left."""
+    v = canonical_tiles(values, acc)
+    while v.size > 1:
+        v = canonical_tiles(v, acc)
+    return v[0]
+
+
+NONE, SUM, MEAN = 0, 1, 2  # gpukernels._kinds.Reduction
+
+
 def close(got, want, dtype, scale=1.0):
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     np.testing.assert_allclose(got, want, rtol=TOL[dtype], atol=TOL[dtype] * scale)
@@ -62,26 +73,28 @@ def tile_threads(monkeypatch, request):
 
 @pytest.mark.parametrize("tile_threads", [16, 4], indirect=True)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_tile_sums_are_canonical(dtype, tile_threads):
+def test_totals_are_canonical(dtype, tile_threads):
+    """One launch: tile sums, then the last block folds them (two levels past 65536)."""
     rng = np.random.default_rng(1)
-    base = (rng.standard_normal(2100) * 10.0 ** rng.integers(-3, 4, 2100)).astype(dtype)
+    base = (rng.standard_normal(70_000) * 10.0 ** rng.integers(-3, 4, 70_000)).astype(dtype)
     accs = [acc_of(dtype)] + ([np.float64] if dtype != np.float64 else [])
-    for x in (base[:1], base[:256], base[:700], base[::3]):  # the last one strided, 3 tiles
+    sizes = (base[:1], base[:256], base[:700], base[:2100:3])  # the last one strided, 3 tiles
+    for x in sizes + ((base,) if tile_threads == 16 else ()):
         for acc in accs:
-            out = poisoned(-(-x.size // TILE), acc)
-            reduce.tile_sums(x, out)
-            np.testing.assert_array_equal(out, canonical_tiles(x, acc))
+            out = poisoned(1, acc)
+            reduce.total(x, out, poisoned(-(-x.size // TILE), acc))
+            np.testing.assert_array_equal(out[0], canonical_total(x, acc))
 
 
 @pytest.mark.parametrize("block", [(4, 4), (2, 8)])
 @pytest.mark.parametrize("dtype", [np.float16, np.float64])
-def test_column_tile_sums_are_canonical(monkeypatch, dtype, block):
+def test_column_totals_are_canonical(monkeypatch, dtype, block):
     monkeypatch.setattr(_cuda.POLICY, "column_block", block)
     x = np.random.default_rng(2).standard_normal((600, 11)).astype(dtype)[::2, ::2]  # strided
     acc = acc_of(dtype)
-    out = poisoned((2, x.shape[1]), acc)
-    reduce.column_tile_sums(x, out)
-    want = np.stack([canonical_tiles(x[:, j], acc) for j in range(x.shape[1])], axis=1)
+    out = poisoned(x.shape[1], acc)
+    reduce.column_totals(x, out, poisoned((2, x.shape[1]), acc))
+    want = [canonical_total(x[:, j], acc) for j in range(x.shape[1])]
     np.testing.assert_array_equal(out, want)
 
 
@@ -111,12 +124,16 @@ def softmax_labels_reference(z, y, w, g, ignore_index, eps):
     return loss, grad
 
 
-def run_labels(z, y, w, g, eps, ignore_index=-100, grad=None):
+def run_labels(z, y, w, g, eps, ignore_index=-100, grad=None, reduction=NONE):
+    """The per-row losses and the gradient (and with a reduction, the loss and the first
+    bad row)."""
     acc = acc_of(z.dtype)
     grad = poisoned(z.shape, z.dtype) if grad is None else grad
-    loss = poisoned(z.shape[0], acc)
-    softmax_xent.softmax_xent_labels(z, y, w, g, grad, loss, ignore_index, eps, 0.0, 0.0)
-    return loss, grad
+    rows, loss, bad = poisoned(z.shape[0], acc), poisoned(1, acc), np.full(1, -7)
+    softmax_xent.softmax_xent_labels(
+        z, y, w, g, grad, rows, loss, bad, ignore_index, eps, 0.0, 0.0, reduction
+    )
+    return (rows, grad) if reduction == NONE else (rows, grad, loss[0], bad[0])
 
 
 # (C, smoothing, class weights, per-row upstream gradient): C = 1, several rows a block with
@@ -143,6 +160,38 @@ def test_softmax_xent_labels(dtype, case):
     assert np.all(grad[[1, 4]] == 0) and loss[1] == 0 and np.isnan(loss[4])
 
 
+@pytest.mark.parametrize("tile_threads", [16, 4], indirect=True)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_softmax_xent_labels_reduced(weighted, tile_threads):
+    """The launcher's mean: the divisor (the canonical sum of the rows' class weights) found
+    on the device, the gradient scaled by it, the loss the canonical sum of the row losses
+    over it, and the first bad label reported, past one tile of rows."""
+    rng = np.random.default_rng(9)
+    n, c = 300, 3
+    z = rng.standard_normal((n, c)).astype(np.float32)
+    y = rng.integers(0, c, n)
+    y[[5, 290]], y[7] = c, -100  # two bad labels (the first is reported), one ignored
+    w = rng.uniform(0.5, 2, c).astype(np.float32) if weighted else np.empty(0, np.float32)
+    g = np.full(1, 3.0, np.float32)
+    rows, grad, loss, bad = run_labels(z, y, w, g, 0.0, reduction=MEAN)
+    def divisor():
+        class_w = (w if weighted else np.ones(c))[np.clip(y, 0, c - 1)]
+        return canonical_total(np.where((y >= 0) & (y < c), class_w, 0), np.float32)
+
+    want_rows, want_grad = softmax_labels_reference(z, y, w, g / divisor(), -100, 0.0)
+    close(grad, want_grad, np.float32)
+    close(rows, want_rows, np.float32, scale=10)
+    assert bad == 5 and np.isnan(loss)  # a bad row's NaN reaches the loss
+    y[[5, 290]] = 0
+    rows, grad, loss, bad = run_labels(z, y, w, g, 0.0, reduction=MEAN)
+    assert bad == -1 and loss == canonical_total(rows, np.float32) / divisor()
+    _, _, total, _ = run_labels(z, y, w, g, 0.0, reduction=SUM)
+    assert total == canonical_total(rows, np.float32)
+    y[:] = -100  # no row: the mean is 0 with a zero gradient
+    _, grad, loss, bad = run_labels(z, y, w, g, 0.0, reduction=MEAN)
+    assert loss == 0 and not grad.any() and bad == -1
+
+
 def test_softmax_xent_rereads_rows_that_do_not_fit(monkeypatch):
     """Without room in shared memory the gradient pass re-reads the logits: same bits."""
     rng = np.random.default_rng(3)
@@ -151,12 +200,13 @@ def test_softmax_xent_rereads_rows_that_do_not_fit(monkeypatch):
     t = rng.dirichlet(np.ones(300), 3)
     cached = run_labels(z, y, w, g, 0.1)
     cached_p = poisoned(3, np.float32), poisoned(z.shape, np.float32)
-    softmax_xent.softmax_xent_probs(z, t, w, g, cached_p[1], cached_p[0], 0.1, 0.0, 0.0)
+    probs_args = (poisoned(1, np.float32), 0.1, 0.0, 0.0, NONE)
+    softmax_xent.softmax_xent_probs(z, t, w, g, cached_p[1], cached_p[0], *probs_args)
     monkeypatch.setattr(_cuda.POLICY, "shared_bytes", 0)
     assert not _cuda.row_shape(300, 4)[2]
     reread = run_labels(z, y, w, g, 0.1)
     reread_p = poisoned(3, np.float32), poisoned(z.shape, np.float32)
-    softmax_xent.softmax_xent_probs(z, t, w, g, reread_p[1], reread_p[0], 0.1, 0.0, 0.0)
+    softmax_xent.softmax_xent_probs(z, t, w, g, reread_p[1], reread_p[0], *probs_args)
     for a, b in zip(cached + cached_p, reread + reread_p, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -205,7 +255,12 @@ def test_softmax_xent_probs(dtype, case):
     w = rng.uniform(0.5, 2, c).astype(acc) if weighted else np.empty(0, acc)
     g = rng.uniform(0.5, 2, n).astype(acc)
     grad, loss = poisoned(z.shape, dtype), poisoned(n, acc)
-    softmax_xent.softmax_xent_probs(z, t, w, g, grad, loss, eps, 0.0, 0.0)
+    total = poisoned(1, acc)
+    softmax_xent.softmax_xent_probs(
+        z, t, w, g[:1], poisoned(z.shape, dtype), loss, total, eps, 0, 0, MEAN
+    )
+    assert total[0] == canonical_total(loss, acc) / acc(n)
+    softmax_xent.softmax_xent_probs(z, t, w, g, grad, loss, total, eps, 0.0, 0.0, NONE)
     z64 = z.astype(np.float64)
     lse = np.log(np.exp(z64 - z64.max(1, keepdims=True)).sum(1, keepdims=True)) + z64.max(
         1, keepdims=True
@@ -245,16 +300,16 @@ def test_bce_with_logits(dtype, tile_threads):
     y = rng.uniform(0, 1, n).astype(dtype)
     w, pw, g = (rng.uniform(0.5, 2, k).astype(acc) for k in (n, 7, n))
     grad, losses = poisoned(n, dtype), poisoned(n, acc)
-    bce.loss_and_grad(z, y, w, pw, g, grad, losses, False)
+    bce.loss_and_grad(z, y, w, pw, g, grad, losses, NONE, 1)
     want_loss, want_grad = bce_reference(z, y, w, np.tile(pw, n)[:n])
     close(losses, want_loss, dtype, scale=10)
     close(grad, g * want_grad, dtype)
     partial, grad2 = poisoned(3, acc), poisoned(n, dtype)
-    bce.loss_and_grad(z, y, w, pw, g, grad2, partial, True)
-    np.testing.assert_array_equal(partial, canonical_tiles(losses, acc))
+    bce.loss_and_grad(z, y, w, pw, g, grad2, partial, SUM, 1)
+    assert partial[0] == canonical_total(losses, acc)
     np.testing.assert_array_equal(grad2, grad)
-    none, same = np.empty(0, acc), z.copy()  # no weights, one factor, gradient over z
-    bce.loss_and_grad(same, y, none, none, np.ones(1, acc), same, poisoned(3, acc), True)
+    none, same = np.empty(0, acc), z.copy()  # no weights, no factor, gradient over z
+    bce.loss_and_grad(same, y, none, none, none, same, poisoned(3, acc), SUM, 1)
     close(same, bce_reference(z, y, 1.0, 1.0)[1], dtype)
 
 
@@ -267,15 +322,15 @@ def test_mse(dtype, tile_threads):
     g = np.full(1, 0.25, acc)
     grad, losses = poisoned(n, dtype), poisoned(n, acc)
     none = np.empty(0, acc)
-    mse.loss_and_grad(p, t, none, none, g, grad, losses, False)
+    mse.loss_and_grad(p, t, none, none, g, grad, losses, NONE, 1)
     d = p.astype(np.float64) - t.astype(np.float64)
     close(losses, d * d, dtype, scale=10)
     close(grad, 0.5 * d, dtype)
     partial = poisoned(3, acc)
     in_place = p.copy()
-    mse.loss_and_grad(in_place, t, none, none, g, in_place, partial, True)
-    np.testing.assert_array_equal(partial, canonical_tiles(losses, acc))
-    np.testing.assert_array_equal(in_place, grad)
+    mse.loss_and_grad(in_place, t, none, none, g * 520, in_place, partial, MEAN, 520)
+    assert partial[0] == canonical_total(losses, acc) / acc(520)
+    np.testing.assert_array_equal(in_place, grad)  # u / divisor: 0.25 again
 
 
 @pytest.mark.parametrize("tile_threads", [16, 4], indirect=True)
@@ -286,7 +341,7 @@ def test_huber(dtype, tile_threads):
     p, t = ((2 * rng.standard_normal(n)).astype(dtype) for _ in range(2))
     g, w = (rng.uniform(0.5, 2, n).astype(acc) for _ in range(2))
     grad, losses = poisoned(n, dtype), poisoned(n, acc)
-    huber.loss_and_grad(p, t, w, np.full(1, delta, acc), g, grad, losses, False)
+    huber.loss_and_grad(p, t, w, np.full(1, delta, acc), g, grad, losses, NONE, 1)
     d = p.astype(np.float64) - t.astype(np.float64)
     quadratic = np.abs(d) <= delta
     assert 0 < quadratic.sum() < n  # both branches
@@ -294,8 +349,8 @@ def test_huber(dtype, tile_threads):
     close(losses, w * want, dtype, scale=10)
     close(grad, g * w * np.clip(d, -delta, delta), dtype)
     partial = poisoned(3, acc)
-    huber.loss_and_grad(p, t, w, np.full(1, delta, acc), g, grad, partial, True)
-    np.testing.assert_array_equal(partial, canonical_tiles(losses, acc))
+    huber.loss_and_grad(p, t, w, np.full(1, delta, acc), g, grad, partial, SUM, 1)
+    assert partial[0] == canonical_total(losses, acc)
 
 
 # ---------------------------------------------------------------- sigmoid

@@ -11,8 +11,10 @@ import dataclasses
 import numpy as np
 import pytest
 from test_cuda_launchers import (
+    MEAN,
+    NONE,
     acc_of,
-    canonical_tiles,
+    canonical_total,
     close,
     composite_reference,
     poisoned,
@@ -54,10 +56,14 @@ def test_softmax_xent_labels(gpu_policy, n, c, cached):
     w = rng.uniform(0.5, 2.0, c).astype(np.float32)
     g = np.ones(1, np.float32)
     grad, loss = poisoned(z.shape, np.float32), poisoned(n, np.float32)
-    softmax_xent.softmax_xent_labels(z, y, w, g, grad, loss, -100, 0.1, 0.0, 0.0)
-    want_loss, want_grad = softmax_labels_reference(z, y, w, g, -100, 0.1)
+    total, bad = poisoned(1, np.float32), np.full(1, -7)
+    args = (-100, 0.1, 0.0, 0.0, MEAN)
+    softmax_xent.softmax_xent_labels(z, y, w, g, grad, loss, total, bad, *args)
+    divisor = canonical_total(w[y], np.float32)
+    want_loss, want_grad = softmax_labels_reference(z, y, w, g / divisor, -100, 0.1)
     close(loss, want_loss, np.float32, scale=10)
     close(grad, want_grad, np.float32)
+    assert total[0] == canonical_total(loss, np.float32) / divisor and bad[0] == -1
 
 
 def test_softmax_xent_probs(gpu_policy):
@@ -67,7 +73,8 @@ def test_softmax_xent_probs(gpu_policy):
     grad, loss = poisoned(z.shape, np.float32), poisoned(2, np.float32)
     w = np.empty(0, np.float32)
     g = np.ones(1, np.float32)
-    softmax_xent.softmax_xent_probs(z, t, w, g, grad, loss, 0.0, 0.01, 2.0)  # z-loss, softcap
+    total = poisoned(1, np.float32)  # z-loss and softcap:
+    softmax_xent.softmax_xent_probs(z, t, w, g, grad, loss, total, 0.0, 0.01, 2.0, NONE)
     z64 = 2.0 * np.tanh(z.astype(np.float64) / 2.0)
     lse = np.log(np.exp(z64).sum(1, keepdims=True))
     close(loss, (t * (lse - z64)).sum(1) + 0.01 * lse[:, 0] ** 2, np.float32, scale=10)
@@ -88,14 +95,13 @@ def test_canonical_sums(gpu_policy, dtype):
     rng = np.random.default_rng(5)
     x = rng.standard_normal(600).astype(dtype)
     acc = acc_of(dtype)
-    out = poisoned(3, acc)
-    reduce.tile_sums(x, out)
-    np.testing.assert_array_equal(out, canonical_tiles(x, acc))
+    out = poisoned(1, acc)
+    reduce.total(x, out, poisoned(3, acc))
+    assert out[0] == canonical_total(x, acc)
     m = rng.standard_normal((300, 40)).astype(dtype)
-    columns = poisoned((2, 40), acc)
-    reduce.column_tile_sums(m, columns)
-    want = np.stack([canonical_tiles(m[:, j], acc) for j in range(40)], axis=1)
-    np.testing.assert_array_equal(columns, want)
+    columns = poisoned(40, acc)
+    reduce.column_totals(m, columns, poisoned((2, 40), acc))
+    np.testing.assert_array_equal(columns, [canonical_total(m[:, j], acc) for j in range(40)])
 
 
 def test_elementwise_loss(gpu_policy):
@@ -103,14 +109,14 @@ def test_elementwise_loss(gpu_policy):
     p, t = (2 * rng.standard_normal(300)).astype(np.float32), np.zeros(300, np.float32)
     none, delta = np.empty(0, np.float32), np.full(1, 0.5, np.float32)
     grad, losses = poisoned(300, np.float32), poisoned(300, np.float32)
-    huber.loss_and_grad(p, t, none, delta, np.ones(1, np.float32), grad, losses, False)
+    huber.loss_and_grad(p, t, none, delta, none, grad, losses, NONE, 1)
     d = p.astype(np.float64)
     want = np.where(np.abs(d) <= 0.5, 0.5 * d * d, 0.5 * (np.abs(d) - 0.25))
     close(losses, want, np.float32, scale=10)
     close(grad, np.clip(d, -0.5, 0.5), np.float32)
     partial = poisoned(2, np.float32)
-    huber.loss_and_grad(p, t, none, delta, np.ones(1, np.float32), grad, partial, True)
-    np.testing.assert_array_equal(partial, canonical_tiles(losses, np.float32))
+    huber.loss_and_grad(p, t, none, delta, none, grad, partial, MEAN, 300)
+    assert partial[0] == canonical_total(losses, np.float32) / np.float32(300)
 
 
 def test_sigmoid(gpu_policy):

@@ -219,6 +219,40 @@ def launch_stream():
     return cuda.legacy_default_stream() if ptr == 0 else _external_stream(ptr)
 
 
+_TICKETS: dict[tuple[int, int], object] = {}
+
+
+def tickets():
+    """The completion counter of the current stream: one zeroed ``int32`` on the device.
+
+    A single-launch kernel counts its finished blocks on it, and the last block, which
+    finishes the reduction, sets it back to 0 (:func:`gpukernels.cuda.reduce.last_block`).
+    Launches on one stream run in order, so one counter serves every kernel of that stream;
+    another stream gets its own. Made once per device and stream, zeroed on that stream.
+    """
+    if SIMULATOR:
+        key = (0, 0)
+        if key not in _TICKETS:
+            _TICKETS[key] = np.zeros(1, np.int32)
+        return _TICKETS[key]
+    import cupy
+
+    key = (cupy.cuda.runtime.getDevice(), int(cupy.cuda.get_current_stream().ptr))
+    if key not in _TICKETS:
+        _TICKETS[key] = cupy.zeros(1, np.int32)
+    return _TICKETS[key]
+
+
+def scratch(shape, dtype):
+    """Uninitialised device memory for a launcher's partial results (CuPy's pool on a GPU,
+    NumPy under the simulator), on the current stream."""
+    if SIMULATOR:
+        return np.empty(shape, dtype)
+    import cupy
+
+    return cupy.empty(shape, dtype)
+
+
 def launch(kernel, grid, block, shared: int, *args) -> None:
     """Launch ``kernel[grid, block]`` on the current stream; arrays become views, scalars stay."""
     converted = [

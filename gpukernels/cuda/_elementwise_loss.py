@@ -9,9 +9,10 @@ scalar leaf ``element(prediction, target, param) -> (loss, slope)`` of
 .. math::
     \mathrm{grad}_i = g_i\, w_i\, \mathrm{slope}_i, \qquad \ell_i = w_i\, \mathrm{loss}_i
 
-A block covers whole tiles of ``TILE`` elements; with ``reduce`` it writes the canonical sum
-of each tile's losses (the bits of ``reduce.tile_sums`` over the unreduced losses), else the
-losses themselves. Maths in the accumulation dtype, rounded once at the store.
+A block covers whole tiles of ``TILE`` elements; reducing, it writes the canonical sum of each
+tile's losses (the bits of ``reduce.total`` over the unreduced losses) and the last block to
+finish folds them to the total, in the same launch; else the losses themselves. Maths in the
+accumulation dtype, rounded once at the store.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from numba import cuda
 from numba.core import types
 
 from .._canon import TILE
+from .._kinds import MEAN, SUM
 from ._cuda import (
     GPU_POLICY,
     POLICY,
@@ -34,9 +36,10 @@ from ._cuda import (
     kernel_type,
     launch,
     scalar_device,
+    tickets,
     tile_grid,
 )
-from .reduce import block_tile_sum, register_fold
+from .reduce import block_tile_sum, fold_partials, last_block, register_fold
 
 
 @functools.cache
@@ -47,16 +50,26 @@ def _elementwise_loss_kernel(element, acc, tpb: int, bf16: bool, target_bf16: bo
     leaf = scalar_device(element, acc)
     load, store = element_io(acc, bf16)
     load_target = element_io(acc, target_bf16)[0]
+    fold_tiles, is_last = fold_partials(acc, tpb), last_block()
 
     @cuda.jit
-    def _elementwise_loss_tiles_kernel(z, y, weight, param, grad_scale, grad, loss, reduce):
+    def _elementwise_loss_tiles_kernel(
+        z, y, weight, param, grad_scale, grad, loss, reduction, divisor, counter
+    ):
         smem = cuda.shared.array(tpb, acc)
+        flag = cuda.shared.array(1, types.int32)
         r = cuda.local.array(count, acc)
         t = cuda.threadIdx.x
         n = z.shape[0]
         period = param.shape[0]
         has_w = weight.shape[0] > 0
         per_element = grad_scale.shape[0] > 1
+        reduce = reduction >= SUM
+        d = acc(divisor)
+        # a mean's upstream gradient is a scalar: u / d, the same for every element
+        scale = grad_scale[0] if grad_scale.shape[0] > 0 else one
+        if reduction == MEAN:
+            scale = scale / d
         for tile in range(cuda.blockIdx.x, (n + TILE - 1) // TILE, cuda.gridDim.x):
             first = types.int64(tile) * TILE + t
             for k in range(count):
@@ -66,7 +79,8 @@ def _elementwise_loss_kernel(element, acc, tpb: int, bf16: bool, target_bf16: bo
                     p = acc(param[i % period]) if period > 0 else one
                     w = acc(weight[i]) if has_w else one
                     li, gi = leaf(load(z[i]), load_target(y[i]), p)
-                    grad[i] = store(grad_scale[i if per_element else 0] * (w * gi))
+                    g = grad_scale[i] if per_element else scale
+                    grad[i] = store(g * (w * gi))
                     # rounded to acc here so that the tile sum adds the stored bits
                     value = acc(w * li)
                     if not reduce:
@@ -76,6 +90,10 @@ def _elementwise_loss_kernel(element, acc, tpb: int, bf16: bool, target_bf16: bo
                 v = tree(fold(r), smem, t)
                 if t == 0:
                     loss[tile] = v
+        if reduce and is_last(counter, flag, t):
+            total = fold_tiles(loss, (n + TILE - 1) // TILE, smem, r, t)
+            if t == 0:
+                loss[0] = total / d if reduction == MEAN else total
 
     return _elementwise_loss_tiles_kernel
 
@@ -83,14 +101,11 @@ def _elementwise_loss_kernel(element, acc, tpb: int, bf16: bool, target_bf16: bo
 def loss_and_grad_launcher(element):
     """``(loss_and_grad, ptx_signatures)`` of the elementwise loss whose leaf is ``element``."""
 
-    def loss_and_grad(pred, target, weight, param, grad_scale, grad, loss, reduce) -> None:
-        """Per-element loss and gradient of the 1-D ``pred`` against ``target``.
-
-        ``weight`` ``(n,)`` acc or ``(0,)``; ``param`` ``(L,)`` acc or ``(0,)``, element ``i``
-        using ``param[i % L]``; ``grad_scale`` ``(1,)`` or ``(n,)`` acc; ``grad`` ``(n,)`` of
-        ``pred``'s dtype (may be ``pred``); ``loss`` ``(ceil(n / TILE),)`` tile sums when
-        ``reduce``, else ``(n,)`` losses, in acc.
-        """
+    def loss_and_grad(
+        pred, target, weight, param, grad_scale, grad, loss, reduction, divisor
+    ) -> None:
+        """Per-element loss and gradient of the 1-D ``pred`` against ``target``, reduced, in
+        one launch (the contract of ``cpu_fallback``'s twin: docs/BACKENDS.md)."""
         n = pred.shape[0]
         if n == 0:
             return
@@ -98,8 +113,8 @@ def loss_and_grad_launcher(element):
         bf16 = is_bf16(pred.dtype), is_bf16(target.dtype)
         kernel = _elementwise_loss_kernel(element, accumulator(loss.dtype), tpb, *bf16)
         grid = tile_grid(-(-n // TILE))
-        args = (bits(pred), bits(target), weight, param, grad_scale, bits(grad), loss, bool(reduce))
-        launch(kernel, grid, tpb, 0, *args)
+        arrays = (bits(pred), bits(target), weight, param, grad_scale, bits(grad), loss)
+        launch(kernel, grid, tpb, 0, *arrays, int(reduction), float(divisor), tickets())
 
     def ptx_signatures():
         """``(kernel, argument types)`` of every launch ``loss_and_grad`` makes on a GPU: the
@@ -111,8 +126,9 @@ def loss_and_grad_launcher(element):
             for target, target_bf16 in {(vec, is_bf16(dtype)), (acc_vec, False)}:
                 tpb, bf16 = GPU_POLICY.tile_threads, is_bf16(dtype)
                 kernel = _elementwise_loss_kernel(element, acc, tpb, bf16, target_bf16)
-                args = (vec, target, acc_vec, acc_vec, acc_vec, vec, acc_vec, types.boolean)
-                sigs.append((kernel, args))
+                arrays = (vec, target, acc_vec, acc_vec, acc_vec, vec, acc_vec)
+                scalars = (types.int64, types.float64, types.int32[::1])
+                sigs.append((kernel, arrays + scalars))
         return sigs
 
     return loss_and_grad, ptx_signatures

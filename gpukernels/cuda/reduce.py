@@ -40,6 +40,7 @@ from ._cuda import (
     is_bf16,
     kernel_type,
     launch,
+    tickets,
     tile_grid,
 )
 
@@ -214,19 +215,67 @@ def group_reducers(acc):
 
 
 @functools.cache
-def _tile_sums_kernel(acc, tpb: int, bf16: bool):
+def last_block():
+    """Device function ``(counter, flag, t) -> bool``: whether this block finished last.
+
+    Every thread of the block calls it after writing its partial results. Each thread fences
+    its writes, thread 0 takes a ticket from ``counter`` (:func:`_cuda.tickets`), and the
+    block that draws the last one (which every other block's writes are visible to) resets
+    the counter for the next launch on its stream. ``flag`` is a shared ``int32[1]``.
+    """
+
+    @cuda.jit(device=True)
+    def is_last(counter, flag, t):
+        cuda.threadfence()
+        cuda.syncthreads()
+        if t == 0:
+            blocks = cuda.gridDim.x * cuda.gridDim.y
+            last = cuda.atomic.add(counter, 0, 1) == blocks - 1
+            if last:
+                counter[0] = 0
+            flag[0] = last
+        cuda.syncthreads()
+        return flag[0] != 0
+
+    return is_last
+
+
+@functools.cache
+def block_min(tpb: int):
+    """Device function ``(v, ints, t) -> min``: the least ``int64`` ``v`` of a block of ``tpb``
+    threads (valid in every thread); ``ints`` is a shared ``int64[tpb]``."""
+
+    @cuda.jit(device=True)
+    def least(v, ints, t):
+        ints[t] = v
+        cuda.syncthreads()
+        h = tpb // 2
+        while h > 0:
+            if t < h:
+                ints[t] = min(ints[t], ints[t + h])
+            cuda.syncthreads()
+            h //= 2
+        v = ints[0]
+        cuda.syncthreads()
+        return v
+
+    return least
+
+
+@functools.cache
+def tile_level(acc, tpb: int, bf16: bool):
+    """Device function ``(x, n, out, smem, r, t, start, step)``: ``out[j]`` = the canonical
+    sum of tile ``j`` of ``x[:n]`` for the tiles ``start, start + step, ...``, by a block of
+    ``tpb`` threads. ``out`` may be ``x`` itself (a level folded in place by one block: tile
+    ``j`` is read before ``out[j]`` is written, and later tiles start past ``j``)."""
     count = TILE // tpb
     fold, tree = register_fold(acc, count), block_tile_sum(acc, tpb)
     zero = acc_constant(acc, 0.0)
     load = element_io(acc, bf16)[0]
 
-    @cuda.jit
-    def _tile_sums_kernel(x, out):
-        smem = cuda.shared.array(tpb, acc)
-        r = cuda.local.array(count, acc)
-        t = cuda.threadIdx.x
-        n = x.shape[0]
-        for tile in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
+    @cuda.jit(device=True)
+    def level(x, n, out, smem, r, t, start, step):
+        for tile in range(start, (n + TILE - 1) // TILE, step):
             first = types.int64(tile) * TILE + t
             for k in range(count):
                 i = first + tpb * k
@@ -234,26 +283,64 @@ def _tile_sums_kernel(acc, tpb: int, bf16: bool):
             v = tree(fold(r), smem, t)
             if t == 0:
                 out[tile] = v
+            cuda.syncthreads()
 
-    return _tile_sums_kernel
+    return level
 
 
 @functools.cache
-def _column_tile_sums_kernel(acc, cx: int, ry: int, bf16: bool):
-    count, size = TILE // ry, cx * ry  # shared.array wants a constant, not an expression
+def fold_partials(acc, tpb: int):
+    """Device function ``(partial, tiles, smem, r, t) -> total``: in one block (the last),
+    the tile sums ``partial[:tiles]`` folded level by level, in place, to the canonical
+    total (valid in every thread)."""
+    level = tile_level(acc, tpb, False)
+
+    @cuda.jit(device=True)
+    def fold(partial, tiles, smem, r, t):
+        while tiles > 1:
+            level(partial, tiles, partial, smem, r, t, 0, 1)
+            tiles = (tiles + TILE - 1) // TILE
+        return partial[0]
+
+    return fold
+
+
+@functools.cache
+def _total_kernel(acc, tpb: int, bf16: bool):
+    count = TILE // tpb
+    first_level, fold = tile_level(acc, tpb, bf16), fold_partials(acc, tpb)
+    is_last = last_block()
+
+    @cuda.jit
+    def _total_kernel(x, out, partial, divisor, fixed, counter):
+        smem = cuda.shared.array(tpb, acc)
+        flag = cuda.shared.array(1, types.int32)
+        r = cuda.local.array(count, acc)
+        t = cuda.threadIdx.x
+        first_level(x, x.shape[0], partial, smem, r, t, cuda.blockIdx.x, cuda.gridDim.x)
+        if is_last(counter, flag, t):
+            total = fold(partial, partial.shape[0], smem, r, t)
+            if t == 0:  # dividing by 1 is exact: a sum keeps its bits
+                out[0] = total / (divisor[0] if divisor.shape[0] > 0 else acc(fixed))
+
+    return _total_kernel
+
+
+@functools.cache
+def _column_level(acc, cx: int, ry: int, bf16: bool):
+    """Device function: ``out[j, c]`` = the canonical sum of tile ``j`` of column ``c`` of
+    ``x[:n]``, for the column blocks and tiles a block is given (``out`` may be ``x``)."""
+    count = TILE // ry
     fold, add = register_fold(acc, count), rounded_add(acc)
     zero = acc_constant(acc, 0.0)
     load = element_io(acc, bf16)[0]
 
-    @cuda.jit
-    def _column_tile_sums_kernel(x, out):
-        smem = cuda.shared.array(size, acc)
-        r = cuda.local.array(count, acc)
-        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-        n, m = x.shape
-        for cb in range(cuda.blockIdx.x, (m + cx - 1) // cx, cuda.gridDim.x):
+    @cuda.jit(device=True)
+    def level(x, n, out, smem, r, tx, ty, cb_start, cb_step, tile_start, tile_step):
+        m = x.shape[1]
+        for cb in range(cb_start, (m + cx - 1) // cx, cb_step):
             col = types.int64(cb) * cx + tx
-            for tile in range(cuda.blockIdx.y, out.shape[0], cuda.gridDim.y):
+            for tile in range(tile_start, (n + TILE - 1) // TILE, tile_step):
                 first = types.int64(tile) * TILE + ty
                 for k in range(count):
                     i = first + ry * k
@@ -270,47 +357,80 @@ def _column_tile_sums_kernel(acc, cx: int, ry: int, bf16: bool):
                     out[tile, col] = smem[tx]
                 cuda.syncthreads()
 
-    return _column_tile_sums_kernel
+    return level
 
 
-def tile_sums(x, out) -> None:
-    """``out[j]`` = canonical sum of ``x[j*TILE:(j+1)*TILE]`` in ``out.dtype`` (the acc).
+@functools.cache
+def _column_totals_kernel(acc, cx: int, ry: int, bf16: bool):
+    count, size = TILE // ry, cx * ry  # shared.array wants a constant, not an expression
+    first_level, level = _column_level(acc, cx, ry, bf16), _column_level(acc, cx, ry, False)
+    is_last = last_block()
 
-    ``x``: 1-D float16/32/64, any stride; ``out``: ``(ceil(n / TILE),)`` float32/float64.
-    """
-    num_tiles = out.shape[0]
-    if num_tiles == 0:
+    @cuda.jit
+    def _column_totals_kernel(x, out, partial, counter):
+        smem = cuda.shared.array(size, acc)
+        flag = cuda.shared.array(1, types.int32)
+        r = cuda.local.array(count, acc)
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        bx, by, gx, gy = cuda.blockIdx.x, cuda.blockIdx.y, cuda.gridDim.x, cuda.gridDim.y
+        first_level(x, x.shape[0], partial, smem, r, tx, ty, bx, gx, by, gy)
+        if is_last(counter, flag, ty * cx + tx):
+            tiles = partial.shape[0]
+            while tiles > 1:
+                level(partial, tiles, partial, smem, r, tx, ty, 0, 1, 0, 1)
+                tiles = (tiles + TILE - 1) // TILE
+            for c in range(ty * cx + tx, out.shape[0], cx * ry):
+                out[c] = partial[0, c]
+
+    return _column_totals_kernel
+
+
+def total(x, out, partial) -> None:
+    """``out[0]`` = the canonical sum of the 1-D ``x`` (any float dtype, any stride), in one
+    launch; ``partial`` ``(ceil(n / TILE),)`` acc is scratch for the tile sums."""
+    total_divided(x, out, partial, partial[:0])
+
+
+def total_divided(x, out, partial, divisor, fixed: float = 1.0) -> None:
+    """:func:`total` divided by ``divisor[0]`` (a device ``(1,)`` acc: a mean whose divisor
+    another kernel computed) or, when ``divisor`` is empty, by ``fixed``."""
+    if partial.shape[0] == 0:
+        out[...] = 0
         return
     tpb = POLICY.tile_threads
-    kernel = _tile_sums_kernel(accumulator(out.dtype), tpb, is_bf16(x.dtype))
-    launch(kernel, tile_grid(num_tiles), tpb, 0, bits(x), out)
+    kernel = _total_kernel(accumulator(out.dtype), tpb, is_bf16(x.dtype))
+    arrays = (bits(x), out, partial, divisor)
+    launch(kernel, tile_grid(partial.shape[0]), tpb, 0, *arrays, float(fixed), tickets())
 
 
-def column_tile_sums(x, out) -> None:
-    """``out[j, c]`` = canonical sum of ``x[j*TILE:(j+1)*TILE, c]`` for every column ``c``.
-
-    ``x``: ``(n, m)`` float16/32/64, any strides; ``out``: ``(ceil(n / TILE), m)`` acc. A block
-    is ``cx`` adjacent columns (coalesced reads) by ``ry`` threads down each column.
-    """
-    num_tiles, m = out.shape
+def column_totals(x, out, partial) -> None:
+    """``out[c]`` = the canonical sum of column ``c`` of ``x`` ``(n, m)`` (any float dtype,
+    any strides), in one launch; ``partial`` ``(ceil(n / TILE), m)`` acc is scratch. A
+    block is ``cx`` adjacent columns (coalesced reads) by ``ry`` threads down each column."""
+    num_tiles, m = partial.shape
     if num_tiles == 0 or m == 0:
+        out[...] = 0
         return
     cx, ry = POLICY.column_block
-    kernel = _column_tile_sums_kernel(accumulator(out.dtype), cx, ry, is_bf16(x.dtype))
+    kernel = _column_totals_kernel(accumulator(out.dtype), cx, ry, is_bf16(x.dtype))
     gx = tile_grid(-(-m // cx))
     gy = min(num_tiles, 65535, max(1, POLICY.max_blocks // gx))
-    launch(kernel, (gx, gy), (cx, ry), 0, bits(x), out)
+    launch(kernel, (gx, gy), (cx, ry), 0, bits(x), out, partial, tickets())
 
 
 def ptx_signatures():
     """``(kernel, argument types)`` of every launch this module makes on a GPU."""
     tpb, (cx, ry) = GPU_POLICY.tile_threads, GPU_POLICY.column_block
+    counter = types.int32[::1]
     sigs = []
     for acc in ACCUMULATOR_TYPES:
+        vec = acc[::1]
         for dtype in STORAGE:
             element, bf16 = kernel_type(dtype), is_bf16(dtype)
             for layout in ("C", "A"):
                 vector, matrix = types.Array(element, 1, layout), types.Array(element, 2, layout)
-                sigs.append((_tile_sums_kernel(acc, tpb, bf16), (vector, acc[::1])))
-                sigs.append((_column_tile_sums_kernel(acc, cx, ry, bf16), (matrix, acc[:, ::1])))
+                total_args = (vector, vec, vec, vec, types.float64, counter)
+                sigs.append((_total_kernel(acc, tpb, bf16), total_args))
+                column_args = (matrix, vec, acc[:, ::1], counter)
+                sigs.append((_column_totals_kernel(acc, cx, ry, bf16), column_args))
     return sigs

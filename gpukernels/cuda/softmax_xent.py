@@ -24,10 +24,14 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 from numba import cuda
 from numba.core import types
 
+from .._canon import TILE
+from .._kinds import MEAN, SUM
 from ._cuda import (
+    GPU_POLICY,
     POLICY,
     STORAGE,
     acc_constant,
@@ -39,8 +43,19 @@ from ._cuda import (
     kernel_type,
     launch,
     row_shape,
+    scratch,
+    tickets,
+    tile_grid,
 )
-from .reduce import group_reducers
+from .reduce import (
+    block_min,
+    block_tile_sum,
+    fold_partials,
+    group_reducers,
+    last_block,
+    register_fold,
+    total_divided,
+)
 
 
 def _batch(acc) -> int:
@@ -131,6 +146,40 @@ def _group_reductions(acc):
 
 
 @functools.cache
+def _row_scale(acc):
+    """Device function ``(grad_scale, i, live, divisor, fixed, reduction) -> g``: row ``i``'s
+    gradient factor, the upstream gradient (``grad_scale``: empty for 1, one value, or one
+    per row), over a mean's divisor: ``divisor[0]`` when computed on the device, else
+    ``fixed``."""
+    one = acc_constant(acc, 1.0)
+
+    @cuda.jit(device=True)
+    def row_scale(grad_scale, i, live, divisor, fixed, reduction):
+        size = grad_scale.shape[0]
+        g = grad_scale[i if size > 1 and live else 0] if size > 0 else one
+        if reduction == MEAN:
+            g = g / (divisor[0] if divisor.shape[0] > 0 else acc(fixed))
+        return g
+
+    return row_scale
+
+
+@functools.cache
+def _row_weight(acc):
+    """Device function ``(y, weight, ignore_index, num_classes) -> (w, valid)``: the class
+    weight of label ``y`` (1 without weights) and whether it takes part; 0 if not."""
+    zero, one = acc_constant(acc, 0.0), acc_constant(acc, 1.0)
+
+    @cuda.jit(device=True)
+    def row_weight(y, weight, ignore_index, num_classes):
+        if y == ignore_index or y < 0 or y >= num_classes:
+            return zero, False
+        return (acc(weight[y]) if weight.shape[0] > 0 else one), True
+
+    return row_weight
+
+
+@functools.cache
 def _labels_kernel(acc, bf16: bool):
     zero, one, neg_inf = (acc_constant(acc, v) for v in (0.0, 1.0, -math.inf))
     nan = acc_constant(acc, math.nan)
@@ -138,6 +187,7 @@ def _labels_kernel(acc, bf16: bool):
     row_max_sum, group_sum = _group_reductions(acc)
     batch = _batch(acc)
     load, store = element_io(acc, bf16)
+    row_scale, row_weight = _row_scale(acc), _row_weight(acc)
 
     @cuda.jit
     def _softmax_xent_labels_rows_kernel(
@@ -147,6 +197,9 @@ def _labels_kernel(acc, bf16: bool):
         grad_scale,
         grad,
         row_loss,
+        divisor,
+        fixed_divisor,
+        reduction,
         ignore_index,
         smoothing,
         z_loss,
@@ -165,10 +218,10 @@ def _labels_kernel(acc, bf16: bool):
         eps_c = eps / acc(num_c) if num_c > 0 else zero
         y = types.int64(-1)
         valid = False
+        w_y = zero
         if live:
             y = labels[i]
-            valid = y != ignore_index and y >= 0 and y < num_c
-        w_y = (acc(weight[y]) if has_w else one) if valid else zero
+            w_y, valid = row_weight(y, weight, ignore_index, num_c)
         z_y = zero  # read only by the thread owning column y, before anyone writes the row
         need_w = has_w and eps > zero  # sum_c w_c enters A only through the smoothing
 
@@ -204,7 +257,7 @@ def _labels_kernel(acc, bf16: bool):
         big_a = (one - eps) * w_y + eps_c * w_all
         if zl > zero:
             big_a += (zl + zl) * lse
-        g = grad_scale[i if grad_scale.shape[0] > 1 and live else 0]
+        g = row_scale(grad_scale, i, live, divisor, fixed_divisor, reduction)
 
         smooth = zero
         if live:
@@ -248,10 +301,23 @@ def _probs_kernel(acc, bf16: bool, target_bf16: bool):
     batch = _batch(acc)
     load, store = element_io(acc, bf16)
     load_target = element_io(acc, target_bf16)[0]
+    row_scale = _row_scale(acc)
 
     @cuda.jit
     def _softmax_xent_probs_rows_kernel(
-        logits, target, weight, grad_scale, grad, row_loss, smoothing, z_loss, softcap, cache
+        logits,
+        target,
+        weight,
+        grad_scale,
+        grad,
+        row_loss,
+        divisor,
+        fixed_divisor,
+        reduction,
+        smoothing,
+        z_loss,
+        softcap,
+        cache,
     ):
         buf = cuda.shared.array(0, acc)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
@@ -294,7 +360,7 @@ def _probs_kernel(acc, bf16: bool, target_bf16: bool):
         log_s, inv = finish(big, total)
         lse = big + log_s
         big_a_z = big_a + (zl + zl) * lse if zl > zero else big_a  # z-loss's 2 zl lse
-        g = grad_scale[i if grad_scale.shape[0] > 1 and live else 0]
+        g = row_scale(grad_scale, i, live, divisor, fixed_divisor, reduction)
 
         loss = zero
         if live:
@@ -313,18 +379,74 @@ def _probs_kernel(acc, bf16: bool, target_bf16: bool):
 
 @functools.cache
 def _row_weights_kernel(acc):
-    zero, one = acc_constant(acc, 0.0), acc_constant(acc, 1.0)
+    row_weight = _row_weight(acc)
 
     @cuda.jit
-    def _label_row_weights_kernel(labels, weight, row_weight, ignore_index, num_classes):
+    def _label_row_weights_kernel(labels, weight, row_weights, ignore_index, num_classes):
         for i in range(cuda.grid(1), labels.shape[0], cuda.gridsize(1)):
-            y = labels[i]
-            if y == ignore_index or y < 0 or y >= num_classes:
-                row_weight[i] = zero
-            else:
-                row_weight[i] = acc(weight[y]) if weight.shape[0] > 0 else one
+            row_weights[i] = row_weight(labels[i], weight, ignore_index, num_classes)[0]
 
     return _label_row_weights_kernel
+
+
+@functools.cache
+def _label_scan_kernel(acc, tpb: int):
+    """One launch over the labels: the first bad one and a mean's divisor (see
+    :func:`softmax_xent_labels`), each tile's sums canonical and the last block folding them."""
+    count = TILE // tpb
+    fold, tree = register_fold(acc, count), block_tile_sum(acc, tpb)
+    fold_tiles, is_last, least = fold_partials(acc, tpb), last_block(), block_min(tpb)
+    zero, one, nan = (acc_constant(acc, v) for v in (0.0, 1.0, math.nan))
+    row_weight = _row_weight(acc)
+
+    @cuda.jit
+    def _label_scan_kernel(
+        labels, weight, ignore_index, num_c, part, bad_part, divisor, bad, counter
+    ):
+        smem = cuda.shared.array(tpb, acc)
+        ints = cuda.shared.array(tpb, types.int64)
+        flag = cuda.shared.array(1, types.int32)
+        r = cuda.local.array(count, acc)
+        t = cuda.threadIdx.x
+        n, tiles = labels.shape[0], part.shape[1]
+        for tile in range(cuda.blockIdx.x, tiles, cuda.gridDim.x):
+            first = types.int64(tile) * TILE + t
+            worst = n
+            for k in range(count):  # row weights, and the first bad label of the thread
+                i = first + tpb * k
+                r[k] = zero
+                if i < n:
+                    y = labels[i]
+                    r[k], valid = row_weight(y, weight, ignore_index, num_c)
+                    if not valid and y != ignore_index and worst == n:
+                        worst = i
+            w_sum = tree(fold(r), smem, t)
+            for k in range(count):  # rows taking part
+                i = first + tpb * k
+                taking_part = i < n and row_weight(labels[i], weight, ignore_index, num_c)[1]
+                r[k] = one if taking_part else zero
+            rows = tree(fold(r), smem, t)
+            worst = least(worst, ints, t)
+            if t == 0:
+                part[0, tile], part[1, tile], bad_part[tile] = w_sum, rows, worst
+        if is_last(counter, flag, t):
+            w_total = fold_tiles(part[0], tiles, smem, r, t)
+            rows_total = fold_tiles(part[1], tiles, smem, r, t)
+            worst = n
+            for j in range(t, tiles, tpb):
+                worst = min(worst, bad_part[j])
+            worst = least(worst, ints, t)
+            if t == 0:
+                bad[0] = worst if worst < n else -1
+                # no row: the mean is 0; weighted rows whose weights sum to 0: PyTorch's 0/0
+                if rows_total == zero:
+                    divisor[0] = one
+                elif weight.shape[0] > 0 and w_total == zero:
+                    divisor[0] = nan
+                else:
+                    divisor[0] = w_total
+
+    return _label_scan_kernel
 
 
 def label_row_weights(labels, weight, row_weight, ignore_index, num_classes) -> None:
@@ -351,18 +473,48 @@ def label_row_weights(labels, weight, row_weight, ignore_index, num_classes) -> 
 
 
 def softmax_xent_labels(
-    logits, labels, weight, grad_scale, grad, row_loss, ignore_index, smoothing, z_loss, softcap
+    logits,
+    labels,
+    weight,
+    grad_scale,
+    grad,
+    row_loss,
+    loss,
+    bad,
+    ignore_index,
+    smoothing,
+    z_loss,
+    softcap,
+    reduction,
 ) -> None:
-    """Loss and gradient of class-index targets (see the module docstring for the maths).
+    """Loss and gradient of class-index targets, reduced (contract in docs/BACKENDS.md).
 
-    ``logits``/``grad`` ``(N, C)`` (``grad`` may be ``logits``), ``labels`` ``(N,)`` int64,
-    ``weight`` ``(C,)`` acc or ``(0,)``, ``grad_scale`` ``(1,)`` or ``(N,)`` acc, ``row_loss``
-    ``(N,)`` acc: 0 for ``ignore_index``, NaN for a label outside ``[0, C)`` (zero gradient).
+    Three launches: the labels' scan (the first bad label into ``bad[0]``, -1 for none, and
+    a mean's divisor, on the device), the rows, and the canonical sum of ``row_loss`` into
+    ``loss[0]`` (``SUM``, ``MEAN``).
     """
     n, num_c = logits.shape
     if n == 0:
         return
     acc = accumulator(row_loss.dtype)
+    tiles, tpb = -(-n // TILE), POLICY.tile_threads
+    divisor = scratch(1, row_loss.dtype)
+    part, bad_part = scratch((2, tiles), row_loss.dtype), scratch(tiles, np.int64)
+    launch(
+        _label_scan_kernel(acc, tpb),
+        tile_grid(tiles),
+        tpb,
+        0,
+        labels,
+        weight,
+        int(ignore_index),
+        int(num_c),
+        part,
+        bad_part,
+        divisor,
+        bad,
+        tickets(),
+    )
     tx, ry, cache, shared = row_shape(num_c, acc.bitwidth // 8)
     launch(
         _labels_kernel(acc, is_bf16(logits.dtype)),
@@ -375,23 +527,31 @@ def softmax_xent_labels(
         grad_scale,
         bits(grad),
         row_loss,
+        divisor,
+        1.0,
+        int(reduction),
         int(ignore_index),
         float(smoothing),
         float(z_loss),
         float(softcap),
         cache,
     )
+    if reduction >= SUM:
+        by = divisor if reduction == MEAN else divisor[:0]
+        total_divided(row_loss, loss, scratch(tiles, row_loss.dtype), by)
 
 
 def softmax_xent_probs(
-    logits, target, weight, grad_scale, grad, row_loss, smoothing, z_loss, softcap
+    logits, target, weight, grad_scale, grad, row_loss, loss, smoothing, z_loss, softcap, reduction
 ) -> None:
-    """Loss and gradient of probability targets ``target`` ``(N, C)`` (any float dtype)."""
+    """Loss and gradient of probability targets ``target`` ``(N, C)`` (any float dtype),
+    reduced: the rows, and for ``SUM`` and ``MEAN`` the canonical sum into ``loss[0]``."""
     n, num_c = logits.shape
     if n == 0:
         return
     acc = accumulator(row_loss.dtype)
     tx, ry, cache, shared = row_shape(num_c, acc.bitwidth // 8)
+    no_divisor = row_loss[:0]
     launch(
         _probs_kernel(acc, is_bf16(logits.dtype), is_bf16(target.dtype)),
         -(-n // ry),
@@ -403,11 +563,17 @@ def softmax_xent_probs(
         grad_scale,
         bits(grad),
         row_loss,
+        no_divisor,
+        float(n),
+        int(reduction),
         float(smoothing),
         float(z_loss),
         float(softcap),
         cache,
     )
+    if reduction >= SUM:
+        fixed = float(n) if reduction == MEAN else 1.0
+        total_divided(row_loss, loss, scratch(-(-n // TILE), row_loss.dtype), no_divisor, fixed)
 
 
 def ptx_signatures():
@@ -416,19 +582,25 @@ def ptx_signatures():
     Soft targets of every float dtype are compiled for C-contiguous arrays; the strided
     variant (layout ``A``) is compiled with the logits' dtype.
     """
-    i64, f64, b1 = types.int64, types.float64, types.boolean
+    i64, i32, f64, b1 = types.int64, types.int32, types.float64, types.boolean
     sigs = []
     for dtype in STORAGE:
         acc, bf16 = accumulator(dtype), is_bf16(dtype)
         vec = acc[::1]
+        reduced = (vec, f64, i64)  # divisor, fixed divisor, reduction
         for layout in ("C", "A"):
             mat = types.Array(kernel_type(dtype), 2, layout)
             labels = types.Array(i64, 1, layout)
             kernel = _labels_kernel(acc, bf16)
-            sigs.append((kernel, (mat, labels, vec, vec, mat, vec, i64, f64, f64, f64, b1)))
+            args = (mat, labels, vec, vec, mat, vec, *reduced, i64, f64, f64, f64, b1)
+            sigs.append((kernel, args))
+            scan = (labels, vec, i64, i64, acc[:, ::1], i64[::1], vec, i64[::1], i32[::1])
+            sigs.append((_label_scan_kernel(acc, GPU_POLICY.tile_threads), scan))
             for tdtype in STORAGE if layout == "C" else (dtype,):
                 target = types.Array(kernel_type(tdtype), 2, layout)
                 kernel = _probs_kernel(acc, bf16, is_bf16(tdtype))
-                sigs.append((kernel, (mat, target, vec, vec, mat, vec, f64, f64, f64, b1)))
+                sigs.append(
+                    (kernel, (mat, target, vec, vec, mat, vec, *reduced, f64, f64, f64, b1))
+                )
         sigs.append((_row_weights_kernel(acc), (i64[::1], vec, vec, i64, i64)))
     return sigs
