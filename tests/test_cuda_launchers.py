@@ -174,6 +174,7 @@ def test_softmax_xent_labels_reduced(weighted, tile_threads):
     w = rng.uniform(0.5, 2, c).astype(np.float32) if weighted else np.empty(0, np.float32)
     g = np.full(1, 3.0, np.float32)
     rows, grad, loss, bad = run_labels(z, y, w, g, 0.0, reduction=MEAN)
+
     def divisor():
         class_w = (w if weighted else np.ones(c))[np.clip(y, 0, c - 1)]
         return canonical_total(np.where((y >= 0) & (y < c), class_w, 0), np.float32)
