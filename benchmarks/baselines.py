@@ -1,8 +1,11 @@
-"""Variants: gpukernels' own and PyTorch's (eager and ``torch.compile``), on the same memory.
+"""Variants: gpukernels' own, PyTorch's (eager and ``torch.compile``) and JAX's (``jax.jit``),
+on the same data.
 
 PyTorch sees the very arrays the other variants read, through DLPack (``torch.from_dlpack``),
 so no variant gets a copy the others do not. A PyTorch loss variant runs the forward and the
-backward (``torch.autograd.grad``), the work gpukernels does in one call.
+backward (``torch.autograd.grad``), the work gpukernels does in one call; a JAX one runs
+``jax.jit(jax.value_and_grad(loss))`` on a copy of the inputs made before timing (on the CPU
+only: the GPU image's JAX is not set up here), waiting for the result.
 """
 
 from __future__ import annotations
@@ -55,9 +58,13 @@ def ours(xp, fn: Callable, *, out: bool = True, **kwargs) -> list[Variant]:
 
 
 @functools.cache
-def loss_variants(dev, own: Callable, torch_loss: str, expression: Callable) -> list[Variant]:
+def loss_variants(
+    dev, own: Callable, torch_loss: str, expression: Callable, jax_loss: Callable
+) -> list[Variant]:
     """An elementwise loss's variants: gpukernels' ``own`` (allocating and ``out=``), the
-    NumPy/CuPy ``expression``, and ``torch.nn.functional.<torch_loss>`` forward + backward."""
+    NumPy/CuPy ``expression``, ``torch.nn.functional.<torch_loss>`` forward + backward
+    (eager and compiled), and ``jax_loss(jnp, *arrays)`` (the scalar loss) through
+    ``jax.jit(jax.value_and_grad(...))``."""
     xp = dev.xp
     torch, _ = torch_or_reason(dev.kind)
     fn = getattr(torch.nn.functional, torch_loss) if torch else None
@@ -65,7 +72,37 @@ def loss_variants(dev, own: Callable, torch_loss: str, expression: Callable) -> 
         ours(xp, own)
         + [Variant(dev.library, call=lambda a: expression(xp, *a))]
         + torch_variants(dev.kind, fn)
+        + jax_variants(dev.kind, jax_loss)
     )
+
+
+def jax_variants(kind: str, fn: Callable, *, backward: bool = True) -> list[Variant]:
+    """``jax.jit`` of ``fn(jnp, *arrays)`` on the CPU: with ``backward`` (a scalar loss) its
+    value and gradient with respect to the first array, else its result (an elementwise op,
+    or when 0-d, a sum)."""
+    if kind != "cpu":
+        return []
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return [Variant("jax", skip="JAX is not installed (make bench installs it)")]
+
+    def loss(*arrays):
+        return fn(jnp, *arrays)
+
+    jitted = jax.jit(jax.value_and_grad(loss) if backward else loss)
+
+    def prepare(arrays):
+        return tuple(jnp.asarray(a) for a in arrays)
+
+    def call(args):
+        out = jax.block_until_ready(jitted(*args))
+        if backward:
+            return out
+        return (out, None) if out.ndim == 0 else (None, out)
+
+    return [Variant("jax", call=call, prepare=prepare)]
 
 
 def torch_or_reason(kind: str) -> tuple[Any, str]:
@@ -108,7 +145,7 @@ def torch_variants(
     name: str = "torch",
     wrt: int = 1,
 ) -> list[Variant]:
-    """PyTorch eager (and on CUDA ``torch.compile``) of ``fn`` over the case's arrays.
+    """PyTorch eager and ``torch.compile`` of ``fn`` over the case's arrays.
 
     ``fn(x, *rest)`` takes tensors; with ``backward`` it returns a scalar loss and the variant
     returns ``(loss, d loss / d x)``, or with ``wrt > 1`` ``(loss, (d loss / d t) for the
@@ -116,7 +153,7 @@ def torch_variants(
     op) or, when 0-d, its ``loss`` (a sum).
     """
     torch, why = torch_or_reason(kind)
-    compiled = kind == "cuda" if compiled is None else compiled
+    compiled = True if compiled is None else compiled
     names = [name, f"{name}.compile"] if compiled else [name]
     if torch is None:
         return [Variant(n, skip=why) for n in names]

@@ -47,4 +47,10 @@ def variants(dev) -> list[Variant]:
     ``binary_cross_entropy_with_logits`` forward + backward."""
     import gpukernels as gk
 
-    return loss_variants(dev, gk.bce_with_logits, "binary_cross_entropy_with_logits", expression)
+    torch_name = "binary_cross_entropy_with_logits"
+    return loss_variants(dev, gk.bce_with_logits, torch_name, expression, jax_loss)
+
+
+def jax_loss(jnp, z, y):
+    """``mean(max(z, 0) - z y + log1p(exp(-|z|)))`` for ``jax.value_and_grad``."""
+    return jnp.mean(jnp.maximum(z, 0) - z * y + jnp.log1p(jnp.exp(-jnp.abs(z))))

@@ -6,7 +6,7 @@ import numpy as np
 
 # Elementwise ops (bce, mse, sigmoid) take 1-D arrays of these lengths.
 ELEMENTWISE_SIZES = {
-    "cpu": {"small": [(2**20,)], "medium": [(2**24,)]},
+    "cpu": {"small": [(10**4,), (2**20,)], "medium": [(2**24,)]},
     "cuda": {"small": [(2**20,)], "medium": [(2**24,)], "large": [(2**28,)]},
 }
 DTYPES = {"cpu": ("float32",), "cuda": ("float32", "float16")}

@@ -47,4 +47,9 @@ def variants(dev) -> list[Variant]:
     ``mse_loss`` forward + backward."""
     import gpukernels as gk
 
-    return loss_variants(dev, gk.mse, "mse_loss", expression)
+    return loss_variants(dev, gk.mse, "mse_loss", expression, jax_loss)
+
+
+def jax_loss(jnp, pred, target):
+    """``mean((p - t)^2)`` for ``jax.value_and_grad``."""
+    return jnp.mean((pred - target) ** 2)

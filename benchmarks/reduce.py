@@ -6,7 +6,7 @@ Byte model, for ``n`` elements of ``s`` bytes: one read, ``n s``.
 from __future__ import annotations
 
 from . import common
-from .baselines import Variant, ours, torch_or_reason, torch_variants
+from .baselines import Variant, jax_variants, ours, torch_or_reason, torch_variants
 from .common import acc_dtype, itemsize
 
 NAME = "reduce"
@@ -49,4 +49,5 @@ def variants(dev) -> list[Variant]:
     own = ours(xp, lambda x: (gk.batch_sum(x), None), out=False)
     expr = Variant(dev.library, call=lambda a: (a[0].sum(dtype=acc_dtype(a[0].dtype)), None))
     torch, _ = torch_or_reason(dev.kind)
-    return own + [expr] + torch_variants(dev.kind, _torch_sum, backward=False)
+    jax = jax_variants(dev.kind, lambda jnp, x: jnp.sum(x), backward=False)
+    return own + [expr] + torch_variants(dev.kind, _torch_sum, backward=False) + jax

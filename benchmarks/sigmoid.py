@@ -6,7 +6,7 @@ Byte model, for ``n`` elements of ``s`` bytes: one read and one write, ``2 n s``
 from __future__ import annotations
 
 from . import common
-from .baselines import Variant, ours, torch_variants
+from .baselines import Variant, jax_variants, ours, torch_variants
 from .common import acc_dtype, itemsize
 
 NAME = "sigmoid"
@@ -55,4 +55,10 @@ def variants(dev) -> list[Variant]:
     xp = dev.xp
     own = ours(xp, lambda *a, **k: (None, gk.sigmoid_derivative(*a, **k)))
     expr = Variant(dev.library, call=lambda a: expression(xp, *a))
-    return own + [expr] + torch_variants(dev.kind, _torch_derivative, backward=False)
+    torch = torch_variants(dev.kind, _torch_derivative, backward=False)
+    return own + [expr] + torch + jax_variants(dev.kind, _jax_derivative, backward=False)
+
+
+def _jax_derivative(jnp, x):
+    s = 1 / (1 + jnp.exp(-x))
+    return s * (1 - s)

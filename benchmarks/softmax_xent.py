@@ -9,14 +9,18 @@ several passes over the logits and so move more.
 
 from __future__ import annotations
 
-from .baselines import Variant, ours, torch_or_reason, torch_variants
+from .baselines import Variant, jax_variants, ours, torch_or_reason, torch_variants
 from .common import acc_dtype, itemsize
 
 NAME = "softmax_xent"
 TITLE = "softmax cross-entropy"
 BYTES = "logits read once + gradient written once + int64 labels + per-row losses"
 SIZES = {
-    "cpu": {"small": [(4096, 256)], "medium": [(4096, 4096)], "large": [(4096, 32768)]},
+    "cpu": {
+        "small": [(64, 10), (1000, 10), (8192, 256)],
+        "medium": [(4096, 4096)],
+        "large": [(4096, 32768)],
+    },
     "cuda": {
         "small": [(4096, 256), (4096, 4096)],
         "medium": [(8192, 32768)],
@@ -112,4 +116,12 @@ def variants(dev) -> list[Variant]:
     found.append(Variant(dev.library, call=lambda a: expression(xp, *a)))
     torch, _ = torch_or_reason(dev.kind)
     fn = torch.nn.functional.cross_entropy if torch else None
-    return found + torch_variants(dev.kind, fn) + _liger(dev.kind)
+    jax = jax_variants(dev.kind, jax_loss)
+    return found + torch_variants(dev.kind, fn) + jax + _liger(dev.kind)
+
+
+def jax_loss(jnp, logits, labels):
+    """The mean cross-entropy for ``jax.value_and_grad``: ``logsumexp(z) - z_y``."""
+    m = jnp.max(logits, axis=1, keepdims=True)
+    lse = jnp.log(jnp.sum(jnp.exp(logits - m), axis=1)) + m[:, 0]
+    return jnp.mean(lse - jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0])
