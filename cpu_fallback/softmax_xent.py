@@ -160,9 +160,10 @@ def label_finish(z, y, w, g, eps, eps_c, z_loss, m, s, e, grad):
         lse = m + log_s
         loss += z_loss * lse * lse
         a_sum += (z_loss + z_loss) * lse
-    _write_label_grad(e, w, g * a_sum / s, g * eps_c, eps > 0 and w.shape[0] > 0, grad)
+    p_scale = a_sum / s  # one division a row: p_c A = e_c (A / s)
+    _write_label_grad(e, w, g * p_scale, g * eps_c, eps > 0 and w.shape[0] > 0, grad)
     # p_y - a_y in the accumulation dtype, rounded once into grad.
-    grad[y] = g * (a_sum * e[y] / s - (keep * w_y + eps_c * w_y))
+    grad[y] = g * (p_scale * e[y] - (keep * w_y + eps_c * w_y))
     return loss
 
 

@@ -2,10 +2,15 @@
 
 Every launch configures a kernel (``kernel[grid, block, stream, shared]``); the counter wraps
 that step of the simulator's kernel class, so it sees each launch whatever module makes it.
-The table is the contract: one launch per call, except the class-index cross-entropy, whose
-mean needs its divisor before any gradient is written (a scan of the labels, the rows, and
-the canonical sum of the row losses: 3, or 2 without a reduction).
+The table is the contract: one launch per call, except where a second kernel sums what the
+first wrote (``composite_loss``: the rows, then the per-term column sums;
+``shard_loss_and_grad``: the rows, then the sum of the row losses; a probability-target
+cross-entropy: the rows, then their sum) and the class-index cross-entropy, whose mean needs
+its divisor before any gradient is written (a scan of the labels, the rows, and the sum of
+the row losses: 3, or 2 without a reduction).
 """
+
+import functools
 
 import numpy as np
 import pytest
@@ -40,6 +45,13 @@ T = RNG.standard_normal((33, 7)).astype(np.float32)
 Y = RNG.integers(0, 7, 33)
 P = np.full((33, 7), 1 / 7, np.float32)
 
+
+@functools.cache
+def _whole_row_stats():
+    """The statistics of one shard holding every class (made by the uncounted first call)."""
+    return gk.shard_stats(Z, Y, class_start=0)
+
+
 CALLS = {
     "softmax_cross_entropy labels mean": (lambda: gk.softmax_cross_entropy(Z, Y), 3),
     "softmax_cross_entropy labels sum": (
@@ -63,6 +75,24 @@ CALLS = {
     "sigmoid_derivative": (lambda: gk.sigmoid_derivative(Z), 1),
     "batch_sum": (lambda: gk.batch_sum(Z), 1),
     "batch_sum axis=0": (lambda: gk.batch_sum(np.tile(Z, (40, 1)), axis=0), 1),
+    "composite_loss": (
+        lambda: gk.composite_loss(
+            Z,
+            np.concatenate([(Y % 5)[:, None], T[:, :2]], axis=1).astype(np.float32),
+            [
+                gk.LossTerm(
+                    "softmax_cross_entropy", columns=slice(0, 5), target_columns=slice(0, 1)
+                ),
+                gk.LossTerm("mse", columns=slice(5, 7), target_columns=slice(1, 3)),
+            ],
+        ),
+        2,
+    ),
+    "shard_stats": (lambda: gk.shard_stats(Z[:, :4], Y, class_start=0), 1),
+    "shard_loss_and_grad": (
+        lambda: gk.shard_loss_and_grad(Z, Y, _whole_row_stats(), class_start=0, num_classes=7),
+        2,
+    ),
 }
 
 
