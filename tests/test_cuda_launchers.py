@@ -79,8 +79,9 @@ def test_totals_are_canonical(dtype, tile_threads):
     base = (rng.standard_normal(70_000) * 10.0 ** rng.integers(-3, 4, 70_000)).astype(dtype)
     accs = [acc_of(dtype)] + ([np.float64] if dtype != np.float64 else [])
     sizes = (base[:1], base[:256], base[:700], base[:2100:3])  # the last one strided, 3 tiles
-    for x in sizes + ((base,) if tile_threads == 16 else ()):
-        for acc in accs:
+    two_levels = tile_threads == 16 and dtype == np.float32  # the simulator's slowest case
+    for x in sizes + ((base,) if two_levels else ()):
+        for acc in accs[:1] if x is base else accs:
             out = poisoned(1, acc)
             reduce.total(x, out, poisoned(-(-x.size // TILE), acc))
             np.testing.assert_array_equal(out[0], canonical_total(x, acc))
@@ -160,8 +161,9 @@ def test_softmax_xent_labels(dtype, case):
     assert np.all(grad[[1, 4]] == 0) and loss[1] == 0 and np.isnan(loss[4])
 
 
-@pytest.mark.parametrize("tile_threads", [16, 4], indirect=True)
-@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize(
+    ("weighted", "tile_threads"), [(False, 16), (True, 4)], indirect=["tile_threads"]
+)
 def test_softmax_xent_labels_reduced(weighted, tile_threads):
     """The launcher's mean: the divisor (the canonical sum of the rows' class weights) found
     on the device, the gradient scaled by it, the loss the canonical sum of the row losses
