@@ -106,22 +106,7 @@ def block_tile_sum(acc, tpb: int):
     """
     add = rounded_add(acc)
     if SIMULATOR:
-
-        @cuda.jit(device=True)
-        def tree(v, smem, t):
-            smem[t] = v
-            cuda.syncthreads()
-            h = tpb // 2
-            while h > 0:
-                if t < h:
-                    smem[t] = add(smem[t], smem[t + h])
-                cuda.syncthreads()
-                h //= 2
-            total = smem[0]
-            cuda.syncthreads()  # the caller's next tile reuses smem
-            return total
-
-        return tree
+        return _shared_tree(tpb, add)
 
     lanes = min(tpb, 32)
     mask = _FULL_MASK if tpb >= 32 else (1 << tpb) - 1
@@ -246,20 +231,32 @@ def block_min(tpb: int):
     threads (valid in every thread); ``ints`` is a shared ``int64[tpb]``."""
 
     @cuda.jit(device=True)
-    def least(v, ints, t):
-        ints[t] = v
+    def minimum(a, b):
+        return min(a, b)
+
+    return _shared_tree(tpb, minimum)
+
+
+def _shared_tree(tpb: int, op):
+    """Device function ``(v, smem, t) -> result``: ``op`` folded over a block's ``tpb`` values
+    by the halving tree in shared memory (``smem[t] = op(smem[t], smem[t + h])``); the result
+    is valid in every thread, and ``smem`` is free again when it returns."""
+
+    @cuda.jit(device=True)
+    def tree(v, smem, t):
+        smem[t] = v
         cuda.syncthreads()
         h = tpb // 2
         while h > 0:
             if t < h:
-                ints[t] = min(ints[t], ints[t + h])
+                smem[t] = op(smem[t], smem[t + h])
             cuda.syncthreads()
             h //= 2
-        v = ints[0]
-        cuda.syncthreads()
-        return v
+        result = smem[0]
+        cuda.syncthreads()  # the caller's next use reuses smem
+        return result
 
-    return least
+    return tree
 
 
 @functools.cache

@@ -407,25 +407,26 @@ def _label_scan_kernel(acc, tpb: int):
         ints = cuda.shared.array(tpb, types.int64)
         flag = cuda.shared.array(1, types.int32)
         r = cuda.local.array(count, acc)
+        taking_part = cuda.local.array(count, acc)
         t = cuda.threadIdx.x
         n, tiles = labels.shape[0], part.shape[1]
         for tile in range(cuda.blockIdx.x, tiles, cuda.gridDim.x):
             first = types.int64(tile) * TILE + t
             worst = n
-            for k in range(count):  # row weights, and the first bad label of the thread
+            # one read of each label: its row weight, whether it takes part, and the first
+            # bad label of the thread
+            for k in range(count):
                 i = first + tpb * k
-                r[k] = zero
+                r[k], taking_part[k] = zero, zero
                 if i < n:
                     y = labels[i]
                     r[k], valid = row_weight(y, weight, ignore_index, num_c)
-                    if not valid and y != ignore_index and worst == n:
+                    if valid:
+                        taking_part[k] = one
+                    elif y != ignore_index and worst == n:
                         worst = i
             w_sum = tree(fold(r), smem, t)
-            for k in range(count):  # rows taking part
-                i = first + tpb * k
-                taking_part = i < n and row_weight(labels[i], weight, ignore_index, num_c)[1]
-                r[k] = one if taking_part else zero
-            rows = tree(fold(r), smem, t)
+            rows = tree(fold(taking_part), smem, t)
             worst = least(worst, ints, t)
             if t == 0:
                 part[0, tile], part[1, tile], bad_part[tile] = w_sum, rows, worst
