@@ -1,9 +1,10 @@
 """PyTorch tensors at the array level: zero-copy array views in, tensors out.
 
 A CPU tensor is viewed as a NumPy array (``Tensor.numpy``; bfloat16 through its 16 bits as
-``ml_dtypes.bfloat16``), a CUDA tensor as a CuPy array through DLPack, on PyTorch's current
-stream (so nothing waits on the host). Results go back with ``torch.from_numpy`` and
-``torch.from_dlpack``: the same memory, on the same device. PyTorch is never imported here:
+``ml_dtypes.bfloat16``), a CUDA tensor as a CuPy array through DLPack (bfloat16 likewise,
+where CuPy has the dtype), on PyTorch's current stream (so nothing waits on the host).
+Results go back with ``torch.from_numpy`` and ``torch.from_dlpack``: the same memory, on the
+same device. PyTorch is never imported here:
 a tensor can only reach us from a program that has imported it already.
 """
 
@@ -42,17 +43,28 @@ def device_kind(t) -> str:
 
 
 def as_array(t, name: str):
-    """``t``'s memory as a NumPy (CPU) or CuPy (CUDA) array, without a copy."""
+    """``t``'s memory as a NumPy (CPU) or CuPy (CUDA) array, without a copy. A bfloat16
+    tensor is handed over as its 16 bits and viewed as ``ml_dtypes.bfloat16``: neither
+    ``Tensor.numpy`` nor every CuPy's DLPack import takes bfloat16."""
     torch = torch_module()
     t = t.detach()
+    bf16 = t.dtype == torch.bfloat16
+    if bf16 and BFLOAT16 is None:
+        raise TypeError(f"{name}: bfloat16 tensors need ml_dtypes (pip install ml_dtypes)")
     if t.device.type == "cpu":
-        if t.dtype == torch.bfloat16:
-            if BFLOAT16 is None:
-                raise TypeError(f"{name}: bfloat16 tensors need ml_dtypes (pip install ml_dtypes)")
-            return t.view(torch.int16).numpy().view(BFLOAT16)
-        return t.numpy()
-    if t.dtype == torch.bfloat16:
-        raise TypeError(f"{name}: bfloat16 CUDA tensors are not supported yet (CPU tensors are)")
+        return t.view(torch.int16).numpy().view(BFLOAT16) if bf16 else t.numpy()
+    cupy = _cupy(name)
+    if not bf16:
+        return cupy.from_dlpack(t)
+    if not _cupy_has_bfloat16():
+        raise TypeError(
+            f"{name}: bfloat16 CUDA tensors need a CuPy with bfloat16 arrays (CuPy 14 or "
+            f"later; this is CuPy {cupy.__version__})"
+        )
+    return cupy.from_dlpack(t.view(torch.int16)).view(BFLOAT16)
+
+
+def _cupy(name: str):
     try:
         import cupy
     except ImportError as error:
@@ -60,17 +72,33 @@ def as_array(t, name: str):
             f"{name}: CUDA tensors run through CuPy, which cannot be imported ({error}); "
             "install CuPy (pip install gpukernels[gpu])"
         ) from error
-    return cupy.from_dlpack(t)
+    return cupy
+
+
+@functools.cache
+def _cupy_has_bfloat16() -> bool:
+    """Whether CuPy can allocate and fill ``ml_dtypes.bfloat16`` arrays (CuPy 14 and later);
+    older versions refuse the dtype in their kernels."""
+    import cupy
+
+    try:
+        cupy.zeros(1, BFLOAT16)
+    except (TypeError, ValueError, NotImplementedError):
+        return False
+    return True
 
 
 def as_tensor(a):
-    """The array ``a`` (NumPy or CuPy) as a tensor on its device, sharing its memory."""
+    """The array ``a`` (NumPy or CuPy) as a tensor on its device, sharing its memory
+    (bfloat16 through its 16 bits, as in :func:`as_array`)."""
     torch = torch_module()
+    bf16 = BFLOAT16 is not None and a.dtype == BFLOAT16
+    bits = a.view(np.int16) if bf16 else a
     if isinstance(a, np.ndarray):
-        if BFLOAT16 is not None and a.dtype == BFLOAT16:
-            return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
-        return torch.from_numpy(np.asarray(a))
-    return torch.from_dlpack(a)
+        t = torch.from_numpy(np.asarray(bits))
+    else:
+        t = torch.from_dlpack(bits)
+    return t.view(torch.bfloat16) if bf16 else t
 
 
 @contextlib.contextmanager

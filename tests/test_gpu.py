@@ -368,3 +368,70 @@ def test_torch_cuda_autograd_losses(cuda_torch):
     plain = logits.detach().clone().requires_grad_()
     torch.nn.functional.cross_entropy(plain, labels).backward()
     torch.testing.assert_close(z.grad, plain.grad, rtol=1e-4, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- bfloat16
+
+
+def bf16_cases(seed):
+    """bfloat16 logits and labels, and an MSE pair, as NumPy ``ml_dtypes.bfloat16`` arrays."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    r = rng(seed)
+    z = (3 * r.standard_normal((1000, 257))).astype(ml_dtypes.bfloat16)
+    y = r.integers(0, 257, 1000)
+    p, t = r.standard_normal((2, 4097)).astype(ml_dtypes.bfloat16)
+    return z, y, p, t
+
+
+def assert_bf16_close(got, want):
+    """bfloat16 results of two float32 computations: at most one bfloat16 ulp apart."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    np.testing.assert_allclose(got, want, rtol=2**-7, atol=1e-30)
+
+
+def test_cupy_bfloat16_arrays(cp):
+    """bfloat16 CuPy arrays (CuPy 14 and later) against the CPU kernels on the same input."""
+    from gpukernels import _tensors
+
+    z, y, p, t = bf16_cases(31)
+    if not _tensors._cupy_has_bfloat16():
+        pytest.skip(f"CuPy {cp.__version__} has no bfloat16 arrays")
+    loss, grad = gk.softmax_cross_entropy(cp.asarray(z), cp.asarray(y))
+    want_loss, want_grad = gk.softmax_cross_entropy(z, y)
+    assert grad.dtype == z.dtype and loss.dtype == np.float32
+    np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5)
+    assert_bf16_close(cp.asnumpy(grad), want_grad)
+    loss, grad = gk.mse(cp.asarray(p), cp.asarray(t))
+    want_loss, want_grad = gk.mse(p, t)
+    np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5)
+    assert_bf16_close(cp.asnumpy(grad), want_grad)
+
+
+def test_torch_cuda_bfloat16(cuda_torch):
+    """bfloat16 CUDA tensors at the array level and through ``gpukernels.torch``: the CPU
+    kernels' results on the same input, and PyTorch's gradient; an older CuPy is a clear
+    ``TypeError``."""
+    torch = cuda_torch
+    import gpukernels.torch as gkt
+    from gpukernels import _tensors
+
+    z, y, p, t = bf16_cases(32)
+    z_cpu = torch.from_numpy(z.view(np.int16)).view(torch.bfloat16)
+    y_cpu = torch.from_numpy(y)
+    z_gpu, y_gpu = z_cpu.cuda(), y_cpu.cuda()
+    if not _tensors._cupy_has_bfloat16():
+        with pytest.raises(TypeError, match="CuPy 14"):
+            gk.softmax_cross_entropy(z_gpu, y_gpu)
+        return
+    loss, grad = gk.softmax_cross_entropy(z_gpu, y_gpu)
+    assert grad.is_cuda and grad.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    want_loss, want_grad = gk.softmax_cross_entropy(z_cpu, y_cpu)
+    np.testing.assert_allclose(loss.item(), want_loss.item(), rtol=1e-5)
+    assert_bf16_close(grad.float().cpu().numpy(), want_grad.float().numpy())
+
+    ours = z_gpu.clone().requires_grad_()
+    gkt.cross_entropy(ours, y_gpu, label_smoothing=0.1).backward()
+    theirs = z_gpu.float().requires_grad_()
+    torch.nn.functional.cross_entropy(theirs, y_gpu, label_smoothing=0.1).backward()
+    assert ours.grad.dtype == torch.bfloat16
+    assert_bf16_close(ours.grad.float().cpu().numpy(), theirs.grad.bfloat16().float().cpu().numpy())
