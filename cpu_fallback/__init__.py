@@ -35,7 +35,11 @@ class ParallelKernel:
     arithmetic in the same order, so they give the same bits (tests/test_cpu_paths.py).
 
     Use it as the decorator of a kernel, and call it with the launch arguments and
-    ``work=`` the number of elements the launch touches. A kernel factory builds several
+    ``work=`` the number of elements the launch touches. A kernel whose ``prange`` runs over
+    chunks of items takes the chunk's size as its last parameter: pass ``items=`` the number
+    of items instead, and the call appends it, several chunks per thread in parallel
+    (:func:`per_task`) and one chunk of all items serially, where chunks would only add
+    set-up per chunk. A kernel factory builds several
     kernels from one source by passing ``bind``, globals of the source to rebind (e.g. the
     element function of an elementwise loss), and a ``name`` for each.
     """
@@ -47,8 +51,11 @@ class ParallelKernel:
         self.parallel = njit(parallel=True, cache=CACHE)(_renamed(fn, name))
         self.serial = njit(cache=CACHE)(_renamed(fn, f"{name}_serial"))
 
-    def __call__(self, *args, work: int) -> None:
-        (self.serial if work < PARALLEL_MIN_WORK else self.parallel)(*args)
+    def __call__(self, *args, work: int, items: int | None = None) -> None:
+        serial = work < PARALLEL_MIN_WORK
+        if items is not None:
+            args = (*args, max(1, items) if serial else per_task(items))
+        (self.serial if serial else self.parallel)(*args)
 
 
 def _renamed(fn: FunctionType, name: str) -> FunctionType:

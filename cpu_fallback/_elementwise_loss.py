@@ -15,12 +15,12 @@ same divisor, is formed in the same call.
 import numpy as np
 from numba import prange
 
-from gpukernels._canon import TILE
+from gpukernels._canon import TILE, tile_count
 from gpukernels._kinds import MEAN, SUM
 
 from . import ParallelKernel, at, compute_view, optional, output_view, store
 from ._math import leaf
-from .reduce import finish_tile, fold_tiles, tasks
+from .reduce import finish_tile, fold_tiles
 
 _element = None  # each loss's leaf, bound by loss_and_grad_launcher
 
@@ -74,8 +74,8 @@ def loss_and_grad_launcher(element):
             buffer,
             loss,
             reduction >= SUM,
-            tasks(pred.shape[0])[1],
             work=pred.shape[0],
+            items=tile_count(pred.shape[0]),
         )
         store(buffer, grad)
         if reduction == MEAN:

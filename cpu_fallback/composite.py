@@ -13,7 +13,7 @@ from numba import njit, prange
 from gpukernels import _kinds, _scalar
 from gpukernels._scalar import ONE, ZERO
 
-from . import CACHE, ParallelKernel, compute_view, output_view, per_task, store
+from . import CACHE, ParallelKernel, compute_view, output_view, store
 from ._math import leaf
 from .softmax_xent import capped, label_row, soft_row, through_cap
 
@@ -108,7 +108,7 @@ def composite(pred, target, kinds, cols, tcols, only_where, term_scale, term_par
         term_param,
         buffer,
         row_loss,
-        per_task(pred.shape[0]),
         work=pred.size,
+        items=pred.shape[0],
     )
     store(buffer, grad)

@@ -7,9 +7,9 @@ with the CUDA kernels.
 import numpy as np
 from numba import njit, prange
 
-from gpukernels._canon import TILE
+from gpukernels._canon import TILE, tile_count
 
-from . import CACHE, ParallelKernel, compute_view, per_task
+from . import CACHE, ParallelKernel, compute_view
 
 _COLUMN_BLOCK = 128  # columns folded together: the (TILE / 2, 128) float32 scratch is 64 KiB
 
@@ -128,7 +128,7 @@ def total(x, out, partial):
     if partial.shape[0] == 0:
         out[0] = 0
         return
-    _total_kernel(compute_view(x), partial, tasks(x.shape[0])[1], work=x.shape[0])
+    _total_kernel(compute_view(x), partial, work=x.shape[0], items=tile_count(x.shape[0]))
     out[0] = partial[0]
 
 
@@ -152,9 +152,3 @@ def finish_tile(s, count, j, loss, reduce):
         loss[j] = _fold(s)
     else:
         loss[j * TILE : j * TILE + count] = s[:count]
-
-
-def tasks(n: int) -> tuple[int, int]:
-    """(tiles, tiles per parallel task) for ``n`` elements: several tasks per thread."""
-    tiles = -(-n // TILE)
-    return tiles, per_task(tiles)

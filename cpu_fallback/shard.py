@@ -9,7 +9,7 @@ from numba import prange
 
 from gpukernels._scalar import ONE, ZERO
 
-from . import ParallelKernel, at, compute_view, optional, output_view, per_task, store
+from . import ParallelKernel, at, compute_view, optional, output_view, store
 from .softmax_xent import _exp_shifted, _row_max, _sum, capped
 
 
@@ -71,7 +71,7 @@ def shard_stats(logits, labels, stats, class_start, softcap):
         return
     acc = stats.dtype.type
     view = compute_view(logits)
-    _stats(view, labels, stats, class_start, acc(softcap), per_task(n), work=logits.size)
+    _stats(view, labels, stats, class_start, acc(softcap), work=logits.size, items=n)
 
 
 def shard_loss_and_grad(
@@ -105,7 +105,7 @@ def shard_loss_and_grad(
         acc(smoothing),
         acc(z_loss),
         acc(softcap),
-        per_task(logits.shape[0]),
         work=logits.size,
+        items=logits.shape[0],
     )
     store(buffer, grad)

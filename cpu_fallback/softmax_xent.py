@@ -22,7 +22,6 @@ from . import (
     compute_view,
     optional,
     output_view,
-    per_task,
     store,
 )
 from ._math import fast_exp
@@ -411,8 +410,8 @@ def softmax_xent_labels(
         (ignore_index, acc(smoothing), acc(smoothing / c), acc(z_loss)),
         acc(softcap),
         reduction,
-        per_task(n),
         work=logits.size,
+        items=n,
     )
     store(buffer, grad)
 
@@ -438,7 +437,7 @@ def softmax_xent_probs(
         acc(z_loss),
         acc(softcap),
         reduction,
-        per_task(n),
         work=logits.size,
+        items=n,
     )
     store(buffer, grad)

@@ -49,7 +49,7 @@ def softmax_cross_entropy(
     ``z_loss`` adds PaLM's auxiliary :math:`\zeta\, \mathrm{lse}_i^2` to every non-ignored
     row (not class-weighted; a ``"mean"`` divides it by the same divisor), so the gradient
     gains :math:`2 \zeta\, \mathrm{lse}_i\, p`. ``softcap`` :math:`= \kappa` first caps the
-    logits, :math:`z' = \kappa 	anh(z / \kappa)` (Gemma 2): the loss is that of :math:`z'`
+    logits, :math:`z' = \kappa \tanh(z / \kappa)` (Gemma 2): the loss is that of :math:`z'`
     and the gradient is taken through the cap, times :math:`1 - (z' / \kappa)^2`. Both are
     computed in the same fused pass.
 
