@@ -27,10 +27,11 @@ $(VENV)/.installed-%: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[$(subst -,$(comma),$*)]"
 	touch $@
 
+# pytest runs one worker per core (pytest-xdist).
 test: $(TEST_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 # The benchmarks are a folder of the repository, not part of the installed package.
 bench: $(BENCH_STAMP)
