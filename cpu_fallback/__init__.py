@@ -114,6 +114,21 @@ def _at_overload(a, i, period=0):
     return lambda a, i, period=0: a[i % period] if period else a[i]
 
 
+def window(a, lo, hi):
+    """``a[lo:hi]`` for an array, ``a`` itself for a number or ``None``: an optional operand
+    (as :func:`at` takes it) for the elements ``lo:hi``, to be read with :func:`at` from 0."""
+    if a is None or np.ndim(a) == 0:
+        return a
+    return a[lo:hi]
+
+
+@overload(window)
+def _window_overload(a, lo, hi):
+    if isinstance(a, types.NoneType | types.Number):
+        return lambda a, lo, hi: a
+    return lambda a, lo, hi: a[lo:hi]
+
+
 def optional(a: np.ndarray):
     """An optional operand as the kernels take it: ``None`` when empty, a number when it has
     one element (a scale shared by every element), the array otherwise."""

@@ -18,7 +18,7 @@ from numba import prange
 from gpukernels._canon import TILE, tile_count
 from gpukernels._kinds import MEAN, SUM
 
-from . import ParallelKernel, at, compute_view, optional, output_view, store
+from . import ParallelKernel, at, compute_view, optional, output_view, store, window
 from ._math import leaf
 from .reduce import finish_tile, fold_tiles
 
@@ -31,13 +31,18 @@ def _elementwise_loss_kernel(z, y, w, param, period, scale, grad, loss, reduce, 
     for b in prange((tiles + chunk - 1) // chunk):
         s = np.empty(TILE, loss.dtype)
         for j in range(b * chunk, min(tiles, (b + 1) * chunk)):
-            count = min(TILE, n - j * TILE)
+            lo = j * TILE
+            count = min(TILE, n - lo)
+            hi = lo + count
+            # the tile's own views, indexed from 0: the loop over them vectorises (indexed
+            # at j * TILE + k, the whole arrays' loop ran 3x slower)
+            z_t, y_t, grad_t = z[lo:hi], y[lo:hi], grad[lo:hi]
+            w_t, scale_t = window(w, lo, hi), window(scale, lo, hi)
             for k in range(count):
-                i = j * TILE + k
-                value, slope = _element(z[i], y[i], at(param, i, period))
-                w_i = at(w, i)
-                grad[i] = w_i * slope * at(scale, i)
-                s[k] = w_i * value
+                value, slope = _element(z_t[k], y_t[k], at(param, lo + k, period))
+                w_k = at(w_t, k)
+                grad_t[k] = w_k * slope * at(scale_t, k)
+                s[k] = w_k * value
             finish_tile(s, count, j, loss, reduce)
     if reduce:
         loss[0] = fold_tiles(loss, tiles, np.empty(TILE, loss.dtype))

@@ -168,9 +168,12 @@ def int64_labels(xp, target):
     """Class indices as int64; uint64 ones past int64's range are clipped to its largest value
     first (they would wrap to negative numbers, even to ``ignore_index``), so that they stay
     out of range."""
-    if np.dtype(target.dtype) == np.uint64:
+    dtype = np.dtype(target.dtype)
+    if dtype == np.int64:
+        return target
+    if dtype == np.uint64:
         target = xp.minimum(target, np.uint64(_validate.INT64_MAX))
-    return target.astype(np.int64, copy=False)
+    return target.astype(np.int64)
 
 
 def label_mean_divisor(call, labels, w, weighted: bool, ignore_index: int, num_classes: int):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import itertools
 import sys
 
 import numpy as np
@@ -139,7 +138,7 @@ def tensor_io(fn):
         if (
             torch is None
             or len(args) > len(positional)  # fn raises its own TypeError
-            or not any(isinstance(a, torch.Tensor) for a in itertools.chain(args, kwargs.values()))
+            or not _any_tensor(torch.Tensor, args, kwargs)
         ):
             return fn(*args, **kwargs)
         # the arguments by name (cheaper than Signature.bind, which a small call would feel)
@@ -160,6 +159,18 @@ def tensor_io(fn):
             return _back(result, originals)
 
     return wrapper
+
+
+def _any_tensor(tensor: type, args: tuple, kwargs: dict) -> bool:
+    """Whether an argument is a ``tensor``: plain loops, as a call without tensors (the
+    common one) pays for this check."""
+    for a in args:
+        if isinstance(a, tensor):
+            return True
+    for a in kwargs.values():
+        if isinstance(a, tensor):
+            return True
+    return False
 
 
 def _check_tensor_arguments(arguments: dict, tensors: dict) -> None:
