@@ -22,22 +22,51 @@ def _add_into(a, b):
         a[c] += b[c]
 
 
+# The halving tree's levels are written out, each a slice of constant length: a loop over the
+# levels (h = TILE/2, ..., 1 at run time) left every level's vector loop with its remainder
+# and ran the tile sums 3x slower.
+assert TILE == 256, "the levels of _fold and _fold_below_first are written out for TILE = 256"
+HALF = TILE // 2
+
+
+@njit(cache=CACHE)
+def _fold_below_first(s):
+    """The halving tree below its first level: ``s[:HALF]`` (the first level's sums) folded,
+    s[k] += s[k + h] for h = 64, ..., 1; returns s[0]."""
+    _add_into(s[:64], s[64:128])
+    _add_into(s[:32], s[32:64])
+    _add_into(s[:16], s[16:32])
+    _add_into(s[:8], s[8:16])
+    _add_into(s[:4], s[4:8])
+    _add_into(s[:2], s[2:4])
+    _add_into(s[:1], s[1:2])
+    return s[0]
+
+
 @njit(cache=CACHE)
 def _fold(s):
     """Halving tree over a tile: s[k] += s[k + h] for h = TILE/2, ..., 1; returns s[0]."""
-    h = TILE // 2
-    while h >= 1:
-        _add_into(s[:h], s[h : h + h])  # two views: the additions vectorise
-        h //= 2
-    return s[0]
+    _add_into(s[:HALF], s[HALF:TILE])
+    return _fold_below_first(s)
+
+
+@njit(cache=CACHE, inline="always")
+def _sum_into(d, a, b):
+    """d = a + b, element by element (vectorises like :func:`_add_into`)."""
+    for c in range(d.shape[0]):
+        d[c] = a[c] + b[c]
 
 
 @njit(cache=CACHE)
 def tile_sum(x, j, s):
     """The canonical sum of tile ``j`` of the 1-D ``x`` (an absent element is 0), folded in
-    the scratch tile ``s``: the tile is copied by a slice, which vectorises."""
+    the scratch tile ``s``. A whole tile's first level is added straight from ``x``; the last,
+    partial tile is copied into ``s`` and padded with zeros first."""
     lo = j * TILE
     count = min(TILE, x.shape[0] - lo)
+    if count == TILE:
+        _sum_into(s[:HALF], x[lo : lo + HALF], x[lo + HALF : lo + TILE])
+        return _fold_below_first(s)
     s[:count] = x[lo : lo + count]
     s[count:] = 0
     return _fold(s)
@@ -83,29 +112,26 @@ def _total_kernel(x, out, chunk):
 def _column_tile_sums_kernel(x, out, block):
     n, m = x.shape
     tiles, blocks = out.shape[0], (m + block - 1) // block
-    half = TILE // 2
     for task in prange(tiles * blocks):
         j, c0 = task // blocks, (task % blocks) * block
         width = min(block, m - c0)
         lo = j * TILE
         rows = min(TILE, n - lo)
-        s = np.empty((half, width), out.dtype)
+        s = np.empty((HALF, width), out.dtype)
         zero = s.dtype.type(0)
         # the tree's first level read straight from x, vectors of columns: s[r] = x[r] +
-        # x[r + half], an absent row being 0 (added, not skipped: -0 + 0 is +0)
-        for r in range(half):
+        # x[r + HALF], an absent row being 0 (added, not skipped: -0 + 0 is +0)
+        for r in range(HALF):
             # 1-D row views: 2-D indexing with computed indices does not vectorise
             d, a = s[r], x[lo + r, c0 : c0 + width]
-            if r + half < rows:
-                b = x[lo + r + half, c0 : c0 + width]
-                for c in range(width):
-                    d[c] = a[c] + b[c]
+            if r + HALF < rows:
+                _sum_into(d, a, x[lo + r + HALF, c0 : c0 + width])
             elif r < rows:
                 for c in range(width):
                     d[c] = a[c] + zero
             else:
                 d[:] = 0
-        h = half // 2
+        h = HALF // 2
         while h >= 1:
             for r in range(h):
                 _add_into(s[r], s[r + h])
