@@ -12,10 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validate
+from ._batch_sum import canonical_sum
 from ._common import safe_divide, upstream_scale
 from ._dispatch import Call, accumulation_dtype
 from ._dtypes import WIDENED
-from ._softmax_cross_entropy import int64_labels, label_mean_divisor, softmax_cross_entropy
+from ._softmax_cross_entropy import int64_labels, softmax_cross_entropy
 from ._tensors import tensor_io
 
 CHUNK_BYTES = 256 * 2**20  # a chunk's logits, by default
@@ -181,3 +182,30 @@ def _default_chunk(xp, num_classes: int, itemsize: int) -> int:
         free, _ = xp.cuda.Device().mem_info
         budget = min(budget, free // 8)
     return max(1, budget // max(1, num_classes * itemsize))
+
+
+def label_mean_divisor(call, labels, w, weighted: bool, ignore_index: int, num_classes: int):
+    """The ``"mean"`` divisor of class-index targets: the canonical sum of the class weights
+    ``w`` (``acc``, empty for none) of the rows taking part, a 0-d array on the data's device
+    (nothing read back). With weights, see :func:`_weighted_mean_divisor`."""
+    row_weight = call.xp.empty(labels.shape[0], w.dtype)
+    call.ops("softmax_xent").label_row_weights(labels, w, row_weight, ignore_index, num_classes)
+    divisor = canonical_sum(call, row_weight)
+    if weighted:
+        divisor = _weighted_mean_divisor(call.xp, divisor, labels, ignore_index, num_classes)
+    return divisor
+
+
+def _weighted_mean_divisor(xp, weight_sum, labels, ignore_index: int, num_classes: int):
+    """The weighted mean's divisor, a 0-d array on the data's device (nothing read back).
+
+    No row taking part (every row ignored): 1, so the mean is 0 with a zero gradient. Rows
+    taking part whose class weights sum to 0: NaN, so the loss and those rows' gradients are
+    NaN as PyTorch's 0/0 makes them. Otherwise the weight sum.
+    """
+    taking_part = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
+    rows = xp.asarray(xp.count_nonzero(taking_part))
+    nan = xp.full((), np.nan, weight_sum.dtype)
+    return xp.where(rows == 0, 1, xp.where(weight_sum == 0, nan, weight_sum)).astype(
+        weight_sum.dtype
+    )

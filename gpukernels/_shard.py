@@ -17,9 +17,10 @@ logits move between shards; an engine (Dask, ``torch.distributed``) does the exc
 from __future__ import annotations
 
 from . import _validate
+from ._batch_sum import canonical_sum
 from ._common import safe_divide, upstream_scale
 from ._dispatch import Call, accumulation_dtype
-from ._softmax_cross_entropy import int64_labels, reduced
+from ._softmax_cross_entropy import int64_labels
 from ._tensors import tensor_io
 
 STATS = 4  # columns of the stats: max, sum of exp(z - max), target logit, sum of logits
@@ -175,3 +176,15 @@ def shard_loss_and_grad(
             z, labels, st, scale, grad, row_loss, start, classes, ignore, eps, zl, cap
         )
     return reduced(call, row_loss, reduction, divisor if reduction == "mean" else None), grad
+
+
+def reduced(call, row_loss, reduction: str, divisor=None):
+    """The loss of per-row losses: themselves for ``"none"``, else their canonical sum,
+    divided by ``divisor`` for ``"mean"`` (a 0-d array; 0 is taken as 1: a mean over
+    nothing is 0)."""
+    if reduction == "none":
+        return row_loss
+    total = canonical_sum(call, row_loss)
+    if reduction == "mean":
+        total = safe_divide(call.xp, total, divisor)
+    return call.xp.asarray(total)

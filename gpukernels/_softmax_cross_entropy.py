@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validate
-from ._batch_sum import canonical_sum
-from ._common import safe_divide, upstream_scale
+from ._common import upstream_scale
 from ._dispatch import Call, accumulation_dtype
 from ._kinds import REDUCTION_CODES
 from ._tensors import tensor_io
@@ -152,18 +151,6 @@ def softmax_cross_entropy(
     return (row_loss if reduction == "none" else loss.reshape(())), grad
 
 
-def reduced(call, row_loss, reduction: str, divisor=None):
-    """The loss of per-row losses: themselves for ``"none"``, else their canonical sum,
-    divided by ``divisor`` for ``"mean"`` (a 0-d array; 0 is taken as 1: a mean over
-    nothing is 0)."""
-    if reduction == "none":
-        return row_loss
-    total = canonical_sum(call, row_loss)
-    if reduction == "mean":
-        total = safe_divide(call.xp, total, divisor)
-    return call.xp.asarray(total)
-
-
 def int64_labels(xp, target):
     """Class indices as int64; uint64 ones past int64's range are clipped to its largest value
     first (they would wrap to negative numbers, even to ``ignore_index``), so that they stay
@@ -174,30 +161,3 @@ def int64_labels(xp, target):
     if dtype == np.uint64:
         target = xp.minimum(target, np.uint64(_validate.INT64_MAX))
     return target.astype(np.int64)
-
-
-def label_mean_divisor(call, labels, w, weighted: bool, ignore_index: int, num_classes: int):
-    """The ``"mean"`` divisor of class-index targets: the canonical sum of the class weights
-    ``w`` (``acc``, empty for none) of the rows taking part, a 0-d array on the data's device
-    (nothing read back). With weights, see :func:`_weighted_mean_divisor`."""
-    row_weight = call.xp.empty(labels.shape[0], w.dtype)
-    call.ops("softmax_xent").label_row_weights(labels, w, row_weight, ignore_index, num_classes)
-    divisor = canonical_sum(call, row_weight)
-    if weighted:
-        divisor = _weighted_mean_divisor(call.xp, divisor, labels, ignore_index, num_classes)
-    return divisor
-
-
-def _weighted_mean_divisor(xp, weight_sum, labels, ignore_index: int, num_classes: int):
-    """The weighted mean's divisor, a 0-d array on the data's device (nothing read back).
-
-    No row taking part (every row ignored): 1, so the mean is 0 with a zero gradient. Rows
-    taking part whose class weights sum to 0: NaN, so the loss and those rows' gradients are
-    NaN as PyTorch's 0/0 makes them. Otherwise the weight sum.
-    """
-    taking_part = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
-    rows = xp.asarray(xp.count_nonzero(taking_part))
-    nan = xp.full((), np.nan, weight_sum.dtype)
-    return xp.where(rows == 0, 1, xp.where(weight_sum == 0, nan, weight_sum)).astype(
-        weight_sum.dtype
-    )
