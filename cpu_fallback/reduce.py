@@ -60,13 +60,10 @@ def _sum_into(d, a, b):
 @njit(cache=CACHE)
 def tile_sum(x, j, s):
     """The canonical sum of tile ``j`` of the 1-D ``x`` (an absent element is 0), folded in
-    the scratch tile ``s``. A whole tile's first level is added straight from ``x``; the last,
-    partial tile is copied into ``s`` and padded with zeros first."""
+    the scratch tile ``s`` into which the tile is copied (a slice, which vectorises).
+    :func:`tile_sums` adds whole tiles' first levels straight from ``x`` instead."""
     lo = j * TILE
     count = min(TILE, x.shape[0] - lo)
-    if count == TILE:
-        _sum_into(s[:HALF], x[lo : lo + HALF], x[lo + HALF : lo + TILE])
-        return _fold_below_first(s)
     s[:count] = x[lo : lo + count]
     s[count:] = 0
     return _fold(s)
