@@ -4,8 +4,8 @@ A CPU tensor is viewed as a NumPy array (``Tensor.numpy``; bfloat16 through its 
 ``ml_dtypes.bfloat16``), a CUDA tensor as a CuPy array through DLPack (bfloat16 likewise,
 where CuPy has the dtype), on PyTorch's current stream (so nothing waits on the host).
 Results go back with ``torch.from_numpy`` and ``torch.from_dlpack``: the same memory, on the
-same device. PyTorch is never imported here:
-a tensor can only reach us from a program that has imported it already.
+same device. PyTorch is never imported here: a tensor can only reach us from a program that
+has imported it already.
 """
 
 from __future__ import annotations
