@@ -300,6 +300,7 @@ def canonical_sum(x):
     v = x.reshape(-1).astype(acc_dtype(x.dtype))
     if v.size == 0:
         return np.zeros((), dtype=v.dtype)
+    v = _fold_tiles(v)  # at least once: one value is a tile too (-0 + 0 is +0)
     while v.shape[0] > 1:
         v = _fold_tiles(v)
     return v.reshape(())
@@ -311,6 +312,7 @@ def canonical_sum_axis0(x):
     v = x.reshape(x.shape[0], -1).astype(acc_dtype(x.dtype))
     if v.shape[0] == 0:
         return np.zeros(x.shape[1:], dtype=v.dtype)
+    v = _fold_tiles(v)
     while v.shape[0] > 1:
         v = _fold_tiles(v)
     return v.reshape(x.shape[1:])

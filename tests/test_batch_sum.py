@@ -64,6 +64,24 @@ def test_axis0_is_canonical(backend, dtype):
         assert_bits(got, canonical_sum_axis0(x))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_axis0_signed_zeros_levels_and_blocks(backend, dtype):
+    """A column of -0 sums to -0 only when no padding zero is added (256^k rows); a column
+    of mixed zeros to +0; rows past two tile levels, columns past the CPU kernel's block."""
+    rng = np.random.default_rng(76)
+    shapes = [(256, 3), (257, 3), (5, 3), (1, 3)]
+    if backend != "cudasim":
+        shapes += [(512, 3), (65536 + 300, 3), (300, 1030)]
+    for shape in shapes:
+        x = random_floats(rng, shape, dtype, scale=100.0)
+        x[:, 0] = -0.0
+        x[:, 1] = np.where(rng.random(shape[0]) < 0.9, -0.0, 0.0)
+        got = gk.batch_sum(x, axis=0)
+        expected = canonical_sum_axis0(x)
+        assert_bits(got, expected)
+        assert np.signbit(expected[0]) == (shape[0] in (256, 65536)), shape
+
+
 def test_axis0_trailing_dimensions(backend):
     rng = np.random.default_rng(74)
     x = random_floats(rng, (5, 2, 3), np.float32)
