@@ -13,7 +13,7 @@ NAME = "reduce"
 TITLE = "batch_sum"
 BYTES = "input read once"
 SIZES = {
-    "cpu": {"small": [(2**20,)], "medium": [(2**24,)]},
+    "cpu": {"small": [(10**4,), (2**20,)], "medium": [(2**24,)]},
     "cuda": {"small": [(2**20,)], "medium": [(2**24,)], "large": [(2**28,)]},
 }
 DTYPES = common.DTYPES

@@ -28,8 +28,9 @@ from .harness import BUDGETS, TOLERANCE, run_case
 
 TIERS = ("small", "medium", "large")
 ROOT = Path(__file__).resolve().parent.parent
-# Not ops of the table: the Python cost of one small call, the PyTorch losses, the output layer.
-EXTRA_CASES = ("overhead", "torch_xent", "linear_xent")
+# Not ops of the table: batch_sum down the columns, the Python cost of one small call, the
+# PyTorch losses, the output layer.
+EXTRA_CASES = ("column_sum", "overhead", "torch_xent", "linear_xent")
 
 
 def bench_names() -> tuple[str, ...]:
