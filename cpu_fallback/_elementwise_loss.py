@@ -20,7 +20,7 @@ from gpukernels._kinds import MEAN, SUM
 
 from . import ParallelKernel, at, compute_view, optional, output_view, store, window
 from ._math import leaf
-from .reduce import finish_tile, fold_tiles
+from .reduce import SCRATCH, finish_tile, fold_tiles
 
 _element = None  # each loss's leaf, bound by loss_and_grad_launcher
 
@@ -29,7 +29,7 @@ def _elementwise_loss_kernel(z, y, w, param, period, scale, grad, loss, reduce, 
     n = z.shape[0]
     tiles = (n + TILE - 1) // TILE
     for b in prange((tiles + chunk - 1) // chunk):
-        s = np.empty(TILE, loss.dtype)
+        s = np.empty(SCRATCH, loss.dtype)
         for j in range(b * chunk, min(tiles, (b + 1) * chunk)):
             lo = j * TILE
             count = min(TILE, n - lo)
@@ -45,7 +45,7 @@ def _elementwise_loss_kernel(z, y, w, param, period, scale, grad, loss, reduce, 
                 s[k] = w_k * value
             finish_tile(s, count, j, loss, reduce)
     if reduce:
-        loss[0] = fold_tiles(loss, tiles, np.empty(TILE, loss.dtype))
+        loss[0] = fold_tiles(loss, tiles, np.empty(SCRATCH, loss.dtype))
 
 
 def loss_and_grad_launcher(element):

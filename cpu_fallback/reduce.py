@@ -1,4 +1,5 @@
-"""One level of the canonical tile-tree sum on the CPU (order in docs/BACKENDS.md).
+"""The canonical tile-tree sum on the CPU (order in docs/BACKENDS.md): of a vector, of each
+column of a batch, and of the tiles of losses the fused kernels emit.
 
 No fastmath here: the order of the additions is the result's definition, shared bit for bit
 with the CUDA kernels.
@@ -25,34 +26,6 @@ def _add_into(a, b):
         a[c] += b[c]
 
 
-# The halving tree's levels are written out, each a slice of constant length: a loop over the
-# levels (h = TILE/2, ..., 1 at run time) left every level's vector loop with its remainder
-# and ran the tile sums 3x slower.
-assert TILE == 256, "the levels of _fold and _fold_below_first are written out for TILE = 256"
-HALF = TILE // 2
-
-
-@njit(cache=CACHE)
-def _fold_below_first(s):
-    """The halving tree below its first level: ``s[:HALF]`` (the first level's sums) folded,
-    s[k] += s[k + h] for h = 64, ..., 1; returns s[0]."""
-    _add_into(s[:64], s[64:128])
-    _add_into(s[:32], s[32:64])
-    _add_into(s[:16], s[16:32])
-    _add_into(s[:8], s[8:16])
-    _add_into(s[:4], s[4:8])
-    _add_into(s[:2], s[2:4])
-    _add_into(s[:1], s[1:2])
-    return s[0]
-
-
-@njit(cache=CACHE)
-def _fold(s):
-    """Halving tree over a tile: s[k] += s[k + h] for h = TILE/2, ..., 1; returns s[0]."""
-    _add_into(s[:HALF], s[HALF:TILE])
-    return _fold_below_first(s)
-
-
 @njit(cache=CACHE, inline="always")
 def _sum_into(d, a, b):
     """d = a + b, element by element (vectorises like :func:`_add_into`)."""
@@ -60,23 +33,54 @@ def _sum_into(d, a, b):
         d[c] = a[c] + b[c]
 
 
+assert TILE == 256, "the levels of _eighth and tile_total are written out for TILE = 256"
+HALF = TILE // 2
+LANES = 16  # the values a tile is reduced to in registers: _eighth's 32 sums, paired
+SCRATCH = TILE + LANES  # what tile_sum needs: a copy of a partial tile, and LANES values
+
+
+@njit(cache=CACHE, inline="always")
+def _eighth(t, k):
+    """The halving tree's first three levels (h = 128, 64, 32) over the 8 values of the tile
+    ``t`` at ``k + 32 i``: what ``s[k]`` holds after them, for ``k < 32``."""
+    low = (t[k] + t[k + 128]) + (t[k + 64] + t[k + 192])
+    high = (t[k + 32] + t[k + 160]) + (t[k + 96] + t[k + 224])
+    return low + high
+
+
+@njit(cache=CACHE)
+def tile_total(t, a):
+    """The halving tree over the ``TILE`` values of ``t`` (a view): s[k] += s[k + h] for
+    h = TILE/2, ..., 1; returns s[0]. The first four levels come straight from ``t`` in one
+    vectorised loop (``a``, ``LANES`` scratch, takes their 16 sums), the last four from
+    ``a``: a loop over the levels, through a tile of scratch, ran 2-3x slower."""
+    for k in range(LANES):
+        a[k] = _eighth(t, k) + _eighth(t, k + 16)
+    for k in range(8):
+        a[k] += a[k + 8]
+    b0, b1, b2, b3 = a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]
+    return (b0 + b2) + (b1 + b3)
+
+
 @njit(cache=CACHE)
 def tile_sum(x, j, s):
-    """The canonical sum of tile ``j`` of the 1-D ``x`` (an absent element is 0), folded in
-    the scratch tile ``s`` into which the tile is copied (a slice, which vectorises).
-    :func:`tile_sums` adds whole tiles' first levels straight from ``x`` instead."""
+    """The canonical sum of tile ``j`` of the 1-D ``x`` (an absent element is 0); ``s`` is
+    ``SCRATCH`` scratch, into which a partial tile is copied and padded."""
     lo = j * TILE
     count = min(TILE, x.shape[0] - lo)
+    if count == TILE:
+        return tile_total(x[lo : lo + TILE], s[TILE:])
     s[:count] = x[lo : lo + count]
-    s[count:] = 0
-    return _fold(s)
+    s[count:TILE] = 0
+    return tile_total(s[:TILE], s[TILE:])
 
 
 @njit(cache=CACHE)
 def fold_tiles(partial, tiles, s):
     """The canonical tree's levels above the first: ``partial[:tiles]`` (the tile sums) folded
-    tile by tile, in place, until one value is left; returns it. Tile ``j`` of a level is read
-    into ``s`` before ``partial[j]`` is written, and later tiles start past ``j``."""
+    tile by tile, in place, until one value is left; returns it (``s``: ``SCRATCH``). Tile
+    ``j`` of a level is read before ``partial[j]`` is written, and later tiles start past
+    ``j``."""
     while tiles > 1:
         level = partial[:tiles]
         tiles = (tiles + TILE - 1) // TILE
@@ -85,49 +89,27 @@ def fold_tiles(partial, tiles, s):
     return partial[0]
 
 
-# Whole tiles whose first levels are added before any of them is folded: x then streams in
-# runs of GROUP tiles, which halved the time of tile sums read from memory (2^24 float32
-# values: 7.4 -> 3.7 ms on one thread).
-GROUP = 4
-
-
-@njit(cache=CACHE)
-def tile_sums(x, first, last, out, s):
-    """``out[j]`` = the canonical sum of tile ``j`` of the 1-D ``x`` (:func:`tile_sum`) for
-    ``first <= j < last``, with ``s`` ``(GROUP, TILE)`` scratch."""
-    whole = min(last, x.shape[0] // TILE)  # the tiles before it are whole
-    j = first
-    while j < whole:
-        count = min(GROUP, whole - j)
-        for t in range(count):
-            lo = (j + t) * TILE
-            _sum_into(s[t, :HALF], x[lo : lo + HALF], x[lo + HALF : lo + TILE])
-        for t in range(count):
-            out[j + t] = _fold_below_first(s[t])
-        j += count
-    for j in range(max(first, whole), last):
-        out[j] = tile_sum(x, j, s[0])
-
-
 @njit(cache=CACHE)
 def canonical_total(x):
     """The canonical sum of the 1-D ``x`` (0 when empty), on the calling thread."""
     tiles = (x.shape[0] + TILE - 1) // TILE
     if tiles == 0:
         return x.dtype.type(0)
-    s = np.empty((GROUP, TILE), x.dtype)
+    s = np.empty(SCRATCH, x.dtype)
     partial = np.empty(tiles, x.dtype)
-    tile_sums(x, 0, tiles, partial, s)
-    return fold_tiles(partial, tiles, s[0])
+    for j in range(tiles):
+        partial[j] = tile_sum(x, j, s)
+    return fold_tiles(partial, tiles, s)
 
 
 @ParallelKernel
 def _total_kernel(x, out, chunk):
     tiles = out.shape[0]
     for b in prange((tiles + chunk - 1) // chunk):
-        s = np.empty((GROUP, TILE), out.dtype)
-        tile_sums(x, b * chunk, min(tiles, (b + 1) * chunk), out, s)
-    out[0] = fold_tiles(out, tiles, np.empty(TILE, out.dtype))
+        s = np.empty(SCRATCH, out.dtype)
+        for j in range(b * chunk, min(tiles, (b + 1) * chunk)):
+            out[j] = tile_sum(x, j, s)
+    out[0] = fold_tiles(out, tiles, np.empty(SCRATCH, out.dtype))
 
 
 @njit(cache=CACHE)
@@ -210,10 +192,11 @@ def column_totals(x, out, partial):
 
 @njit(cache=CACHE)
 def finish_tile(s, count, j, loss, reduce):
-    """Emit tile ``j``'s ``count`` elementwise losses held in ``s``: their canonical tile sum
-    into ``loss[j]`` (``reduce``), or the losses themselves into ``loss[j*TILE:]``."""
+    """Emit tile ``j``'s ``count`` elementwise losses held in ``s[:count]`` (``s``:
+    ``SCRATCH``): their canonical tile sum into ``loss[j]`` (``reduce``), or the losses
+    themselves into ``loss[j*TILE:]``."""
     if reduce:
-        s[count:] = 0
-        loss[j] = _fold(s)
+        s[count:TILE] = 0
+        loss[j] = tile_total(s[:TILE], s[TILE:])
     else:
         loss[j * TILE : j * TILE + count] = s[:count]
