@@ -40,6 +40,22 @@ def test_numpy_arrays_run_on_the_cpu_by_default(monkeypatch):
     assert gk.backend(np.ones((2, 2), np.float64)) == "cpu"
 
 
+def test_the_backend_setting_is_read_at_every_call(monkeypatch):
+    """Changes made through os.environ are seen by the next call (the setting is read from
+    the mapping behind os.environ, which they update)."""
+    x = np.ones(3, np.float32)
+    monkeypatch.setenv("GPUKERNELS_BACKEND", "gpu")
+    with pytest.raises(ValueError, match="GPUKERNELS_BACKEND must be one of"):
+        gk.backend(x)
+    monkeypatch.setenv("GPUKERNELS_BACKEND", " CPU ")
+    assert gk.backend(x) == "cpu"
+    monkeypatch.setenv("GPUKERNELS_BACKEND", "bad")
+    with pytest.raises(ValueError, match="got 'bad'"):
+        gk.backend(x)
+    monkeypatch.delenv("GPUKERNELS_BACKEND")
+    assert gk.backend(x) == "cpu"
+
+
 def test_backend_fixture_is_honoured(backend):
     """The test fixture forces cpu or, under the simulator, cuda for NumPy arrays."""
     expected = "cpu" if backend == "cpu" else "cuda"
