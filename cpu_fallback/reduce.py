@@ -53,7 +53,7 @@ def tile_total(t, a):
     """The halving tree over the ``TILE`` values of ``t`` (a view): s[k] += s[k + h] for
     h = TILE/2, ..., 1; returns s[0]. The first four levels come straight from ``t`` in one
     vectorised loop (``a``, ``LANES`` scratch, takes their 16 sums), the last four from
-    ``a``: a loop over the levels, through a tile of scratch, ran 2-3x slower."""
+    ``a``: a loop over the levels, through a tile of scratch, ran about 2x slower."""
     for k in range(LANES):
         a[k] = _eighth(t, k) + _eighth(t, k + 16)
     for k in range(8):
