@@ -71,6 +71,13 @@ def tile_sum(x, j, s):
     if count == TILE:
         return tile_total(x[lo : lo + TILE], s[TILE:])
     s[:count] = x[lo : lo + count]
+    return padded_total(s, count)
+
+
+@njit(cache=CACHE)
+def padded_total(s, count):
+    """The canonical sum of a tile whose ``count`` values are ``s[:count]`` and whose other
+    values are absent (0): ``s`` (``SCRATCH``) is padded with zeros and folded."""
     s[count:TILE] = 0
     return tile_total(s[:TILE], s[TILE:])
 
@@ -196,7 +203,6 @@ def finish_tile(s, count, j, loss, reduce):
     ``SCRATCH``): their canonical tile sum into ``loss[j]`` (``reduce``), or the losses
     themselves into ``loss[j*TILE:]``."""
     if reduce:
-        s[count:TILE] = 0
-        loss[j] = tile_total(s[:TILE], s[TILE:])
+        loss[j] = padded_total(s, count)
     else:
         loss[j * TILE : j * TILE + count] = s[:count]
