@@ -39,7 +39,9 @@ class ParallelKernel:
     chunks of items takes the chunk's size as its last parameter: pass ``items=`` the number
     of items instead, and the call appends it, several chunks per thread in parallel
     (:func:`per_task`) and one chunk of all items serially, where chunks would only add
-    set-up per chunk. A kernel factory builds several
+    set-up per chunk. A kernel whose ``prange`` has few iterations of much work each passes
+    ``tasks=`` their number: a single task runs serially, as the pool would only add its
+    wake-up (~20 us). A kernel factory builds several
     kernels from one source by passing ``bind``, globals of the source to rebind (e.g. the
     element function of an elementwise loss), and a ``name`` for each.
     """
@@ -51,8 +53,10 @@ class ParallelKernel:
         self.parallel = njit(parallel=True, cache=CACHE)(_renamed(fn, name))
         self.serial = njit(cache=CACHE)(_renamed(fn, f"{name}_serial"))
 
-    def __call__(self, *args, work: int, items: int | None = None) -> None:
-        serial = work < PARALLEL_MIN_WORK
+    def __call__(
+        self, *args, work: int, items: int | None = None, tasks: int | None = None
+    ) -> None:
+        serial = work < PARALLEL_MIN_WORK or (tasks is not None and tasks < 2)
         if items is not None:
             args = (*args, max(1, items) if serial else per_task(items))
         (self.serial if serial else self.parallel)(*args)

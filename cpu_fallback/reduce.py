@@ -120,44 +120,55 @@ def _total_kernel(x, out, chunk):
 
 
 @njit(cache=CACHE)
+def first_level(rows):
+    """The halving tree's first level that adds, over a tile of ``rows >= 2`` present rows:
+    ``h`` with ``h < rows <= 2h``; it writes ``h`` rows of scratch."""
+    h = HALF
+    while h >= rows:
+        h //= 2
+    return h
+
+
+@njit(cache=CACHE)
 def _column_tile_sum(x, lo, rows, c0, c1, s, out):
     """``out[c0:c1]`` = the canonical sum of each of the columns ``c0:c1`` over the tile of
     rows ``lo : lo + TILE`` of the 2-D ``x``, whose rows from ``lo + rows`` on are absent
-    (0), in vectors of columns; ``s`` is ``(HALF, >= c1 - c0)`` scratch.
+    (0), in vectors of columns; ``s`` is ``(first_level(rows), >= c1 - c0)``
+    scratch (unused when ``rows`` is 1).
 
     A subtree whose rows are all absent (in the halving tree, ``s[k]`` with ``k >= rows``)
     is skipped rather than added, and one 0 is added at the end instead: a tree's sum is -0
     only when every addend is -0, and 0 added to a nonzero value leaves it, so the bits are
-    those of the whole tree.
+    those of the whole tree. The first level that adds (``h < rows <= 2h``) reads ``x``
+    itself; the levels above it, where every subtree is absent, are skipped.
     """
     w = c1 - c0
-    for k in range(min(HALF, rows)):
-        if k + HALF < rows:
-            _sum_into(s[k, :w], x[lo + k, c0:c1], x[lo + k + HALF, c0:c1])
-        else:
-            s[k, :w] = x[lo + k, c0:c1]
-    present = min(HALF, rows)  # s[k] holds a subtree with rows for k < present
-    h = HALF // 2
-    while h >= 1:
-        for k in range(min(h, present - h)):
-            _add_into(s[k, :w], s[k + h, :w])
-        present = min(h, present)
-        h //= 2
-    if rows < TILE:
-        zero = s.dtype.type(0)
+    zero = s.dtype.type(0) if rows < TILE else s.dtype.type(-0.0)
+    if rows == 1:
         for c in range(w):
-            out[c0 + c] = s[0, c] + zero
-    else:
-        out[c0:c1] = s[0, :w]
+            out[c0 + c] = x[lo, c0 + c] + zero
+        return
+    h = first_level(rows)
+    for k in range(rows - h):
+        _sum_into(s[k, :w], x[lo + k, c0:c1], x[lo + k + h, c0:c1])
+    for k in range(rows - h, h):
+        s[k, :w] = x[lo + k, c0:c1]
+    h //= 2
+    while h >= 1:
+        for k in range(h):
+            _add_into(s[k, :w], s[k + h, :w])
+        h //= 2
+    for c in range(w):
+        out[c0 + c] = s[0, c] + zero
 
 
 @ParallelKernel
-def _column_totals_kernel(x, partial, block):
+def _column_totals_kernel(x, partial, block, scratch_rows):
     n, m = x.shape
     tiles, blocks = partial.shape[0], (m + block - 1) // block
     for task in prange(tiles * blocks):
         j, c0 = task // blocks, (task % blocks) * block
-        s = np.empty((HALF, block), partial.dtype)
+        s = np.empty((scratch_rows, block), partial.dtype)
         lo = j * TILE
         _column_tile_sum(x, lo, min(TILE, n - lo), c0, min(m, c0 + block), s, partial[j])
     # the levels above the tiles, block by block: level j's sum into partial[j], after
@@ -192,8 +203,11 @@ def column_totals(x, out, partial):
     if partial.shape[0] == 0:
         out[...] = 0
         return
-    block = max(1, min(x.shape[1], _COLUMN_BLOCK_BYTES // partial.itemsize))
-    _column_totals_kernel(compute_view(x), partial, block, work=x.size)
+    tiles, m = partial.shape
+    block = max(1, min(m, _COLUMN_BLOCK_BYTES // partial.itemsize))
+    tasks = tiles * -(-m // block)
+    scratch_rows = first_level(max(2, min(TILE, x.shape[0])))
+    _column_totals_kernel(compute_view(x), partial, block, scratch_rows, work=x.size, tasks=tasks)
     out[...] = partial[0]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
 from . import _validate
 from ._canon import tile_count
@@ -67,7 +67,7 @@ def batch_sum(x, *, axis: int | None = None, out=None):
     if axis is None:
         result = canonical_sum(call, xp.ascontiguousarray(x).reshape(-1))
     else:
-        width = int(np.prod(shape, dtype=np.int64))
+        width = math.prod(shape)
         columns = canonical_column_sums(call, x.reshape(x.shape[0], width))
         result = columns.reshape(shape)
     if out is None:

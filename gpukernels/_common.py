@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -47,7 +49,7 @@ class FlatOutput:
         if out.flags.c_contiguous:
             self.flat = out.reshape(-1)
         else:
-            self.flat = xp.empty(int(np.prod(shape, dtype=np.int64)), dtype)
+            self.flat = xp.empty(math.prod(shape), dtype)
 
     def result(self):
         if not self.out.flags.c_contiguous:

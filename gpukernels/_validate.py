@@ -276,7 +276,7 @@ def grad_output(value, reduction: str, loss_shape: tuple[int, ...]) -> None:
         return
     array_library("grad_output", value, number_ok=True)
     float_array("grad_output", value)
-    size = int(np.prod(value.shape))
+    size = value.size
     if reduction == "none":
         if tuple(value.shape) not in ((), tuple(loss_shape)):
             raise ValueError(

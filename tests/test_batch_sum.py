@@ -82,6 +82,18 @@ def test_axis0_signed_zeros_levels_and_blocks(backend, dtype):
         assert np.signbit(expected[0]) == (shape[0] in (256, 65536)), shape
 
 
+def test_axis0_every_tile_height(backend):
+    """Each count of rows in a tile starts the halving tree at its own level (the CPU kernel
+    skips the levels where every subtree is absent): every height from 1 to 257, with
+    signed zeros in column 0, to the bit."""
+    rng = np.random.default_rng(84)
+    heights = [1, 2, 3, 17, 128, 129] if backend == "cudasim" else range(1, 258)
+    for rows in heights:
+        x = random_floats(rng, (rows, 3), np.float32, scale=100.0)
+        x[:, 0] = np.where(rng.random(rows) < 0.9, -0.0, 0.0)
+        assert_bits(gk.batch_sum(x, axis=0), canonical_sum_axis0(x))
+
+
 def test_axis0_trailing_dimensions(backend):
     rng = np.random.default_rng(74)
     x = random_floats(rng, (5, 2, 3), np.float32)
