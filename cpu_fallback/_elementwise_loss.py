@@ -13,10 +13,12 @@ same divisor, is formed in the same call.
 """
 
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
 from gpukernels._canon import TILE, tile_count
 from gpukernels._kinds import MEAN, SUM
+from gpukernels._scalar import ONE
 
 from . import ParallelKernel, at, compute_view, optional, output_view, store, window
 from ._math import leaf
@@ -25,9 +27,29 @@ from .reduce import SCRATCH, finish_tile, fold_tiles
 _element = None  # each loss's leaf, bound by loss_and_grad_launcher
 
 
-def _elementwise_loss_kernel(z, y, w, param, period, scale, grad, loss, reduce, chunk):
+def per_divisor(scale, d):
+    """The upstream factor ``scale`` (as :func:`at` takes it) over the divisor ``d``: a
+    number for none (``1 / d``) or a number; an array (per element, ``"none"`` only, where
+    ``d`` is 1) as it is."""
+    if scale is None:
+        return ONE / d
+    return scale / d if np.ndim(scale) == 0 else scale
+
+
+@overload(per_divisor)
+def _per_divisor_overload(scale, d):
+    if isinstance(scale, types.NoneType):
+        return lambda scale, d: ONE / d
+    if isinstance(scale, types.Number):
+        return lambda scale, d: scale / d
+    return lambda scale, d: scale
+
+
+def _elementwise_loss_kernel(z, y, w, param, period, scale, grad, loss, reduction, divisor, chunk):
     n = z.shape[0]
     tiles = (n + TILE - 1) // TILE
+    reduce, d = reduction >= SUM, loss.dtype.type(divisor if reduction == MEAN else 1)
+    factor = per_divisor(scale, d)  # a mean's upstream gradient is a scalar: u / d
     for b in prange((tiles + chunk - 1) // chunk):
         s = np.empty(SCRATCH, loss.dtype)
         for j in range(b * chunk, min(tiles, (b + 1) * chunk)):
@@ -37,7 +59,7 @@ def _elementwise_loss_kernel(z, y, w, param, period, scale, grad, loss, reduce, 
             # the tile's own views, indexed from 0: the loop over them vectorises (indexed
             # at j * TILE + k, the whole arrays' loop ran 3x slower)
             z_t, y_t, grad_t = z[lo:hi], y[lo:hi], grad[lo:hi]
-            w_t, scale_t = window(w, lo, hi), window(scale, lo, hi)
+            w_t, scale_t = window(w, lo, hi), window(factor, lo, hi)
             for k in range(count):
                 value, slope = _element(z_t[k], y_t[k], at(param, lo + k, period))
                 w_k = at(w_t, k)
@@ -45,7 +67,7 @@ def _elementwise_loss_kernel(z, y, w, param, period, scale, grad, loss, reduce, 
                 s[k] = w_k * value
             finish_tile(s, count, j, loss, reduce)
     if reduce:
-        loss[0] = fold_tiles(loss, tiles, np.empty(SCRATCH, loss.dtype))
+        loss[0] = fold_tiles(loss, tiles, np.empty(SCRATCH, loss.dtype)) / d
 
 
 def loss_and_grad_launcher(element):
@@ -64,10 +86,6 @@ def loss_and_grad_launcher(element):
         ``MEAN`` their canonical sum into ``loss[0]`` (``loss`` ``(ceil(n / TILE),)`` acc, the
         tile sums' scratch), ``MEAN`` dividing it and the gradient by ``divisor`` (> 0).
         """
-        acc = loss.dtype.type
-        scale = optional(grad_scale)
-        if reduction == MEAN:  # a scalar upstream gradient: the kernel sees u / divisor
-            scale = (acc(1) if scale is None else scale) / acc(divisor)
         buffer = output_view(grad)
         kernel(
             compute_view(pred),
@@ -75,16 +93,15 @@ def loss_and_grad_launcher(element):
             optional(weight),
             optional(param),
             max(1, param.shape[0]),
-            scale,
+            optional(grad_scale),
             buffer,
             loss,
-            reduction >= SUM,
+            reduction,
+            divisor,
             work=pred.shape[0],
             items=tile_count(pred.shape[0]),
         )
         store(buffer, grad)
-        if reduction == MEAN:
-            loss[0] /= acc(divisor)
 
     loss_and_grad.kernel = kernel
     return loss_and_grad

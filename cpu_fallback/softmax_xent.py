@@ -250,10 +250,13 @@ def through_cap(zc, cap, grad):
 
 @ParallelKernel
 def _labels_kernel(
-    logits, labels, w, upstream, grad, row_loss, loss, bad, args, cap, reduction, chunk
+    logits, labels, w, upstream, grad, row_loss, loss, bad, options, cap, reduction, chunk
 ):
     n, c = logits.shape
-    ignore_index, eps, eps_c, z_loss = args
+    acc = row_loss.dtype.type  # the options come as Python numbers: a cheaper dispatch
+    ignore_index, eps, eps_c, z_loss = options
+    eps, eps_c, z_loss, cap = acc(eps), acc(eps_c), acc(z_loss), acc(cap)
+    args = (ignore_index, eps, eps_c, z_loss)
     mean = reduction == MEAN
     # the labels first: the first bad one, and for a mean the row weights (in row_loss)
     bad[0], rows = _scan_labels(labels, w, row_loss, ignore_index, c, mean)
@@ -348,6 +351,8 @@ def _probs_kernel(
     logits, target, w, upstream, grad, row_loss, loss, keep, eps_c, z_loss, cap, reduction, chunk
 ):
     n, c = logits.shape
+    acc = row_loss.dtype.type  # the options come as Python numbers: a cheaper dispatch
+    keep, eps_c, z_loss, cap = acc(keep), acc(eps_c), acc(z_loss), acc(cap)
     mean = reduction == MEAN
     divisor = np.full(1, n, row_loss.dtype)[0]  # the mean's divisor
     for b in prange((n + chunk - 1) // chunk):
@@ -395,7 +400,6 @@ def softmax_xent_labels(
 ):
     """Fused CE with class indices and its reduction, in one compiled call (contract in
     docs/BACKENDS.md); ``softcap`` 0 for none."""
-    acc = row_loss.dtype.type
     n, c = logits.shape
     buffer = output_view(grad)
     _labels_kernel(
@@ -407,8 +411,8 @@ def softmax_xent_labels(
         row_loss,
         loss,
         bad,
-        (ignore_index, acc(smoothing), acc(smoothing / c), acc(z_loss)),
-        acc(softcap),
+        (ignore_index, float(smoothing), smoothing / c, float(z_loss)),
+        float(softcap),
         reduction,
         work=logits.size,
         items=n,
@@ -421,7 +425,6 @@ def softmax_xent_probs(
 ):
     """Fused CE with class probabilities and its reduction, in one compiled call (contract
     in docs/BACKENDS.md); ``softcap`` 0 for none."""
-    acc = row_loss.dtype.type
     n, c = logits.shape
     buffer = output_view(grad)
     _probs_kernel(
@@ -432,10 +435,10 @@ def softmax_xent_probs(
         buffer,
         row_loss,
         loss,
-        acc(1.0 - smoothing),
-        acc(smoothing / c),
-        acc(z_loss),
-        acc(softcap),
+        1.0 - smoothing,
+        smoothing / c,
+        float(z_loss),
+        float(softcap),
         reduction,
         work=logits.size,
         items=n,

@@ -29,7 +29,7 @@ def safe_divide(xp, value, divisor):
 
 def flat_input(xp, x, dtype=None):
     """``x`` as a 1-D C-contiguous array (a copy only when ``x`` is not contiguous)."""
-    return xp.ascontiguousarray(x, dtype=dtype).reshape(-1)
+    return xp.ascontiguousarray(x, dtype=dtype).ravel()  # a view: it is contiguous
 
 
 class FlatOutput:
@@ -47,7 +47,7 @@ class FlatOutput:
             out = xp.empty(shape, dtype)
         self.out = out
         if out.flags.c_contiguous:
-            self.flat = out.reshape(-1)
+            self.flat = out.ravel()  # a view: it is contiguous
         else:
             self.flat = xp.empty(math.prod(shape), dtype)
 

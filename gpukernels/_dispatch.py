@@ -92,25 +92,26 @@ class Call:
         in_place: tuple[str, ...] = (),
         **required,
     ):
-        optional = {} if optional is None else optional
-        self.library = _validate.common_library(required, optional, numbers)
+        arrays = required if optional is None else {**required, **optional}
+        self.library = _validate.common_library(
+            arrays, () if optional is None else optional, numbers
+        )
         self.backend = backend_of(self.library)
         try:
             self.xp = array_module(self.library)
         except ImportError as error:
             cuda = ", ".join(
-                name
-                for name, x in {**required, **optional}.items()
-                if hasattr(x, "__cuda_array_interface__")
+                name for name, x in arrays.items() if hasattr(x, "__cuda_array_interface__")
             )
             raise TypeError(
                 f"{cuda}: CUDA arrays (__cuda_array_interface__) need CuPy, which cannot be "
                 f"imported ({error}); install CuPy, or pass NumPy arrays"
             ) from error
-        arrays = {**required, **optional}
         if self.xp is not np:
             arrays = {k: _adopt(self.xp, v) for k, v in arrays.items()}
-        _validate.out_overlap(arrays.get("out"), arrays, in_place)
+        out = arrays.get("out")
+        if out is not None:
+            _validate.out_overlap(out, arrays, in_place)
         self.arrays = arrays
 
     def ops(self, op: str) -> ModuleType:

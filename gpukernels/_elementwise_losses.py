@@ -68,7 +68,7 @@ def _finish(call, op, x, target, weight, param, divisor, reduction):
         loss[...] = 0
     if not reduce:
         return loss.reshape(shape), grad.result()
-    return loss[:1].reshape(()), grad.result()
+    return loss[0, ...], grad.result()
 
 
 _REDUCTIONS = ("mean", "sum", "none")

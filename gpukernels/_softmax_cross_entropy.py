@@ -148,7 +148,7 @@ def softmax_cross_entropy(
         ops.softmax_xent_probs(
             logits, target, w, scale, grad, row_loss, loss, label_smoothing, z_loss, softcap, code
         )
-    return (row_loss if reduction == "none" else loss.reshape(())), grad
+    return (row_loss if reduction == "none" else loss[0, ...]), grad
 
 
 def int64_labels(xp, target):

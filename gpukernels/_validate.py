@@ -10,7 +10,7 @@ argument, except the class-index checks, which read the labels (on the device).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -26,6 +26,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # end, a masked array's mask would be silently ignored, and other subclasses may change
 # indexing or arithmetic. A memmap is a plain ndarray over a file.
 NUMPY_TYPES = (np.ndarray, np.memmap)
+_FLOAT_DTYPE_SET = frozenset(FLOAT_DTYPES)  # a hash lookup: "in" a tuple compares each
 
 
 # isinstance against a tuple: against a union (int | float) it takes several times longer,
@@ -69,25 +70,25 @@ def array_library(name: str, x, number_ok: bool = False) -> str:
 
 
 def common_library(
-    required: dict[str, object],
-    optional: dict[str, object] | None = None,
-    numbers: tuple[str, ...] = (),
+    arguments: dict[str, object], optional: Container[str] = (), numbers: Container[str] = ()
 ) -> str:
     """The one array library of a call's arrays; every check of what an argument *is*.
 
-    ``required`` arguments must be arrays; ``optional`` ones may also be ``None``; those named
-    in ``numbers`` may also be plain real numbers (skipped here). An argument named ``out``
-    must be writable. Mixing NumPy and CUDA arrays, or CUDA arrays on different devices, is a
-    TypeError.
+    Every argument must be an array, except that those named in ``optional`` may be
+    ``None`` and those named in ``numbers`` may be plain real numbers (skipped here). An
+    argument named ``out`` must be writable. Mixing NumPy and CUDA arrays, or CUDA arrays on
+    different devices, is a TypeError.
     """
-    optional = {} if optional is None else optional
-    first_name, first_lib, first_device = None, None, None
-    for name, x in {**required, **optional}.items():
+    first_name = first_lib = first_device = None
+    for name, x in arguments.items():
         if x is None and name in optional:
             continue
-        if name in numbers and is_number(x):
+        if type(x) in NUMPY_TYPES:  # the common case, without array_library's call
+            lib = "numpy"
+        elif name in numbers and is_number(x):
             continue
-        lib = array_library(name, x, number_ok=name in numbers)
+        else:
+            lib = array_library(name, x, number_ok=name in numbers)
         if name == "out":
             writable("out", x, lib)
         device = device_id(x) if lib == "cuda" else None
@@ -103,6 +104,7 @@ def common_library(
                 f"{name} is on CUDA device {device} but {first_name} is on device {first_device}"
             )
     if first_lib is None:
+        required = (name for name in arguments if name not in optional)
         raise TypeError(f"{', '.join(required)} must be arrays, got none")
     return first_lib
 
@@ -213,8 +215,11 @@ def device_id(x) -> int | None:
 
 def float_array(name: str, x) -> np.dtype:
     """The dtype of ``x``, which must be a storage dtype of the dtype table (``_dtypes``)."""
-    dtype = np.dtype(x.dtype)
-    if dtype not in FLOAT_DTYPES:
+    dtype = x.dtype
+    if dtype in _FLOAT_DTYPE_SET:  # NumPy's and CuPy's arrays: an np.dtype already
+        return dtype
+    dtype = np.dtype(dtype)
+    if dtype not in _FLOAT_DTYPE_SET:
         raise TypeError(f"{name} must have dtype {FLOAT_NAMES}, got {dtype}")
     return dtype
 
