@@ -6,6 +6,7 @@ import math
 
 from . import _validate
 from ._canon import tile_count
+from ._common import flat_input
 from ._dispatch import Call, accumulation_dtype
 from ._tensors import tensor_io
 
@@ -16,7 +17,7 @@ def canonical_sum(call: Call, v):
     xp, acc = call.xp, accumulation_dtype(v.dtype)
     out = xp.empty(1, acc)
     call.ops("reduce").total(v, out, xp.empty(tile_count(v.shape[0]), acc))
-    return out.reshape(())
+    return out[0, ...]
 
 
 def canonical_column_sums(call: Call, x):
@@ -65,12 +66,12 @@ def batch_sum(x, *, axis: int | None = None, out=None):
     _validate.out_array(out, shape, acc, call.library)
     xp = call.xp
     if axis is None:
-        result = canonical_sum(call, xp.ascontiguousarray(x).reshape(-1))
+        result = canonical_sum(call, flat_input(xp, x))
     else:
         width = math.prod(shape)
         columns = canonical_column_sums(call, x.reshape(x.shape[0], width))
         result = columns.reshape(shape)
     if out is None:
-        return xp.asarray(result)
+        return result
     out[...] = result
     return out

@@ -30,10 +30,11 @@ def _begin(pred_name, pred, target, reduction, allowed, grad_output, out, **opti
     x, t = a[pred_name], a["target"]
     dtype = _validate.float_array(pred_name, x)
     _validate.float_array("target", t)
-    _validate.same_shape("target", t, pred_name, tuple(x.shape))
+    shape = tuple(x.shape)
+    _validate.same_shape("target", t, pred_name, shape)
     _validate.reduction(reduction, allowed)
-    _validate.out_array(a["out"], tuple(x.shape), dtype, call.library)
-    _validate.grad_output(a["grad_output"], reduction, tuple(x.shape))
+    _validate.out_array(a["out"], shape, dtype, call.library)
+    _validate.grad_output(a["grad_output"], reduction, shape)
     return call, x, flat_input(call.xp, t, companion_dtype(t.dtype, dtype))
 
 
@@ -44,7 +45,7 @@ def _finish(call, op, x, target, weight, param, divisor, reduction):
     ``weight`` and ``param`` are the launcher's (``None`` for none); ``divisor`` the mean's
     denominator (a Python int; 0 for a mean over nothing, which is 0 with a zero gradient).
     """
-    xp, dtype = call.xp, np.dtype(x.dtype)
+    xp, dtype = call.xp, x.dtype
     acc = accumulation_dtype(dtype)
     weight = xp.empty(0, acc) if weight is None else weight
     param = xp.empty(0, acc) if param is None else param
