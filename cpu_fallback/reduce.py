@@ -163,9 +163,10 @@ def _column_tile_sum(x, lo, rows, c0, c1, s, out):
 
 
 @ParallelKernel
-def _column_totals_kernel(x, partial, block, scratch_rows):
+def _column_totals_kernel(x, partial, block):
     n, m = x.shape
     tiles, blocks = partial.shape[0], (m + block - 1) // block
+    scratch_rows = first_level(max(2, min(TILE, n)))  # the tallest tile's
     for task in prange(tiles * blocks):
         j, c0 = task // blocks, (task % blocks) * block
         s = np.empty((scratch_rows, block), partial.dtype)
@@ -206,8 +207,7 @@ def column_totals(x, out, partial):
     tiles, m = partial.shape
     block = max(1, min(m, _COLUMN_BLOCK_BYTES // partial.itemsize))
     tasks = tiles * -(-m // block)
-    scratch_rows = first_level(max(2, min(TILE, x.shape[0])))
-    _column_totals_kernel(compute_view(x), partial, block, scratch_rows, work=x.size, tasks=tasks)
+    _column_totals_kernel(compute_view(x), partial, block, work=x.size, tasks=tasks)
     out[...] = partial[0]
 
 
