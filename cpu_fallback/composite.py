@@ -1,6 +1,6 @@
 """Composite loss on the CPU: every term of a row in one parallel pass over the rows.
 
-A softmax cross-entropy term runs the row functions of ``softmax_xent`` (``label_row``,
+A softmax cross-entropy term runs the row functions of ``softmax_xent`` (``label_rows``,
 ``soft_row``) and the elementwise terms the scalar leaves of ``gpukernels._scalar``: each
 formula is the one the single losses use. Each row's predictions are copied to a scratch row
 first, and each term's gradient is formed in scratch and added into its columns, so the
@@ -15,7 +15,7 @@ from gpukernels._scalar import ONE, ZERO
 
 from . import CACHE, ParallelKernel, compute_view, output_view, store
 from ._math import leaf
-from .softmax_xent import capped, label_row, soft_row, through_cap
+from .softmax_xent import capped, label_rows, row_stats, soft_row, through_cap
 
 _bce = leaf(_scalar.bce_with_logits)
 _squared_error = leaf(_scalar.squared_error)
@@ -25,19 +25,28 @@ _NO_CLASS, _NEVER_IGNORED = -1, -2
 
 
 @njit(cache=CACHE)
-def _xent_term(z, t, no_weight, z_loss, cap, zc, e, grad):
+def _xent_term(z, t, no_weight, z_loss, cap, zc, e, grad, label_scratch):
     """Softmax CE of ``z`` against a class index (``t`` one value, ``z`` wider) or the
     probabilities ``t``, unscaled, with its z-loss; its gradient into ``grad``. With a cap
     the logits are capped into the scratch ``zc`` first and the gradient taken through the
     cap. A class index that is not a whole number in ``[0, len(z))`` gives a NaN loss and a
-    zero gradient."""
+    zero gradient. ``label_scratch`` is ``(label, m, s, loss)``, one element each, for
+    :func:`label_rows`."""
     if cap > 0:
         capped(z, cap, zc)
         z = zc
     if t.shape[0] == 1 and z.shape[0] > 1:
         v = t[0]
         y = int(v) if v >= 0 and v < z.shape[0] and v == np.floor(v) else _NO_CLASS
-        loss = label_row(z, y, no_weight, ONE, _NEVER_IGNORED, ZERO, ZERO, z_loss, e, grad)
+        label, m, s, loss_out = label_scratch
+        label[0] = y
+        width = z.shape[0]
+        e_row, grad_row = e.reshape((1, width)), grad.reshape((1, width))
+        row_stats(z, m, s, e_row)
+        scale, args = (None, ONE, False), (_NEVER_IGNORED, ZERO, ZERO, z_loss)
+        row = z.reshape((1, width))
+        label_rows(row, 0, label, 0, 1, no_weight, scale, args, m, s, e_row, grad_row, loss_out)
+        loss = loss_out[0]
     else:
         loss = soft_row(z, t, no_weight, ONE, ONE, ZERO, z_loss, e, grad)
     if cap > 0:
@@ -71,6 +80,12 @@ def _composite_kernel(
         term_grad = np.empty(width, row_loss.dtype)
         capped_row = np.empty(width, row_loss.dtype)
         no_weight = np.empty(0, row_loss.dtype)
+        label_scratch = (
+            np.empty(1, np.int64),
+            np.empty(1, row_loss.dtype),
+            np.empty(1, row_loss.dtype),
+            np.empty(1, row_loss.dtype),
+        )
         for i in range(b * chunk, min(n, (b + 1) * chunk)):
             z[:] = pred[i]
             grad[i] = 0
@@ -84,7 +99,9 @@ def _composite_kernel(
                 if kinds[k] == _XENT:
                     z_loss, cap = term_param[k, 1], term_param[k, 2]
                     zc, ek = capped_row[: c1 - c0], e[: c1 - c0]
-                    row_loss[i, k] = _xent_term(zk, tk, no_weight, z_loss, cap, zc, ek, gk)
+                    row_loss[i, k] = _xent_term(
+                        zk, tk, no_weight, z_loss, cap, zc, ek, gk, label_scratch
+                    )
                 else:
                     row_loss[i, k] = _elementwise_term(kinds[k], zk, tk, term_param[k, 0], gk)
                 for c in range(c1 - c0):

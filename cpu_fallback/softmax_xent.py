@@ -1,9 +1,11 @@
 """Fused softmax cross-entropy on the CPU: loss and gradient per row, rows in parallel.
 
-A row takes four passes while it is hot in cache: the max; ``e = exp(z - max)`` into a
+A long row takes four passes while it is hot in cache: the max; ``e = exp(z - max)`` into a
 per-thread scratch row (the only ``exp`` of each element, vectorised by ``fast_exp``); the
-sum of ``e``; the gradient ``g (A e / s - a)``. The loss terms read the logits before the
-gradient is written, so ``grad`` may be the logits themselves. See docs/BACKENDS.md.
+sum of ``e``; the gradient ``g (A e / s - a)``. Rows go in blocks (``_label_block``):
+short ones folded four rows at a time, with one flat ``exp`` over the block. The loss terms
+read the logits before the gradient is written, so ``grad`` may be the logits themselves.
+See docs/BACKENDS.md.
 """
 
 import math
@@ -28,8 +30,9 @@ from ._math import fast_exp
 from .reduce import canonical_total
 
 _NAN = np.float32(np.nan)
-SHORT_ROW = 16  # classes a row at most to take the short-row path (without softcap)
-SHORT_BLOCK = 64  # short rows whose exponentials are computed in one flat loop
+FOLD_MAX = 128  # classes a row at most to be folded four rows at a time (_fold_rows)
+SHORT_BLOCK = 64  # rows a block at most
+BLOCK_ELEMENTS = 1 << 12  # elements a block at most: its exponentials stay in L1
 
 
 @njit(fastmath=FASTMATH, cache=CACHE)
@@ -84,21 +87,6 @@ def _soft_sums(z, t, w, m, keep, eps_c):
     return a_sum, gap
 
 
-@njit(cache=CACHE, inline="always")  # an elementwise loop: vectorises without fastmath
-def _write_label_grad(e, w, k_p, k_w, weighted, grad):
-    """grad_c = k_p e_c - k_w w_c (the true class is overwritten by the caller).
-
-    Without ``weighted`` (no weights, or no smoothing: ``k_w`` is 0), ``w`` is not read, so
-    an inf or NaN weight of a class the row does not use cannot reach its gradient.
-    """
-    if not weighted:
-        for c in range(e.shape[0]):
-            grad[c] = k_p * e[c] - k_w
-    else:
-        for c in range(e.shape[0]):
-            grad[c] = k_p * e[c] - k_w * w[c]
-
-
 @njit(fastmath=FASTMATH, cache=CACHE)
 def _write_soft_grad(e, t, w, k_p, g, keep, eps_c, grad):
     """grad_c = k_p e_c - g a_c."""
@@ -107,22 +95,6 @@ def _write_soft_grad(e, t, w, k_p, g, keep, eps_c, grad):
         if w.shape[0]:
             a *= w[c]
         grad[c] = k_p * e[c] - g * a
-
-
-@njit(cache=CACHE)
-def label_row(z, y, w, g, ignore_index, eps, eps_c, z_loss, e, grad):
-    """Loss of one row ``z`` with class index ``y``; writes its gradient ``g (A' p - a)``.
-
-    ``w`` the class weights (empty: 1), ``eps`` the smoothing and ``eps_c = eps / C``,
-    ``z_loss`` the factor of ``lse^2``, ``e`` scratch of ``z``'s length. An ignored row has
-    loss 0, a ``y`` outside ``[0, C)`` NaN; both get a zero gradient. Otherwise see
-    :func:`label_finish`.
-    """
-    if not valid_label(y, ignore_index, z.shape[0]):
-        return skipped_row(y, ignore_index, g, grad)
-    m = _row_max(z)
-    _exp_shifted(z, m, e)
-    return label_finish(z, y, w, g, eps, eps_c, z_loss, m, _sum(e), e, grad)
 
 
 @njit(cache=CACHE, inline="always")
@@ -138,32 +110,65 @@ def skipped_row(y, ignore_index, g, grad):
     return (ZERO if y == ignore_index else _NAN) * g
 
 
-@njit(cache=CACHE, inline="always")
-def label_finish(z, y, w, g, eps, eps_c, z_loss, m, s, e, grad):
-    """The loss of a row with class index ``y`` from its max ``m``, ``e = exp(z - m)`` and
-    ``s = sum e``; writes its gradient ``g (A' e / s - a)``.
+@njit(cache=CACHE)
+def label_rows(z, z_lo, labels, lo, rows, w, scale, args, m, s, e, grad, row_loss):
+    """Rows ``lo:lo + rows`` with class indices, from their logits ``z[z_lo + r]``, maxima
+    ``m[r]``, ``e[r] = exp(z[z_lo + r] - m[r])`` and sums ``s[r]``: row ``i = lo + r``'s loss
+    into ``row_loss[i]`` and its gradient ``g (A' p - a)`` into ``grad[i]``.
 
-    The loss is ``(1 - eps) w_y ((m - z_y) + log s) + eps_c sum_c w_c ((m - z_c) + log s) +
-    z_loss lse^2`` with ``lse = m + log s``: ``m - z_y`` is exact for the large logits that
-    matter, so no precision is lost to the magnitude of ``m``. ``A = (1 - eps) w_y + eps_c
-    sum_c w_c`` and ``A' = A + 2 z_loss lse``.
+    ``labels[i]`` is the row's class index ``y``, ``w`` the class weights (empty: 1),
+    ``scale`` ``(upstream, divisor, mean)`` (:func:`row_scale` gives ``g``) and ``args``
+    ``(ignore_index, eps, eps_c, z_loss)``: the smoothing and ``eps / C``, the factor of
+    ``lse^2``. An ignored row has loss 0, a ``y`` outside ``[0, C)`` NaN; both get a zero
+    gradient. Otherwise the loss is ``(1 - eps) w_y ((m - z_y) + log s) + eps_c sum_c w_c
+    ((m - z_c) + log s) + z_loss lse^2`` with ``lse = m + log s``: ``m - z_y`` is exact for
+    the large logits that matter, so no precision is lost to the magnitude of ``m``.
+    ``A = (1 - eps) w_y + eps_c sum_c w_c``, ``A' = A + 2 z_loss lse`` and ``a_c = (1 - eps)
+    w_y [c = y] + eps_c w_c``; ``A' p_c`` is ``e_c (A' / s)``, one division a row.
+
+    Rows are arrays and indices, not views: Numba counts the references to a view's parent,
+    which costs a short row as much as its arithmetic. Without smoothing and weights ``w`` is
+    not read, so an inf or NaN weight of a class the row does not use cannot reach its
+    gradient.
     """
-    z_y = z[y]
-    w_y = w[y] if w.shape[0] else ONE
-    w_sum, gap = _weight_and_gap_sums(z, w, m) if eps > 0 else (ZERO * m, ZERO * m)
-    log_s = math.log(s)
-    keep = ONE - eps
-    a_sum = keep * w_y + eps_c * w_sum
-    loss = keep * w_y * (m - z_y + log_s) + eps_c * (w_sum * log_s + gap)
-    if z_loss > 0:
-        lse = m + log_s
-        loss += z_loss * lse * lse
-        a_sum += (z_loss + z_loss) * lse
-    p_scale = a_sum / s  # one division a row: p_c A = e_c (A / s)
-    _write_label_grad(e, w, g * p_scale, g * eps_c, eps > 0 and w.shape[0] > 0, grad)
-    # p_y - a_y in the accumulation dtype, rounded once into grad.
-    grad[y] = g * (p_scale * e[y] - (keep * w_y + eps_c * w_y))
-    return loss
+    upstream, divisor, mean = scale
+    ignore_index, eps, eps_c, z_loss = args
+    c, keep, weighted = z.shape[1], ONE - eps, eps > 0 and w.shape[0] > 0
+    for r in range(rows):
+        i, zi = lo + r, z_lo + r
+        y, g = labels[i], row_scale(upstream, i, divisor, mean)
+        if not valid_label(y, ignore_index, c):
+            row_loss[i] = skipped_row(y, ignore_index, g, grad[i])
+            continue
+        m_r, log_s = m[r], math.log(s[r])
+        w_y = w[y] if w.shape[0] else ONE
+        w_sum, gap = _weight_and_gap_sums(z[zi], w, m_r) if eps > 0 else (ZERO * m_r, ZERO * m_r)
+        a_sum = keep * w_y + eps_c * w_sum
+        loss = keep * w_y * (m_r - z[zi, y] + log_s) + eps_c * (w_sum * log_s + gap)
+        if z_loss > 0:
+            lse = m_r + log_s
+            loss += z_loss * lse * lse
+            a_sum += (z_loss + z_loss) * lse
+        p_scale = a_sum / s[r]
+        k_p, k_w = g * p_scale, g * eps_c
+        if weighted:
+            for k in range(c):
+                grad[i, k] = k_p * e[r, k] - k_w * w[k]
+        else:
+            for k in range(c):
+                grad[i, k] = k_p * e[r, k] - k_w
+        # p_y - a_y formed in the accumulation dtype, rounded once into grad
+        grad[i, y] = g * (p_scale * e[r, y] - (keep * w_y + eps_c * w_y))
+        row_loss[i] = loss
+
+
+@njit(cache=CACHE)
+def row_stats(z, m, s, e):
+    """``m[0] = max z``, ``e[0] = exp(z - m[0])``, ``s[0] = sum e[0]``: a row's stats for
+    :func:`label_rows` (loops that vectorise along the row)."""
+    m[0] = _row_max(z)
+    _exp_shifted(z, m[0], e[0])
+    s[0] = _sum(e[0])
 
 
 @njit(cache=CACHE)
@@ -174,56 +179,65 @@ def _exp_in_place(e):
 
 
 @njit(cache=CACHE)
-def _short_rows(z, labels, w, scale, grad, row_loss, lo, hi, args, e, m):
-    """Rows ``lo:hi`` of short rows, ``SHORT_BLOCK`` at a time: each block's maxima, then the
-    shifted logits of all its rows in ``e`` and one flat ``exp`` over them (a loop over 10
-    classes a row does not vectorise; one over 64 rows of them does), then each row's
-    :func:`label_finish`. ``scale`` is ``(upstream, divisor, mean)`` (:func:`row_scale`),
-    ``args`` ``(ignore_index, eps, eps_c, z_loss)``."""
-    upstream, divisor, mean = scale
-    ignore_index, eps, eps_c, z_loss = args
+def _label_block(z, z_lo, labels, lo, rows, w, scale, args, m, s, e, grad, row_loss):
+    """Rows ``lo:lo + rows`` (logits ``z[z_lo + r]``): their maxima ``m``, exponentials
+    ``e`` and sums ``s``, then :func:`label_rows`.
+
+    Rows of at most ``FOLD_MAX`` classes are folded four at a time (:func:`_fold_rows`) and
+    exponentiated in one flat loop over the block: a loop over 10 classes does not
+    vectorise, one over 64 rows of them does. Longer rows use loops along the row, and a
+    row that takes no part gets no exponentials. Either way each row's max and sum are
+    formed in one order, whatever its block.
+    """
     c = z.shape[1]
-    for b in range(lo, hi, SHORT_BLOCK):
-        rows = min(hi, b + SHORT_BLOCK) - b
+    if c <= FOLD_MAX:
+        _fold_rows(z, z_lo, rows, m, _keep_max)
         for r in range(rows):
-            m[r] = _short_max(z[b + r])
-            _shift(z[b + r], m[r], e[r * c : (r + 1) * c])
-        _exp_in_place(e[: rows * c])
+            for k in range(c):
+                e[r, k] = z[z_lo + r, k] - m[r]
+        _exp_in_place(e.reshape(e.size)[: rows * c])
+        _fold_rows(e, 0, rows, s, _add)
+    else:
         for r in range(rows):
-            i = b + r
-            y = labels[i]
-            g = row_scale(upstream, i, divisor, mean)
-            if valid_label(y, ignore_index, c):
-                e_r = e[r * c : (r + 1) * c]
-                s = _short_sum(e_r)
-                loss = label_finish(z[i], y, w, g, eps, eps_c, z_loss, m[r], s, e_r, grad[i])
-            else:
-                loss = skipped_row(y, ignore_index, g, grad[i])
-            row_loss[i] = loss
-
-
-# Short rows' max and sum, inlined scalar loops: a vectorised loop of a handful of elements
-# costs more in its set-up than it saves.
-@njit(cache=CACHE, inline="always")
-def _short_max(z):
-    m = z[0]
-    for c in range(1, z.shape[0]):
-        m = z[c] if z[c] > m else m
-    return m
+            if valid_label(labels[lo + r], args[0], c):
+                row = z[z_lo + r]
+                m[r] = _row_max(row)
+                _exp_shifted(row, m[r], e[r])
+                s[r] = _sum(e[r])
+    label_rows(z, z_lo, labels, lo, rows, w, scale, args, m, s, e, grad, row_loss)
 
 
 @njit(cache=CACHE, inline="always")
-def _short_sum(e):
-    s = e[0]
-    for c in range(1, e.shape[0]):
-        s += e[c]
-    return s
+def _fold_rows(a, lo, rows, out, op):
+    """``out[r] = op(..op(op(a[i, 0], a[i, 1]), a[i, 2]).., a[i, C-1])`` for ``i = lo + r``:
+    each row folded left to right, as one row's loop would, but four rows at a time, so that
+    their chains of dependent operations (a handful of elements each: too few to vectorise)
+    overlap."""
+    c = a.shape[1]
+    r = 0
+    while r + 4 <= rows:
+        i = lo + r
+        f0, f1, f2, f3 = a[i, 0], a[i + 1, 0], a[i + 2, 0], a[i + 3, 0]
+        for k in range(1, c):
+            f0, f1 = op(f0, a[i, k]), op(f1, a[i + 1, k])
+            f2, f3 = op(f2, a[i + 2, k]), op(f3, a[i + 3, k])
+        out[r], out[r + 1], out[r + 2], out[r + 3] = f0, f1, f2, f3
+        r += 4
+    for tail in range(r, rows):
+        f = a[lo + tail, 0]
+        for k in range(1, c):
+            f = op(f, a[lo + tail, k])
+        out[tail] = f
 
 
 @njit(cache=CACHE, inline="always")
-def _shift(z, m, out):
-    for c in range(z.shape[0]):
-        out[c] = z[c] - m
+def _keep_max(m, v):
+    return v if v > m else m  # NaN never wins, as in _row_max
+
+
+@njit(cache=CACHE, inline="always")
+def _add(s, v):
+    return s + v
 
 
 @njit(cache=CACHE, inline="always")
@@ -262,27 +276,24 @@ def _labels_kernel(
     bad[0], rows = _scan_labels(labels, w, row_loss, ignore_index, c, mean)
     one = np.ones(1, row_loss.dtype)[0]
     divisor = _label_divisor(row_loss, rows, w.shape[0] > 0) if mean else one
-    short = c <= SHORT_ROW and cap == 0
+    scale = (upstream, divisor, mean)
+    block = max(1, min(SHORT_BLOCK, BLOCK_ELEMENTS // max(c, 1)))  # rows a block
     for b in prange((n + chunk - 1) // chunk):
-        lo, hi = b * chunk, min(n, (b + 1) * chunk)
-        if short:
-            e = np.empty(SHORT_BLOCK * c, row_loss.dtype)
-            m = np.empty(SHORT_BLOCK, row_loss.dtype)
-            scale = (upstream, divisor, mean)
-            _short_rows(logits, labels, w, scale, grad, row_loss, lo, hi, args, e, m)
-            continue
-        e = np.empty(c, row_loss.dtype)
-        zc = np.empty(c if cap > 0 else 0, row_loss.dtype)
-        for i in range(lo, hi):
-            g, y = row_scale(upstream, i, divisor, mean), labels[i]
-            if cap > 0:
-                capped(logits[i], cap, zc)
-                row_loss[i] = label_row(zc, y, w, g, ignore_index, eps, eps_c, z_loss, e, grad[i])
-                through_cap(zc, cap, grad[i])
-            else:
-                row_loss[i] = label_row(
-                    logits[i], y, w, g, ignore_index, eps, eps_c, z_loss, e, grad[i]
-                )
+        m, s = np.empty(block, row_loss.dtype), np.empty(block, row_loss.dtype)
+        e = np.empty((block, c), row_loss.dtype)
+        zc = np.empty((block if cap > 0 else 0, c), row_loss.dtype)  # capped rows
+        hi = min(n, (b + 1) * chunk)
+        for lo in range(b * chunk, hi, block):
+            rows = min(hi, lo + block) - lo
+            if cap == 0:
+                _label_block(logits, lo, labels, lo, rows, w, scale, args, m, s, e, grad, row_loss)
+                continue
+            for r in range(rows):
+                capped(logits[lo + r], cap, zc[r])
+            _label_block(zc, 0, labels, lo, rows, w, scale, args, m, s, e, grad, row_loss)
+            for r in range(rows):  # a row left out keeps its zero gradient
+                if valid_label(labels[lo + r], ignore_index, c):
+                    through_cap(zc[r], cap, grad[lo + r])
     if reduction >= SUM:
         total = canonical_total(row_loss)
         loss[0] = total / divisor if mean else total

@@ -23,6 +23,8 @@ def _calls(rng):
     y = rng.uniform(0.0, 1.0, (N, C)).astype(np.float32)
     weight = rng.uniform(0.5, 2.0, C).astype(np.float32)
     go = random_floats(rng, (N, C), np.float32)
+    wide = random_floats(rng, (257, 131), np.float32)  # rows past the folded length
+    wide_labels = random_labels(rng, 257, 131)
     box = np.concatenate([(rng.random((N, 1)) < 0.5), rng.random((N, 4))], axis=1)
     terms = [
         gk.LossTerm("bce_with_logits", slice(0, 1)),
@@ -36,6 +38,9 @@ def _calls(rng):
         "ce probs": lambda: gk.softmax_cross_entropy(z, probs, reduction="sum"),
         "ce none": lambda: gk.softmax_cross_entropy(
             z, labels, reduction="none", grad_output=go[:, 0]
+        ),
+        "ce long rows": lambda: gk.softmax_cross_entropy(
+            wide, wide_labels, z_loss=1e-3, softcap=5.0
         ),
         "bce": lambda: gk.bce_with_logits(z, y, pos_weight=weight),
         "bce none": lambda: gk.bce_with_logits(z, y, reduction="none", grad_output=go),

@@ -488,6 +488,50 @@ def test_softcap_caps_infinite_logits(backend):
     assert np.isnan(loss[1]) and np.isnan(grad[1]).all()
 
 
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_rows_left_out_get_a_zero_gradient_whatever_their_logits(backend, softcap):
+    """An ignored row and a row with an out-of-range label are written 0 without reading
+    their logits, with a cap too (0 times the cap's slope of a NaN would be NaN)."""
+    z = np.array([[np.nan, 0.0, 1.0], [np.inf, 2.0, 1.0], [0.5, 0.0, 1.0]], np.float32)
+    labels = np.array([-100, 7, 2])
+    out = poisoned(z.shape, np.float32)
+    loss, grad = gk.softmax_cross_entropy(
+        z, labels, reduction="none", softcap=softcap, out=out, validate=False
+    )
+    assert loss[0] == 0 and np.isnan(loss[1])
+    assert np.all(grad[:2] == 0) and np.isfinite(grad[2]).all()
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+@pytest.mark.parametrize("c", [1, 2, 10, 100, 128, 129])
+@pytest.mark.parametrize("n", [3, 64, 67, 130])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_row_blocks_cpu(cpu_backend, n, c, reduction, softcap):
+    """Rows go in blocks of up to 64 (fewer for long rows), rows of up to 128 classes folded
+    four at a time: whole and partial blocks and groups, both kinds of row, with every
+    option, against PyTorch's maths."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(73 + n + c)
+    z = (4 * rng.standard_normal((n, c))).astype(np.float32)
+    labels = rng.integers(0, c, n)
+    labels[::5] = -100
+    weight = rng.uniform(0.5, 2.0, c).astype(np.float32)
+    upstream = grad_output_for(rng, reduction, n, np.float32)
+    kw = dict(reduction=reduction, weight=weight, label_smoothing=0.1, softcap=softcap)
+    out = poisoned((n, c), np.float32)
+    loss, grad = gk.softmax_cross_entropy(
+        z, labels, **kw, z_loss=1e-2, grad_output=upstream, out=out
+    )
+    options = dict(reduction=reduction, weight=weight, smoothing=0.1, softcap=softcap)
+    want_loss, want_grad = zloss_softcap_reference(torch, z, labels, **options, z_loss=1e-2)
+    want_grad *= np.asarray(upstream)[:, None] if reduction == "none" else upstream
+    assert_all_written(grad)
+    assert_close(loss, want_loss, np.float32, what="loss")
+    assert_close(grad, want_grad, np.float32, what="grad")
+    plain = gk.softmax_cross_entropy(z, labels, reduction=reduction)
+    check(plain, z, labels, reduction=reduction)
+
+
 @pytest.mark.parametrize(
     ("option", "value", "error"),
     [
