@@ -113,7 +113,8 @@ _ATANH = tuple(np.float32(2.0 / k) for k in (3, 5, 7, 9))
 
 @njit(error_model="numpy")  # separate from fastmath callers, like _exp_f32
 def _log1p_f32(x):
-    """log1p(x) for x in [0, 1] (what BCE needs: x = exp(-|z|)), within 2 ulp.
+    """log1p(x) for x in [sqrt(1/2) - 1, 1] (what BCE needs: x = exp(-|z|) in [0, 1]; what
+    ``_log_f32`` needs: [sqrt(1/2) - 1, sqrt(2) - 1]), within 2 ulp.
 
     1 + x = 2^k m with m in [sqrt(1/2), sqrt(2)), k in {0, 1}; log m = 2 atanh(s) with
     s = (m - 1) / (m + 1), |s| <= 0.172 (an odd series to s^9), s formed from x directly.
@@ -124,6 +125,46 @@ def _log1p_f32(x):
     s2 = s * s
     series = s2 * (_ATANH[0] + s2 * (_ATANH[1] + s2 * (_ATANH[2] + s2 * _ATANH[3])))
     return (_LN2 if big else _ZERO) + ((s + s) + s * series)
+
+
+_SQRT2 = np.float32(1.41421356)
+_HALF = np.float32(0.5)
+_SMALLEST_NORMAL = np.float32(2.0**-126)
+_TWO_23 = np.float32(2.0**23)
+_NAN = np.float32(np.nan)
+_MANTISSA, _EXPONENT_ONE = np.int32(0x007FFFFF), np.int32(0x3F800000)
+
+
+@njit(error_model="numpy")
+def _log_f32(x):
+    """log(x) for float32, within 2 ulp.
+
+    x = 2^k m with m in [sqrt(1/2), sqrt(2)) read from x's bits (a subnormal scaled by 2^23
+    first), log x = k ln 2 + log1p(m - 1), ``m - 1`` exact and ``k ln 2`` in two parts whose
+    first is exact. 0 gives -inf, a negative x NaN, inf inf, NaN NaN.
+    """
+    tiny = x < _SMALLEST_NORMAL
+    bits = _float_bits(x * _TWO_23 if tiny else x)
+    m = _bits_float(np.int32((bits & _MANTISSA) | _EXPONENT_ONE))  # in [1, 2)
+    big = m > _SQRT2
+    k = np.float32((bits >> 23) - (150 if tiny else 127) + (1 if big else 0))
+    y = k * _LN2_HI + (k * _LN2_LO + _log1p_f32((m * _HALF if big else m) - _ONE))
+    y = -_INF if x == _ZERO else y
+    y = _NAN if x < _ZERO else y
+    y = _INF if x == _INF else y
+    return x if x != x else y
+
+
+def fast_log(x):
+    """log(x): vectorisable for float32, ``math.log`` for float64."""
+    return math.log(x)
+
+
+@overload(fast_log)
+def _fast_log_overload(x):
+    if x == types.float32:
+        return lambda x: _log_f32(x)
+    return lambda x: math.log(x)
 
 
 def fast_log1p(x):

@@ -30,7 +30,7 @@ def _xent_term(z, t, no_weight, z_loss, cap, zc, e, grad, label_scratch):
     probabilities ``t``, unscaled, with its z-loss; its gradient into ``grad``. With a cap
     the logits are capped into the scratch ``zc`` first and the gradient taken through the
     cap. A class index that is not a whole number in ``[0, len(z))`` gives a NaN loss and a
-    zero gradient. ``label_scratch`` is ``(label, m, s, loss)``, one element each, for
+    zero gradient. ``label_scratch`` is ``(label, stats, loss)``, one row each, for
     :func:`label_rows`."""
     if cap > 0:
         capped(z, cap, zc)
@@ -38,14 +38,14 @@ def _xent_term(z, t, no_weight, z_loss, cap, zc, e, grad, label_scratch):
     if t.shape[0] == 1 and z.shape[0] > 1:
         v = t[0]
         y = int(v) if v >= 0 and v < z.shape[0] and v == np.floor(v) else _NO_CLASS
-        label, m, s, loss_out = label_scratch
+        label, stats, loss_out = label_scratch
         label[0] = y
         width = z.shape[0]
         e_row, grad_row = e.reshape((1, width)), grad.reshape((1, width))
-        row_stats(z, m, s, e_row)
+        row_stats(z, stats, e_row)
         scale, args = (None, ONE, False), (_NEVER_IGNORED, ZERO, ZERO, z_loss)
         row = z.reshape((1, width))
-        label_rows(row, 0, label, 0, 1, no_weight, scale, args, m, s, e_row, grad_row, loss_out)
+        label_rows(row, 0, label, 0, 1, no_weight, scale, args, stats, e_row, grad_row, loss_out)
         loss = loss_out[0]
     else:
         loss = soft_row(z, t, no_weight, ONE, ONE, ZERO, z_loss, e, grad)
@@ -82,8 +82,7 @@ def _composite_kernel(
         no_weight = np.empty(0, row_loss.dtype)
         label_scratch = (
             np.empty(1, np.int64),
-            np.empty(1, row_loss.dtype),
-            np.empty(1, row_loss.dtype),
+            np.empty((3, 1), row_loss.dtype),
             np.empty(1, row_loss.dtype),
         )
         for i in range(b * chunk, min(n, (b + 1) * chunk)):

@@ -26,7 +26,7 @@ from . import (
     output_view,
     store,
 )
-from ._math import fast_exp
+from ._math import fast_exp, fast_log
 from .reduce import canonical_total
 
 _NAN = np.float32(np.nan)
@@ -111,10 +111,11 @@ def skipped_row(y, ignore_index, g, grad):
 
 
 @njit(cache=CACHE)
-def label_rows(z, z_lo, labels, lo, rows, w, scale, args, m, s, e, grad, row_loss):
-    """Rows ``lo:lo + rows`` with class indices, from their logits ``z[z_lo + r]``, maxima
-    ``m[r]``, ``e[r] = exp(z[z_lo + r] - m[r])`` and sums ``s[r]``: row ``i = lo + r``'s loss
-    into ``row_loss[i]`` and its gradient ``g (A' p - a)`` into ``grad[i]``.
+def label_rows(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, row_loss):
+    """Rows ``lo:lo + rows`` with class indices, from their logits ``z[z_lo + r]``,
+    ``stats[:, r] = (m, s, log s)`` (the max, the sum of ``e[r] = exp(z[z_lo + r] - m)``, its
+    log): row ``i = lo + r``'s loss into ``row_loss[i]`` and its gradient ``g (A' p - a)``
+    into ``grad[i]``.
 
     ``labels[i]`` is the row's class index ``y``, ``w`` the class weights (empty: 1),
     ``scale`` ``(upstream, divisor, mean)`` (:func:`row_scale` gives ``g``) and ``args``
@@ -140,7 +141,7 @@ def label_rows(z, z_lo, labels, lo, rows, w, scale, args, m, s, e, grad, row_los
         if not valid_label(y, ignore_index, c):
             row_loss[i] = skipped_row(y, ignore_index, g, grad[i])
             continue
-        m_r, log_s = m[r], math.log(s[r])
+        m_r, log_s = stats[0, r], stats[2, r]
         w_y = w[y] if w.shape[0] else ONE
         w_sum, gap = _weight_and_gap_sums(z[zi], w, m_r) if eps > 0 else (ZERO * m_r, ZERO * m_r)
         a_sum = keep * w_y + eps_c * w_sum
@@ -149,7 +150,7 @@ def label_rows(z, z_lo, labels, lo, rows, w, scale, args, m, s, e, grad, row_los
             lse = m_r + log_s
             loss += z_loss * lse * lse
             a_sum += (z_loss + z_loss) * lse
-        p_scale = a_sum / s[r]
+        p_scale = a_sum / stats[1, r]
         k_p, k_w = g * p_scale, g * eps_c
         if weighted:
             for k in range(c):
@@ -163,12 +164,13 @@ def label_rows(z, z_lo, labels, lo, rows, w, scale, args, m, s, e, grad, row_los
 
 
 @njit(cache=CACHE)
-def row_stats(z, m, s, e):
-    """``m[0] = max z``, ``e[0] = exp(z - m[0])``, ``s[0] = sum e[0]``: a row's stats for
-    :func:`label_rows` (loops that vectorise along the row)."""
-    m[0] = _row_max(z)
-    _exp_shifted(z, m[0], e[0])
-    s[0] = _sum(e[0])
+def row_stats(z, stats, e):
+    """``stats[:, 0] = (m, s, log s)`` of the row ``z``, ``m = max z``, ``e[0] = exp(z - m)``,
+    ``s = sum e[0]``: a row's stats for :func:`label_rows` (loops along the row)."""
+    stats[0, 0] = _row_max(z)
+    _exp_shifted(z, stats[0, 0], e[0])
+    stats[1, 0] = _sum(e[0])
+    stats[2, 0] = fast_log(stats[1, 0])
 
 
 @njit(cache=CACHE)
@@ -179,9 +181,9 @@ def _exp_in_place(e):
 
 
 @njit(cache=CACHE)
-def _label_block(z, z_lo, labels, lo, rows, w, scale, args, m, s, e, grad, row_loss):
-    """Rows ``lo:lo + rows`` (logits ``z[z_lo + r]``): their maxima ``m``, exponentials
-    ``e`` and sums ``s``, then :func:`label_rows`.
+def _label_block(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, row_loss):
+    """Rows ``lo:lo + rows`` (logits ``z[z_lo + r]``): their maxima, exponentials ``e``,
+    sums and the sums' logs (``stats``), then :func:`label_rows`.
 
     Rows of at most ``FOLD_MAX`` classes are folded four at a time (:func:`_fold_rows`) and
     exponentiated in one flat loop over the block: a loop over 10 classes does not
@@ -191,20 +193,23 @@ def _label_block(z, z_lo, labels, lo, rows, w, scale, args, m, s, e, grad, row_l
     """
     c = z.shape[1]
     if c <= FOLD_MAX:
+        m = stats[0]
         _fold_rows(z, z_lo, rows, m, _keep_max)
         for r in range(rows):
             for k in range(c):
                 e[r, k] = z[z_lo + r, k] - m[r]
         _exp_in_place(e.reshape(e.size)[: rows * c])
-        _fold_rows(e, 0, rows, s, _add)
+        _fold_rows(e, 0, rows, stats[1], _add)
     else:
         for r in range(rows):
             if valid_label(labels[lo + r], args[0], c):
                 row = z[z_lo + r]
-                m[r] = _row_max(row)
-                _exp_shifted(row, m[r], e[r])
-                s[r] = _sum(e[r])
-    label_rows(z, z_lo, labels, lo, rows, w, scale, args, m, s, e, grad, row_loss)
+                stats[0, r] = _row_max(row)
+                _exp_shifted(row, stats[0, r], e[r])
+                stats[1, r] = _sum(e[r])
+    for r in range(rows):
+        stats[2, r] = fast_log(stats[1, r])  # vectorised across the block, unlike math.log
+    label_rows(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, row_loss)
 
 
 @njit(cache=CACHE, inline="always")
@@ -279,18 +284,18 @@ def _labels_kernel(
     scale = (upstream, divisor, mean)
     block = max(1, min(SHORT_BLOCK, BLOCK_ELEMENTS // max(c, 1)))  # rows a block
     for b in prange((n + chunk - 1) // chunk):
-        m, s = np.empty(block, row_loss.dtype), np.empty(block, row_loss.dtype)
+        stats = np.empty((3, block), row_loss.dtype)
         e = np.empty((block, c), row_loss.dtype)
         zc = np.empty((block if cap > 0 else 0, c), row_loss.dtype)  # capped rows
         hi = min(n, (b + 1) * chunk)
         for lo in range(b * chunk, hi, block):
             rows = min(hi, lo + block) - lo
             if cap == 0:
-                _label_block(logits, lo, labels, lo, rows, w, scale, args, m, s, e, grad, row_loss)
+                _label_block(logits, lo, labels, lo, rows, w, scale, args, stats, e, grad, row_loss)
                 continue
             for r in range(rows):
                 capped(logits[lo + r], cap, zc[r])
-            _label_block(zc, 0, labels, lo, rows, w, scale, args, m, s, e, grad, row_loss)
+            _label_block(zc, 0, labels, lo, rows, w, scale, args, stats, e, grad, row_loss)
             for r in range(rows):  # a row left out keeps its zero gradient
                 if valid_label(labels[lo + r], ignore_index, c):
                     through_cap(zc[r], cap, grad[lo + r])

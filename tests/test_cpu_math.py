@@ -1,4 +1,4 @@
-"""The CPU backend's own maths: the vectorisable float32 exp used by the fused CE."""
+"""The CPU backend's own maths: the vectorisable float32 exp, log and log1p of the kernels."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from cpu_fallback._math import fast_exp, fast_log1p
+from cpu_fallback._math import fast_exp, fast_log, fast_log1p
 
 
 @njit
@@ -80,3 +80,41 @@ def test_fast_exp_rounds_into_the_subnormals():
         np.abs(y - truth).max()
         <= np.maximum(2 * np.spacing(truth.astype(np.float32)), spacing).max()
     )
+
+
+@njit
+def _log_all(x, y):
+    for i in range(x.shape[0]):
+        y[i] = fast_log(x[i])
+
+
+def _log_ulp_error(x):
+    y = np.empty_like(x)
+    _log_all(x, y)
+    truth = np.log(x.astype(np.float64))
+    return np.abs(y - truth) / np.spacing(np.abs(truth).astype(np.float32)).astype(np.float64)
+
+
+def test_fast_log_within_two_ulp_over_the_floats():
+    rng = np.random.default_rng(5)
+    wide = np.exp2(rng.uniform(-149, 128, 1_000_000)).astype(np.float32)  # subnormals too
+    near_one = rng.uniform(0.5, 2.0, 1_000_000).astype(np.float32)  # log x near 0
+    x = np.concatenate([wide, near_one, np.float32([1.0, 2.0, 0.5, 1.4142135, 1.4142137])])
+    x = x[(x > 0) & np.isfinite(x)]
+    assert _log_ulp_error(x).max() <= 2.0
+
+
+def test_fast_log_special_values():
+    x = np.array([1.0, 0.0, -0.0, -1.0, np.inf, -np.inf, np.nan], np.float32)
+    y = np.empty_like(x)
+    _log_all(x, y)
+    np.testing.assert_array_equal(
+        y, np.float32([0.0, -np.inf, -np.inf, np.nan, np.inf, np.nan, np.nan])
+    )
+
+
+def test_fast_log_float64_is_libm_log():
+    x = np.exp(np.random.default_rng(6).uniform(-700, 700, 1000))
+    y = np.empty_like(x)
+    _log_all(x, y)
+    np.testing.assert_array_equal(y, [math.log(v) for v in x])
