@@ -46,7 +46,7 @@ def as_array(t, name: str):
     tensor is handed over as its 16 bits and viewed as ``ml_dtypes.bfloat16``: neither
     ``Tensor.numpy`` nor every CuPy's DLPack import takes bfloat16."""
     torch = torch_module()
-    t = t.detach()
+    t = t.detach() if t.requires_grad else t
     bf16 = t.dtype == torch.bfloat16
     if bf16 and BFLOAT16 is None:
         raise TypeError(f"{name}: bfloat16 tensors need ml_dtypes (pip install ml_dtypes)")
@@ -94,21 +94,24 @@ def as_tensor(a):
     bf16 = BFLOAT16 is not None and a.dtype == BFLOAT16
     bits = a.view(np.int16) if bf16 else a
     if isinstance(a, np.ndarray):
-        t = torch.from_numpy(np.asarray(bits))
+        t = torch.from_numpy(bits)
     else:
         t = torch.from_dlpack(bits)
     return t.view(torch.bfloat16) if bf16 else t
 
 
-@contextlib.contextmanager
 def current_stream(device):
     """A context in which CuPy's current device is ``device`` and its current stream is
     PyTorch's current stream there, so kernels, allocations and CuPy expressions are ordered
     with the caller's PyTorch work (and DLPack hands tensors over without a cross-stream
-    wait)."""
-    if device is None or device.type != "cuda":
-        yield
-        return
+    wait). Nothing for a CPU device."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return _cuda_stream(device)
+
+
+@contextlib.contextmanager
+def _cuda_stream(device):
     import cupy
 
     torch = torch_module()
@@ -173,6 +176,9 @@ def _any_tensor(tensor: type, args: tuple, kwargs: dict) -> bool:
     return False
 
 
+_OPTIONS = (str, int, float)  # arguments that are never arrays (bool is an int)
+
+
 def _check_tensor_arguments(arguments: dict, tensors: dict) -> None:
     first_name, first = next(iter(tensors.items()))
     device_kind(first)  # CPU or CUDA, else TypeError
@@ -183,6 +189,8 @@ def _check_tensor_arguments(arguments: dict, tensors: dict) -> None:
                     f"{name} is on {tensors[name].device} but {first_name} is on "
                     f"{first.device}: pass tensors of one device"
                 )
+        elif value is None or isinstance(value, _OPTIONS):
+            continue
         elif isinstance(value, np.ndarray) or hasattr(value, "__cuda_array_interface__"):
             raise TypeError(
                 f"{name} is a {type(value).__module__}.{type(value).__name__} but {first_name} "
@@ -192,7 +200,9 @@ def _check_tensor_arguments(arguments: dict, tensors: dict) -> None:
 
 
 def _back(value, originals: dict):
-    if value is None or isinstance(value, str | int | float):
-        return value
     original = originals.get(id(value))
-    return original if original is not None else as_tensor(value)
+    if original is not None:
+        return original
+    if value is None or isinstance(value, _OPTIONS):
+        return value
+    return as_tensor(value)
