@@ -15,6 +15,7 @@ from .softmax_xent import _exp_shifted, _row_max, _sum, capped
 
 def _stats_kernel(logits, labels, stats, start, cap, chunk):
     n, width = logits.shape
+    cap = stats.dtype.type(cap)  # options come as Python numbers: a cheaper dispatch
     for b in prange((n + chunk - 1) // chunk):
         zc = np.empty(width, stats.dtype)
         e = np.empty(width, stats.dtype)
@@ -36,6 +37,8 @@ def _loss_grad_kernel(
     logits, labels, stats, scale, grad, row_loss, start, classes, ignore, eps, zl, cap, chunk
 ):
     n, width = logits.shape
+    acc = row_loss.dtype.type  # options come as Python numbers: a cheaper dispatch
+    classes, eps, zl, cap = acc(classes), acc(eps), acc(zl), acc(cap)
     for b in prange((n + chunk - 1) // chunk):
         for i in range(b * chunk, min(n, (b + 1) * chunk)):
             if labels[i] == ignore:
@@ -69,9 +72,8 @@ def shard_stats(logits, labels, stats, class_start, softcap):
         stats[:] = 0
         stats[:, 0] = -np.inf
         return
-    acc = stats.dtype.type
     view = compute_view(logits)
-    _stats(view, labels, stats, class_start, acc(softcap), work=logits.size, items=n)
+    _stats(view, labels, stats, class_start, float(softcap), work=logits.size, items=n)
 
 
 def shard_loss_and_grad(
@@ -90,7 +92,6 @@ def shard_loss_and_grad(
 ):
     """Row losses of the whole rows and this shard's gradient columns (``grad_scale`` the
     per-row or shared factor, 0 on ignored rows not required: they are skipped)."""
-    acc = row_loss.dtype.type
     buffer = output_view(grad)
     _loss_grad(
         compute_view(logits),
@@ -100,11 +101,11 @@ def shard_loss_and_grad(
         buffer,
         row_loss,
         class_start,
-        acc(num_classes),
+        float(num_classes),
         ignore_index,
-        acc(smoothing),
-        acc(z_loss),
-        acc(softcap),
+        float(smoothing),
+        float(z_loss),
+        float(softcap),
         work=logits.size,
         items=logits.shape[0],
     )
