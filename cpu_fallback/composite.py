@@ -15,7 +15,7 @@ from gpukernels._scalar import ONE, ZERO
 
 from . import CACHE, ParallelKernel, compute_view, output_view, store
 from ._math import leaf
-from .softmax_xent import capped, label_rows, row_stats, soft_row, through_cap
+from .softmax_xent import capped, label_block, soft_row, through_cap
 
 _bce = leaf(_scalar.bce_with_logits)
 _squared_error = leaf(_scalar.squared_error)
@@ -30,26 +30,25 @@ def _xent_term(z, t, no_weight, z_loss, cap, zc, e, grad, label_scratch):
     probabilities ``t``, unscaled, with its z-loss; its gradient into ``grad``. With a cap
     the logits are capped into the scratch ``zc`` first and the gradient taken through the
     cap. A class index that is not a whole number in ``[0, len(z))`` gives a NaN loss and a
-    zero gradient. ``label_scratch`` is ``(label, stats, loss)``, one row each, for
-    :func:`label_rows`."""
+    zero gradient (not through the cap). ``label_scratch`` is ``(label, stats, loss)``, one
+    row each, for softmax_xent's ``label_block`` (the single CE's arithmetic, in its order)."""
     if cap > 0:
         capped(z, cap, zc)
         z = zc
+    taken = True
     if t.shape[0] == 1 and z.shape[0] > 1:
         v = t[0]
         y = int(v) if v >= 0 and v < z.shape[0] and v == np.floor(v) else _NO_CLASS
         label, stats, loss_out = label_scratch
-        label[0] = y
-        width = z.shape[0]
-        e_row, grad_row = e.reshape((1, width)), grad.reshape((1, width))
-        row_stats(z, stats, e_row)
+        label[0], taken = y, y != _NO_CLASS
         scale, args = (None, ONE, False), (_NEVER_IGNORED, ZERO, ZERO, z_loss)
-        row = z.reshape((1, width))
-        label_rows(row, 0, label, 0, 1, no_weight, scale, args, stats, e_row, grad_row, loss_out)
+        shape = (1, z.shape[0])  # a block of one row
+        row, e_row, grad_row = z.reshape(shape), e.reshape(shape), grad.reshape(shape)
+        label_block(row, 0, label, 0, 1, no_weight, scale, args, stats, e_row, grad_row, loss_out)
         loss = loss_out[0]
     else:
         loss = soft_row(z, t, no_weight, ONE, ONE, ZERO, z_loss, e, grad)
-    if cap > 0:
+    if cap > 0 and taken:
         through_cap(zc, cap, grad)
     return loss
 

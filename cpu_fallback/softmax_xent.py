@@ -1,11 +1,11 @@
 """Fused softmax cross-entropy on the CPU: loss and gradient per row, rows in parallel.
 
-A long row takes four passes while it is hot in cache: the max; ``e = exp(z - max)`` into a
-per-thread scratch row (the only ``exp`` of each element, vectorised by ``fast_exp``); the
-sum of ``e``; the gradient ``g (A e / s - a)``. Rows go in blocks (``_label_block``):
-short ones folded four rows at a time, with one flat ``exp`` over the block. The loss terms
-read the logits before the gradient is written, so ``grad`` may be the logits themselves.
-See docs/BACKENDS.md.
+Rows go in blocks of up to 64 (``label_block``; fewer for long rows, so that a block's
+exponentials stay in L1): each row's max; ``e = exp(z - max)`` into the block's scratch (the
+only ``exp`` of each element, vectorised by ``fast_exp``: along a long row, across the block
+for short ones); the sums of ``e`` and their logs; then each row's loss and gradient
+``g (A e / s - a)`` (``label_rows``). The loss terms read the logits before the gradient is
+written, so ``grad`` may be the logits themselves. See docs/BACKENDS.md.
 """
 
 import math
@@ -31,7 +31,7 @@ from .reduce import canonical_total
 
 _NAN = np.float32(np.nan)
 FOLD_MAX = 128  # classes a row at most to be folded four rows at a time (_fold_rows)
-SHORT_BLOCK = 64  # rows a block at most
+BLOCK_ROWS = 64  # rows a block at most
 BLOCK_ELEMENTS = 1 << 12  # elements a block at most: its exponentials stay in L1
 
 
@@ -104,10 +104,11 @@ def valid_label(y, ignore_index, num_classes):
 
 
 @njit(cache=CACHE, inline="always")
-def skipped_row(y, ignore_index, g, grad):
-    """A row that takes no part: zero gradient; loss 0 if ignored, NaN if out of range."""
+def skipped_row(y, ignore_index, grad):
+    """A row that takes no part: zero gradient; loss 0 if ignored, NaN if out of range
+    (whatever the upstream gradient: the loss does not depend on it)."""
     grad[:] = 0
-    return (ZERO if y == ignore_index else _NAN) * g
+    return ZERO if y == ignore_index else _NAN
 
 
 @njit(cache=CACHE)
@@ -139,7 +140,7 @@ def label_rows(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, row_lo
         i, zi = lo + r, z_lo + r
         y, g = labels[i], row_scale(upstream, i, divisor, mean)
         if not valid_label(y, ignore_index, c):
-            row_loss[i] = skipped_row(y, ignore_index, g, grad[i])
+            row_loss[i] = skipped_row(y, ignore_index, grad[i])
             continue
         m_r, log_s = stats[0, r], stats[2, r]
         w_y = w[y] if w.shape[0] else ONE
@@ -164,16 +165,6 @@ def label_rows(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, row_lo
 
 
 @njit(cache=CACHE)
-def row_stats(z, stats, e):
-    """``stats[:, 0] = (m, s, log s)`` of the row ``z``, ``m = max z``, ``e[0] = exp(z - m)``,
-    ``s = sum e[0]``: a row's stats for :func:`label_rows` (loops along the row)."""
-    stats[0, 0] = _row_max(z)
-    _exp_shifted(z, stats[0, 0], e[0])
-    stats[1, 0] = _sum(e[0])
-    stats[2, 0] = fast_log(stats[1, 0])
-
-
-@njit(cache=CACHE)
 def _exp_in_place(e):
     """e = exp(e), one flat loop: vectorised across the rows of a block of short rows."""
     for k in range(e.shape[0]):
@@ -181,15 +172,16 @@ def _exp_in_place(e):
 
 
 @njit(cache=CACHE)
-def _label_block(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, row_loss):
-    """Rows ``lo:lo + rows`` (logits ``z[z_lo + r]``): their maxima, exponentials ``e``,
-    sums and the sums' logs (``stats``), then :func:`label_rows`.
+def label_block(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, row_loss):
+    """Rows ``lo:lo + rows`` (logits ``z[z_lo + r]``, labels ``labels[lo + r]``): their
+    maxima, exponentials ``e``, sums and the sums' logs (``stats``, ``(3, rows)`` or more),
+    then :func:`label_rows`. Also the composite loss's CE term, as a block of one row.
 
     Rows of at most ``FOLD_MAX`` classes are folded four at a time (:func:`_fold_rows`) and
     exponentiated in one flat loop over the block: a loop over 10 classes does not
-    vectorise, one over 64 rows of them does. Longer rows use loops along the row, and a
-    row that takes no part gets no exponentials. Either way each row's max and sum are
-    formed in one order, whatever its block.
+    vectorise, one over 64 rows of them does (rows that take no part are computed too and
+    ignored). Longer rows use loops along the row, and a row that takes no part gets none.
+    Either way a row's max and sum are formed in an order set by its length alone.
     """
     c = z.shape[1]
     if c <= FOLD_MAX:
@@ -200,6 +192,8 @@ def _label_block(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, row_
                 e[r, k] = z[z_lo + r, k] - m[r]
         _exp_in_place(e.reshape(e.size)[: rows * c])
         _fold_rows(e, 0, rows, stats[1], _add)
+        for r in range(rows):
+            stats[2, r] = fast_log(stats[1, r])  # vectorised across the block
     else:
         for r in range(rows):
             if valid_label(labels[lo + r], args[0], c):
@@ -207,8 +201,7 @@ def _label_block(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, row_
                 stats[0, r] = _row_max(row)
                 _exp_shifted(row, stats[0, r], e[r])
                 stats[1, r] = _sum(e[r])
-    for r in range(rows):
-        stats[2, r] = fast_log(stats[1, r])  # vectorised across the block, unlike math.log
+                stats[2, r] = fast_log(stats[1, r])
     label_rows(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, row_loss)
 
 
@@ -282,7 +275,7 @@ def _labels_kernel(
     one = np.ones(1, row_loss.dtype)[0]
     divisor = _label_divisor(row_loss, rows, w.shape[0] > 0) if mean else one
     scale = (upstream, divisor, mean)
-    block = max(1, min(SHORT_BLOCK, BLOCK_ELEMENTS // max(c, 1)))  # rows a block
+    block = max(1, min(BLOCK_ROWS, BLOCK_ELEMENTS // max(c, 1)))  # rows a block
     for b in prange((n + chunk - 1) // chunk):
         stats = np.empty((3, block), row_loss.dtype)
         e = np.empty((block, c), row_loss.dtype)
@@ -291,11 +284,11 @@ def _labels_kernel(
         for lo in range(b * chunk, hi, block):
             rows = min(hi, lo + block) - lo
             if cap == 0:
-                _label_block(logits, lo, labels, lo, rows, w, scale, args, stats, e, grad, row_loss)
+                label_block(logits, lo, labels, lo, rows, w, scale, args, stats, e, grad, row_loss)
                 continue
             for r in range(rows):
                 capped(logits[lo + r], cap, zc[r])
-            _label_block(zc, 0, labels, lo, rows, w, scale, args, stats, e, grad, row_loss)
+            label_block(zc, 0, labels, lo, rows, w, scale, args, stats, e, grad, row_loss)
             for r in range(rows):  # a row left out keeps its zero gradient
                 if valid_label(labels[lo + r], ignore_index, c):
                     through_cap(zc[r], cap, grad[lo + r])

@@ -347,3 +347,32 @@ def test_z_loss_and_softcap_only_on_cross_entropy_terms():
         gk.composite_loss(
             pred, target, [gk.LossTerm("softmax_cross_entropy", slice(0, 3), softcap=-1.0)]
         )
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_class_index_left_out_gets_a_zero_gradient_under_a_cap(backend):
+    """A class index outside the term's columns: a NaN loss and a zero gradient, without
+    going through the cap (0 times the cap's slope of a NaN logit would be NaN)."""
+    pred = np.array([[np.nan, 0.0, 1.0], [0.5, 0.0, 1.0]], np.float32)
+    target = np.array([[7.0], [2.0]], np.float32)
+    term = gk.LossTerm("softmax_cross_entropy", slice(0, 3), slice(0, 1), softcap=3.0)
+    loss, grad = gk.composite_loss(pred, target, [term], validate=False)
+    assert np.isnan(loss)
+    assert np.all(grad[0] == 0) and np.isfinite(grad[1]).all()
+
+
+@pytest.mark.parametrize("softcap", [None, 4.0])
+@pytest.mark.parametrize("c", [5, 20, 128, 300])
+def test_cross_entropy_term_has_the_single_losss_bits(cpu_backend, c, softcap):
+    """A lone class term's row gradients are the single CE's (``"none"``) to the bit, times
+    the term's factor 1/N: the same kernel arithmetic in the same order, whichever path the
+    row length takes."""
+    rng = np.random.default_rng(83 + c)
+    n = 37
+    pred = random_floats(rng, (n, c), np.float32)
+    labels = rng.integers(0, c, n)
+    term = gk.LossTerm("softmax_cross_entropy", slice(0, c), slice(0, 1), softcap=softcap)
+    loss, grad = gk.composite_loss(pred, labels[:, None].astype(np.float32), [term])
+    row_loss, row_grad = gk.softmax_cross_entropy(pred, labels, reduction="none", softcap=softcap)
+    assert_close(loss, row_loss.astype(np.float64).mean(), np.float32, what="loss")
+    assert grad.tobytes() == ((np.float32(1) / np.float32(n)) * row_grad).tobytes()

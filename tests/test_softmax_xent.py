@@ -488,6 +488,23 @@ def test_softcap_caps_infinite_logits(backend):
     assert np.isnan(loss[1]) and np.isnan(grad[1]).all()
 
 
+@pytest.mark.parametrize("c", [5, 300])
+def test_ignored_rows_loss_does_not_depend_on_the_upstream_gradient(backend, c):
+    """An ignored row's loss is 0 and an out-of-range one's NaN, whatever ``grad_output``
+    (an inf there would otherwise turn 0 into NaN)."""
+    rng = np.random.default_rng(74)
+    z = random_floats(rng, (3, c), np.float32)
+    labels = np.array([-100, 1, c + 4])
+    upstream = np.array([np.inf, 1.0, -2.0], np.float32)
+    loss, grad = gk.softmax_cross_entropy(
+        z, labels, reduction="none", grad_output=upstream, validate=False
+    )
+    assert loss[0] == 0 and np.isfinite(loss[1]) and np.isnan(loss[2])
+    assert np.all(grad[[0, 2]] == 0)
+    total, _ = gk.softmax_cross_entropy(z[:2], labels[:2], reduction="sum", grad_output=np.inf)
+    assert total == gk.softmax_cross_entropy(z[1:2], labels[1:2], reduction="sum")[0]
+
+
 @pytest.mark.parametrize("softcap", [None, 3.0])
 def test_rows_left_out_get_a_zero_gradient_whatever_their_logits(backend, softcap):
     """An ignored row and a row with an out-of-range label are written 0 without reading
