@@ -92,16 +92,28 @@ def _exp_f32(x):
     return x if x != x else y
 
 
-def fast_exp(x):
-    """exp(x): vectorisable polynomial for float32, ``math.exp`` for float64."""
-    return math.exp(x)
+def _float32_or_libm(name: str, f32, libm, doc: str):
+    """The function ``name``: in compiled code ``f32`` (vectorisable) for float32 and
+    ``libm`` otherwise; ``libm`` when called from Python."""
+
+    def fn(x):
+        return libm(x)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = doc
+
+    @overload(fn)
+    def _overload(x):
+        if x == types.float32:
+            return lambda x: f32(x)
+        return lambda x: libm(x)
+
+    return fn
 
 
-@overload(fast_exp)
-def _fast_exp_overload(x):
-    if x == types.float32:
-        return lambda x: _exp_f32(x)
-    return lambda x: math.exp(x)
+fast_exp = _float32_or_libm(
+    "fast_exp", _exp_f32, math.exp, "exp(x): vectorisable for float32, ``math.exp`` otherwise."
+)
 
 
 _SQRT2_M1 = np.float32(0.41421356)
@@ -155,28 +167,15 @@ def _log_f32(x):
     return x if x != x else y
 
 
-def fast_log(x):
-    """log(x): vectorisable for float32, ``math.log`` for float64."""
-    return math.log(x)
-
-
-@overload(fast_log)
-def _fast_log_overload(x):
-    if x == types.float32:
-        return lambda x: _log_f32(x)
-    return lambda x: math.log(x)
-
-
-def fast_log1p(x):
-    """log1p(x): vectorisable for float32 on [0, 1], ``math.log1p`` otherwise."""
-    return math.log1p(x)
-
-
-@overload(fast_log1p)
-def _fast_log1p_overload(x):
-    if x == types.float32:
-        return lambda x: _log1p_f32(x)
-    return lambda x: math.log1p(x)
+fast_log = _float32_or_libm(
+    "fast_log", _log_f32, math.log, "log(x): vectorisable for float32, ``math.log`` otherwise."
+)
+fast_log1p = _float32_or_libm(
+    "fast_log1p",
+    _log1p_f32,
+    math.log1p,
+    "log1p(x): vectorisable for float32 on [sqrt(1/2) - 1, 1], ``math.log1p`` otherwise.",
+)
 
 
 def leaf(fn):
