@@ -1,6 +1,6 @@
 """Composite loss on the CPU: every term of a row in one parallel pass over the rows.
 
-A softmax cross-entropy term runs the row functions of ``softmax_xent`` (``label_rows``,
+A softmax cross-entropy term runs the row functions of ``softmax_xent`` (``label_block``,
 ``soft_row``) and the elementwise terms the scalar leaves of ``gpukernels._scalar``: each
 formula is the one the single losses use. Each row's predictions are copied to a scratch row
 first, and each term's gradient is formed in scratch and added into its columns, so the
