@@ -1,8 +1,10 @@
 """CPU twins of the gpukernels CUDA kernels: ``prange`` loops over rows or tiles.
 
 Each module has the name and the launcher signatures of its CUDA twin in ``gpukernels``
-(see docs/BACKENDS.md). Numba's CPU target has no float16 or bfloat16, so launchers compute
-16-bit data in float32 copies and round into the caller's 16-bit buffers at the end.
+(see docs/BACKENDS.md). Numba's CPU target has no bfloat16 or float16. bfloat16 arrays reach
+the kernels as their bits (``uint16`` views, no copy), which :func:`load` widens to float32
+and :func:`put` rounds back, once, to nearest even; float16 data is computed in float32 copies
+rounded into the caller's buffers at the end.
 """
 
 from types import FunctionType
@@ -12,10 +14,11 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from gpukernels._dtypes import WIDENED
+from gpukernels._dtypes import BFLOAT16, FLOAT16
 from gpukernels._scalar import ONE
 
 from ._cache import CACHE
+from ._math import bf16_bits, bf16_value
 
 # Reassociation lets reductions vectorise; no 'nnan'/'ninf', so NaN and inf still propagate.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
@@ -71,20 +74,139 @@ def _renamed(fn: FunctionType, name: str) -> FunctionType:
 
 
 def compute_view(x: np.ndarray) -> np.ndarray:
-    """``x``, or a float32 copy of it when it is 16-bit (float16, bfloat16)."""
-    return x.astype(np.float32) if x.dtype in WIDENED else x
+    """``x`` as the kernels read it: bfloat16 as its bits (a ``uint16`` view), float16 as a
+    float32 copy, anything else as it is."""
+    if x.dtype.itemsize != 2:  # first: without ml_dtypes, BFLOAT16 is None, which == float64
+        return x
+    return x.view(np.uint16) if x.dtype == BFLOAT16 else x.astype(np.float32)
 
 
 def output_view(out: np.ndarray) -> np.ndarray:
-    """``out``, or a float32 stand-in to be rounded into it by :func:`store`."""
-    return np.empty(out.shape, np.float32) if out.dtype in WIDENED else out
+    """``out`` as the kernels write it: bfloat16 as its bits (a ``uint16`` view, written
+    through :func:`put`), float16 as a float32 stand-in to be rounded into it by
+    :func:`store`, anything else as it is."""
+    if out.dtype.itemsize != 2:
+        return out
+    return out.view(np.uint16) if out.dtype == BFLOAT16 else np.empty(out.shape, np.float32)
 
 
 def store(buffer: np.ndarray, out: np.ndarray) -> None:
-    """Round a float32 stand-in into its 16-bit ``out``, once, to nearest even (nothing to
+    """Round a float32 stand-in into its float16 ``out``, once, to nearest even (nothing to
     do otherwise)."""
-    if buffer is not out:
+    if out.dtype == FLOAT16:
         out[...] = buffer
+
+
+def load(a, i):
+    """``a[i]`` as a number to compute with: the float32 value of bfloat16 bits (a ``uint16``
+    array, see :func:`compute_view`), the element itself otherwise."""
+    return bf16_value(a[i]) if holds_bits(a) else a[i]
+
+
+@overload(load, inline="always")
+def _load_overload(a, i):
+    if a.dtype == types.uint16:
+        return lambda a, i: bf16_value(a[i])
+    return lambda a, i: a[i]
+
+
+def put(a, i, x):
+    """``a[i] = x``, into bfloat16 bits (a ``uint16`` array) rounded once to nearest even."""
+    a[i] = bf16_bits(np.float32(x)) if holds_bits(a) else x
+
+
+@overload(put, inline="always")
+def _put_overload(a, i, x):
+    if a.dtype == types.uint16:
+
+        def put_bits(a, i, x):
+            a[i] = bf16_bits(x)
+
+        return put_bits
+
+    def put_value(a, i, x):
+        a[i] = x
+
+    return put_value
+
+
+@njit(cache=CACHE, inline="always")
+def widen(src, dst):
+    """``dst[:] = src`` as numbers (:func:`load`): bfloat16 bits widened to float32."""
+    for c in range(dst.shape[0]):
+        dst[c] = load(src, c)
+
+
+def rows_in(a, lo, rows, scratch):
+    """Rows ``lo:lo + rows`` of the 2-D ``a`` to compute with, as ``(array, its first row)``:
+    ``(a, lo)``, or for bfloat16 bits ``(scratch, 0)`` with the rows widened into it."""
+    if not holds_bits(a):
+        return a, lo
+    for r in range(rows):
+        widen(a[lo + r], scratch[r])
+    return scratch, 0
+
+
+@overload(rows_in, inline="always")
+def _rows_in_overload(a, lo, rows, scratch):
+    if a.dtype != types.uint16:
+        return lambda a, lo, rows, scratch: (a, lo)
+
+    def widened(a, lo, rows, scratch):
+        for r in range(rows):
+            widen(a[lo + r], scratch[r])
+        return scratch, 0
+
+    return widened
+
+
+def rows_out(a, lo, scratch):
+    """Where the 2-D ``a``'s rows from ``lo`` on are to be written, as ``(array, first row)``:
+    ``(a, lo)``, or for bfloat16 bits ``(scratch, 0)``, float32 rows that
+    :func:`flush_rows` rounds into ``a``."""
+    return (scratch, 0) if holds_bits(a) else (a, lo)
+
+
+@overload(rows_out, inline="always")
+def _rows_out_overload(a, lo, scratch):
+    if a.dtype != types.uint16:
+        return lambda a, lo, scratch: (a, lo)
+    return lambda a, lo, scratch: (scratch, 0)
+
+
+def flush_rows(scratch, a, lo, rows):
+    """Round the rows :func:`rows_out` gave into ``a``'s rows ``lo:lo + rows`` when ``a`` is
+    bfloat16 bits (nothing to do otherwise: they were written in place)."""
+    if holds_bits(a):
+        for r in range(rows):
+            for c in range(a.shape[1]):
+                put(a[lo + r], c, scratch[r, c])
+
+
+@overload(flush_rows, inline="always")
+def _flush_rows_overload(scratch, a, lo, rows):
+    if a.dtype != types.uint16:
+        return lambda scratch, a, lo, rows: None
+
+    def rounded(scratch, a, lo, rows):
+        for r in range(rows):
+            row = a[lo + r]
+            for c in range(row.shape[0]):
+                put(row, c, scratch[r, c])
+
+    return rounded
+
+
+def holds_bits(a) -> bool:
+    """Whether ``a`` is bfloat16 bits (``uint16``), which :func:`load` and :func:`put` convert;
+    a constant of the type in compiled code."""
+    return a.dtype == np.uint16
+
+
+@overload(holds_bits, inline="always")
+def _holds_bits_overload(a):
+    bits = a.dtype == types.uint16
+    return lambda a: bits
 
 
 def per_task(n: int) -> int:

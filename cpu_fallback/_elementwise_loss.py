@@ -20,7 +20,7 @@ from gpukernels._canon import TILE, tile_count
 from gpukernels._kinds import MEAN, SUM
 from gpukernels._scalar import ONE
 
-from . import ParallelKernel, at, compute_view, optional, output_view, store, window
+from . import ParallelKernel, at, compute_view, load, optional, output_view, put, store, window
 from ._math import leaf
 from .reduce import SCRATCH, finish_tile, fold_tiles
 
@@ -61,9 +61,9 @@ def _elementwise_loss_kernel(z, y, w, param, period, scale, grad, loss, reductio
             z_t, y_t, grad_t = z[lo:hi], y[lo:hi], grad[lo:hi]
             w_t, scale_t = window(w, lo, hi), window(factor, lo, hi)
             for k in range(count):
-                value, slope = _element(z_t[k], y_t[k], at(param, lo + k, period))
+                value, slope = _element(load(z_t, k), load(y_t, k), at(param, lo + k, period))
                 w_k = at(w_t, k)
-                grad_t[k] = w_k * slope * at(scale_t, k)
+                put(grad_t, k, w_k * slope * at(scale_t, k))
                 s[k] = w_k * value
             finish_tile(s, count, j, loss, reduce)
     if reduce:

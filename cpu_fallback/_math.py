@@ -44,6 +44,27 @@ def _bits_float(typingctx, i):
     return types.float32(types.int32), codegen
 
 
+_BF16_NAN = np.uint16(0x7FC0)
+_HALF_ULP_BF16 = np.uint32(0x7FFF)
+
+
+@njit(inline="always")
+def bf16_value(b):
+    """The float32 value of the bfloat16 bits ``b`` (uint16): the bits become float32's top
+    half. Exact."""
+    return _bits_float(np.int32(np.uint32(b) << np.uint32(16)))
+
+
+@njit(inline="always")
+def bf16_bits(x):
+    """The bfloat16 bits (uint16) of the float32 ``x``, rounded once to nearest even: half
+    the dropped ulp plus the kept lowest bit, carried into the top half (an overflow rounds
+    to inf, as it should). NaN gives the quiet NaN 0x7FC0, as on CUDA."""
+    u = np.uint32(_float_bits(x))
+    rounded = u + _HALF_ULP_BF16 + ((u >> np.uint32(16)) & np.uint32(1))
+    return _BF16_NAN if x != x else np.uint16(rounded >> np.uint32(16))
+
+
 _LOG2E = np.float32(1.44269504088896341)
 _LN2_HI = np.float32(0.693359375)  # exact in 9 bits, so n * _LN2_HI is exact
 _LN2_LO = np.float32(-2.12194440e-4)

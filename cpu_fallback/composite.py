@@ -13,7 +13,18 @@ from numba import njit, prange
 from gpukernels import _kinds, _scalar
 from gpukernels._scalar import ONE, ZERO
 
-from . import CACHE, ParallelKernel, compute_view, output_view, store
+from . import (
+    CACHE,
+    ParallelKernel,
+    compute_view,
+    flush_rows,
+    holds_bits,
+    output_view,
+    rows_in,
+    rows_out,
+    store,
+    widen,
+)
 from ._math import leaf
 from .softmax_xent import capped, label_block, soft_row, through_cap
 
@@ -39,13 +50,13 @@ def _xent_term(z, t, no_weight, z_loss, cap, zc, e, grad, label_scratch):
     if t.shape[0] == 1 and z.shape[0] > 1:
         v = t[0]
         y = int(v) if v >= 0 and v < z.shape[0] and v == np.floor(v) else _NO_CLASS
-        label, stats, loss_out = label_scratch
+        label, stats, out = label_scratch
         label[0], taken = y, y != _NO_CLASS
         scale, args = (None, ONE, False), (_NEVER_IGNORED, ZERO, ZERO, z_loss)
         shape = (1, z.shape[0])  # a block of one row
         row, e_row, grad_row = z.reshape(shape), e.reshape(shape), grad.reshape(shape)
-        label_block(row, 0, label, 0, 1, no_weight, scale, args, stats, e_row, grad_row, loss_out)
-        loss = loss_out[0]
+        label_block(row, 0, label, 0, 1, no_weight, scale, args, stats, e_row, grad_row, 0, out)
+        loss = out[0]
     else:
         loss = soft_row(z, t, no_weight, ONE, ONE, ZERO, z_loss, e, grad)
     if cap > 0 and taken:
@@ -75,6 +86,9 @@ def _composite_kernel(
     n, width = pred.shape
     for b in prange((n + chunk - 1) // chunk):
         z = np.empty(width, row_loss.dtype)
+        # bfloat16: the target row widened into tc, the gradient summed in gc and rounded
+        tc = np.empty((1 if holds_bits(target) else 0, target.shape[1]), row_loss.dtype)
+        gc = np.empty((1 if holds_bits(grad) else 0, width), row_loss.dtype)
         e = np.empty(width, row_loss.dtype)
         term_grad = np.empty(width, row_loss.dtype)
         capped_row = np.empty(width, row_loss.dtype)
@@ -85,15 +99,18 @@ def _composite_kernel(
             np.empty(1, row_loss.dtype),
         )
         for i in range(b * chunk, min(n, (b + 1) * chunk)):
-            z[:] = pred[i]
-            grad[i] = 0
+            widen(pred[i], z)
+            t_rows, t_lo = rows_in(target, i, 1, tc)
+            out, out_lo = rows_out(grad, i, gc)
+            t, grad_i = t_rows[t_lo], out[out_lo]
+            grad_i[:] = 0
             for k in range(kinds.shape[0]):
-                if only_where[k] >= 0 and target[i, only_where[k]] == 0:
+                if only_where[k] >= 0 and t[only_where[k]] == 0:
                     row_loss[i, k] = 0
                     continue
                 c0, c1 = cols[k, 0], cols[k, 1]
                 zk, gk = z[c0:c1], term_grad[: c1 - c0]
-                tk = target[i, tcols[k, 0] : tcols[k, 1]]
+                tk = t[tcols[k, 0] : tcols[k, 1]]
                 if kinds[k] == _XENT:
                     z_loss, cap = term_param[k, 1], term_param[k, 2]
                     zc, ek = capped_row[: c1 - c0], e[: c1 - c0]
@@ -103,7 +120,8 @@ def _composite_kernel(
                 else:
                     row_loss[i, k] = _elementwise_term(kinds[k], zk, tk, term_param[k, 0], gk)
                 for c in range(c1 - c0):
-                    grad[i, c0 + c] += term_scale[k] * gk[c]
+                    grad_i[c0 + c] += term_scale[k] * gk[c]
+            flush_rows(gc, grad, i, 1)
 
 
 _kernel = ParallelKernel(_composite_kernel)

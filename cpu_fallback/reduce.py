@@ -10,7 +10,7 @@ from numba import njit, prange
 
 from gpukernels._canon import TILE, tile_count
 
-from . import CACHE, ParallelKernel, compute_view
+from . import CACHE, ParallelKernel, compute_view, load, widen
 
 # Bytes of a block of columns summed together: 1024 float32 columns, (HALF, 1024) scratch of
 # 512 KiB. Wide rows of vectors cost less per view than narrow ones that stay in L1: on 2
@@ -30,7 +30,7 @@ def _add_into(a, b):
 def _sum_into(d, a, b):
     """d = a + b, element by element (vectorises like :func:`_add_into`)."""
     for c in range(d.shape[0]):
-        d[c] = a[c] + b[c]
+        d[c] = load(a, c) + load(b, c)
 
 
 assert TILE == 256, "the levels of _eighth and tile_total are written out for TILE = 256"
@@ -43,8 +43,8 @@ SCRATCH = TILE + LANES  # what tile_sum needs: a copy of a partial tile, and LAN
 def _eighth(t, k):
     """The halving tree's first three levels (h = 128, 64, 32) over the 8 values of the tile
     ``t`` at ``k + 32 i``: what ``s[k]`` holds after them, for ``k < 32``."""
-    low = (t[k] + t[k + 128]) + (t[k + 64] + t[k + 192])
-    high = (t[k + 32] + t[k + 160]) + (t[k + 96] + t[k + 224])
+    low = (load(t, k) + load(t, k + 128)) + (load(t, k + 64) + load(t, k + 192))
+    high = (load(t, k + 32) + load(t, k + 160)) + (load(t, k + 96) + load(t, k + 224))
     return low + high
 
 
@@ -70,7 +70,8 @@ def tile_sum(x, j, s):
     count = min(TILE, x.shape[0] - lo)
     if count == TILE:
         return tile_total(x[lo : lo + TILE], s[TILE:])
-    s[:count] = x[lo : lo + count]
+    for k in range(count):
+        s[k] = load(x, lo + k)
     return padded_total(s, count)
 
 
@@ -146,13 +147,13 @@ def _column_tile_sum(x, lo, rows, c0, c1, s, out):
     zero = s.dtype.type(0) if rows < TILE else s.dtype.type(-0.0)
     if rows == 1:
         for c in range(w):
-            out[c0 + c] = x[lo, c0 + c] + zero
+            out[c0 + c] = load(x, (lo, c0 + c)) + zero
         return
     h = first_level(rows)
     for k in range(rows - h):
         _sum_into(s[k, :w], x[lo + k, c0:c1], x[lo + k + h, c0:c1])
     for k in range(rows - h, h):
-        s[k, :w] = x[lo + k, c0:c1]
+        widen(x[lo + k, c0:c1], s[k, :w])
     h //= 2
     while h >= 1:
         for k in range(h):

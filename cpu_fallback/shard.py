@@ -9,7 +9,7 @@ from numba import prange
 
 from gpukernels._scalar import ONE, ZERO
 
-from . import ParallelKernel, at, compute_view, optional, output_view, store
+from . import ParallelKernel, at, compute_view, load, optional, output_view, put, store, widen
 from .softmax_xent import _exp_shifted, _row_max, _sum, capped
 
 
@@ -23,7 +23,7 @@ def _stats_kernel(logits, labels, stats, start, cap, chunk):
             if cap > 0:
                 capped(logits[i], cap, zc)
             else:
-                zc[:] = logits[i]
+                widen(logits[i], zc)
             m = _row_max(zc)
             _exp_shifted(zc, m if m > -np.inf else ZERO, e)  # a row of -inf: sum 0
             local = labels[i] - start
@@ -52,13 +52,13 @@ def _loss_grad_kernel(
             g, a = at(scale, i), ONE + (zl + zl) * lse
             local = labels[i] - start
             for c in range(width):
-                z = logits[i, c]
+                z = load(logits, (i, c))
                 zc = cap * math.tanh(z / cap) if cap > 0 else z
                 v = a * math.exp(zc - m) / s - eps_c
                 if c == local:
                     v -= keep
                 slope = ONE - (zc / cap) * (zc / cap) if cap > 0 else ONE
-                grad[i, c] = g * v * slope
+                put(grad, (i, c), g * v * slope)
 
 
 _stats = ParallelKernel(_stats_kernel)

@@ -4,7 +4,7 @@ from numba import prange
 
 from gpukernels._scalar import ONE
 
-from . import ParallelKernel, compute_view, output_view, store
+from . import ParallelKernel, compute_view, load, output_view, put, store
 from ._math import sigmoid as _sigmoid
 from ._math import sigmoid_derivative as _sigmoid_derivative
 
@@ -12,19 +12,20 @@ from ._math import sigmoid_derivative as _sigmoid_derivative
 @ParallelKernel
 def _sigmoid_kernel(x, y):
     for i in prange(x.shape[0]):
-        y[i] = _sigmoid(x[i])
+        put(y, i, _sigmoid(load(x, i)))
 
 
 @ParallelKernel
 def _derivative_kernel(x, y):
     for i in prange(x.shape[0]):
-        y[i] = _sigmoid_derivative(x[i])
+        put(y, i, _sigmoid_derivative(load(x, i)))
 
 
 @ParallelKernel
 def _backward_kernel(g, y, out):
     for i in prange(y.shape[0]):
-        out[i] = g[i] * y[i] * (ONE - y[i])
+        y_i = load(y, i)
+        put(out, i, load(g, i) * y_i * (ONE - y_i))
 
 
 def _run(kernel, out, *inputs):

@@ -5,7 +5,9 @@ exponentials stay in L1): each row's max; ``e = exp(z - max)`` into the block's 
 only ``exp`` of each element, vectorised by ``fast_exp``: along a long row, across the block
 for short ones); the sums of ``e`` and their logs; then each row's loss and gradient
 ``g (A e / s - a)`` (``label_rows``). The loss terms read the logits before the gradient is
-written, so ``grad`` may be the logits themselves. See docs/BACKENDS.md.
+written, so ``grad`` may be the logits themselves. bfloat16 logits (their bits) are widened a
+block at a time into float32 scratch, and the block's gradients rounded from scratch into
+``grad`` (``rows_in``, ``rows_out``, ``flush_rows``). See docs/BACKENDS.md.
 """
 
 import math
@@ -22,8 +24,13 @@ from . import (
     ParallelKernel,
     at,
     compute_view,
+    flush_rows,
+    holds_bits,
+    load,
     optional,
     output_view,
+    rows_in,
+    rows_out,
     store,
 )
 from ._math import fast_exp, fast_log
@@ -112,11 +119,11 @@ def skipped_row(y, ignore_index, grad):
 
 
 @njit(cache=CACHE)
-def label_rows(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, row_loss):
+def label_rows(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, g_lo, row_loss):
     """Rows ``lo:lo + rows`` with class indices, from their logits ``z[z_lo + r]``,
     ``stats[:, r] = (m, s, log s)`` (the max, the sum of ``e[r] = exp(z[z_lo + r] - m)``, its
     log): row ``i = lo + r``'s loss into ``row_loss[i]`` and its gradient ``g (A' p - a)``
-    into ``grad[i]``.
+    into ``grad[g_lo + r]``.
 
     ``labels[i]`` is the row's class index ``y``, ``w`` the class weights (empty: 1),
     ``scale`` ``(upstream, divisor, mean)`` (:func:`row_scale` gives ``g``) and ``args``
@@ -137,10 +144,10 @@ def label_rows(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, row_lo
     ignore_index, eps, eps_c, z_loss = args
     c, keep, weighted = z.shape[1], ONE - eps, eps > 0 and w.shape[0] > 0
     for r in range(rows):
-        i, zi = lo + r, z_lo + r
+        i, zi, gi = lo + r, z_lo + r, g_lo + r
         y, g = labels[i], row_scale(upstream, i, divisor, mean)
         if not valid_label(y, ignore_index, c):
-            row_loss[i] = skipped_row(y, ignore_index, grad[i])
+            row_loss[i] = skipped_row(y, ignore_index, grad[gi])
             continue
         m_r, log_s = stats[0, r], stats[2, r]
         w_y = w[y] if w.shape[0] else ONE
@@ -155,12 +162,12 @@ def label_rows(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, row_lo
         k_p, k_w = g * p_scale, g * eps_c
         if weighted:
             for k in range(c):
-                grad[i, k] = k_p * e[r, k] - k_w * w[k]
+                grad[gi, k] = k_p * e[r, k] - k_w * w[k]
         else:
             for k in range(c):
-                grad[i, k] = k_p * e[r, k] - k_w
+                grad[gi, k] = k_p * e[r, k] - k_w
         # p_y - a_y formed in the accumulation dtype, rounded once into grad
-        grad[i, y] = g * (p_scale * e[r, y] - (keep * w_y + eps_c * w_y))
+        grad[gi, y] = g * (p_scale * e[r, y] - (keep * w_y + eps_c * w_y))
         row_loss[i] = loss
 
 
@@ -172,8 +179,9 @@ def _exp_in_place(e):
 
 
 @njit(cache=CACHE)
-def label_block(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, row_loss):
-    """Rows ``lo:lo + rows`` (logits ``z[z_lo + r]``, labels ``labels[lo + r]``): their
+def label_block(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, g_lo, row_loss):
+    """Rows ``lo:lo + rows`` (logits ``z[z_lo + r]``, labels ``labels[lo + r]``, gradients
+    ``grad[g_lo + r]``): their
     maxima, exponentials ``e``, sums and the sums' logs (``stats``, ``(3, rows)`` or more),
     then :func:`label_rows`. Also the composite loss's CE term, as a block of one row.
 
@@ -202,7 +210,7 @@ def label_block(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, row_l
                 _exp_shifted(row, stats[0, r], e[r])
                 stats[1, r] = _sum(e[r])
                 stats[2, r] = fast_log(stats[1, r])
-    label_rows(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, row_loss)
+    label_rows(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, g_lo, row_loss)
 
 
 @njit(cache=CACHE, inline="always")
@@ -247,9 +255,10 @@ def row_scale(upstream, i, divisor, mean):
 
 @njit(cache=CACHE)
 def capped(z, cap, zc):
-    """``zc = cap tanh(z / cap)``: the logits after softcapping (also ``composite``'s)."""
+    """``zc = cap tanh(z / cap)``: the logits after softcapping (also ``composite``'s and
+    ``shard``'s; bfloat16 bits widened first)."""
     for c in range(z.shape[0]):
-        zc[c] = cap * math.tanh(z[c] / cap)
+        zc[c] = cap * math.tanh(load(z, c) / cap)
 
 
 @njit(cache=CACHE)
@@ -276,22 +285,27 @@ def _labels_kernel(
     divisor = _label_divisor(row_loss, rows, w.shape[0] > 0) if mean else one
     scale = (upstream, divisor, mean)
     block = max(1, min(BLOCK_ROWS, BLOCK_ELEMENTS // max(c, 1)))  # rows a block
+    bits = holds_bits(logits)  # bfloat16: rows widened into zc, gradients rounded from gc
     for b in prange((n + chunk - 1) // chunk):
         stats = np.empty((3, block), row_loss.dtype)
         e = np.empty((block, c), row_loss.dtype)
-        zc = np.empty((block if cap > 0 else 0, c), row_loss.dtype)  # capped rows
+        zc = np.empty((block if cap > 0 or bits else 0, c), row_loss.dtype)  # rows computed
+        gc = np.empty((block if bits else 0, c), row_loss.dtype)
         hi = min(n, (b + 1) * chunk)
         for lo in range(b * chunk, hi, block):
             rows = min(hi, lo + block) - lo
-            if cap == 0:
-                label_block(logits, lo, labels, lo, rows, w, scale, args, stats, e, grad, row_loss)
-                continue
-            for r in range(rows):
-                capped(logits[lo + r], cap, zc[r])
-            label_block(zc, 0, labels, lo, rows, w, scale, args, stats, e, grad, row_loss)
-            for r in range(rows):  # a row left out keeps its zero gradient
+            if cap > 0:
+                for r in range(rows):
+                    capped(logits[lo + r], cap, zc[r])
+                z, z_lo = zc, 0
+            else:
+                z, z_lo = rows_in(logits, lo, rows, zc)
+            out, out_lo = rows_out(grad, lo, gc)
+            label_block(z, z_lo, labels, lo, rows, w, scale, args, stats, e, out, out_lo, row_loss)
+            for r in range(rows if cap > 0 else 0):  # a row left out keeps its zero gradient
                 if valid_label(labels[lo + r], ignore_index, c):
-                    through_cap(zc[r], cap, grad[lo + r])
+                    through_cap(zc[r], cap, out[out_lo + r])
+            flush_rows(gc, grad, lo, rows)
     if reduction >= SUM:
         total = canonical_total(row_loss)
         loss[0] = total / divisor if mean else total
@@ -364,17 +378,24 @@ def _probs_kernel(
     keep, eps_c, z_loss, cap = acc(keep), acc(eps_c), acc(z_loss), acc(cap)
     mean = reduction == MEAN
     divisor = np.full(1, n, row_loss.dtype)[0]  # the mean's divisor
+    bits = holds_bits(logits)  # bfloat16: rows widened into zc and tc, gradients from gc
     for b in prange((n + chunk - 1) // chunk):
         e = np.empty(c, row_loss.dtype)
-        zc = np.empty(c if cap > 0 else 0, row_loss.dtype)
+        zc = np.empty((1 if cap > 0 or bits else 0, c), row_loss.dtype)
+        tc = np.empty((1 if holds_bits(target) else 0, c), row_loss.dtype)
+        gc = np.empty((1 if bits else 0, c), row_loss.dtype)
         for i in range(b * chunk, min(n, (b + 1) * chunk)):
-            g, t = row_scale(upstream, i, divisor, mean), target[i]
+            g = row_scale(upstream, i, divisor, mean)
+            t, t_lo = rows_in(target, i, 1, tc)
+            out, out_lo = rows_out(grad, i, gc)
             if cap > 0:
-                capped(logits[i], cap, zc)
-                loss_i = soft_row(zc, t, w, g, keep, eps_c, z_loss, e, grad[i])
-                through_cap(zc, cap, grad[i])
+                capped(logits[i], cap, zc[0])
+                loss_i = soft_row(zc[0], t[t_lo], w, g, keep, eps_c, z_loss, e, out[out_lo])
+                through_cap(zc[0], cap, out[out_lo])
             else:
-                loss_i = soft_row(logits[i], t, w, g, keep, eps_c, z_loss, e, grad[i])
+                z, z_lo = rows_in(logits, i, 1, zc)
+                loss_i = soft_row(z[z_lo], t[t_lo], w, g, keep, eps_c, z_loss, e, out[out_lo])
+            flush_rows(gc, grad, i, 1)
             row_loss[i] = loss_i
     if reduction >= SUM:
         total = canonical_total(row_loss)
@@ -438,7 +459,7 @@ def softmax_xent_probs(
     buffer = output_view(grad)
     _probs_kernel(
         compute_view(logits),
-        target.astype(row_loss.dtype, copy=False),
+        compute_view(target),
         weight,
         optional(grad_scale),
         buffer,

@@ -28,8 +28,9 @@ ACCUMULATION: dict[np.dtype, np.dtype] = {
 }
 STORAGE: tuple[np.dtype, ...] = tuple(ACCUMULATION)
 ACCUMULATORS: tuple[np.dtype, ...] = tuple(dict.fromkeys(ACCUMULATION.values()))
-# Storage dtypes Numba's CPU target cannot compute in: the CPU kernels read float32 copies
-# of them and round their results back once.
+# Storage dtypes Numba's CPU target cannot compute in: the CPU kernels widen them to float32
+# (bfloat16 from its bits as they read it, float16 in a copy), and NumPy's matmul of them is
+# done in float32 (linear cross-entropy).
 WIDENED: frozenset[np.dtype] = frozenset(d for d in STORAGE if d.itemsize == 2)
 NAMES: str = ", ".join(d.name for d in STORAGE[:-1]) + f" or {STORAGE[-1].name}"
 

@@ -137,3 +137,154 @@ def test_a_wider_target_is_not_rounded_to_bfloat16(backend):
     term = gk.LossTerm("softmax_cross_entropy", slice(0, 300), slice(0, 1))
     _, grad = gk.composite_loss(pred, target, [term])
     assert np.argmin(grad.astype(np.float32)[0]) == 257
+
+
+def _widened(args):
+    return [
+        a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype == BF16 else a for a in args
+    ]
+
+
+def _same_bits_as_float32_rounded(got, want):
+    """``got`` (bfloat16) holds ``want`` (float32) rounded once to nearest even; NaN where
+    it is NaN. A float32 result (a loss) must be equal to the bit."""
+    if want.dtype == np.float32 and got.dtype == np.float32:
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+        return
+    assert got.dtype == BF16
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(
+        got[~nan].view(np.uint16), want[~nan].astype(BF16).view(np.uint16)
+    )
+
+
+def _ce_labels(n, c, seed, **options):
+    rng = np.random.default_rng(seed)
+    z = bf16(rng, (n, c))
+    z[1, 2], z[2, :] = np.inf, -np.inf
+    z[3, 0] = np.nan
+    y = rng.integers(0, c, n)
+    y[5::7] = -100
+    return gk.softmax_cross_entropy, (z, y), options
+
+
+CASES = {
+    "CE short rows": _ce_labels(1000, 33, 1),
+    "CE short rows, capped, smoothed, weighted": _ce_labels(
+        777,
+        10,
+        2,
+        softcap=5.0,
+        label_smoothing=0.1,
+        weight=np.linspace(0.5, 2, 10, dtype=np.float32),
+    ),
+    "CE long rows, z-loss, per row": _ce_labels(90, 700, 3, z_loss=1e-3, reduction="none"),
+    "CE long rows, capped": _ce_labels(70, 300, 4, softcap=20.0, reduction="sum"),
+    "CE probabilities": (
+        gk.softmax_cross_entropy,
+        (
+            bf16(np.random.default_rng(5), (300, 40)),
+            np.random.default_rng(6).dirichlet(np.ones(40), 300).astype(BF16),
+        ),
+        {"softcap": 4.0},
+    ),
+    "BCE": (
+        gk.bce_with_logits,
+        (
+            bf16(np.random.default_rng(7), (70001,)),
+            np.random.default_rng(8).uniform(0, 1, 70001).astype(BF16),
+        ),
+        {},
+    ),
+    "Huber, float32 target": (
+        gk.huber_loss,
+        (
+            bf16(np.random.default_rng(9), (33, 1000)),
+            np.random.default_rng(10).standard_normal((33, 1000)).astype(np.float32),
+        ),
+        {"reduction": "none"},
+    ),
+    "sigmoid derivative": (gk.sigmoid_derivative, (bf16(np.random.default_rng(11), (70001,)),), {}),
+    "sigmoid backward": (
+        gk.sigmoid_backward,
+        (
+            bf16(np.random.default_rng(12), (257, 31)),
+            np.random.default_rng(13).uniform(0, 1, (257, 31)).astype(BF16),
+        ),
+        {},
+    ),
+    "batch_sum": (gk.batch_sum, (bf16(np.random.default_rng(14), (70001,)),), {}),
+    "batch_sum columns": (
+        gk.batch_sum,
+        (bf16(np.random.default_rng(15), (1000, 70))[::2, 3:],),
+        {"axis": 0},
+    ),
+    "composite": (
+        gk.composite_loss,
+        (
+            bf16(np.random.default_rng(16), (500, 12)),
+            np.concatenate(
+                [
+                    np.random.default_rng(17).integers(0, 8, (500, 1)),
+                    np.random.default_rng(18).standard_normal((500, 4)),
+                ],
+                1,
+            ).astype(BF16),
+            [
+                gk.LossTerm("softmax_cross_entropy", slice(0, 8), slice(0, 1), softcap=3.0),
+                gk.LossTerm("mse", slice(8, 12), slice(1, 5)),
+            ],
+        ),
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bits_are_the_float32_results_rounded_once(cpu_backend, case):
+    """At sizes that take the CPU's row blocks, parallel tasks, long rows and the softcap,
+    with inf and NaN logits: every bfloat16 result has the bits of the same call on the
+    float32 widening of the inputs, rounded once, and every float32 result equals it."""
+    fn, args, options = CASES[case]
+    got, want = fn(*args, **options), fn(*_widened(args), **options)
+    for g, w in zip(*((r,) if isinstance(r, np.ndarray) else r for r in (got, want)), strict=True):
+        _same_bits_as_float32_rounded(g, w)
+
+
+def test_sharded_bits_are_the_float32_results_rounded_once(cpu_backend):
+    rng = np.random.default_rng(19)
+    z, y = bf16(rng, (200, 64)), rng.integers(0, 128, 200)
+    options = {"class_start": 64, "softcap": 6.0}
+    stats = gk.shard_stats(z, y, **options)
+    _same_bits_as_float32_rounded(stats, gk.shard_stats(z.astype(np.float32), y, **options))
+    got = gk.shard_loss_and_grad(z, y, stats, num_classes=128, z_loss=1e-3, **options)
+    want = gk.shard_loss_and_grad(
+        z.astype(np.float32), y, stats, num_classes=128, z_loss=1e-3, **options
+    )
+    for g, w in zip(got, want, strict=True):
+        _same_bits_as_float32_rounded(g, w)
+
+
+@pytest.mark.parametrize("op", ["softmax_cross_entropy", "bce_with_logits", "sigmoid"])
+def test_no_float32_copies(cpu_backend, op):
+    """bfloat16 data reaches the CPU kernels as its bits: a call allocates its gradient and
+    scratch of a few blocks of rows per thread (up to 48 KiB each), not float32 copies of
+    its inputs or outputs (twice the input's bytes each)."""
+    tracemalloc = pytest.importorskip("tracemalloc")
+    rng = np.random.default_rng(20)
+    z = bf16(rng, (4096, 256))
+    args = {
+        "softmax_cross_entropy": (z, rng.integers(0, 256, 4096)),
+        "bce_with_logits": (z, z),
+        "sigmoid": (z,),
+    }[op]
+    fn = getattr(gk, op)
+    fn(*args)  # compiled before tracing
+    tracemalloc.start()
+    try:
+        fn(*args)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * z.nbytes, f"{peak} bytes allocated for a {z.nbytes}-byte input"
