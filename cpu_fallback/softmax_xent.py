@@ -457,9 +457,10 @@ def softmax_xent_probs(
     in docs/BACKENDS.md); ``softcap`` 0 for none."""
     n, c = logits.shape
     buffer = output_view(grad)
+    target = compute_view(target)  # bfloat16 as its bits, widened as the kernel reads them
     _probs_kernel(
         compute_view(logits),
-        compute_view(target),
+        target if holds_bits(target) else target.astype(row_loss.dtype, copy=False),
         weight,
         optional(grad_scale),
         buffer,

@@ -269,8 +269,8 @@ def test_sharded_bits_are_the_float32_results_rounded_once(cpu_backend):
 @pytest.mark.parametrize("op", ["softmax_cross_entropy", "bce_with_logits", "sigmoid"])
 def test_no_float32_copies(cpu_backend, op):
     """bfloat16 data reaches the CPU kernels as its bits: a call allocates its gradient and
-    scratch of a few blocks of rows per thread (up to 48 KiB each), not float32 copies of
-    its inputs or outputs (twice the input's bytes each)."""
+    small arrays, not float32 copies of its inputs or outputs (twice the input's bytes
+    each)."""
     tracemalloc = pytest.importorskip("tracemalloc")
     rng = np.random.default_rng(20)
     z = bf16(rng, (4096, 256))
@@ -288,3 +288,15 @@ def test_no_float32_copies(cpu_backend, op):
     finally:
         tracemalloc.stop()
     assert peak < 1.5 * z.nbytes, f"{peak} bytes allocated for a {z.nbytes}-byte input"
+
+
+def test_wider_class_probabilities_are_read_in_float32(cpu_backend):
+    """float64 class probabilities beside float32 or bfloat16 logits are read in float32,
+    the computing dtype (as on CUDA): the same bits as float32 probabilities."""
+    rng = np.random.default_rng(21)
+    t = rng.dirichlet(np.ones(7), 5)
+    for z in (bf16(rng, (5, 7)), rng.standard_normal((5, 7)).astype(np.float32)):
+        got = gk.softmax_cross_entropy(z, t, reduction="none")
+        want = gk.softmax_cross_entropy(z, t.astype(np.float32), reduction="none")
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g.view(np.uint8), w.view(np.uint8))
