@@ -285,12 +285,12 @@ def _labels_kernel(
     divisor = _label_divisor(row_loss, rows, w.shape[0] > 0) if mean else one
     scale = (upstream, divisor, mean)
     block = max(1, min(BLOCK_ROWS, BLOCK_ELEMENTS // max(c, 1)))  # rows a block
-    bits = holds_bits(logits)  # bfloat16: rows widened into zc, gradients rounded from gc
+    bits = holds_bits(logits)  # bfloat16 logits: rows widened into zc
     for b in prange((n + chunk - 1) // chunk):
         stats = np.empty((3, block), row_loss.dtype)
         e = np.empty((block, c), row_loss.dtype)
         zc = np.empty((block if cap > 0 or bits else 0, c), row_loss.dtype)  # rows computed
-        gc = np.empty((block if bits else 0, c), row_loss.dtype)
+        gc = np.empty((block if holds_bits(grad) else 0, c), row_loss.dtype)  # for rows_out
         hi = min(n, (b + 1) * chunk)
         for lo in range(b * chunk, hi, block):
             rows = min(hi, lo + block) - lo
@@ -378,12 +378,12 @@ def _probs_kernel(
     keep, eps_c, z_loss, cap = acc(keep), acc(eps_c), acc(z_loss), acc(cap)
     mean = reduction == MEAN
     divisor = np.full(1, n, row_loss.dtype)[0]  # the mean's divisor
-    bits = holds_bits(logits)  # bfloat16: rows widened into zc and tc, gradients from gc
+    bits = holds_bits(logits)  # bfloat16 logits: rows widened into zc
     for b in prange((n + chunk - 1) // chunk):
         e = np.empty(c, row_loss.dtype)
         zc = np.empty((1 if cap > 0 or bits else 0, c), row_loss.dtype)
         tc = np.empty((1 if holds_bits(target) else 0, c), row_loss.dtype)
-        gc = np.empty((1 if bits else 0, c), row_loss.dtype)
+        gc = np.empty((1 if holds_bits(grad) else 0, c), row_loss.dtype)  # for rows_out
         for i in range(b * chunk, min(n, (b + 1) * chunk)):
             g = row_scale(upstream, i, divisor, mean)
             t, t_lo = rows_in(target, i, 1, tc)
