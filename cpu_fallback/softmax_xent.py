@@ -4,10 +4,12 @@ Rows go in blocks of up to 64 (``label_block``; fewer for long rows, so that a b
 exponentials stay in L1): each row's max; ``e = exp(z - max)`` into the block's scratch (the
 only ``exp`` of each element, vectorised by ``fast_exp``: along a long row, across the block
 for short ones); the sums of ``e`` and their logs; then each row's loss and gradient
-``g (A e / s - a)`` (``label_rows``). The loss terms read the logits before the gradient is
-written, so ``grad`` may be the logits themselves. bfloat16 logits (their bits) are widened a
-block at a time into float32 scratch, and the block's gradients rounded from scratch into
-``grad`` (``rows_in``, ``rows_out``, ``flush_rows``). See docs/BACKENDS.md.
+``g (A e / s - a)`` (``label_rows``). Class probabilities take the same blocks for short rows
+(``soft_rows``) and go one row at a time otherwise (``soft_row``). The loss terms read the
+logits before the gradient is written, so ``grad`` may be the logits themselves. bfloat16
+logits (their bits) are widened a block at a time into float32 scratch, and the block's
+gradients rounded from scratch into ``grad`` (``rows_in``, ``rows_out``, ``flush_rows``). See
+docs/BACKENDS.md.
 """
 
 import math
@@ -181,27 +183,18 @@ def _exp_in_place(e):
 @njit(cache=CACHE)
 def label_block(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, g_lo, row_loss):
     """Rows ``lo:lo + rows`` (logits ``z[z_lo + r]``, labels ``labels[lo + r]``, gradients
-    ``grad[g_lo + r]``): their
-    maxima, exponentials ``e``, sums and the sums' logs (``stats``, ``(3, rows)`` or more),
-    then :func:`label_rows`. Also the composite loss's CE term, as a block of one row.
+    ``grad[g_lo + r]``): their maxima, exponentials ``e``, sums and the sums' logs (``stats``,
+    ``(3, rows)`` or more), then :func:`label_rows`. Also the composite loss's CE term, as a
+    block of one row.
 
-    Rows of at most ``FOLD_MAX`` classes are folded four at a time (:func:`_fold_rows`) and
-    exponentiated in one flat loop over the block: a loop over 10 classes does not
-    vectorise, one over 64 rows of them does (rows that take no part are computed too and
-    ignored). Longer rows use loops along the row, and a row that takes no part gets none.
-    Either way a row's max and sum are formed in an order set by its length alone.
+    Rows of at most ``FOLD_MAX`` classes go through :func:`short_row_stats` (rows that take
+    no part are computed too and ignored). Longer rows use loops along the row, and a row
+    that takes no part gets none. Either way a row's max and sum are formed in an order set
+    by its length alone.
     """
     c = z.shape[1]
     if c <= FOLD_MAX:
-        m = stats[0]
-        _fold_rows(z, z_lo, rows, m, _keep_max)
-        for r in range(rows):
-            for k in range(c):
-                e[r, k] = z[z_lo + r, k] - m[r]
-        _exp_in_place(e.reshape(e.size)[: rows * c])
-        _fold_rows(e, 0, rows, stats[1], _add)
-        for r in range(rows):
-            stats[2, r] = fast_log(stats[1, r])  # vectorised across the block
+        short_row_stats(z, z_lo, rows, stats, e)
     else:
         for r in range(rows):
             if valid_label(labels[lo + r], args[0], c):
@@ -211,6 +204,24 @@ def label_block(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, g_lo,
                 stats[1, r] = _sum(e[r])
                 stats[2, r] = fast_log(stats[1, r])
     label_rows(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, g_lo, row_loss)
+
+
+@njit(cache=CACHE)
+def short_row_stats(z, z_lo, rows, stats, e):
+    """``stats[:, r] = (m, s, log s)`` and ``e[r] = exp(z[z_lo + r] - m)`` for rows of at most
+    ``FOLD_MAX`` classes: folded four rows at a time (:func:`_fold_rows`) and exponentiated in
+    one flat loop over the block (a loop over 10 classes does not vectorise, one over 64 rows
+    of them does). Each row is folded left to right, as a loop along it would."""
+    c = z.shape[1]
+    m = stats[0]
+    _fold_rows(z, z_lo, rows, m, _keep_max)
+    for r in range(rows):
+        for k in range(c):
+            e[r, k] = z[z_lo + r, k] - m[r]
+    _exp_in_place(e.reshape(e.size)[: rows * c])
+    _fold_rows(e, 0, rows, stats[1], _add)
+    for r in range(rows):
+        stats[2, r] = fast_log(stats[1, r])  # vectorised across the block
 
 
 @njit(cache=CACHE, inline="always")
@@ -269,6 +280,17 @@ def through_cap(zc, cap, grad):
         grad[c] *= ONE - r * r
 
 
+@njit(cache=CACHE, inline="always")
+def logit_rows(logits, lo, rows, cap, zc):
+    """Rows ``lo:lo + rows`` of the logits to compute with, as ``(array, first row)``: capped
+    into the scratch ``zc`` with a cap, else as :func:`rows_in` gives them."""
+    if cap > 0:
+        for r in range(rows):
+            capped(logits[lo + r], cap, zc[r])
+        return zc, 0
+    return rows_in(logits, lo, rows, zc)
+
+
 @ParallelKernel
 def _labels_kernel(
     logits, labels, w, upstream, grad, row_loss, loss, bad, options, cap, reduction, chunk
@@ -294,12 +316,7 @@ def _labels_kernel(
         hi = min(n, (b + 1) * chunk)
         for lo in range(b * chunk, hi, block):
             rows = min(hi, lo + block) - lo
-            if cap > 0:
-                for r in range(rows):
-                    capped(logits[lo + r], cap, zc[r])
-                z, z_lo = zc, 0
-            else:
-                z, z_lo = rows_in(logits, lo, rows, zc)
+            z, z_lo = logit_rows(logits, lo, rows, cap, zc)
             out, out_lo = rows_out(grad, lo, gc)
             label_block(z, z_lo, labels, lo, rows, w, scale, args, stats, e, out, out_lo, row_loss)
             for r in range(rows if cap > 0 else 0):  # a row left out keeps its zero gradient
@@ -348,25 +365,47 @@ def _label_divisor(row_weight, rows, weighted):
     return total
 
 
-@njit(cache=CACHE)
-def soft_row(z, t, w, g, keep, eps_c, z_loss, e, grad):
-    """Loss of one row ``z`` with class probabilities ``t``; writes its gradient
-    ``g (A' p - a)``, ``a_c = w_c (keep t_c + eps_c)``, ``A = sum_c a_c``,
-    ``A' = A + 2 z_loss lse``. The loss is ``sum_c a_c ((m - z_c) + log s)`` (the gap sum
-    and ``A log s``) plus ``z_loss lse^2``."""
-    m = _row_max(z)
+@njit(cache=CACHE, inline="always")
+def _soft_finish(z, t, w, g, keep, eps_c, z_loss, m, s, log_s, e, grad):
+    """Loss of the row ``z`` with class probabilities ``t``, from its max ``m``,
+    ``e = exp(z - m)``, ``s = sum e`` and ``log s``; writes its gradient ``g (A' p - a)``,
+    ``a_c = w_c (keep t_c + eps_c)``, ``A = sum_c a_c``, ``A' = A + 2 z_loss lse``. The loss is
+    ``sum_c a_c ((m - z_c) + log s)`` (the gap sum and ``A log s``) plus ``z_loss lse^2``."""
     a_sum, gap = _soft_sums(z, t, w, m, keep, eps_c)
-    _exp_shifted(z, m, e)
-    s = _sum(e)
-    log_s = math.log(s)
-    loss = a_sum * log_s + gap
-    k_p = a_sum
+    loss, k_p = a_sum * log_s + gap, a_sum
     if z_loss > 0:
         lse = m + log_s
         loss += z_loss * lse * lse
         k_p += (z_loss + z_loss) * lse
     _write_soft_grad(e, t, w, g * k_p / s, g, keep, eps_c, grad)
     return loss
+
+
+@njit(cache=CACHE)
+def soft_row(z, t, w, g, keep, eps_c, z_loss, e, grad):
+    """Loss of one (long) row ``z`` with class probabilities ``t``; its gradient into
+    ``grad`` (:func:`_soft_finish`), ``e`` scratch."""
+    m = _row_max(z)
+    _exp_shifted(z, m, e)
+    s = _sum(e)
+    return _soft_finish(z, t, w, g, keep, eps_c, z_loss, m, s, math.log(s), e, grad)
+
+
+@njit(cache=CACHE)
+def soft_rows(z, z_lo, t, t_lo, lo, rows, w, scale, args, stats, e, grad, g_lo, row_loss):
+    """Short rows ``lo:lo + rows`` with class probabilities ``t[t_lo + r]``, from their logits
+    ``z[z_lo + r]`` and :func:`short_row_stats`' ``stats`` and ``e``: row ``i = lo + r``'s
+    loss into ``row_loss[i]`` and its gradient into ``grad[g_lo + r]`` (:func:`_soft_finish`).
+    ``scale`` is ``(upstream, divisor, mean)`` as in :func:`label_rows`, ``args``
+    ``(keep, eps_c, z_loss)``."""
+    upstream, divisor, mean = scale
+    keep, eps_c, z_loss = args
+    for r in range(rows):
+        i, m, s, log_s = lo + r, stats[0, r], stats[1, r], stats[2, r]
+        g = row_scale(upstream, i, divisor, mean)
+        row_loss[i] = _soft_finish(
+            z[z_lo + r], t[t_lo + r], w, g, keep, eps_c, z_loss, m, s, log_s, e[r], grad[g_lo + r]
+        )
 
 
 @ParallelKernel
@@ -376,27 +415,49 @@ def _probs_kernel(
     n, c = logits.shape
     acc = row_loss.dtype.type  # the options come as Python numbers: a cheaper dispatch
     keep, eps_c, z_loss, cap = acc(keep), acc(eps_c), acc(z_loss), acc(cap)
-    mean = reduction == MEAN
+    mean, args = reduction == MEAN, (keep, eps_c, z_loss)
     divisor = np.full(1, n, row_loss.dtype)[0]  # the mean's divisor
+    scale = (upstream, divisor, mean)
+    block = BLOCK_ROWS if c <= FOLD_MAX else 1  # long rows: one at a time (soft_row)
     bits = holds_bits(logits)  # bfloat16 logits: rows widened into zc
     for b in prange((n + chunk - 1) // chunk):
-        e = np.empty(c, row_loss.dtype)
-        zc = np.empty((1 if cap > 0 or bits else 0, c), row_loss.dtype)
-        tc = np.empty((1 if holds_bits(target) else 0, c), row_loss.dtype)
-        gc = np.empty((1 if holds_bits(grad) else 0, c), row_loss.dtype)  # for rows_out
-        for i in range(b * chunk, min(n, (b + 1) * chunk)):
-            g = row_scale(upstream, i, divisor, mean)
-            t, t_lo = rows_in(target, i, 1, tc)
-            out, out_lo = rows_out(grad, i, gc)
-            if cap > 0:
-                capped(logits[i], cap, zc[0])
-                loss_i = soft_row(zc[0], t[t_lo], w, g, keep, eps_c, z_loss, e, out[out_lo])
-                through_cap(zc[0], cap, out[out_lo])
-            else:
-                z, z_lo = rows_in(logits, i, 1, zc)
-                loss_i = soft_row(z[z_lo], t[t_lo], w, g, keep, eps_c, z_loss, e, out[out_lo])
-            flush_rows(gc, grad, i, 1)
-            row_loss[i] = loss_i
+        stats = np.empty((3, block), row_loss.dtype)
+        e = np.empty((block, c), row_loss.dtype)
+        zc = np.empty((block if cap > 0 or bits else 0, c), row_loss.dtype)  # rows computed
+        tc = np.empty((block if holds_bits(target) else 0, c), row_loss.dtype)
+        gc = np.empty((block if holds_bits(grad) else 0, c), row_loss.dtype)  # for rows_out
+        hi = min(n, (b + 1) * chunk)
+        # short rows in blocks, as class indices; long ones one at a time, each branch with
+        # its own row array (one array for both, as logit_rows gives, ran 5% slower at 256)
+        if c <= FOLD_MAX:
+            for lo in range(b * chunk, hi, block):
+                rows = min(hi, lo + block) - lo
+                z, z_lo = logit_rows(logits, lo, rows, cap, zc)
+                t, t_lo = rows_in(target, lo, rows, tc)
+                out, out_lo = rows_out(grad, lo, gc)
+                short_row_stats(z, z_lo, rows, stats, e)
+                soft_rows(
+                    z, z_lo, t, t_lo, lo, rows, w, scale, args, stats, e, out, out_lo, row_loss
+                )
+                for r in range(rows if cap > 0 else 0):
+                    through_cap(zc[r], cap, out[out_lo + r])
+                flush_rows(gc, grad, lo, rows)
+        else:
+            for i in range(b * chunk, hi):
+                g = row_scale(upstream, i, divisor, mean)
+                t, t_lo = rows_in(target, i, 1, tc)
+                out, out_lo = rows_out(grad, i, gc)
+                if cap > 0:
+                    capped(logits[i], cap, zc[0])
+                    loss_i = soft_row(zc[0], t[t_lo], w, g, keep, eps_c, z_loss, e[0], out[out_lo])
+                    through_cap(zc[0], cap, out[out_lo])
+                else:
+                    z, z_lo = rows_in(logits, i, 1, zc)
+                    loss_i = soft_row(
+                        z[z_lo], t[t_lo], w, g, keep, eps_c, z_loss, e[0], out[out_lo]
+                    )
+                flush_rows(gc, grad, i, 1)
+                row_loss[i] = loss_i
     if reduction >= SUM:
         total = canonical_total(row_loss)
         loss[0] = total / divisor if mean else total
