@@ -366,12 +366,13 @@ def _label_divisor(row_weight, rows, weighted):
 
 
 @njit(cache=CACHE, inline="always")
-def _soft_finish(z, t, w, g, keep, eps_c, z_loss, m, s, log_s, e, grad):
-    """Loss of the row ``z`` with class probabilities ``t``, from its max ``m``,
-    ``e = exp(z - m)``, ``s = sum e`` and ``log s``; writes its gradient ``g (A' p - a)``,
-    ``a_c = w_c (keep t_c + eps_c)``, ``A = sum_c a_c``, ``A' = A + 2 z_loss lse``. The loss is
-    ``sum_c a_c ((m - z_c) + log s)`` (the gap sum and ``A log s``) plus ``z_loss lse^2``."""
-    a_sum, gap = _soft_sums(z, t, w, m, keep, eps_c)
+def _soft_finish(t, w, g, keep, eps_c, z_loss, sums, m, s, log_s, e, grad):
+    """Loss of a row with class probabilities ``t``, from ``sums = (A, B)`` of
+    :func:`_soft_sums`, its max ``m``, ``e = exp(z - m)``, ``s = sum e`` and ``log s``; writes
+    its gradient ``g (A' p - a)``, ``a_c = w_c (keep t_c + eps_c)``, ``A = sum_c a_c``,
+    ``A' = A + 2 z_loss lse``. The loss is ``sum_c a_c ((m - z_c) + log s)`` (the gap sum
+    ``B`` and ``A log s``) plus ``z_loss lse^2``."""
+    a_sum, gap = sums
     loss, k_p = a_sum * log_s + gap, a_sum
     if z_loss > 0:
         lse = m + log_s
@@ -384,11 +385,13 @@ def _soft_finish(z, t, w, g, keep, eps_c, z_loss, m, s, log_s, e, grad):
 @njit(cache=CACHE)
 def soft_row(z, t, w, g, keep, eps_c, z_loss, e, grad):
     """Loss of one (long) row ``z`` with class probabilities ``t``; its gradient into
-    ``grad`` (:func:`_soft_finish`), ``e`` scratch."""
+    ``grad`` (:func:`_soft_finish`), ``e`` scratch. The sums over ``z`` and ``t`` are taken
+    right after the max, while a long row is still in L1."""
     m = _row_max(z)
+    sums = _soft_sums(z, t, w, m, keep, eps_c)
     _exp_shifted(z, m, e)
     s = _sum(e)
-    return _soft_finish(z, t, w, g, keep, eps_c, z_loss, m, s, math.log(s), e, grad)
+    return _soft_finish(t, w, g, keep, eps_c, z_loss, sums, m, s, math.log(s), e, grad)
 
 
 @njit(cache=CACHE)
@@ -402,9 +405,10 @@ def soft_rows(z, z_lo, t, t_lo, lo, rows, w, scale, args, stats, e, grad, g_lo, 
     keep, eps_c, z_loss = args
     for r in range(rows):
         i, m, s, log_s = lo + r, stats[0, r], stats[1, r], stats[2, r]
-        g = row_scale(upstream, i, divisor, mean)
+        g, t_r = row_scale(upstream, i, divisor, mean), t[t_lo + r]
+        sums = _soft_sums(z[z_lo + r], t_r, w, m, keep, eps_c)
         row_loss[i] = _soft_finish(
-            z[z_lo + r], t[t_lo + r], w, g, keep, eps_c, z_loss, m, s, log_s, e[r], grad[g_lo + r]
+            t_r, w, g, keep, eps_c, z_loss, sums, m, s, log_s, e[r], grad[g_lo + r]
         )
 
 
