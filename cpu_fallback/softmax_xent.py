@@ -281,6 +281,13 @@ def through_cap(zc, cap, grad):
 
 
 @njit(cache=CACHE, inline="always")
+def rows_a_block(c):
+    """Rows a block of ``c`` classes: up to ``BLOCK_ROWS``, fewer for long rows, so that the
+    block's exponentials (``BLOCK_ELEMENTS`` at most) stay in L1."""
+    return max(1, min(BLOCK_ROWS, BLOCK_ELEMENTS // max(c, 1)))
+
+
+@njit(cache=CACHE, inline="always")
 def logit_rows(logits, lo, rows, cap, zc):
     """Rows ``lo:lo + rows`` of the logits to compute with, as ``(array, first row)``: capped
     into the scratch ``zc`` with a cap, else as :func:`rows_in` gives them."""
@@ -306,7 +313,7 @@ def _labels_kernel(
     one = np.ones(1, row_loss.dtype)[0]
     divisor = _label_divisor(row_loss, rows, w.shape[0] > 0) if mean else one
     scale = (upstream, divisor, mean)
-    block = max(1, min(BLOCK_ROWS, BLOCK_ELEMENTS // max(c, 1)))  # rows a block
+    block = rows_a_block(c)
     bits = holds_bits(logits)  # bfloat16 logits: rows widened into zc
     for b in prange((n + chunk - 1) // chunk):
         stats = np.empty((3, block), row_loss.dtype)
@@ -422,7 +429,7 @@ def _probs_kernel(
     mean, args = reduction == MEAN, (keep, eps_c, z_loss)
     divisor = np.full(1, n, row_loss.dtype)[0]  # the mean's divisor
     scale = (upstream, divisor, mean)
-    block = BLOCK_ROWS if c <= FOLD_MAX else 1  # long rows: one at a time (soft_row)
+    block = rows_a_block(c) if c <= FOLD_MAX else 1  # long rows: one at a time (soft_row)
     bits = holds_bits(logits)  # bfloat16 logits: rows widened into zc
     for b in prange((n + chunk - 1) // chunk):
         stats = np.empty((3, block), row_loss.dtype)
