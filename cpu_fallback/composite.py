@@ -1,7 +1,7 @@
 """Composite loss on the CPU: every term of a row in one parallel pass over the rows.
 
 A softmax cross-entropy term runs the row functions of ``softmax_xent`` (``label_block``,
-``soft_row``) and the elementwise terms the scalar leaves of ``gpukernels._scalar``: each
+``soft_block``) and the elementwise terms the scalar leaves of ``gpukernels._scalar``: each
 formula is the one the single losses use. Each row's predictions are copied to a scratch row
 first, and each term's gradient is formed in scratch and added into its columns, so the
 gradient may be written over ``pred`` even where terms read overlapping columns.
@@ -26,7 +26,7 @@ from . import (
     widen,
 )
 from ._math import leaf
-from .softmax_xent import capped, label_block, soft_row, through_cap
+from .softmax_xent import capped, label_block, soft_block, through_cap
 
 _bce = leaf(_scalar.bce_with_logits)
 _squared_error = leaf(_scalar.squared_error)
@@ -42,26 +42,28 @@ def _xent_term(z, t, no_weight, z_loss, cap, zc, e, grad, label_scratch):
     the logits are capped into the scratch ``zc`` first and the gradient taken through the
     cap. A class index that is not a whole number in ``[0, len(z))`` gives a NaN loss and a
     zero gradient (not through the cap). ``label_scratch`` is ``(label, stats, loss)``, one
-    row each, for softmax_xent's ``label_block`` (the single CE's arithmetic, in its order)."""
+    row each, for softmax_xent's ``label_block`` and ``soft_block`` (the single CE's
+    arithmetic, in its order)."""
     if cap > 0:
         capped(z, cap, zc)
         z = zc
     taken = True
+    label, stats, out = label_scratch
+    scale = (None, ONE, False)  # unscaled
+    row, e_row, grad_row = z[None, :], e[None, :], grad[None, :]  # a block of one row
     if t.shape[0] == 1 and z.shape[0] > 1:
         v = t[0]
         y = int(v) if v >= 0 and v < z.shape[0] and v == np.floor(v) else _NO_CLASS
-        label, stats, out = label_scratch
         label[0], taken = y, y != _NO_CLASS
-        scale, args = (None, ONE, False), (_NEVER_IGNORED, ZERO, ZERO, z_loss)
-        shape = (1, z.shape[0])  # a block of one row
-        row, e_row, grad_row = z.reshape(shape), e.reshape(shape), grad.reshape(shape)
+        args = (_NEVER_IGNORED, ZERO, ZERO, z_loss)
         label_block(row, 0, label, 0, 1, no_weight, scale, args, stats, e_row, grad_row, 0, out)
-        loss = out[0]
     else:
-        loss = soft_row(z, t, no_weight, ONE, ONE, ZERO, z_loss, e, grad)
+        args = (ONE, ZERO, z_loss)  # keep, eps / C, z-loss
+        t_row = t[None, :]  # a view: t may be strided
+        soft_block(row, 0, t_row, 0, 0, 1, no_weight, scale, args, stats, e_row, grad_row, 0, out)
     if cap > 0 and taken:
         through_cap(zc, cap, grad)
-    return loss
+    return out[0]
 
 
 @njit(cache=CACHE)

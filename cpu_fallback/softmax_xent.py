@@ -5,11 +5,11 @@ exponentials stay in L1): each row's max; ``e = exp(z - max)`` into the block's 
 only ``exp`` of each element, vectorised by ``fast_exp``: along a long row, across the block
 for short ones); the sums of ``e`` and their logs; then each row's loss and gradient
 ``g (A e / s - a)`` (``label_rows``). Class probabilities take the same blocks for short rows
-(``soft_rows``) and go one row at a time otherwise (``soft_row``). The loss terms read the
-logits before the gradient is written, so ``grad`` may be the logits themselves. bfloat16
-logits (their bits) are widened a block at a time into float32 scratch, and the block's
-gradients rounded from scratch into ``grad`` (``rows_in``, ``rows_out``, ``flush_rows``). See
-docs/BACKENDS.md.
+(``soft_rows``) and go one row at a time otherwise (``soft_row``; ``soft_block`` picks). The
+loss terms read the logits before the gradient is written, so ``grad`` may be the logits
+themselves. bfloat16 logits (their bits) are widened a block at a time into float32 scratch,
+and the block's gradients rounded from scratch into ``grad`` (``rows_in``, ``rows_out``,
+``flush_rows``). See docs/BACKENDS.md.
 """
 
 import math
@@ -419,6 +419,25 @@ def soft_rows(z, z_lo, t, t_lo, lo, rows, w, scale, args, stats, e, grad, g_lo, 
         )
 
 
+@njit(cache=CACHE)
+def soft_block(z, z_lo, t, t_lo, lo, rows, w, scale, args, stats, e, grad, g_lo, row_loss):
+    """Rows ``lo:lo + rows`` with class probabilities, as :func:`soft_rows` takes them: short
+    rows (at most ``FOLD_MAX`` classes) through :func:`short_row_stats` and
+    :func:`soft_rows`, longer ones one at a time through :func:`soft_row`. Also the composite
+    loss's soft CE term, as a block of one row, so that it has the single CE's bits."""
+    if z.shape[1] <= FOLD_MAX:
+        short_row_stats(z, z_lo, rows, stats, e)
+        soft_rows(z, z_lo, t, t_lo, lo, rows, w, scale, args, stats, e, grad, g_lo, row_loss)
+        return
+    upstream, divisor, mean = scale
+    keep, eps_c, z_loss = args
+    for r in range(rows):
+        g = row_scale(upstream, lo + r, divisor, mean)
+        row_loss[lo + r] = soft_row(
+            z[z_lo + r], t[t_lo + r], w, g, keep, eps_c, z_loss, e[r], grad[g_lo + r]
+        )
+
+
 @ParallelKernel
 def _probs_kernel(
     logits, target, w, upstream, grad, row_loss, loss, keep, eps_c, z_loss, cap, reduction, chunk
@@ -438,16 +457,16 @@ def _probs_kernel(
         tc = np.empty((block if holds_bits(target) else 0, c), row_loss.dtype)
         gc = np.empty((block if holds_bits(grad) else 0, c), row_loss.dtype)  # for rows_out
         hi = min(n, (b + 1) * chunk)
-        # short rows in blocks, as class indices; long ones one at a time, each branch with
-        # its own row array (one array for both, as logit_rows gives, ran 5% slower at 256)
+        # short rows in blocks, as class indices; long ones one at a time through soft_row
+        # itself, each branch with its own row array (through soft_block, or with one array
+        # for both as logit_rows gives, they ran 5-20% slower at 256 classes)
         if c <= FOLD_MAX:
             for lo in range(b * chunk, hi, block):
                 rows = min(hi, lo + block) - lo
                 z, z_lo = logit_rows(logits, lo, rows, cap, zc)
                 t, t_lo = rows_in(target, lo, rows, tc)
                 out, out_lo = rows_out(grad, lo, gc)
-                short_row_stats(z, z_lo, rows, stats, e)
-                soft_rows(
+                soft_block(
                     z, z_lo, t, t_lo, lo, rows, w, scale, args, stats, e, out, out_lo, row_loss
                 )
                 for r in range(rows if cap > 0 else 0):

@@ -361,18 +361,24 @@ def test_class_index_left_out_gets_a_zero_gradient_under_a_cap(backend):
     assert np.all(grad[0] == 0) and np.isfinite(grad[1]).all()
 
 
+@pytest.mark.parametrize("target_kind", ["labels", "probs"])
 @pytest.mark.parametrize("softcap", [None, 4.0])
 @pytest.mark.parametrize("c", [5, 20, 128, 300])
-def test_cross_entropy_term_has_the_single_losss_bits(cpu_backend, c, softcap):
-    """A lone class term's row gradients are the single CE's (``"none"``) to the bit, times
-    the term's factor 1/N: the same kernel arithmetic in the same order, whichever path the
-    row length takes."""
+def test_cross_entropy_term_has_the_single_losss_bits(cpu_backend, c, softcap, target_kind):
+    """A lone CE term's row gradients (class indices or probabilities) are the single CE's
+    (``"none"``) to the bit, times the term's factor 1/N: the same kernel arithmetic in the
+    same order, whichever path the row length takes."""
     rng = np.random.default_rng(83 + c)
     n = 37
     pred = random_floats(rng, (n, c), np.float32)
-    labels = rng.integers(0, c, n)
-    term = gk.LossTerm("softmax_cross_entropy", slice(0, c), slice(0, 1), softcap=softcap)
-    loss, grad = gk.composite_loss(pred, labels[:, None].astype(np.float32), [term])
-    row_loss, row_grad = gk.softmax_cross_entropy(pred, labels, reduction="none", softcap=softcap)
+    if target_kind == "labels":
+        target = rng.integers(0, c, n)
+        columns, term_target = slice(0, 1), target[:, None].astype(np.float32)
+    else:
+        target = random_probs(rng, n, c, np.float32)
+        columns, term_target = slice(0, c), target
+    term = gk.LossTerm("softmax_cross_entropy", slice(0, c), columns, softcap=softcap)
+    loss, grad = gk.composite_loss(pred, term_target, [term])
+    row_loss, row_grad = gk.softmax_cross_entropy(pred, target, reduction="none", softcap=softcap)
     assert_close(loss, row_loss.astype(np.float64).mean(), np.float32, what="loss")
     assert grad.tobytes() == ((np.float32(1) / np.float32(n)) * row_grad).tobytes()
