@@ -73,8 +73,10 @@ def test_requires_grad_tensors_are_read_without_autograd():
 
 
 def test_mixing_tensors_and_numpy_is_a_type_error():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="target is a numpy.ndarray but pred is a torch.Tensor"):
         gk.mse(torch.ones(3), np.ones(3, np.float32))
+    with pytest.raises(TypeError, match="pred is a numpy.ndarray but target is a torch.Tensor"):
+        gk.mse(np.ones(3, np.float32), torch.ones(3))
 
 
 def test_bfloat16_tensors():
