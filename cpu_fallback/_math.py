@@ -44,6 +44,49 @@ def _bits_float(typingctx, i):
     return types.float32(types.int32), codegen
 
 
+_KEY_TYPES = {types.float32: types.int32, types.float64: types.int64}
+_FLOAT_TYPES = {key: value for value, key in _KEY_TYPES.items()}
+
+
+def _flip_magnitude(builder, i, width):
+    """``i ^ ((i >> (width - 1)) & (2^(width-1) - 1))``: a negative value's magnitude bits
+    inverted (an arithmetic shift spreads the sign), a non-negative one unchanged."""
+    sign = builder.ashr(i, ir.Constant(i.type, width - 1))
+    return builder.xor(i, builder.and_(sign, ir.Constant(i.type, (1 << (width - 1)) - 1)))
+
+
+@intrinsic
+def order_key(typingctx, x):
+    """A signed integer of ``x``'s width whose order is IEEE 754's total order of floats:
+    -NaN < -inf < ... < -0 < +0 < ... < +inf < +NaN. The float's bits, with a negative
+    one's magnitude bits inverted (so that larger magnitudes sort lower); no conversion.
+    A max over keys vectorises where a float compare-and-select does not (without a no-NaN
+    flag, LLVM keeps such a reduction scalar)."""
+    if x not in _KEY_TYPES:
+        return None
+    key = _KEY_TYPES[x]
+
+    def codegen(context, builder, signature, args):
+        bits = builder.bitcast(args[0], ir.IntType(key.bitwidth))
+        return _flip_magnitude(builder, bits, key.bitwidth)
+
+    return key(x), codegen
+
+
+@intrinsic
+def key_value(typingctx, k):
+    """The float whose :func:`order_key` is ``k`` (the same flip undoes it)."""
+    if k not in _FLOAT_TYPES:
+        return None
+    value = _FLOAT_TYPES[k]
+
+    def codegen(context, builder, signature, args):
+        bits = _flip_magnitude(builder, args[0], k.bitwidth)
+        return builder.bitcast(bits, context.get_value_type(value))
+
+    return value(k), codegen
+
+
 _BF16_NAN = np.uint16(0x7FC0)
 _HALF_ULP_BF16 = np.uint32(0x7FFF)
 

@@ -35,7 +35,7 @@ from . import (
     rows_out,
     store,
 )
-from ._math import fast_exp, fast_log
+from ._math import fast_exp, fast_log, key_value, order_key
 from .reduce import canonical_total
 
 _NAN = np.float32(np.nan)
@@ -44,12 +44,17 @@ BLOCK_ROWS = 64  # rows a block at most
 BLOCK_ELEMENTS = 1 << 12  # elements a block at most: its exponentials stay in L1
 
 
-@njit(fastmath=FASTMATH, cache=CACHE)
+@njit(cache=CACHE)
 def _row_max(z):
-    m = z[0]  # C >= 1; starting from z's own element keeps m in z's dtype
+    """The largest of the ``C >= 1`` values of ``z`` in IEEE's total order (over
+    :func:`order_key`s, a vectorised integer max: 7x faster at 256 classes than the float
+    compare-and-select, which LLVM keeps scalar). Any order of the values gives the same
+    max; a NaN in the row makes the row NaN later (``exp(z_c - m)``), whatever ``m`` is."""
+    k = order_key(z[0])
     for c in range(1, z.shape[0]):
-        m = z[c] if z[c] > m else m  # NaN never wins; exp(NaN - m) makes the row NaN later
-    return m
+        v = order_key(z[c])
+        k = v if v > k else k
+    return key_value(k)
 
 
 # Inlined (Numba IR) into the row functions, which have no fastmath: it would reassociate
@@ -249,7 +254,12 @@ def _fold_rows(a, lo, rows, out, op):
 
 @njit(cache=CACHE, inline="always")
 def _keep_max(m, v):
-    return v if v > m else m  # NaN never wins, as in _row_max
+    """The float max, for short rows folded four at a time: there it is faster than
+    :func:`_row_max`'s keys (at 10 classes 0.20 against 0.29 ns an element, folded on keys).
+    The two can differ only in which of -0 and +0 a tie keeps, or in a NaN; neither changes
+    a row's loss or gradient (``exp(z - m)``, ``m - z_y + log s`` and ``m + log s`` come out
+    the same, and a NaN makes the row NaN)."""
+    return v if v > m else m
 
 
 @njit(cache=CACHE, inline="always")

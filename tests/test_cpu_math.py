@@ -1,4 +1,5 @@
-"""The CPU backend's own maths: the vectorisable float32 exp, log and log1p of the kernels."""
+"""The CPU backend's own maths: the vectorisable float32 exp, log and log1p of the kernels, and
+the integer keys of their row max."""
 
 import math
 
@@ -6,11 +7,13 @@ import numpy as np
 import pytest
 from numba import njit
 
-from cpu_fallback._math import fast_exp, fast_log, fast_log1p
+from cpu_fallback._math import fast_exp, fast_log, fast_log1p, key_value, order_key
+from cpu_fallback.softmax_xent import _row_max
 
 
-def _mapped(fn):
-    """``x -> y`` with ``y[i] = fn(x[i])``, in one compiled loop (as the kernels call it)."""
+def _mapped(fn, out_dtype=None):
+    """``x -> y`` with ``y[i] = fn(x[i])``, in one compiled loop (as the kernels call it);
+    ``y`` has ``out_dtype``, or ``x``'s."""
 
     @njit
     def loop(x, y):
@@ -18,7 +21,7 @@ def _mapped(fn):
             y[i] = fn(x[i])
 
     def apply(x):
-        y = np.empty_like(x)
+        y = np.empty(x.shape, out_dtype or x.dtype)
         loop(x, y)
         return y
 
@@ -102,3 +105,44 @@ def test_fast_log_float64_is_libm_log():
     x = np.exp(np.random.default_rng(6).uniform(-700, 700, 1000))
     y = _log(x)
     np.testing.assert_array_equal(y, [math.log(v) for v in x])
+
+
+def _special_floats(dtype):
+    """Signed zeros, infinities, subnormals, the extremes, NaNs of both signs and random
+    values of ``dtype``."""
+    info = np.finfo(dtype)
+    values = [0.0, -0.0, np.inf, -np.inf, info.max, -info.max, info.tiny, -info.tiny]
+    values += [info.smallest_subnormal, -info.smallest_subnormal, 1.0, -1.0]
+    x = np.array(values + [np.nan, -np.nan], dtype)
+    return np.concatenate([x, np.random.default_rng(5).standard_normal(200).astype(dtype) * 1e3])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_order_keys_sort_as_ieee_total_order(dtype):
+    x = _special_floats(dtype)
+    int_type = np.dtype(np.dtype(dtype).str.replace("f", "i"))
+    keys = _mapped(order_key, int_type)(x)
+    # the reference order: (NaN sign class, value, sign bit) for numbers; -NaN first, +NaN last
+    sign = np.signbit(x)
+    nan = np.isnan(x)
+    rank = np.where(nan, np.where(sign, -1, 1), 0)
+    reference = np.lexsort((~sign, np.where(nan, 0, x), rank))
+    np.testing.assert_array_equal(np.sort(keys), keys[reference])
+    # and the key round-trips to the same bits, NaN payloads included
+    back = _mapped(key_value, dtype)(keys)
+    np.testing.assert_array_equal(back.view(keys.dtype), x.view(keys.dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("length", [1, 7, 31, 33, 256, 1000])
+def test_row_max_is_numpys_max_and_prefers_positive_zero(dtype, length):
+    rows = np.random.default_rng(length).standard_normal((20, length)).astype(dtype)
+    rows[3] = -0.0
+    rows[4, : length // 2] = -0.0  # the -0 first: a scan keeping its first max keeps it
+    rows[4, length // 2 :] = 0.0
+    rows[5, -1] = np.inf
+    rows[6] = -np.inf
+    for row in rows:
+        assert _row_max(row) == row.max()
+    assert not np.signbit(_row_max(rows[4]))  # +0 > -0 whichever comes first
+    assert np.signbit(_row_max(rows[3]))
