@@ -22,7 +22,7 @@ from gpukernels._scalar import ONE
 
 from . import ParallelKernel, at, compute_view, load, optional, output_view, put, store, window
 from ._math import leaf
-from .reduce import SCRATCH, finish_tile, fold_tiles
+from .reduce import finish_tile, fold_tiles
 
 _element = None  # each loss's leaf, bound by loss_and_grad_launcher
 
@@ -51,7 +51,7 @@ def _elementwise_loss_kernel(z, y, w, param, period, scale, grad, loss, reductio
     reduce, d = reduction >= SUM, loss.dtype.type(divisor if reduction == MEAN else 1)
     factor = per_divisor(scale, d)  # a mean's upstream gradient is a scalar: u / d
     for b in prange((tiles + chunk - 1) // chunk):
-        s = np.empty(SCRATCH, loss.dtype)
+        s = np.empty(TILE, loss.dtype)
         for j in range(b * chunk, min(tiles, (b + 1) * chunk)):
             lo = j * TILE
             count = min(TILE, n - lo)
@@ -67,7 +67,7 @@ def _elementwise_loss_kernel(z, y, w, param, period, scale, grad, loss, reductio
                 s[k] = w_k * value
             finish_tile(s, count, j, loss, reduce)
     if reduce:
-        loss[0] = fold_tiles(loss, tiles, np.empty(SCRATCH, loss.dtype)) / d
+        loss[0] = fold_tiles(loss, tiles) / d
 
 
 def loss_and_grad_launcher(element):
