@@ -20,7 +20,7 @@ from gpukernels._canon import TILE, tile_count
 from gpukernels._kinds import MEAN, SUM
 from gpukernels._scalar import ONE
 
-from . import ParallelKernel, at, compute_view, load, optional, output_view, put, store, window
+from . import at, compute_view, load, optional, output_view, parallel_kernel, put, store, window
 from ._math import leaf
 from .reduce import finish_tile, fold_tiles
 
@@ -72,7 +72,7 @@ def _elementwise_loss_kernel(z, y, w, param, period, scale, grad, loss, reductio
 
 def loss_and_grad_launcher(element):
     """The launcher ``loss_and_grad`` of the elementwise loss whose leaf is ``element``."""
-    kernel = ParallelKernel(
+    kernel = parallel_kernel(
         _elementwise_loss_kernel, f"{element.__name__}_loss_kernel", {"_element": leaf(element)}
     )
 

@@ -15,11 +15,11 @@ from gpukernels._scalar import ONE, ZERO
 
 from . import (
     CACHE,
-    ParallelKernel,
     compute_view,
     flush_rows,
     holds_bits,
     output_view,
+    parallel_kernel,
     rows_in,
     rows_out,
     store,
@@ -126,7 +126,7 @@ def _composite_kernel(
             flush_rows(gc, grad, i, 1)
 
 
-_kernel = ParallelKernel(_composite_kernel)
+_kernel = parallel_kernel(_composite_kernel)
 
 
 def composite(pred, target, kinds, cols, tcols, only_where, term_scale, term_param, grad, row_loss):

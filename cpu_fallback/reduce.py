@@ -14,7 +14,7 @@ from numba.extending import intrinsic
 
 from gpukernels._canon import TILE, tile_count
 
-from . import CACHE, ParallelKernel, compute_view, load, widen
+from . import CACHE, compute_view, load, parallel_kernel, widen
 
 # Bytes of a block of columns summed together: 1024 float32 columns, (HALF, 1024) scratch of
 # 512 KiB. Wide rows of vectors cost less per view than narrow ones that stay in L1: on 2
@@ -155,7 +155,7 @@ def canonical_total(x):
     return fold_tiles(partial, tiles)
 
 
-@ParallelKernel
+@parallel_kernel
 def _total_kernel(x, out, chunk):
     tiles = out.shape[0]
     for b in prange((tiles + chunk - 1) // chunk):
@@ -206,7 +206,7 @@ def _column_tile_sum(x, lo, rows, c0, c1, s, out):
         out[c0 + c] = s[0, c] + zero
 
 
-@ParallelKernel
+@parallel_kernel
 def _column_totals_kernel(x, partial, block):
     n, m = x.shape
     tiles, blocks = partial.shape[0], (m + block - 1) // block

@@ -9,7 +9,7 @@ from numba import prange
 
 from gpukernels._scalar import ONE, ZERO
 
-from . import ParallelKernel, at, compute_view, load, optional, output_view, put, store, widen
+from . import at, compute_view, load, optional, output_view, parallel_kernel, put, store, widen
 from .softmax_xent import _exp_shifted, _row_max, _sum, capped
 
 
@@ -61,8 +61,8 @@ def _loss_grad_kernel(
                 put(grad, (i, c), g * v * slope)
 
 
-_stats = ParallelKernel(_stats_kernel)
-_loss_grad = ParallelKernel(_loss_grad_kernel)
+_stats = parallel_kernel(_stats_kernel)
+_loss_grad = parallel_kernel(_loss_grad_kernel)
 
 
 def shard_stats(logits, labels, stats, class_start, softcap):

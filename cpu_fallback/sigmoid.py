@@ -4,24 +4,24 @@ from numba import prange
 
 from gpukernels._scalar import ONE
 
-from . import ParallelKernel, compute_view, load, output_view, put, store
+from . import compute_view, load, output_view, parallel_kernel, put, store
 from ._math import sigmoid as _sigmoid
 from ._math import sigmoid_derivative as _sigmoid_derivative
 
 
-@ParallelKernel
+@parallel_kernel
 def _sigmoid_kernel(x, y):
     for i in prange(x.shape[0]):
         put(y, i, _sigmoid(load(x, i)))
 
 
-@ParallelKernel
+@parallel_kernel
 def _derivative_kernel(x, y):
     for i in prange(x.shape[0]):
         put(y, i, _sigmoid_derivative(load(x, i)))
 
 
-@ParallelKernel
+@parallel_kernel
 def _backward_kernel(g, y, out):
     for i in prange(y.shape[0]):
         y_i = load(y, i)

@@ -23,7 +23,6 @@ from gpukernels._scalar import ONE, ZERO
 from . import (
     CACHE,
     FASTMATH,
-    ParallelKernel,
     at,
     compute_view,
     flush_rows,
@@ -31,6 +30,7 @@ from . import (
     load,
     optional,
     output_view,
+    parallel_kernel,
     rows_in,
     rows_out,
     store,
@@ -308,7 +308,7 @@ def logit_rows(logits, lo, rows, cap, zc):
     return rows_in(logits, lo, rows, zc)
 
 
-@ParallelKernel
+@parallel_kernel
 def _labels_kernel(
     logits, labels, w, upstream, grad, row_loss, loss, bad, options, cap, reduction, chunk
 ):
@@ -448,7 +448,7 @@ def soft_block(z, z_lo, t, t_lo, lo, rows, w, scale, args, stats, e, grad, g_lo,
         )
 
 
-@ParallelKernel
+@parallel_kernel
 def _probs_kernel(
     logits, target, w, upstream, grad, row_loss, loss, keep, eps_c, z_loss, cap, reduction, chunk
 ):
@@ -503,7 +503,7 @@ def _probs_kernel(
         loss[0] = total / divisor if mean else total
 
 
-@ParallelKernel
+@parallel_kernel
 def _row_weights_kernel(labels, w, row_weight, ignore_index, num_classes):
     for i in prange(labels.shape[0]):
         row_weight[i] = row_weight_of(labels[i], w, ignore_index, num_classes)
