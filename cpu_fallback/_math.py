@@ -3,7 +3,8 @@ that vectorises.
 
 Without SVML, ``math.exp`` is a scalar libm call that LLVM cannot vectorise; ``fast_exp`` on
 float32 is Cody-Waite range reduction plus the Cephes minimax polynomial, with 2^n built from
-the bits of the rounded exponent, all plain arithmetic that becomes AVX2 code. It is within
+the bits of the rounded exponent, all plain arithmetic that becomes vector code (with fused
+multiply-adds where the CPU has them: each rounds once, so they only help). It is within
 2 ulp of the true exp on [-86.5, 88.7] (tests/test_cpu_math.py), rounds once into the
 subnormals below, gives 0 under -104 and inf above 88.7, and NaN stays NaN. float64 uses
 ``math.exp``.
@@ -133,8 +134,11 @@ _ZERO = np.float32(0.0)
 _INF = np.float32(np.inf)
 
 
-@njit  # not inline="always": it would take the caller's fastmath, and reassociation
-# would fold (x + _ROUND) - _ROUND back to x. LLVM still inlines it, keeping its own flags.
+# Not inline="always": it would take the caller's fastmath, and reassociation would fold
+# (x + _ROUND) - _ROUND back to x. LLVM still inlines it, keeping its own flags. Contraction
+# alone (a * b + c as one fused multiply-add, rounded once) reorders nothing: it takes a
+# quarter of the time off (sigmoid' of 2^20 float32, one core: 578 -> 435 us).
+@njit(fastmath={"contract"})
 def _exp_f32(x):
     xc = _HIGHEST if x > _HIGHEST else x
     xc = _LOWEST if xc < _LOWEST else xc
@@ -187,7 +191,7 @@ _LN2 = np.float32(0.693147181)
 _ATANH = tuple(np.float32(2.0 / k) for k in (3, 5, 7, 9))
 
 
-@njit(error_model="numpy")  # separate from fastmath callers, like _exp_f32
+@njit(error_model="numpy", fastmath={"contract"})  # its own flags, like _exp_f32
 def _log1p_f32(x):
     """log1p(x) for x in [sqrt(1/2) - 1, 1] (what BCE needs: x = exp(-|z|) in [0, 1]; what
     ``_log_f32`` needs: [sqrt(1/2) - 1, sqrt(2) - 1]), within 2 ulp.
@@ -211,7 +215,7 @@ _NAN = np.float32(np.nan)
 _MANTISSA, _EXPONENT_ONE = np.int32(0x007FFFFF), np.int32(0x3F800000)
 
 
-@njit(error_model="numpy")
+@njit(error_model="numpy", fastmath={"contract"})
 def _log_f32(x):
     """log(x) for float32, within 2 ulp.
 
