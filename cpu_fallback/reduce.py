@@ -39,6 +39,7 @@ def _sum_into(d, a, b):
 
 HALF = TILE // 2
 LANES = 16  # a tile is read as TILE // LANES vectors of LANES values
+assert TILE % LANES == 0 and (TILE // LANES) & (TILE // LANES - 1) == 0, "halving_sum's shape"
 
 
 @intrinsic
@@ -233,7 +234,7 @@ def _column_totals_kernel(x, partial, block):
 
 
 def total(x, out, partial):
-    """``out[0]`` = the canonical sum of the 1-D ``x``, in one call; ``partial``
+    """``out[0]`` = the canonical sum of the 1-D C-contiguous ``x``, in one call; ``partial``
     ``(ceil(n / TILE),)`` acc is scratch for the tile sums (empty for an empty ``x``)."""
     if partial.shape[0] == 0:
         out[0] = 0
