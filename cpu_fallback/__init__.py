@@ -19,16 +19,17 @@ from gpukernels._scalar import ONE
 
 from ._cache import CACHE
 from ._math import bf16_bits, bf16_value
+from ._threads import load_pip_tbb
+
+load_pip_tbb()  # before the first parallel launch, when Numba picks its threading layer
 
 # Reassociation lets reductions vectorise; no 'nnan'/'ninf', so NaN and inf still propagate.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
-# Work (elements touched) below which a kernel runs on the calling thread. Waking Numba's
-# OpenMP workers costs ~20 us, and after a kernel they spin for milliseconds (libgomp's
-# default), starving NumPy's BLAS threads: on 2 cores a 64-row matmul followed by a
-# (1000, 10) cross-entropy took 8 ms on the pool, 0.23 ms serially. PyTorch's CPU kernels
-# use the same grain (32768).
+# Work (elements touched) below which a kernel runs on the calling thread: waking the pool's
+# workers costs ~20 us, more than a small kernel takes, and leaves the cores to the caller's
+# other threads (NumPy's BLAS: see _threads.py). PyTorch's CPU kernels use the same grain.
 PARALLEL_MIN_WORK = 1 << 15
 
 
