@@ -21,6 +21,7 @@ PACKAGES = (
     "gpukernels",
     "numpy",
     "numba",
+    "tbb",
     "numba-cuda",
     "cupy-cuda13x",
     "cupy-cuda12x",
