@@ -156,6 +156,17 @@ def metadata(dev: Device, options, ops: list[str], dtypes: list[str], budget, no
     }
 
 
+def numba_threading_layer() -> str:
+    """The pool Numba's parallel kernels run on (``tbb``, ``omp``, ``workqueue``), or
+    ``not started`` before the first parallel kernel."""
+    import numba
+
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return "not started"
+
+
 def run(options) -> int:
     """Run the benchmark described by the parsed ``python -m benchmarks`` options."""
     started = time.perf_counter()
@@ -189,6 +200,7 @@ def run(options) -> int:
             result = run_case(dev, op, shape, dtype, budget, progress.step)
             results.append(result)
             records.append(report.case_record(result, op))
+            meta["numba_threading_layer"] = numba_threading_layer()
             report.write_json(stem.with_suffix(".json"), meta, records)
     titles = {op.NAME: f"{op.TITLE}: {op.BYTES}" for op, _, _ in cases}
     heading = f"gpukernels bench, {dev.name}, {now:%Y-%m-%d}"

@@ -9,21 +9,26 @@ pools starve each other. On 2 cores a 256 x 256 float32 matmul followed by a par
 ``batch_sum`` took 8.4 ms on OpenMP and 0.25 ms on TBB; a 512 x 128 x 8192
 ``linear_cross_entropy`` 29-39 ms against 25 ms. TBB's workers sleep soon after their work.
 
-Loading that ``libtbb.so.12`` by its path first, with its symbols global, lets Numba find it
-by its name. Nothing else changes: no environment variable is set, and a threading layer
-chosen with ``NUMBA_THREADING_LAYER`` is still Numba's to honour.
+Loading that ``libtbb.so.12`` by its path first lets Numba find it by its name (the loader
+matches a loaded library's name). Nothing else changes: no environment variable is set, and
+nothing is loaded when ``NUMBA_THREADING_LAYER`` names another layer. A process that started
+Numba's pool before importing this package keeps the pool it has.
 """
 
 import ctypes
 import importlib.metadata
 import sys
 
+import numba
+
 _LIBRARY = "libtbb.so.12"  # the name Numba loads (Linux)
+_NOT_TBB = ("omp", "workqueue", "forksafe")  # NUMBA_THREADING_LAYER values that exclude TBB
 
 
 def load_pip_tbb() -> bool:
-    """Load the ``tbb`` wheel's library, if installed and on Linux; whether it was found."""
-    if not sys.platform.startswith("linux"):
+    """Load the ``tbb`` wheel's library, if installed, on Linux, and if Numba may pick TBB;
+    whether it was loaded."""
+    if not sys.platform.startswith("linux") or numba.config.THREADING_LAYER in _NOT_TBB:
         return False
     try:
         files = importlib.metadata.files("tbb") or ()
@@ -32,7 +37,7 @@ def load_pip_tbb() -> bool:
     for file in files:
         if file.name == _LIBRARY:
             try:
-                ctypes.CDLL(str(file.locate()), mode=ctypes.RTLD_GLOBAL)
+                ctypes.CDLL(str(file.locate()))
             except OSError:
                 return False
             return True

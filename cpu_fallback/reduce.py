@@ -39,7 +39,8 @@ def _sum_into(d, a, b):
 
 HALF = TILE // 2
 LANES = 16  # a tile is read as TILE // LANES vectors of LANES values
-assert TILE % LANES == 0 and (TILE // LANES) & (TILE // LANES - 1) == 0, "halving_sum's shape"
+assert LANES & (LANES - 1) == 0 and TILE % LANES == 0, "halving_sum halves LANES"
+assert (TILE // LANES) & (TILE // LANES - 1) == 0, "halving_sum halves the tile's vectors"
 
 
 @intrinsic
@@ -67,12 +68,15 @@ def halving_sum(typingctx, t, lo):
     acc = types.float32 if bits else t.dtype
 
     def codegen(context, builder, signature, args):
+        # a fast-math caller would put its flags on these adds too (Numba's fastmath pass
+        # flags every float operation of the function), and reassociation reorders the tree
+        assert not context.fastmath, "halving_sum inlined into a fastmath function"
         data = context.make_array(signature.args[0])(context, builder, args[0]).data
         lo = context.cast(builder, args[1], signature.args[1], types.intp)
         element = data.type.pointee
         vector_of = functools.partial(ir.VectorType, count=LANES)
         start = builder.bitcast(builder.gep(data, [lo]), vector_of(element).as_pointer())
-        vectors, align = [], t.dtype.bitwidth // 8
+        vectors, align = [], t.dtype.bitwidth // 8 if t.aligned else 1
         for i in range(TILE // LANES):
             v = builder.load(builder.gep(start, [ir.Constant(lo.type, i)]), align=align)
             if bits:  # bfloat16 bits become float32's top half, as bf16_value does
@@ -104,10 +108,11 @@ def _splat(value: int) -> ir.Constant:
 
 @njit(cache=CACHE)
 def tile_sums(x, out, j0, j1):
-    """``out[j]`` = the canonical sum of tile ``j`` of the 1-D ``x``, for ``j0 <= j < j1``
-    (an absent element is 0). Full tiles go straight to :func:`halving_sum` in a loop of their
-    own (a branch per tile, or an array of scratch passed along, ran at half the speed); the
-    last tile, when partial, is copied and padded."""
+    """``out[j]`` = the canonical sum of tile ``j`` of the 1-D ``x``, for
+    ``j0 <= j < j1 <= ceil(len(x) / TILE)`` (an absent element is 0). Full tiles go straight
+    to :func:`halving_sum` in a loop of their own (a branch per tile, or an array of scratch
+    passed along, ran at half the speed); the last tile, when partial, is copied and
+    padded."""
     full = min(j1, x.shape[0] // TILE)
     for j in range(j0, full):
         out[j] = halving_sum(x, j * TILE)

@@ -10,7 +10,17 @@ import pytest
 
 from cpu_fallback import _threads
 
-TBB_WHEEL = sys.platform.startswith("linux") and platform.machine() == "x86_64"
+
+def _has_tbb() -> bool:
+    try:
+        importlib.metadata.version("tbb")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+# the dependency's platforms, where it was installed (not with pip --no-deps)
+TBB_WHEEL = sys.platform.startswith("linux") and platform.machine() == "x86_64" and _has_tbb()
 
 
 @pytest.mark.skipif(not TBB_WHEEL, reason="the tbb dependency is for x86-64 Linux")
