@@ -59,6 +59,16 @@ def registers(ptx):
     return None
 
 
+def float64_ops(ptx):
+    # double-precision instructions, apart from narrowing a float64 scalar argument
+    ops = set()
+    for line in ptx.splitlines():
+        words = line.split()
+        if words and ".f64" in words[0] and words[0] not in ("ld.param.f64", "cvt.rn.f32.f64"):
+            ops.add(words[0])
+    return sorted(ops)
+
+
 results = []
 for name in sys.argv[1:]:
     module = importlib.import_module("gpukernels.cuda." + name)
@@ -70,6 +80,7 @@ for name in sys.argv[1:]:
             entry["error"] = "" if entry["ok"] else "no .entry in the PTX"
             # float64 kernels use the most registers; ptxas on the rest costs time for nothing
             entry["registers"] = registers(ptx) if "float64" in str(sig) else None
+            entry["float64_ops"] = float64_ops(ptx)
         except Exception as exc:
             entry["ok"] = False
             entry["error"] = f"{type(exc).__name__}: {exc}"[:4000]
@@ -141,6 +152,23 @@ def test_every_storage_dtype_is_compiled(compiled, module):
     for dtype in STORAGE:
         element = kernel_type(dtype)  # bfloat16 arrays reach kernels as uint16 bits
         assert f"Array({element}," in sigs, f"{module}: no signature with {dtype} arrays"
+
+
+def test_no_double_precision_below_float64(compiled):
+    """Kernels on float32, float16 and bfloat16 arrays compute in float32: a float64 literal
+    or a promotion slipped into one would run double-precision arithmetic on the GPU (slower,
+    and different results), which the simulator cannot show."""
+    promoted = [
+        f"{r['module']}.{r['kernel']}{r['signature']}: {r['float64_ops']}"
+        for r in compiled
+        if r["ok"] and "Array(float64" not in r["signature"] and r["float64_ops"]
+    ]
+    assert not promoted, "float64 instructions in PTX:\n" + "\n".join(promoted)
+
+
+def test_float64_kernels_are_double(compiled):
+    """The check above can see double precision: float64 kernels have it."""
+    assert all(r["float64_ops"] for r in compiled if r["ok"] and "Array(float64" in r["signature"])
 
 
 def test_registers_fit_the_largest_block(compiled):
