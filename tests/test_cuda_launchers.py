@@ -74,7 +74,8 @@ def tile_threads(monkeypatch, request):
 @pytest.mark.parametrize("tile_threads", [16, 4], indirect=True)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_totals_are_canonical(dtype, tile_threads):
-    """One launch: tile sums, then the last block folds them (two levels past 65536)."""
+    """One launch: tile sums, each group of 256 folded by the block that finishes it, then the
+    last block folds the groups' sums (two levels past 65536)."""
     rng = np.random.default_rng(1)
     base = (rng.standard_normal(70_000) * 10.0 ** rng.integers(-3, 4, 70_000)).astype(dtype)
     accs = [acc_of(dtype)] + ([np.float64] if dtype != np.float64 else [])
@@ -85,6 +86,7 @@ def test_totals_are_canonical(dtype, tile_threads):
             out = poisoned(1, acc)
             reduce.total(x, out, poisoned(-(-x.size // TILE), acc))
             np.testing.assert_array_equal(out[0], canonical_total(x, acc))
+            assert not _cuda.tickets().any()  # every counter back to 0 for the next launch
 
 
 @pytest.mark.parametrize("block", [(4, 4), (2, 8)])

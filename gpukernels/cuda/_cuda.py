@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import types as types_module
 import warnings
 from dataclasses import dataclass
@@ -219,28 +220,33 @@ def launch_stream():
     return cuda.legacy_default_stream() if ptr == 0 else _external_stream(ptr)
 
 
-_TICKETS: dict[tuple[int, int], object] = {}
+_TICKETS: dict[tuple[int, int, int], object] = {}
+_PER_THREAD_STREAM = 2  # cudaStreamPerThread: one handle, a different stream in each thread
 
 
-def tickets():
-    """The completion counter of the current stream: one zeroed ``int32`` on the device.
+def tickets(size: int = 1):
+    """The completion counters of the current stream: at least ``size`` zeroed ``int32`` on
+    the device.
 
-    A single-launch kernel counts its finished blocks on it, and the last block, which
-    finishes the reduction, sets it back to 0 (:func:`gpukernels.cuda.reduce.last_block`).
-    Launches on one stream run in order, so one counter serves every kernel of that stream;
-    another stream gets its own. Made once per device and stream, zeroed on that stream.
+    A single-launch kernel counts its finished blocks on ``[0]`` (and groups of tiles on the
+    rest, :func:`gpukernels.cuda.reduce.tile_counted`); the block that draws the last ticket
+    of a counter sets it back to 0. Launches on one stream run in order, so one array serves
+    every kernel of that stream; another stream gets its own, and so does each host thread
+    on the per-thread default stream, whose handle is the same in every thread. Made on
+    that stream, zeroed, and replaced by a longer one when a launch needs more.
     """
     if SIMULATOR:
-        key = (0, 0)
-        if key not in _TICKETS:
-            _TICKETS[key] = np.zeros(1, np.int32)
-        return _TICKETS[key]
-    import cupy
+        key, xp = (0, 0, 0), np
+    else:
+        import cupy
 
-    key = (cupy.cuda.runtime.getDevice(), int(cupy.cuda.get_current_stream().ptr))
-    if key not in _TICKETS:
-        _TICKETS[key] = cupy.zeros(1, np.int32)
-    return _TICKETS[key]
+        ptr = int(cupy.cuda.get_current_stream().ptr)
+        thread = threading.get_ident() if ptr == _PER_THREAD_STREAM else 0
+        key, xp = (cupy.cuda.runtime.getDevice(), ptr, thread), cupy
+    counters = _TICKETS.get(key)
+    if counters is None or counters.shape[0] < size:
+        counters = _TICKETS[key] = xp.zeros(max(size, 64), np.int32)
+    return counters
 
 
 def scratch(shape, dtype):

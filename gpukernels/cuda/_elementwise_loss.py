@@ -36,10 +36,16 @@ from ._cuda import (
     kernel_type,
     launch,
     scalar_device,
-    tickets,
     tile_grid,
 )
-from .reduce import block_tile_sum, fold_partials, last_block, register_fold
+from .reduce import (
+    block_tile_sum,
+    fold_counted,
+    last_block,
+    register_fold,
+    tile_counted,
+    tile_counters,
+)
 
 
 @functools.cache
@@ -50,17 +56,18 @@ def _elementwise_loss_kernel(element, acc, tpb: int, bf16: bool, target_bf16: bo
     leaf = scalar_device(element, acc)
     load, store = element_io(acc, bf16)
     load_target = element_io(acc, target_bf16)[0]
-    fold_tiles, is_last = fold_partials(acc, tpb), last_block()
+    counted, fold_tiles, is_last = tile_counted(acc, tpb), fold_counted(acc, tpb), last_block()
 
     @cuda.jit
     def _elementwise_loss_tiles_kernel(
-        z, y, weight, param, grad_scale, grad, loss, reduction, divisor, counter
+        z, y, weight, param, grad_scale, grad, loss, reduction, divisor, counters
     ):
         smem = cuda.shared.array(tpb, acc)
         flag = cuda.shared.array(1, types.int32)
         r = cuda.local.array(count, acc)
         t = cuda.threadIdx.x
         n = z.shape[0]
+        tiles = (n + TILE - 1) // TILE
         period = param.shape[0]
         has_w = weight.shape[0] > 0
         per_element = grad_scale.shape[0] > 1
@@ -70,7 +77,7 @@ def _elementwise_loss_kernel(element, acc, tpb: int, bf16: bool, target_bf16: bo
         scale = grad_scale[0] if grad_scale.shape[0] > 0 else one
         if reduction == MEAN:
             scale = scale / d
-        for tile in range(cuda.blockIdx.x, (n + TILE - 1) // TILE, cuda.gridDim.x):
+        for tile in range(cuda.blockIdx.x, tiles, cuda.gridDim.x):
             first = types.int64(tile) * TILE + t
             for k in range(count):
                 i = first + tpb * k
@@ -90,8 +97,9 @@ def _elementwise_loss_kernel(element, acc, tpb: int, bf16: bool, target_bf16: bo
                 v = tree(fold(r), smem, t)
                 if t == 0:
                     loss[tile] = v
-        if reduce and is_last(counter, flag, t):
-            total = fold_tiles(loss, (n + TILE - 1) // TILE, smem, r, t)
+                counted(loss, tile, tiles, counters, smem, r, flag, t)
+        if reduce and is_last(counters, flag, t):
+            total = fold_tiles(loss, tiles, smem, r, t)
             if t == 0:
                 loss[0] = total / d if reduction == MEAN else total
 
@@ -112,9 +120,11 @@ def loss_and_grad_launcher(element):
         tpb = POLICY.tile_threads
         bf16 = is_bf16(pred.dtype), is_bf16(target.dtype)
         kernel = _elementwise_loss_kernel(element, accumulator(loss.dtype), tpb, *bf16)
-        grid = tile_grid(-(-n // TILE))
+        tiles = -(-n // TILE)
+        grid = tile_grid(tiles)
         arrays = (bits(pred), bits(target), weight, param, grad_scale, bits(grad), loss)
-        launch(kernel, grid, tpb, 0, *arrays, int(reduction), float(divisor), tickets())
+        counters = tile_counters(tiles)
+        launch(kernel, grid, tpb, 0, *arrays, int(reduction), float(divisor), counters)
 
     def ptx_signatures():
         """``(kernel, argument types)`` of every launch ``loss_and_grad`` makes on a GPU: the

@@ -26,7 +26,7 @@ from numba import cuda
 from numba.core import types
 from numba.cuda import libdevice
 
-from .._canon import TILE
+from .._canon import TILE, tile_count
 from ._cuda import (
     ACCUMULATOR_TYPES,
     GPU_POLICY,
@@ -217,6 +217,7 @@ def last_block():
             blocks = cuda.gridDim.x * cuda.gridDim.y
             last = cuda.atomic.add(counter, 0, 1) == blocks - 1
             if last:
+                cuda.threadfence()  # the other blocks' writes are read after the ticket
                 counter[0] = 0
             flag[0] = last
         cuda.syncthreads()
@@ -260,24 +261,38 @@ def _shared_tree(tpb: int, op):
 
 
 @functools.cache
-def tile_level(acc, tpb: int, bf16: bool):
-    """Device function ``(x, n, out, smem, r, t, start, step)``: ``out[j]`` = the canonical
-    sum of tile ``j`` of ``x[:n]`` for the tiles ``start, start + step, ...``, by a block of
-    ``tpb`` threads. ``out`` may be ``x`` itself (a level folded in place by one block: tile
-    ``j`` is read before ``out[j]`` is written, and later tiles start past ``j``)."""
+def tile_sum(acc, tpb: int, bf16: bool):
+    """Device function ``(x, n, tile, smem, r, t) -> sum``: the canonical sum of tile ``tile``
+    of ``x[:n]`` (zeros past ``n``) by a block of ``tpb`` threads, valid in thread 0. Every
+    thread of the block must call it (it synchronises)."""
     count = TILE // tpb
     fold, tree = register_fold(acc, count), block_tile_sum(acc, tpb)
     zero = acc_constant(acc, 0.0)
     load = element_io(acc, bf16)[0]
 
     @cuda.jit(device=True)
+    def tile_total(x, n, tile, smem, r, t):
+        first = types.int64(tile) * TILE + t
+        for k in range(count):
+            i = first + tpb * k
+            r[k] = load(x[i]) if i < n else zero
+        return tree(fold(r), smem, t)
+
+    return tile_total
+
+
+@functools.cache
+def tile_level(acc, tpb: int, bf16: bool):
+    """Device function ``(x, n, out, smem, r, t, start, step)``: ``out[j]`` = the canonical
+    sum of tile ``j`` of ``x[:n]`` for the tiles ``start, start + step, ...``, by a block of
+    ``tpb`` threads. ``out`` may be ``x`` itself (a level folded in place by one block: tile
+    ``j`` is read before ``out[j]`` is written, and later tiles start past ``j``)."""
+    one_tile = tile_sum(acc, tpb, bf16)
+
+    @cuda.jit(device=True)
     def level(x, n, out, smem, r, t, start, step):
         for tile in range(start, (n + TILE - 1) // TILE, step):
-            first = types.int64(tile) * TILE + t
-            for k in range(count):
-                i = first + tpb * k
-                r[k] = load(x[i]) if i < n else zero
-            v = tree(fold(r), smem, t)
+            v = one_tile(x, n, tile, smem, r, t)
             if t == 0:
                 out[tile] = v
             cuda.syncthreads()
@@ -303,20 +318,82 @@ def fold_partials(acc, tpb: int):
 
 
 @functools.cache
+def tile_counted(acc, tpb: int):
+    """Device function ``(partial, tile, tiles, counters, smem, r, flag, t)``: the second
+    level of the canonical sum, folded as its tiles fill up, in parallel.
+
+    Every thread of a block calls it once thread 0 has written ``partial[tile]`` (one of the
+    ``tiles`` tile sums). The tile sums go in groups of ``TILE``, the tiles of the second
+    level: thread 0 counts the tile on its group's counter ``counters[1 + g]``, and the block
+    that counts a group's last tile folds the group at once (the fences order every block's
+    tile sum before its count, and the count before the fold's reads) and writes its sum
+    over the group's first tile sum, ``partial[g * TILE]``, which no other fold reads. The
+    last block then folds only ``partial[::TILE]`` (:func:`fold_counted`), instead of every
+    tile sum alone. The counter is set back to 0 for the next launch. A lone tile is the
+    total: nothing is folded.
+    """
+    level = tile_level(acc, tpb, False)
+
+    @cuda.jit(device=True)
+    def counted(partial, tile, tiles, counters, smem, r, flag, t):
+        if tiles < 2:
+            return
+        group = tile // TILE
+        if t == 0:
+            cuda.threadfence()
+            size = min(TILE, tiles - group * TILE)
+            full = cuda.atomic.add(counters, 1 + group, 1) == size - 1
+            if full:
+                cuda.threadfence()
+                counters[1 + group] = 0
+            flag[0] = full
+        cuda.syncthreads()
+        if flag[0] != 0:
+            level(partial, tiles, partial[::TILE], smem, r, t, group, tiles)
+
+    return counted
+
+
+def tile_counters(tiles: int):
+    """The current stream's counters for a launch that counts ``tiles`` tile sums with
+    :func:`tile_counted`: the blocks' (``[0]``) and one for each group of tiles."""
+    return tickets(1 + tile_count(tiles))
+
+
+@functools.cache
+def fold_counted(acc, tpb: int):
+    """Device function ``(partial, tiles, smem, r, t) -> total``: in the last block, the
+    second level that :func:`tile_counted` left in ``partial[::TILE]`` folded on to the
+    canonical total of the ``tiles`` tile sums (valid in every thread)."""
+    fold = fold_partials(acc, tpb)
+
+    @cuda.jit(device=True)
+    def total(partial, tiles, smem, r, t):
+        return fold(partial[::TILE], (tiles + TILE - 1) // TILE, smem, r, t)
+
+    return total
+
+
+@functools.cache
 def _total_kernel(acc, tpb: int, bf16: bool):
     count = TILE // tpb
-    first_level, fold = tile_level(acc, tpb, bf16), fold_partials(acc, tpb)
-    is_last = last_block()
+    one_tile, counted = tile_sum(acc, tpb, bf16), tile_counted(acc, tpb)
+    fold, is_last = fold_counted(acc, tpb), last_block()
 
     @cuda.jit
-    def _total_kernel(x, out, partial, divisor, fixed, counter):
+    def _total_kernel(x, out, partial, divisor, fixed, counters):
         smem = cuda.shared.array(tpb, acc)
         flag = cuda.shared.array(1, types.int32)
         r = cuda.local.array(count, acc)
         t = cuda.threadIdx.x
-        first_level(x, x.shape[0], partial, smem, r, t, cuda.blockIdx.x, cuda.gridDim.x)
-        if is_last(counter, flag, t):
-            total = fold(partial, partial.shape[0], smem, r, t)
+        n, tiles = x.shape[0], partial.shape[0]
+        for tile in range(cuda.blockIdx.x, tiles, cuda.gridDim.x):
+            v = one_tile(x, n, tile, smem, r, t)
+            if t == 0:
+                partial[tile] = v
+            counted(partial, tile, tiles, counters, smem, r, flag, t)
+        if is_last(counters, flag, t):
+            total = fold(partial, tiles, smem, r, t)
             if t == 0:  # dividing by 1 is exact: a sum keeps its bits
                 out[0] = total / (divisor[0] if divisor.shape[0] > 0 else acc(fixed))
 
@@ -397,7 +474,8 @@ def total_divided(x, out, partial, divisor, fixed: float = 1.0) -> None:
     tpb = POLICY.tile_threads
     kernel = _total_kernel(accumulator(out.dtype), tpb, is_bf16(x.dtype))
     arrays = (bits(x), out, partial, divisor)
-    launch(kernel, tile_grid(partial.shape[0]), tpb, 0, *arrays, float(fixed), tickets())
+    tiles = partial.shape[0]
+    launch(kernel, tile_grid(tiles), tpb, 0, *arrays, float(fixed), tile_counters(tiles))
 
 
 def column_totals(x, out, partial) -> None:
