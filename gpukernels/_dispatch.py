@@ -109,6 +109,7 @@ class Call:
             ) from error
         if self.xp is not np:
             arrays = {k: _adopt(self.xp, v) for k, v in arrays.items()}
+            _validate.on_current_device(arrays, self.xp.cuda.runtime.getDevice())
         out = arrays.get("out")
         if out is not None:
             _validate.out_overlap(out, arrays, in_place)

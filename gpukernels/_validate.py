@@ -213,6 +213,18 @@ def device_id(x) -> int | None:
     return getattr(device, "id", None)
 
 
+def on_current_device(arrays: dict[str, object], current: int) -> None:
+    """CUDA arrays must be on the ``current`` device, where the kernels launch and the results
+    are allocated (CuPy's own rule); ``None`` and numbers have no device."""
+    for name, x in arrays.items():
+        device = device_id(x)
+        if device is not None and device != current:
+            raise ValueError(
+                f"{name} is on CUDA device {device} but the current device is {current}: call "
+                f"inside `with cupy.cuda.Device({device}):`, as CuPy requires"
+            )
+
+
 def float_array(name: str, x) -> np.dtype:
     """The dtype of ``x``, which must be a storage dtype of the dtype table (``_dtypes``)."""
     dtype = x.dtype

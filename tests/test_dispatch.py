@@ -162,3 +162,33 @@ def test_mixing_numpy_and_cupy_is_a_type_error():
     device = cupy.ones((3, 4), cupy.float32)
     with pytest.raises(TypeError):
         gk.mse(device, np.ones((3, 4), np.float32))
+
+
+def test_cuda_arrays_off_the_current_device_are_refused(monkeypatch):
+    """Kernels launch, and results are allocated, on CuPy's current device: arrays on another
+    one are a ValueError naming the argument, as in CuPy, not a launch on foreign pointers.
+    CI has no GPU, so a stand-in CuPy whose current device is 0 adopts the arrays."""
+    from types import SimpleNamespace
+
+    from gpukernels import _dispatch
+
+    on_device = {}
+
+    def adopt(x):
+        x.device = SimpleNamespace(id=on_device[id(x)])
+        return x
+
+    runtime = SimpleNamespace(getDevice=lambda: 0)
+    monkeypatch.setitem(
+        sys.modules, "cupy", SimpleNamespace(asarray=adopt, cuda=SimpleNamespace(runtime=runtime))
+    )
+    _dispatch.array_module.cache_clear()
+    try:
+        pred, target = FakeDeviceArray(), FakeDeviceArray()
+        on_device[id(pred)], on_device[id(target)] = 0, 1
+        with pytest.raises(
+            ValueError, match="target is on CUDA device 1 but the current device is 0"
+        ):
+            gk.mse(pred, target)
+    finally:
+        _dispatch.array_module.cache_clear()
