@@ -99,6 +99,17 @@ def test_column_totals_are_canonical(monkeypatch, dtype, block):
     reduce.column_totals(x, out, poisoned((2, x.shape[1]), acc))
     want = [canonical_total(x[:, j], acc) for j in range(x.shape[1])]
     np.testing.assert_array_equal(out, want)
+    assert not _cuda.tickets().any()
+
+
+def test_column_totals_fold_groups_of_tiles():
+    """Past 65536 rows (two groups of 256 row tiles): each group folded by the block that
+    finishes it, then the groups' sums by the last block; every counter back to 0."""
+    x = np.random.default_rng(3).standard_normal((TILE * TILE + 300, 1)).astype(np.float32)
+    out = poisoned(1, np.float32)
+    reduce.column_totals(x, out, poisoned((-(-x.shape[0] // TILE), 1), np.float32))
+    np.testing.assert_array_equal(out, [canonical_total(x[:, 0], np.float32)])
+    assert not _cuda.tickets().any()
 
 
 # ---------------------------------------------------------------- softmax cross-entropy

@@ -200,28 +200,42 @@ def group_reducers(acc):
 
 
 @functools.cache
-def last_block():
-    """Device function ``(counter, flag, t) -> bool``: whether this block finished last.
-
-    Every thread of the block calls it after writing its partial results. Each thread fences
-    its writes, thread 0 takes a ticket from ``counter`` (:func:`_cuda.tickets`), and the
-    block that draws the last one (which every other block's writes are visible to) resets
-    the counter for the next launch on its stream. ``flag`` is a shared ``int32[1]``.
-    """
+def drew_last():
+    """Device function ``(counters, ticket, count, flag, t) -> bool``: thread 0 fences its
+    writes and takes a ticket from ``counters[ticket]`` (:func:`_cuda.tickets`); true, in
+    every thread, in the block that draws the ``count``-th, which sees every other drawer's
+    fenced writes and sets the counter back to 0 for the next launch on its stream. Every
+    thread of the block must call it (it synchronises); ``flag`` is a shared ``int32[1]``."""
 
     @cuda.jit(device=True)
-    def is_last(counter, flag, t):
-        cuda.threadfence()
-        cuda.syncthreads()
+    def last_ticket(counters, ticket, count, flag, t):
         if t == 0:
-            blocks = cuda.gridDim.x * cuda.gridDim.y
-            last = cuda.atomic.add(counter, 0, 1) == blocks - 1
+            cuda.threadfence()
+            last = cuda.atomic.add(counters, ticket, 1) == count - 1
             if last:
-                cuda.threadfence()  # the other blocks' writes are read after the ticket
-                counter[0] = 0
+                cuda.threadfence()  # the other drawers' writes are read after the ticket
+                counters[ticket] = 0
             flag[0] = last
         cuda.syncthreads()
         return flag[0] != 0
+
+    return last_ticket
+
+
+@functools.cache
+def last_block():
+    """Device function ``(counters, flag, t) -> bool``: whether this block finished last.
+
+    Every thread of the block calls it after writing its partial results: each thread fences
+    its writes, and the blocks draw tickets from ``counters[0]`` (:func:`drew_last`).
+    """
+    last_ticket = drew_last()
+
+    @cuda.jit(device=True)
+    def is_last(counters, flag, t):
+        cuda.threadfence()
+        cuda.syncthreads()
+        return last_ticket(counters, 0, cuda.gridDim.x * cuda.gridDim.y, flag, t)
 
     return is_last
 
@@ -332,23 +346,14 @@ def tile_counted(acc, tpb: int):
     tile sum alone. The counter is set back to 0 for the next launch. A lone tile is the
     total: nothing is folded.
     """
-    level = tile_level(acc, tpb, False)
+    level, last_ticket = tile_level(acc, tpb, False), drew_last()
 
     @cuda.jit(device=True)
     def counted(partial, tile, tiles, counters, smem, r, flag, t):
         if tiles < 2:
             return
         group = tile // TILE
-        if t == 0:
-            cuda.threadfence()
-            size = min(TILE, tiles - group * TILE)
-            full = cuda.atomic.add(counters, 1 + group, 1) == size - 1
-            if full:
-                cuda.threadfence()
-                counters[1 + group] = 0
-            flag[0] = full
-        cuda.syncthreads()
-        if flag[0] != 0:
+        if last_ticket(counters, 1 + group, min(TILE, tiles - group * TILE), flag, t):
             level(partial, tiles, partial[::TILE], smem, r, t, group, tiles)
 
     return counted
@@ -401,59 +406,73 @@ def _total_kernel(acc, tpb: int, bf16: bool):
 
 
 @functools.cache
-def _column_level(acc, cx: int, ry: int, bf16: bool):
-    """Device function: ``out[j, c]`` = the canonical sum of tile ``j`` of column ``c`` of
-    ``x[:n]``, for the column blocks and tiles a block is given (``out`` may be ``x``)."""
+def _column_tile(acc, cx: int, ry: int, bf16: bool):
+    """Device function ``(x, n, out, smem, r, tx, ty, cb, tile)``: ``out[tile, c]`` = the
+    canonical sum of tile ``tile`` of column ``c`` of ``x[:n]``, for the ``cx`` columns of
+    column block ``cb``, by a block of ``cx`` by ``ry`` threads (``out`` may be ``x``, or rows
+    of it). Every thread of the block must call it (it synchronises)."""
     count = TILE // ry
     fold, add = register_fold(acc, count), rounded_add(acc)
     zero = acc_constant(acc, 0.0)
     load = element_io(acc, bf16)[0]
 
     @cuda.jit(device=True)
-    def level(x, n, out, smem, r, tx, ty, cb_start, cb_step, tile_start, tile_step):
+    def column_tile(x, n, out, smem, r, tx, ty, cb, tile):
         m = x.shape[1]
-        for cb in range(cb_start, (m + cx - 1) // cx, cb_step):
-            col = types.int64(cb) * cx + tx
-            for tile in range(tile_start, (n + TILE - 1) // TILE, tile_step):
-                first = types.int64(tile) * TILE + ty
-                for k in range(count):
-                    i = first + ry * k
-                    r[k] = load(x[i, col]) if i < n and col < m else zero
-                smem[ty * cx + tx] = fold(r)
-                cuda.syncthreads()
-                h = ry // 2
-                while h > 0:  # the column's tree over its ry threads
-                    if ty < h:
-                        smem[ty * cx + tx] = add(smem[ty * cx + tx], smem[(ty + h) * cx + tx])
-                    cuda.syncthreads()
-                    h //= 2
-                if ty == 0 and col < m:
-                    out[tile, col] = smem[tx]
-                cuda.syncthreads()
+        col = types.int64(cb) * cx + tx
+        first = types.int64(tile) * TILE + ty
+        for k in range(count):
+            i = first + ry * k
+            r[k] = load(x[i, col]) if i < n and col < m else zero
+        smem[ty * cx + tx] = fold(r)
+        cuda.syncthreads()
+        h = ry // 2
+        while h > 0:  # the column's tree over its ry threads
+            if ty < h:
+                smem[ty * cx + tx] = add(smem[ty * cx + tx], smem[(ty + h) * cx + tx])
+            cuda.syncthreads()
+            h //= 2
+        if ty == 0 and col < m:
+            out[tile, col] = smem[tx]
+        cuda.syncthreads()
 
-    return level
+    return column_tile
 
 
 @functools.cache
 def _column_totals_kernel(acc, cx: int, ry: int, bf16: bool):
     count, size = TILE // ry, cx * ry  # shared.array wants a constant, not an expression
-    first_level, level = _column_level(acc, cx, ry, bf16), _column_level(acc, cx, ry, False)
-    is_last = last_block()
+    first_tile, tile = _column_tile(acc, cx, ry, bf16), _column_tile(acc, cx, ry, False)
+    is_last, last_ticket = last_block(), drew_last()
 
     @cuda.jit
-    def _column_totals_kernel(x, out, partial, counter):
+    def _column_totals_kernel(x, out, partial, counters):
         smem = cuda.shared.array(size, acc)
         flag = cuda.shared.array(1, types.int32)
         r = cuda.local.array(count, acc)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-        bx, by, gx, gy = cuda.blockIdx.x, cuda.blockIdx.y, cuda.gridDim.x, cuda.gridDim.y
-        first_level(x, x.shape[0], partial, smem, r, tx, ty, bx, gx, by, gy)
-        if is_last(counter, flag, ty * cx + tx):
-            tiles = partial.shape[0]
-            while tiles > 1:
-                level(partial, tiles, partial, smem, r, tx, ty, 0, 1, 0, 1)
-                tiles = (tiles + TILE - 1) // TILE
-            for c in range(ty * cx + tx, out.shape[0], cx * ry):
+        t = ty * cx + tx
+        n, (tiles, m) = x.shape[0], partial.shape
+        column_blocks, groups = (m + cx - 1) // cx, (tiles + TILE - 1) // TILE
+        upper = partial[::TILE]  # the second level: each group's sums over its first row
+        for cb in range(cuda.blockIdx.x, column_blocks, cuda.gridDim.x):
+            for j in range(cuda.blockIdx.y, tiles, cuda.gridDim.y):
+                first_tile(x, n, partial, smem, r, tx, ty, cb, j)
+                if tiles < 2:
+                    continue
+                # as tile_counted: a counter for each group of TILE tiles of a column block
+                group = j // TILE
+                ticket = 1 + group * column_blocks + cb
+                if last_ticket(counters, ticket, min(TILE, tiles - group * TILE), flag, t):
+                    tile(partial, tiles, upper, smem, r, tx, ty, cb, group)
+        if is_last(counters, flag, t):
+            levels = groups
+            while levels > 1:
+                for cb in range(column_blocks):
+                    for j in range((levels + TILE - 1) // TILE):
+                        tile(upper, levels, upper, smem, r, tx, ty, cb, j)
+                levels = (levels + TILE - 1) // TILE
+            for c in range(t, out.shape[0], cx * ry):
                 out[c] = partial[0, c]
 
     return _column_totals_kernel
@@ -490,7 +509,8 @@ def column_totals(x, out, partial) -> None:
     kernel = _column_totals_kernel(accumulator(out.dtype), cx, ry, is_bf16(x.dtype))
     gx = tile_grid(-(-m // cx))
     gy = min(num_tiles, 65535, max(1, POLICY.max_blocks // gx))
-    launch(kernel, (gx, gy), (cx, ry), 0, bits(x), out, partial, tickets())
+    counters = tickets(1 + tile_count(num_tiles) * -(-m // cx))
+    launch(kernel, (gx, gy), (cx, ry), 0, bits(x), out, partial, counters)
 
 
 def ptx_signatures():
