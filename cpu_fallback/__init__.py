@@ -11,13 +11,13 @@ from types import FunctionType
 
 import numba
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.extending import overload
 
 from gpukernels._dtypes import BFLOAT16, FLOAT16
 from gpukernels._scalar import ONE
 
-from ._cache import CACHE
+from ._cache import CACHE, njit
 from ._math import bf16_bits, bf16_value
 from ._threads import load_pip_tbb
 

@@ -9,17 +9,22 @@ once. ``NUMBA_CACHE_DIR`` set by the user is honoured first, as Numba does. The 
 folder is used only if it belongs to this user and no one else may write to it (cached
 kernels are loaded as code). It is set as Numba's process-wide cache folder, so other
 Numba code of the process caches there too.
+
+The kernels are declared with this module's :func:`njit`, whose cache files are safe for
+processes that compile at once (see :class:`KeyedCacheFile`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import tempfile
 import warnings
 
+import numba
 from numba.core import config
-from numba.core.caching import FunctionCache
+from numba.core.caching import FunctionCache, IndexDataCacheFile
 
 
 def _probe() -> None:
@@ -73,3 +78,43 @@ def _decide() -> bool:
 
 
 CACHE: bool = _decide()
+
+
+class KeyedCacheFile(IndexDataCacheFile):
+    """Numba's index and data files of one function, with each overload's data file named
+    after its key (signature and CPU) and written before the index that points to it.
+
+    Numba numbers the data files in the order it saves them, after reading the index. Two
+    processes compiling different signatures at once (``make test``'s workers, a
+    distributed job's ranks, on a cold cache) can then both take number 1, and the index one
+    writes can name the data file the other wrote: a later process loads one signature's
+    machine code for another (numba#10128). Here a name belongs to one key, so it holds that
+    key's code whoever wrote it last; a lost index entry only costs a compilation.
+    """
+
+    def save(self, key, data):
+        number = int(hashlib.sha256(repr(key).encode()).hexdigest()[:15], 16)
+        name = self._data_name(number)
+        self._save_data(name, data)
+        overloads = self._load_index()
+        if overloads.get(key) != name:
+            overloads[key] = name
+            self._save_index(overloads)
+
+
+# What KeyedCacheFile uses of Numba's (private) cache file: without it, Numba's own is kept
+_NUMBA_PARTS = ("_cache_path", "_index_name", "_source_stamp", "_data_name", "_load_index")
+
+
+def njit(fn=None, **options):
+    """``numba.njit``, with the cache files of :class:`KeyedCacheFile` when caching."""
+    if fn is None:
+        return lambda f: njit(f, **options)
+    dispatcher = numba.njit(fn, **options)
+    cache = getattr(dispatcher, "_cache", None)
+    old = getattr(cache, "_cache_file", None)
+    if isinstance(cache, FunctionCache) and all(hasattr(old, a) for a in _NUMBA_PARTS):
+        cache._cache_file = KeyedCacheFile(
+            old._cache_path, old._index_name[: -len(".nbi")], old._source_stamp
+        )
+    return dispatcher

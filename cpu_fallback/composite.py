@@ -8,7 +8,7 @@ gradient may be written over ``pred`` even where terms read overlapping columns.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from gpukernels import _kinds, _scalar
 from gpukernels._scalar import ONE, ZERO
@@ -25,6 +25,7 @@ from . import (
     store,
     widen,
 )
+from ._cache import njit
 from ._math import leaf
 from .softmax_xent import capped, label_block, soft_block, through_cap
 

@@ -9,12 +9,13 @@ import functools
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import prange, types
 from numba.extending import intrinsic
 
 from gpukernels._canon import TILE, tile_count
 
 from . import CACHE, compute_view, load, parallel_kernel, widen
+from ._cache import njit
 
 # Bytes of a block of columns summed together: 1024 float32 columns, (HALF, 1024) scratch of
 # 512 KiB. Wide rows of vectors cost less per view than narrow ones that stay in L1: on 2

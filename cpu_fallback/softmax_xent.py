@@ -15,7 +15,7 @@ and the block's gradients rounded from scratch into ``grad`` (``rows_in``, ``row
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from gpukernels._kinds import MEAN, SUM
 from gpukernels._scalar import ONE, ZERO
@@ -35,6 +35,7 @@ from . import (
     rows_out,
     store,
 )
+from ._cache import njit
 from ._math import fast_exp, fast_log, key_value, order_key
 from .reduce import canonical_total
 
