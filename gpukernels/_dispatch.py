@@ -108,8 +108,7 @@ class Call:
                 f"imported ({error}); install CuPy, or pass NumPy arrays"
             ) from error
         if self.xp is not np:
-            arrays = {k: _adopt(self.xp, v) for k, v in arrays.items()}
-            _validate.on_current_device(arrays, self.xp.cuda.runtime.getDevice())
+            arrays = {k: _adopt(self.xp, k, v) for k, v in arrays.items()}
         out = arrays.get("out")
         if out is not None:
             _validate.out_overlap(out, arrays, in_place)
@@ -120,6 +119,13 @@ class Call:
         return kernels(self.backend, op)
 
 
-def _adopt(cupy, x):
-    """CUDA arrays as CuPy arrays (zero-copy); ``None`` and plain numbers as they are."""
-    return x if x is None or _validate.is_number(x) else cupy.asarray(x)
+def _adopt(cupy, name: str, x):
+    """CUDA arrays as CuPy arrays (zero-copy); ``None`` and plain numbers as they are. An
+    array on another device than the current one is a ``ValueError``: CuPy would adopt it as
+    a copy on the current device, where the kernels run, and writes would miss it."""
+    if x is None or _validate.is_number(x):
+        return x
+    adopted = cupy.asarray(x)
+    if adopted is not x:
+        _validate.not_copied(name, x, adopted, cupy)
+    return adopted

@@ -213,16 +213,21 @@ def device_id(x) -> int | None:
     return getattr(device, "id", None)
 
 
-def on_current_device(arrays: dict[str, object], current: int) -> None:
-    """CUDA arrays must be on the ``current`` device, where the kernels launch and the results
-    are allocated (CuPy's own rule); ``None`` and numbers have no device."""
-    for name, x in arrays.items():
-        device = device_id(x)
-        if device is not None and device != current:
-            raise ValueError(
-                f"{name} is on CUDA device {device} but the current device is {current}: call "
-                f"inside `with cupy.cuda.Device({device}):`, as CuPy requires"
-            )
+def not_copied(name: str, x, adopted, cupy) -> None:
+    """``adopted`` (CuPy's adoption of the CUDA array ``x``) must share ``x``'s memory: CuPy
+    copies an array that lies on another device than the current one, where the kernels
+    launch and the results are allocated. Then a ``ValueError``, as CuPy's own kernels
+    raise."""
+    original = getattr(getattr(x, "data", None), "ptr", None)  # a CuPy array's pointer
+    if original is None:
+        original = x.__cuda_array_interface__["data"][0]
+    if adopted.data.ptr != original:
+        current, device = cupy.cuda.runtime.getDevice(), device_id(x)
+        where = "another CUDA device" if device is None else f"CUDA device {device}"
+        raise ValueError(
+            f"{name} is on {where} but the current device is {current}: call inside "
+            "`with cupy.cuda.Device(...)` for the arrays' device, as CuPy requires"
+        )
 
 
 def float_array(name: str, x) -> np.dtype:

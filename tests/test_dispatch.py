@@ -165,30 +165,30 @@ def test_mixing_numpy_and_cupy_is_a_type_error():
 
 
 def test_cuda_arrays_off_the_current_device_are_refused(monkeypatch):
-    """Kernels launch, and results are allocated, on CuPy's current device: arrays on another
-    one are a ValueError naming the argument, as in CuPy, not a launch on foreign pointers.
-    CI has no GPU, so a stand-in CuPy whose current device is 0 adopts the arrays."""
+    """Kernels launch, and results are allocated, on CuPy's current device. CuPy adopts an
+    array of another device as a copy on the current one, where writes (``out``, in place)
+    would be lost: a ValueError naming the argument instead. CI has no GPU, so a stand-in
+    CuPy, current device 0, adopts as CuPy does: a view there, a copy from elsewhere."""
     from types import SimpleNamespace
 
     from gpukernels import _dispatch
 
-    on_device = {}
+    copies = iter(range(1, 100))
 
-    def adopt(x):
-        x.device = SimpleNamespace(id=on_device[id(x)])
-        return x
+    def asarray(x):
+        pointer = x.__cuda_array_interface__["data"][0]
+        same_device = x.device.id == 0
+        return SimpleNamespace(data=SimpleNamespace(ptr=pointer if same_device else next(copies)))
 
     runtime = SimpleNamespace(getDevice=lambda: 0)
-    monkeypatch.setitem(
-        sys.modules, "cupy", SimpleNamespace(asarray=adopt, cuda=SimpleNamespace(runtime=runtime))
-    )
+    cupy = SimpleNamespace(asarray=asarray, cuda=SimpleNamespace(runtime=runtime))
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
     _dispatch.array_module.cache_clear()
     try:
         pred, target = FakeDeviceArray(), FakeDeviceArray()
-        on_device[id(pred)], on_device[id(target)] = 0, 1
-        with pytest.raises(
-            ValueError, match="target is on CUDA device 1 but the current device is 0"
-        ):
+        pred.device = target.device = SimpleNamespace(id=1)
+        message = "pred is on CUDA device 1 but the current device is 0"
+        with pytest.raises(ValueError, match=message):
             gk.mse(pred, target)
     finally:
         _dispatch.array_module.cache_clear()
