@@ -88,8 +88,10 @@ class KeyedCacheFile(IndexDataCacheFile):
     processes compiling different signatures at once (``make test``'s workers, a
     distributed job's ranks, on a cold cache) can then both take number 1, and the index one
     writes can name the data file the other wrote: a later process loads one signature's
-    machine code for another (numba#10128). Here a name belongs to one key, so it holds that
-    key's code whoever wrote it last; a lost index entry only costs a compilation.
+    machine code for another. Here a name belongs to one key, so it holds that key's code
+    whoever wrote it last; a lost index entry only costs a compilation. The price: a data
+    file of an edited function's old key is never reused (Numba overwrites its numbers), so
+    the cache folder keeps it until it is cleared; an installed package is not edited.
     """
 
     def save(self, key, data):

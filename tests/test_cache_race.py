@@ -1,11 +1,13 @@
 """Processes that compile one cached kernel at once, on a cold cache, each keep their own
-machine code (numba#10128). ``make test``'s workers and a distributed job's ranks do this.
+machine code. ``make test``'s workers and a distributed job's ranks do this.
 
 Numba numbers a function's data files in the order it saves them, after reading its index:
 two processes saving different signatures together can both take number 1, and when the
 first one's data lands after the second one's index, the index names the wrong code. The
 interleaving is replayed here step by step, with two cache-file objects for two processes.
 """
+
+import os
 
 import numba
 import pytest
@@ -41,6 +43,22 @@ def test_numbas_own_files_would_mix_them_up(tmp_path):
     KeyedCacheFile can go.)"""
     reader = _interleaved_saves(IndexDataCacheFile, str(tmp_path))
     assert reader.load(("Y",)) == "code for X"
+
+
+def test_data_is_written_before_its_index_entry(tmp_path):
+    """So that an index entry never names a data file that is missing or half-written."""
+    cache_file = KeyedCacheFile(str(tmp_path), "f-1.py311", ("stamp",))
+    written = []
+    save_index = cache_file._save_index
+
+    def checked(overloads):
+        written.extend(os.path.exists(cache_file._data_path(n)) for n in overloads.values())
+        save_index(overloads)
+
+    cache_file._save_index = checked
+    cache_file.save(("X",), "code for X")
+    assert written == [True]
+    assert KeyedCacheFile(str(tmp_path), "f-1.py311", ("stamp",)).load(("X",)) == "code for X"
 
 
 @pytest.mark.skipif(not cpu_fallback.CACHE, reason="no writable cache folder: no cache files")

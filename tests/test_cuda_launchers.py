@@ -81,8 +81,10 @@ def test_totals_are_canonical(dtype, tile_threads):
     accs = [acc_of(dtype)] + ([np.float64] if dtype != np.float64 else [])
     sizes = (base[:1], base[:256], base[:700], base[:2100:3])  # the last one strided, 3 tiles
     two_levels = tile_threads == 16 and dtype == np.float32  # the simulator's slowest case
-    for x in sizes + ((base,) if two_levels else ()):
-        for acc in accs[:1] if x is base else accs:
+    # 257 tiles: a second group of one tile, which holds one value
+    past = base[: TILE * TILE + 1]
+    for x in sizes + ((past,) if two_levels else ()):
+        for acc in accs[:1] if x is past else accs:
             out = poisoned(1, acc)
             reduce.total(x, out, poisoned(-(-x.size // TILE), acc))
             np.testing.assert_array_equal(out[0], canonical_total(x, acc))
@@ -102,13 +104,15 @@ def test_column_totals_are_canonical(monkeypatch, dtype, block):
     assert not _cuda.tickets().any()
 
 
-def test_column_totals_fold_groups_of_tiles():
-    """Past 65536 rows (two groups of 256 row tiles): each group folded by the block that
-    finishes it, then the groups' sums by the last block; every counter back to 0."""
-    x = np.random.default_rng(3).standard_normal((TILE * TILE + 300, 1)).astype(np.float32)
-    out = poisoned(1, np.float32)
-    reduce.column_totals(x, out, poisoned((-(-x.shape[0] // TILE), 1), np.float32))
-    np.testing.assert_array_equal(out, [canonical_total(x[:, 0], np.float32)])
+def test_column_totals_fold_groups_of_tiles(monkeypatch):
+    """Past 65536 rows (two groups of 256 row tiles) and two column blocks: each group of a
+    column block folded by the block that finishes it, then the groups' sums by the last
+    block; every counter back to 0."""
+    monkeypatch.setattr(_cuda.POLICY, "column_block", (2, 4))
+    x = np.random.default_rng(3).standard_normal((TILE * TILE + 300, 3)).astype(np.float32)
+    out = poisoned(3, np.float32)
+    reduce.column_totals(x, out, poisoned((-(-x.shape[0] // TILE), 3), np.float32))
+    np.testing.assert_array_equal(out, [canonical_total(x[:, j], np.float32) for j in range(3)])
     assert not _cuda.tickets().any()
 
 

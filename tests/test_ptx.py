@@ -64,6 +64,8 @@ def float64_ops(ptx):
     ops = set()
     for line in ptx.splitlines():
         words = line.split()
+        if words and words[0].startswith("@"):  # a predicated instruction: @%p1 add.f64 ...
+            words = words[1:]
         if words and ".f64" in words[0] and words[0] not in ("ld.param.f64", "cvt.rn.f32.f64"):
             ops.add(words[0])
     return sorted(ops)

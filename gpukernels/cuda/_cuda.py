@@ -220,7 +220,8 @@ def launch_stream():
     return cuda.legacy_default_stream() if ptr == 0 else _external_stream(ptr)
 
 
-_TICKETS: dict[tuple[int, int, int], object] = {}
+_TICKETS: dict[tuple[int, int], object] = {}
+_PER_THREAD = threading.local()  # the per-thread default stream's counters, by device
 _PER_THREAD_STREAM = 2  # cudaStreamPerThread: one handle, a different stream in each thread
 
 
@@ -232,20 +233,27 @@ def tickets(size: int = 1):
     rest, :func:`gpukernels.cuda.reduce.tile_counted`); the block that draws the last ticket
     of a counter sets it back to 0. Launches on one stream run in order, so one array serves
     every kernel of that stream; another stream gets its own, and so does each host thread
-    on the per-thread default stream, whose handle is the same in every thread. Made on
-    that stream, zeroed, and replaced by a longer one when a launch needs more.
+    on the per-thread default stream, whose handle is the same in every thread (kept with
+    the thread, so a later thread with a reused id cannot share it). Made on that stream,
+    zeroed, and replaced by a longer one (at least twice as long) when a launch needs more.
     """
     if SIMULATOR:
-        key, xp = (0, 0, 0), np
+        table, key, xp = _TICKETS, (0, 0), np
     else:
         import cupy
 
         ptr = int(cupy.cuda.get_current_stream().ptr)
-        thread = threading.get_ident() if ptr == _PER_THREAD_STREAM else 0
-        key, xp = (cupy.cuda.runtime.getDevice(), ptr, thread), cupy
-    counters = _TICKETS.get(key)
+        device = cupy.cuda.runtime.getDevice()
+        if ptr == _PER_THREAD_STREAM:
+            table = _PER_THREAD.__dict__.setdefault("tickets", {})
+            key = (device, ptr)
+        else:
+            table, key = _TICKETS, (device, ptr)
+        xp = cupy
+    counters = table.get(key)
     if counters is None or counters.shape[0] < size:
-        counters = _TICKETS[key] = xp.zeros(max(size, 64), np.int32)
+        grown = max(size, 64, 0 if counters is None else 2 * counters.shape[0])
+        counters = table[key] = xp.zeros(grown, np.int32)
     return counters
 
 

@@ -123,7 +123,7 @@ def loss_and_grad_launcher(element):
         tiles = -(-n // TILE)
         grid = tile_grid(tiles)
         arrays = (bits(pred), bits(target), weight, param, grad_scale, bits(grad), loss)
-        counters = tile_counters(tiles)
+        counters = tile_counters(tiles if reduction else 0)  # no sum: no groups
         launch(kernel, grid, tpb, 0, *arrays, int(reduction), float(divisor), counters)
 
     def ptx_signatures():

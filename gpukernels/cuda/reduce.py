@@ -201,11 +201,14 @@ def group_reducers(acc):
 
 @functools.cache
 def drew_last():
-    """Device function ``(counters, ticket, count, flag, t) -> bool``: thread 0 fences its
-    writes and takes a ticket from ``counters[ticket]`` (:func:`_cuda.tickets`); true, in
-    every thread, in the block that draws the ``count``-th, which sees every other drawer's
-    fenced writes and sets the counter back to 0 for the next launch on its stream. Every
-    thread of the block must call it (it synchronises); ``flag`` is a shared ``int32[1]``."""
+    """Device function ``(counters, ticket, count, flag, t) -> bool``: thread 0 fences and
+    takes a ticket from ``counters[ticket]`` (:func:`_cuda.tickets`); true, in every thread,
+    in the block that draws the ``count``-th, which sees every other drawer's fenced writes
+    and sets the counter back to 0 for the next launch on its stream. The block's writes
+    that the drawers must see are thread 0's own, or come before the call through a
+    ``syncthreads`` (thread 0's fence is cumulative: it orders what the barrier made visible
+    to it). Every thread of the block must call it (it synchronises); ``flag`` is a shared
+    ``int32[1]``."""
 
     @cuda.jit(device=True)
     def last_ticket(counters, ticket, count, flag, t):
@@ -346,7 +349,7 @@ def tile_counted(acc, tpb: int):
     tile sum alone. The counter is set back to 0 for the next launch. A lone tile is the
     total: nothing is folded.
     """
-    level, last_ticket = tile_level(acc, tpb, False), drew_last()
+    one_tile, last_ticket = tile_sum(acc, tpb, False), drew_last()
 
     @cuda.jit(device=True)
     def counted(partial, tile, tiles, counters, smem, r, flag, t):
@@ -354,7 +357,9 @@ def tile_counted(acc, tpb: int):
             return
         group = tile // TILE
         if last_ticket(counters, 1 + group, min(TILE, tiles - group * TILE), flag, t):
-            level(partial, tiles, partial[::TILE], smem, r, t, group, tiles)
+            v = one_tile(partial, tiles, group, smem, r, t)
+            if t == 0:
+                partial[group * TILE] = v
 
     return counted
 
@@ -442,7 +447,7 @@ def _column_tile(acc, cx: int, ry: int, bf16: bool):
 @functools.cache
 def _column_totals_kernel(acc, cx: int, ry: int, bf16: bool):
     count, size = TILE // ry, cx * ry  # shared.array wants a constant, not an expression
-    first_tile, tile = _column_tile(acc, cx, ry, bf16), _column_tile(acc, cx, ry, False)
+    first_tile, acc_tile = _column_tile(acc, cx, ry, bf16), _column_tile(acc, cx, ry, False)
     is_last, last_ticket = last_block(), drew_last()
 
     @cuda.jit
@@ -464,13 +469,13 @@ def _column_totals_kernel(acc, cx: int, ry: int, bf16: bool):
                 group = j // TILE
                 ticket = 1 + group * column_blocks + cb
                 if last_ticket(counters, ticket, min(TILE, tiles - group * TILE), flag, t):
-                    tile(partial, tiles, upper, smem, r, tx, ty, cb, group)
+                    acc_tile(partial, tiles, upper, smem, r, tx, ty, cb, group)
         if is_last(counters, flag, t):
             levels = groups
             while levels > 1:
                 for cb in range(column_blocks):
                     for j in range((levels + TILE - 1) // TILE):
-                        tile(upper, levels, upper, smem, r, tx, ty, cb, j)
+                        acc_tile(upper, levels, upper, smem, r, tx, ty, cb, j)
                 levels = (levels + TILE - 1) // TILE
             for c in range(t, out.shape[0], cx * ry):
                 out[c] = partial[0, c]
