@@ -7,6 +7,8 @@ fully written. References are float64 NumPy written here; canonical tile sums mu
 NumPy emulation of docs/BACKENDS.md bit for bit for two threads-per-block.
 """
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -114,6 +116,38 @@ def test_column_totals_fold_groups_of_tiles(monkeypatch):
     reduce.column_totals(x, out, poisoned((-(-x.shape[0] // TILE), 3), np.float32))
     np.testing.assert_array_equal(out, [canonical_total(x[:, j], np.float32) for j in range(3)])
     assert not _cuda.tickets().any()
+
+
+def test_tickets_per_stream_and_per_thread(monkeypatch):
+    """The host side of the counters, as on a GPU (with a stand-in CuPy: CI has none): one
+    array a stream, the same for every call on it; another for another stream; on the
+    per-thread default stream one a host thread; grown at least twofold, zeroed."""
+    import threading
+    from types import SimpleNamespace
+
+    stream = SimpleNamespace(ptr=7)
+    cupy = SimpleNamespace(
+        zeros=np.zeros,
+        cuda=SimpleNamespace(
+            get_current_stream=lambda: stream, runtime=SimpleNamespace(getDevice=lambda: 0)
+        ),
+    )
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setattr(_cuda, "SIMULATOR", False)
+    monkeypatch.setattr(_cuda, "_TICKETS", {})
+    monkeypatch.setattr(_cuda, "_PER_THREAD", threading.local())
+    first = _cuda.tickets()
+    assert first is _cuda.tickets(10) and not first.any()
+    grown = _cuda.tickets(first.shape[0] + 1)
+    assert grown.shape[0] >= 2 * first.shape[0] and not grown.any()
+    stream.ptr = 8
+    assert _cuda.tickets() is not grown
+    stream.ptr = 2  # cudaStreamPerThread
+    mine, theirs = _cuda.tickets(), []
+    thread = threading.Thread(target=lambda: theirs.append(_cuda.tickets()))
+    thread.start()
+    thread.join()
+    assert mine is _cuda.tickets() and theirs[0] is not mine
 
 
 # ---------------------------------------------------------------- softmax cross-entropy
