@@ -230,7 +230,7 @@ def tickets(size: int = 1):
     the device.
 
     A single-launch kernel counts its finished blocks on ``[0]`` (and groups of tiles on the
-    rest, :func:`gpukernels.cuda.reduce.tile_counted`); the block that draws the last ticket
+    rest, :func:`gpukernels.cuda.reduce.group_filled`); the block that draws the last ticket
     of a counter sets it back to 0. Launches on one stream run in order, so one array serves
     every kernel of that stream; another stream gets its own, and so does each host thread
     on the per-thread default stream, whose handle is the same in every thread (kept with

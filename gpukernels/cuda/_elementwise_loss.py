@@ -22,7 +22,7 @@ import functools
 from numba import cuda
 from numba.core import types
 
-from .._canon import TILE
+from .._canon import TILE, tile_count
 from .._kinds import MEAN, SUM
 from ._cuda import (
     GPU_POLICY,
@@ -120,7 +120,7 @@ def loss_and_grad_launcher(element):
         tpb = POLICY.tile_threads
         bf16 = is_bf16(pred.dtype), is_bf16(target.dtype)
         kernel = _elementwise_loss_kernel(element, accumulator(loss.dtype), tpb, *bf16)
-        tiles = -(-n // TILE)
+        tiles = tile_count(n)
         grid = tile_grid(tiles)
         arrays = (bits(pred), bits(target), weight, param, grad_scale, bits(grad), loss)
         counters = tile_counters(tiles if reduction else 0)  # no sum: no groups

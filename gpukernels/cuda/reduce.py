@@ -335,39 +335,60 @@ def fold_partials(acc, tpb: int):
 
 
 @functools.cache
+def group_filled():
+    """Device function ``(counters, tile, tiles, stride, offset, flag, t) -> bool``: counts
+    the finished tile ``tile`` of ``tiles`` on its group's counter and says, in every
+    thread, whether this block finished the group (:func:`drew_last`).
+
+    Tiles go in groups of ``TILE``, the tiles of the canonical tree's second level; group
+    ``g`` counts on ``counters[1 + g * stride + offset]`` (a launch with several counted
+    sequences, such as column blocks, gives each its ``offset`` below ``stride``;
+    :func:`tile_counters` sizes the array). A lone tile is a total: it is not counted, and
+    no group is ever filled.
+    """
+    last_ticket = drew_last()
+
+    @cuda.jit(device=True)
+    def filled(counters, tile, tiles, stride, offset, flag, t):
+        if tiles < 2:
+            return False
+        group = tile // TILE
+        ticket = 1 + group * stride + offset
+        return last_ticket(counters, ticket, min(TILE, tiles - group * TILE), flag, t)
+
+    return filled
+
+
+def tile_counters(tiles: int, stride: int = 1):
+    """The current stream's counters for a launch that counts ``tiles`` tile sums with
+    :func:`group_filled` in ``stride`` sequences: the blocks' (``[0]``) and one for each
+    group of tiles of each sequence."""
+    return tickets(1 + tile_count(tiles) * stride)
+
+
+@functools.cache
 def tile_counted(acc, tpb: int):
     """Device function ``(partial, tile, tiles, counters, smem, r, flag, t)``: the second
     level of the canonical sum, folded as its tiles fill up, in parallel.
 
     Every thread of a block calls it once thread 0 has written ``partial[tile]`` (one of the
-    ``tiles`` tile sums). The tile sums go in groups of ``TILE``, the tiles of the second
-    level: thread 0 counts the tile on its group's counter ``counters[1 + g]``, and the block
-    that counts a group's last tile folds the group at once (the fences order every block's
-    tile sum before its count, and the count before the fold's reads) and writes its sum
-    over the group's first tile sum, ``partial[g * TILE]``, which no other fold reads. The
-    last block then folds only ``partial[::TILE]`` (:func:`fold_counted`), instead of every
-    tile sum alone. The counter is set back to 0 for the next launch. A lone tile is the
-    total: nothing is folded.
+    ``tiles`` tile sums). The block that fills the tile's group (:func:`group_filled`) folds
+    the group at once (the fences order every block's tile sum before its count, and the
+    count before the fold's reads) and writes its sum over the group's first tile sum,
+    ``partial[g * TILE]``, which no other fold reads. The last block then folds only
+    ``partial[::TILE]`` (:func:`fold_counted`), instead of every tile sum alone.
     """
-    one_tile, last_ticket = tile_sum(acc, tpb, False), drew_last()
+    one_tile, filled = tile_sum(acc, tpb, False), group_filled()
 
     @cuda.jit(device=True)
     def counted(partial, tile, tiles, counters, smem, r, flag, t):
-        if tiles < 2:
-            return
-        group = tile // TILE
-        if last_ticket(counters, 1 + group, min(TILE, tiles - group * TILE), flag, t):
+        if filled(counters, tile, tiles, 1, 0, flag, t):
+            group = tile // TILE
             v = one_tile(partial, tiles, group, smem, r, t)
             if t == 0:
                 partial[group * TILE] = v
 
     return counted
-
-
-def tile_counters(tiles: int):
-    """The current stream's counters for a launch that counts ``tiles`` tile sums with
-    :func:`tile_counted`: the blocks' (``[0]``) and one for each group of tiles."""
-    return tickets(1 + tile_count(tiles))
 
 
 @functools.cache
@@ -448,7 +469,7 @@ def _column_tile(acc, cx: int, ry: int, bf16: bool):
 def _column_totals_kernel(acc, cx: int, ry: int, bf16: bool):
     count, size = TILE // ry, cx * ry  # shared.array wants a constant, not an expression
     first_tile, acc_tile = _column_tile(acc, cx, ry, bf16), _column_tile(acc, cx, ry, False)
-    is_last, last_ticket = last_block(), drew_last()
+    is_last, filled = last_block(), group_filled()
 
     @cuda.jit
     def _column_totals_kernel(x, out, partial, counters):
@@ -463,13 +484,9 @@ def _column_totals_kernel(acc, cx: int, ry: int, bf16: bool):
         for cb in range(cuda.blockIdx.x, column_blocks, cuda.gridDim.x):
             for j in range(cuda.blockIdx.y, tiles, cuda.gridDim.y):
                 first_tile(x, n, partial, smem, r, tx, ty, cb, j)
-                if tiles < 2:
-                    continue
-                # as tile_counted: a counter for each group of TILE tiles of a column block
-                group = j // TILE
-                ticket = 1 + group * column_blocks + cb
-                if last_ticket(counters, ticket, min(TILE, tiles - group * TILE), flag, t):
-                    acc_tile(partial, tiles, upper, smem, r, tx, ty, cb, group)
+                # as tile_counted: the groups of TILE tiles of each column block counted
+                if filled(counters, j, tiles, column_blocks, cb, flag, t):
+                    acc_tile(partial, tiles, upper, smem, r, tx, ty, cb, j // TILE)
         if is_last(counters, flag, t):
             levels = groups
             while levels > 1:
@@ -514,7 +531,7 @@ def column_totals(x, out, partial) -> None:
     kernel = _column_totals_kernel(accumulator(out.dtype), cx, ry, is_bf16(x.dtype))
     gx = tile_grid(-(-m // cx))
     gy = min(num_tiles, 65535, max(1, POLICY.max_blocks // gx))
-    counters = tickets(1 + tile_count(num_tiles) * -(-m // cx))
+    counters = tile_counters(num_tiles, -(-m // cx))  # groups of each column block
     launch(kernel, (gx, gy), (cx, ry), 0, bits(x), out, partial, counters)
 
 
