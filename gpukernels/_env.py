@@ -1,7 +1,8 @@
 """The environment settings the library reads, each read in this one place.
 
 ``NUMBA_ENABLE_CUDASIM=1`` runs ``@cuda.jit`` kernels on Numba's simulator (Numba reads it when
-it is first imported; so do we, once). ``GPUKERNELS_BACKEND`` forces a backend per call.
+it is first imported; so do we, once). ``GPUKERNELS_BACKEND`` forces a backend per call;
+``GPUKERNELS_CUDA_LAUNCH`` picks how CUDA kernels are launched, per launch.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import Callable
 
 ENV_BACKEND = "GPUKERNELS_BACKEND"
 BACKEND_CHOICES = ("auto", "cpu", "cuda")
+ENV_LAUNCH = "GPUKERNELS_CUDA_LAUNCH"
+LAUNCH_CHOICES = ("direct", "numba")
 
 SIMULATOR: bool = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
@@ -38,14 +41,26 @@ def _reader(key: str) -> Callable[[], str | None]:
 
 
 _read_backend = _reader(ENV_BACKEND)
+_read_launch = _reader(ENV_LAUNCH)
 
 
 def forced_backend() -> str:
     """``GPUKERNELS_BACKEND`` (``auto``, ``cpu`` or ``cuda``), read at every call."""
-    value = _read_backend()
+    return _pick(ENV_BACKEND, BACKEND_CHOICES, _read_backend())
+
+
+def cuda_launch() -> str:
+    """``GPUKERNELS_CUDA_LAUNCH``, read at every launch: ``direct`` (the default: parameters
+    packed by :mod:`gpukernels.cuda._direct`) or ``numba`` (Numba's own launch)."""
+    return _pick(ENV_LAUNCH, LAUNCH_CHOICES, _read_launch())
+
+
+def _pick(key: str, choices: tuple[str, ...], value: str | None) -> str:
+    """The setting ``key``'s ``value`` as one of ``choices`` (unset or blank: the first);
+    anything else is a ``ValueError``."""
     if value is None:
-        return "auto"
-    choice = value.strip().lower() or "auto"
-    if choice not in BACKEND_CHOICES:
-        raise ValueError(f"{ENV_BACKEND} must be one of auto, cpu, cuda; got {choice!r}")
-    return choice
+        return choices[0]
+    picked = value.strip().lower() or choices[0]
+    if picked not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(choices)}; got {picked!r}")
+    return picked

@@ -56,6 +56,21 @@ def test_the_backend_setting_is_read_at_every_call(monkeypatch):
     assert gk.backend(x) == "cpu"
 
 
+def test_the_launch_setting_is_read_at_every_launch(monkeypatch):
+    """``GPUKERNELS_CUDA_LAUNCH``: ``direct`` unless set; ``numba``; anything else raises."""
+    from gpukernels._env import cuda_launch
+
+    monkeypatch.delenv("GPUKERNELS_CUDA_LAUNCH", raising=False)
+    assert cuda_launch() == "direct"
+    monkeypatch.setenv("GPUKERNELS_CUDA_LAUNCH", " Numba ")
+    assert cuda_launch() == "numba"
+    monkeypatch.setenv("GPUKERNELS_CUDA_LAUNCH", "")
+    assert cuda_launch() == "direct"
+    monkeypatch.setenv("GPUKERNELS_CUDA_LAUNCH", "fast")
+    with pytest.raises(ValueError, match="GPUKERNELS_CUDA_LAUNCH must be one of direct, numba"):
+        cuda_launch()
+
+
 def test_backend_fixture_is_honoured(backend):
     """The test fixture forces cpu or, under the simulator, cuda for NumPy arrays."""
     expected = "cpu" if backend == "cpu" else "cuda"

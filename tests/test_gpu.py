@@ -303,6 +303,63 @@ def test_calls_do_not_synchronise(cp):
             stream.synchronize()
 
 
+# ---------------------------------------------------------------- the two launch paths
+
+
+def _every_launcher_call(cp):
+    """Calls that between them launch every kernel family, on odd sizes and strided input."""
+    r = rng(10)
+    logits = cp.asarray((3 * r.standard_normal((1000, 333))).astype(np.float32))
+    labels = cp.asarray(r.integers(0, 333, 1000))
+    probs = cp.asarray(r.dirichlet(np.ones(333), 1000).astype(np.float32))
+    pred = cp.asarray(r.standard_normal((1001, 9)).astype(np.float32))
+    target = cp.abs(pred)
+    terms = [gk.LossTerm("bce_with_logits", slice(0, 1)), gk.LossTerm("mse", slice(1, 9))]
+    return {
+        "ce labels": lambda: gk.softmax_cross_entropy(logits[:, ::3], labels % 111),
+        "ce probs": lambda: gk.softmax_cross_entropy(logits, probs, label_smoothing=0.1),
+        "ce in place": lambda: _in_place_ce(logits.copy(), labels),
+        "bce": lambda: gk.bce_with_logits(pred, cp.clip(target, 0, 1)),
+        "mse": lambda: gk.mse(pred, target, reduction="none"),
+        "huber": lambda: gk.huber_loss(pred, target),
+        "sigmoid": lambda: gk.sigmoid_backward(pred, target),
+        "sum": lambda: gk.batch_sum(logits),
+        "column sums": lambda: gk.batch_sum(logits, axis=0),
+        "composite": lambda: gk.composite_loss(pred, target, terms),
+        "shard": lambda: gk.shard_stats(logits, labels, class_start=0),
+    }
+
+
+def _in_place_ce(logits, labels):
+    return gk.softmax_cross_entropy(logits, labels, reduction="none", out=logits)
+
+
+def _leaves(result):
+    return result if isinstance(result, tuple) else (result,)
+
+
+def test_direct_and_numba_launches_agree(cp, monkeypatch):
+    """Each kernel family gives the same bits launched through ``cuda.core`` with the
+    parameters packed by ``_direct`` and through Numba's own launch, and the direct path is
+    the one taken by default (a Numba launch would fail here)."""
+    from gpukernels.cuda import _direct
+
+    calls = _every_launcher_call(cp)
+    monkeypatch.setenv("GPUKERNELS_CUDA_LAUNCH", "numba")
+    want = {name: [cp.asnumpy(a) for a in _leaves(call())] for name, call in calls.items()}
+    monkeypatch.delenv("GPUKERNELS_CUDA_LAUNCH")
+    monkeypatch.setattr(_cuda, "kernel_arg", _no_numba_launch)
+    for name, call in calls.items():
+        got = [cp.asnumpy(a) for a in _leaves(call())]
+        for g, w in zip(got, want[name], strict=True):
+            np.testing.assert_array_equal(g, w, err_msg=name)
+    assert _direct._KERNELS and all(_direct._KERNELS.values())
+
+
+def _no_numba_launch(x):
+    raise AssertionError("a kernel went through Numba's launch")
+
+
 # ----------------------------------------------------------------------- PyTorch CUDA tensors
 
 

@@ -25,6 +25,8 @@ from numba.np import numpy_support
 from .._dtypes import ACCUMULATORS, BFLOAT16, accumulation_dtype
 from .._dtypes import STORAGE as STORAGE
 from .._env import SIMULATOR as SIMULATOR
+from .._env import cuda_launch
+from . import _direct
 
 try:
     from numba.cuda.core.errors import NumbaPerformanceWarning as _PerformanceWarning
@@ -268,7 +270,16 @@ def scratch(shape, dtype):
 
 
 def launch(kernel, grid, block, shared: int, *args) -> None:
-    """Launch ``kernel[grid, block]`` on the current stream; arrays become views, scalars stay."""
+    """Launch ``kernel[grid, block]`` with ``shared`` bytes of dynamic shared memory on the
+    current stream. On a GPU the parameters are packed by :mod:`._direct` (unless
+    ``GPUKERNELS_CUDA_LAUNCH=numba``, or where numba-cuda cannot load the kernel for it);
+    otherwise Numba launches it, with the arrays as Numba views and the scalars as they are."""
+    if (
+        not SIMULATOR
+        and cuda_launch() == "direct"
+        and _direct.launch(kernel, grid, block, shared, args)
+    ):
+        return
     converted = [
         kernel_arg(a) if hasattr(a, "__cuda_array_interface__") or isinstance(a, np.ndarray) else a
         for a in args

@@ -1,0 +1,115 @@
+"""CUDA launches through ``cuda.core`` with the kernel parameters packed here.
+
+Numba's launch types every argument, wraps each CUDA array in a ``DeviceNDArray`` (from its
+``__cuda_array_interface__``, a dictionary built per array) and unpacks that again into
+kernel parameters: host time per array that a fused loss, a dozen arrays in up to three
+launches, pays on every call (numba-cuda issue #477). The launchers pass CuPy arrays and
+Python numbers only, so a kernel's signature follows from each array's dtype, rank and
+layout and each number's type. Numba still compiles the kernel (once per signature,
+``Dispatcher.compile``) and loads it (once per device); a launch packs the parameters of
+Numba's data model itself and hands them to ``cuda.core.launch``:
+
+- an array (fields ``ARRAY_FIELDS``): ``meminfo`` and ``parent`` 0 (nothing to count or
+  keep alive on a device), the element count, the item size, the data pointer, the extents
+  and the strides in bytes, each a 64-bit integer;
+- a Python ``int`` or ``bool``: a 64-bit integer, of which the driver copies the
+  parameter's own width (little end first, as Numba's launch passes them);
+- a Python ``float``: a double; a NumPy scalar: its own type.
+
+``tests/test_ptx.py`` checks these parameters against the PTX entry of every signature.
+Where the installed numba-cuda loads kernels without ``cuda.core`` this path is not taken,
+and ``GPUKERNELS_CUDA_LAUNCH=numba`` turns it off (``gpukernels.cuda._cuda.launch``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import typeof
+from numba.core import types
+from numba.np import numpy_support
+
+ARRAY_FIELDS = ("meminfo", "parent", "nitems", "itemsize", "data", "shape", "strides")
+_NUMBERS = (int, float, bool)
+
+_KERNELS: dict[tuple, object] = {}  # (dispatcher, device, argument keys) -> handle or None
+_UNLOADED = object()
+_LEGACY_STREAM = 1  # CU_STREAM_LEGACY: the stream CuPy's null stream (pointer 0) stands for
+
+
+def parameters(args) -> tuple[tuple, list]:
+    """``(key, params)`` of a launch's arguments: a key that determines the signature (an
+    array's dtype, rank and contiguity; a number's type) and the kernel parameters."""
+    key, params = [], []
+    for a in args:
+        if type(a) in _NUMBERS or isinstance(a, np.generic):
+            key.append(type(a))
+            params.append(a)
+        else:
+            flags = a.flags
+            key.append((a.dtype, a.ndim, flags.c_contiguous, flags.f_contiguous))
+            params += (0, 0, a.size, a.itemsize, a.data.ptr, *a.shape, *a.strides)
+    return tuple(key), params
+
+
+def argument_type(a) -> types.Type:
+    """The Numba type ``a`` is compiled for, as Numba types a launch argument: an array by
+    its dtype, rank and layout (``C``, else ``F``, else ``A``), a number by its type."""
+    if type(a) in _NUMBERS or isinstance(a, np.generic):
+        return typeof(a)
+    flags = a.flags
+    layout = "C" if flags.c_contiguous else "F" if flags.f_contiguous else "A"
+    return types.Array(numpy_support.from_dtype(a.dtype), a.ndim, layout)
+
+
+def launch(kernel, grid, block, shared: int, args: tuple) -> bool:
+    """Launch the Numba kernel ``kernel`` on CuPy's current stream and device with ``args``
+    (CuPy arrays and numbers); ``False`` when it cannot be launched this way (no
+    ``cuda.core``, or a compiled form without a ``cuda.core`` kernel), launching nothing."""
+    libraries = _libraries()
+    if libraries is None:
+        return False
+    cupy, core = libraries
+    key, params = parameters(args)
+    entry = (kernel, cupy.cuda.runtime.getDevice(), key)
+    handle = _KERNELS.get(entry, _UNLOADED)
+    if handle is _UNLOADED:
+        handle = _KERNELS[entry] = _load(kernel, args)
+    if handle is None:
+        return False
+    stream = _stream(int(cupy.cuda.get_current_stream().ptr) or _LEGACY_STREAM)
+    core.launch(stream, _config(grid, block, shared), handle, *params)
+    return True
+
+
+@functools.cache
+def _libraries():
+    """CuPy and ``cuda.core``, imported on the first launch; ``None`` without ``cuda.core``
+    (an older numba-cuda launches through ctypes and does not need it)."""
+    import cupy
+
+    try:
+        from cuda import core
+    except ImportError:
+        return None
+    return cupy, core
+
+
+def _load(kernel, args):
+    """``kernel`` compiled for ``args``' types and loaded on the current device: its
+    ``cuda.core`` kernel, or ``None`` where numba-cuda does not load through ``cuda.core``."""
+    compiled = kernel.compile(tuple(argument_type(a) for a in args))
+    return getattr(compiled._codelibrary.get_cufunc(), "kernel", None)
+
+
+@functools.lru_cache(maxsize=64)
+def _stream(ptr: int):
+    """The CUDA stream ``ptr`` as a ``cuda.core`` stream."""
+    return _libraries()[1].Stream.from_handle(ptr)
+
+
+@functools.lru_cache(maxsize=1024)
+def _config(grid, block, shared: int):
+    """A ``cuda.core`` launch configuration (grid and block: an int or a tuple)."""
+    return _libraries()[1].LaunchConfig(grid=grid, block=block, shmem_size=shared)
