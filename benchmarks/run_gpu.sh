@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (H100/H200 image: numba, numba-cuda, cupy, torch, triton are
-# already there). Installs nothing and reaches no network: runs the GPU tests, then the whole
+# already there). Reaches no network and installs only carried wheels: runs the GPU tests, then the whole
 # GPU benchmark, and leaves the log, JSON and plot under $OUT (else benchmarks/results/).
 #   device run:  bash benchmarks/run_gpu.sh            (from the repository root)
 #   quick check: bash benchmarks/run_gpu.sh --quick
+# Wheels in .whl/ (ignored by git; the device call names it in `carry`) are installed into
+# /tmp/site first: Liger-Kernel's for the CE comparison (pip download --no-deps liger-kernel;
+# it needs only torch and triton). QuACK cannot travel: its nvidia-cutlass-dsl-libs-cu13
+# wheel alone is 92 MB, over the 64 MiB a call carries.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export NUMBA_ENABLE_CUDASIM=0 PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
 dest=${OUT:-benchmarks/results}
 mkdir -p "$dest"
 log="$dest/gpu-run.log"
