@@ -24,15 +24,21 @@ log="$dest/gpu-run.log"
   echo "== $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   "$PY" -m gpukernels info
-  # the direct launch (gpukernels/cuda/_direct.py) first: if it fails, the rest of the run
-  # still tells something, through Numba's launch
-  echo "== pytest -m gpu: direct launch against Numba's"
-  if ! "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py -k launches_agree; then
+  # the direct launch (gpukernels/cuda/_direct.py) first, with this image's numba-cuda: its
+  # parameters against the PTX, its host side, then its bits against Numba's launch on the
+  # GPU. If any fails, the rest of the run goes through Numba's launch.
+  echo "== direct launch checks"
+  skip=()
+  if ! { "$PY" -m pytest -q -p no:cacheprovider tests/test_direct_launch.py \
+           tests/test_ptx.py -k "direct" &&
+         "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py -k launches_agree; }
+  then
     echo "!! direct launch failed: the rest runs with GPUKERNELS_CUDA_LAUNCH=numba"
     export GPUKERNELS_CUDA_LAUNCH=numba
+    skip=(-k "not launches_agree")
   fi
   echo "== pytest -m gpu"
-  "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
+  "$PY" -m pytest -q -m gpu -p no:cacheprovider "${skip[@]}" tests
   echo "pytest exit: $?"
   echo "== python -m benchmarks --backend cuda $*"
   "$PY" -m benchmarks --backend cuda --out "$dest" "$@"

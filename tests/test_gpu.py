@@ -7,6 +7,8 @@ current stream, no call synchronises with the host, and ``batch_sum`` gives the 
 every run, every launch shape and both backends.
 """
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -358,6 +360,28 @@ def test_direct_and_numba_launches_agree(cp, monkeypatch):
 
 def _no_numba_launch(x):
     raise AssertionError("a kernel went through Numba's launch")
+
+
+def test_a_new_thread_launches_a_loaded_kernel(cp):
+    """A kernel loaded on the main thread runs from a new thread, which has made no CUDA
+    call yet: the launch makes the device's context current there first."""
+    x = cp.asarray(rng(11).standard_normal(100_003).astype(np.float32))
+    want = cp.asnumpy(gk.batch_sum(x))
+    cp.cuda.Device().synchronize()
+    outcome = {}
+
+    def worker():
+        try:
+            outcome["sum"] = cp.asnumpy(gk.batch_sum(x))
+        except Exception as error:  # re-raised on the main thread below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    np.testing.assert_array_equal(outcome["sum"], want)
 
 
 # ----------------------------------------------------------------------- PyTorch CUDA tensors

@@ -16,14 +16,22 @@ Numba's data model itself and hands them to ``cuda.core.launch``:
   parameter's own width (little end first, as Numba's launch passes them);
 - a Python ``float``: a double; a NumPy scalar: its own type.
 
-``tests/test_ptx.py`` checks these parameters against the PTX entry of every signature.
-Where the installed numba-cuda loads kernels without ``cuda.core`` this path is not taken,
-and ``GPUKERNELS_CUDA_LAUNCH=numba`` turns it off (``gpukernels.cuda._cuda.launch``).
+``tests/test_ptx.py`` checks these parameters against the PTX entry of every signature, and
+each kernel's first load against the sizes the driver reports for its parameters. A launch
+first makes the current device's context current on its thread, as Numba's launch does (a
+worker thread may not have one yet). Numba's launch is taken instead for a kernel built
+with what only it handles (debug exception reporting, cooperative launch, argument
+extensions, launch-configuration-sensitive code: none of ours), where the installed
+numba-cuda or ``cuda.core`` lacks what this path uses, and with
+``GPUKERNELS_CUDA_LAUNCH=numba`` (``gpukernels.cuda._cuda.launch``).
 """
 
 from __future__ import annotations
 
 import functools
+import threading
+import warnings
+from types import SimpleNamespace
 
 import numpy as np
 from numba import typeof
@@ -35,6 +43,7 @@ _NUMBERS = (int, float, bool)
 
 _KERNELS: dict[tuple, object] = {}  # (dispatcher, device, argument keys) -> handle or None
 _UNLOADED = object()
+_BOUND = threading.local()  # .device: the device whose context this thread made current
 _LEGACY_STREAM = 1  # CU_STREAM_LEGACY: the stream CuPy's null stream (pointer 0) stands for
 
 
@@ -72,10 +81,14 @@ def launch(kernel, grid, block, shared: int, args: tuple) -> bool:
         return False
     cupy, core = libraries
     key, params = parameters(args)
-    entry = (kernel, cupy.cuda.runtime.getDevice(), key)
+    device = cupy.cuda.runtime.getDevice()
+    if getattr(_BOUND, "device", None) != device:
+        cupy.cuda.runtime.setDevice(device)  # its primary context, current on this thread
+        _BOUND.device = device
+    entry = (kernel, device, key)
     handle = _KERNELS.get(entry, _UNLOADED)
     if handle is _UNLOADED:
-        handle = _KERNELS[entry] = _load(kernel, args)
+        handle = _KERNELS[entry] = _load(kernel, args, params)
     if handle is None:
         return False
     stream = _stream(int(cupy.cuda.get_current_stream().ptr) or _LEGACY_STREAM)
@@ -85,22 +98,63 @@ def launch(kernel, grid, block, shared: int, args: tuple) -> bool:
 
 @functools.cache
 def _libraries():
-    """CuPy and ``cuda.core``, imported on the first launch; ``None`` without ``cuda.core``
-    (an older numba-cuda launches through ctypes and does not need it)."""
+    """CuPy and ``cuda.core`` (its ``launch``, ``LaunchConfig`` and ``Stream``), imported on
+    the first launch; ``None`` without them (a ``cuda.core`` before 0.5 keeps them in
+    ``cuda.core.experimental``, and an older numba-cuda launches through ctypes)."""
     import cupy
 
     try:
-        from cuda import core
+        from cuda.core import LaunchConfig, Stream, launch
     except ImportError:
         return None
-    return cupy, core
+    return cupy, SimpleNamespace(launch=launch, LaunchConfig=LaunchConfig, Stream=Stream)
 
 
-def _load(kernel, args):
+def _load(kernel, args, params: list):
     """``kernel`` compiled for ``args``' types and loaded on the current device: its
-    ``cuda.core`` kernel, or ``None`` where numba-cuda does not load through ``cuda.core``."""
+    ``cuda.core`` kernel; ``None`` where Numba's launch must be taken (module docstring),
+    with a warning if the driver's parameter sizes do not fit ``params``."""
     compiled = kernel.compile(tuple(argument_type(a) for a in args))
-    return getattr(compiled._codelibrary.get_cufunc(), "kernel", None)
+    numba_only = (
+        compiled.debug
+        or compiled.cooperative
+        or getattr(compiled, "launch_config_sensitive", False)
+        or kernel.targetoptions.get("extensions")
+    )
+    handle = None if numba_only else getattr(compiled._codelibrary.get_cufunc(), "kernel", None)
+    if handle is None:
+        return None
+    try:
+        sizes = [info.size for info in handle.arguments_info]
+    except NotImplementedError:  # a driver before CUDA 12.4 cannot say: tests/test_ptx.py did
+        return handle
+    if not fits(params, sizes):
+        warnings.warn(
+            f"{kernel.py_func.__name__}: {len(params)} packed parameters do not fit the "
+            f"kernel's {sizes}; launching it through Numba",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
+    return handle
+
+
+def fits(params: list, sizes: list[int]) -> bool:
+    """Whether packed parameters fill parameters of ``sizes`` bytes: one each, a NumPy
+    number its own size, a Python int or float 8 bytes, a Python bool (passed as a 64-bit
+    integer, little end first) any size up to 8."""
+    if len(params) != len(sizes):
+        return False
+    for value, size in zip(params, sizes, strict=True):
+        if isinstance(value, np.generic):
+            width = value.itemsize
+        elif isinstance(value, bool):
+            width = size if size <= 8 else 0
+        else:
+            width = 8
+        if width != size:
+            return False
+    return True
 
 
 @functools.lru_cache(maxsize=64)
