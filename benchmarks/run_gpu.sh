@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (H100/H200 image: numba, numba-cuda, cupy, torch, triton are
-# already there). Reaches no network and installs only carried wheels: runs the GPU tests, then the whole
-# GPU benchmark, and leaves the log, JSON and plot under $OUT (else benchmarks/results/).
+# already there). Reaches no network and installs only carried wheels: runs the GPU tests,
+# then the whole GPU benchmark, and leaves the log, JSON and plot under $OUT (else
+# benchmarks/results/).
 #   device run:  bash benchmarks/run_gpu.sh            (from the repository root)
 #   quick check: bash benchmarks/run_gpu.sh --quick
 # Wheels in .whl/ (ignored by git; the device call names it in `carry`) are installed into

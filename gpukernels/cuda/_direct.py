@@ -52,7 +52,7 @@ def parameters(args) -> tuple[tuple, list]:
     array's dtype, rank and contiguity; a number's type) and the kernel parameters."""
     key, params = [], []
     for a in args:
-        if type(a) in _NUMBERS or isinstance(a, np.generic):
+        if _is_number(a):
             key.append(type(a))
             params.append(a)
         else:
@@ -65,11 +65,16 @@ def parameters(args) -> tuple[tuple, list]:
 def argument_type(a) -> types.Type:
     """The Numba type ``a`` is compiled for, as Numba types a launch argument: an array by
     its dtype, rank and layout (``C``, else ``F``, else ``A``), a number by its type."""
-    if type(a) in _NUMBERS or isinstance(a, np.generic):
+    if _is_number(a):
         return typeof(a)
     flags = a.flags
     layout = "C" if flags.c_contiguous else "F" if flags.f_contiguous else "A"
     return types.Array(numpy_support.from_dtype(a.dtype), a.ndim, layout)
+
+
+def _is_number(a) -> bool:
+    """Whether the launch argument ``a`` is a number (Python or NumPy), not an array."""
+    return type(a) in _NUMBERS or isinstance(a, np.generic)
 
 
 def launch(kernel, grid, block, shared: int, args: tuple) -> bool:
