@@ -7,7 +7,7 @@ import math
 from . import _validate
 from ._canon import tile_count
 from ._common import flat_input
-from ._dispatch import Call, accumulation_dtype
+from ._dispatch import ArrayArguments, Call, accumulation_dtype
 from ._tensors import tensor_io
 
 
@@ -28,6 +28,9 @@ def canonical_column_sums(call: Call, x):
     out = xp.empty(m, acc)
     call.ops("reduce").column_totals(x, out, xp.empty((tile_count(n), m), acc))
     return out
+
+
+_ARGUMENTS = ArrayArguments("x", optional=("out",))
 
 
 @tensor_io
@@ -57,8 +60,8 @@ def batch_sum(x, *, axis: int | None = None, out=None):
         >>> gk.batch_sum(np.ones((4, 3), np.float32), axis=0)
         array([4., 4., 4.], dtype=float32)
     """
-    call = Call(x=x, optional={"out": out})
-    x, out = call.arrays["x"], call.arrays["out"]
+    call = _ARGUMENTS.call(x, out)
+    x, out = call.arrays
     dtype = _validate.float_array("x", x)
     _validate.axis(axis, x.ndim)
     acc = accumulation_dtype(dtype)

@@ -11,7 +11,7 @@ import numpy as np
 from . import _validate
 from ._batch_sum import canonical_column_sums
 from ._common import safe_divide, upstream_scale
-from ._dispatch import Call, accumulation_dtype
+from ._dispatch import ArrayArguments, accumulation_dtype
 from ._dtypes import companion_dtype
 from ._kinds import TermKind
 from ._tensors import tensor_io
@@ -47,6 +47,11 @@ class LossTerm:
     delta: float = 1.0
     z_loss: float = 0.0
     softcap: float | None = None
+
+
+_ARGUMENTS = ArrayArguments(
+    "pred", "target", optional=("grad_output", "out"), numbers=("grad_output",), in_place=("pred",)
+)
 
 
 @tensor_io
@@ -91,15 +96,8 @@ def composite_loss(
         >>> round(float(loss), 4)
         0.2251
     """
-    call = Call(
-        pred=pred,
-        target=target,
-        optional={"grad_output": grad_output, "out": out},
-        numbers=("grad_output",),
-        in_place=("pred",),
-    )
-    pred, target = call.arrays["pred"], call.arrays["target"]
-    grad_output, out = call.arrays["grad_output"], call.arrays["out"]
+    call = _ARGUMENTS.call(pred, target, grad_output, out)
+    pred, target, grad_output, out = call.arrays
     dtype = _validate.float_array("pred", pred)
     _validate.ndim("pred", pred, 2, "an (N, P) batch of output rows")
     _validate.float_array("target", target)

@@ -72,47 +72,71 @@ def kernels(backend_name: str, op: str) -> ModuleType:
     return OPS[op].module(backend_name)
 
 
-class Call:
-    """One public call: its backend, its array module and its arrays in that module.
+class ArrayArguments:
+    """The array arguments of one public function, declared once beside it.
 
-    Required arrays are passed as keywords; ``optional`` maps the arguments that may be
-    ``None`` (and ``out``, which must be writable); those named in ``numbers`` may also be
-    plain real numbers. ``out`` may be one of ``in_place`` itself but may not otherwise share
-    memory with an argument. CUDA arrays that are not CuPy arrays are adopted with
-    ``cupy.asarray`` (zero-copy), so results come back as CuPy arrays on the same device.
+    ``required`` then ``optional`` name them in the order the function passes their values to
+    :meth:`call`. Optional ones may be ``None`` (``out`` among them, which must also be
+    writable); those in ``numbers`` may also be plain real numbers. ``out`` may be one of
+    ``in_place`` itself but may not otherwise share memory with an argument. Declaring them
+    once keeps a call's own cost to a pass over its values (small calls feel each
+    microsecond).
+    """
+
+    __slots__ = ("names", "optional", "numbers", "in_place", "out_index")
+
+    def __init__(
+        self,
+        *required: str,
+        optional: tuple[str, ...] = (),
+        numbers: tuple[str, ...] = (),
+        in_place: tuple[str, ...] = (),
+    ):
+        self.names = required + optional
+        self.optional, self.numbers, self.in_place = optional, numbers, in_place
+        self.out_index = self.names.index("out") if "out" in optional else None
+
+    def call(self, *values) -> Call:
+        """The call with these values, one per name: checked, and on its backend."""
+        return Call(self, values)
+
+
+class Call:
+    """One public call: its backend, its array module and its arrays in that module
+    (``arrays``: a tuple in the order of the :class:`ArrayArguments` names).
+
+    CUDA arrays that are not CuPy arrays are adopted with ``cupy.asarray`` (zero-copy), so
+    results come back as CuPy arrays on the same device.
     """
 
     __slots__ = ("library", "backend", "xp", "arrays")
 
-    def __init__(
-        self,
-        *,
-        optional: dict[str, object] | None = None,
-        numbers: tuple[str, ...] = (),
-        in_place: tuple[str, ...] = (),
-        **required,
-    ):
-        arrays = required if optional is None else {**required, **optional}
+    def __init__(self, arguments: ArrayArguments, values: tuple):
+        names = arguments.names
         self.library = _validate.common_library(
-            arrays, () if optional is None else optional, numbers
+            names, values, arguments.optional, arguments.numbers
         )
         self.backend = backend_of(self.library)
         try:
             self.xp = array_module(self.library)
         except ImportError as error:
             cuda = ", ".join(
-                name for name, x in arrays.items() if hasattr(x, "__cuda_array_interface__")
+                name
+                for name, x in zip(names, values, strict=True)
+                if hasattr(x, "__cuda_array_interface__")
             )
             raise TypeError(
                 f"{cuda}: CUDA arrays (__cuda_array_interface__) need CuPy, which cannot be "
                 f"imported ({error}); install CuPy, or pass NumPy arrays"
             ) from error
         if self.xp is not np:
-            arrays = {k: _adopt(self.xp, k, v) for k, v in arrays.items()}
-        out = arrays.get("out")
-        if out is not None:
-            _validate.out_overlap(out, arrays, in_place)
-        self.arrays = arrays
+            values = tuple([_adopt(self.xp, k, v) for k, v in zip(names, values, strict=True)])
+        index = arguments.out_index
+        if index is not None and values[index] is not None:
+            _validate.out_overlap(
+                values[index], dict(zip(names, values, strict=True)), arguments.in_place
+            )
+        self.arrays = values
 
     def ops(self, op: str) -> ModuleType:
         """The launcher module of ``op`` on this call's backend."""

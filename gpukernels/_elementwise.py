@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from . import _validate
 from ._common import FlatOutput, flat_input
-from ._dispatch import Call
+from ._dispatch import ArrayArguments
 from ._tensors import tensor_io
 
+_UNARY_ARGUMENTS = ArrayArguments("x", optional=("out",), in_place=("x",))
+_BACKWARD_ARGUMENTS = ArrayArguments(
+    "grad_output", "y", optional=("out",), in_place=("grad_output", "y")
+)
 
-def _unary(op: str, x, out, name: str = "x"):
-    call = Call(**{name: x}, optional={"out": out}, in_place=(name,))
-    x, out = call.arrays[name], call.arrays["out"]
-    dtype = _validate.float_array(name, x)
+
+def _unary(op: str, x, out):
+    call = _UNARY_ARGUMENTS.call(x, out)
+    x, out = call.arrays
+    dtype = _validate.float_array("x", x)
     _validate.out_array(out, tuple(x.shape), dtype, call.library)
     y = FlatOutput(call.xp, out, tuple(x.shape), dtype)
     if x.size:
@@ -74,8 +79,8 @@ def sigmoid_backward(grad_output, y, *, out=None):
         >>> gk.sigmoid_backward(np.array([2.0]), np.array([0.5])).tolist()
         [0.5]
     """
-    call = Call(grad_output=grad_output, y=y, optional={"out": out}, in_place=("grad_output", "y"))
-    g, y, out = call.arrays["grad_output"], call.arrays["y"], call.arrays["out"]
+    call = _BACKWARD_ARGUMENTS.call(grad_output, y, out)
+    g, y, out = call.arrays
     dtype = _validate.float_array("y", y)
     _validate.float_array("grad_output", g)
     _validate.same_shape("grad_output", g, "y", tuple(y.shape))

@@ -7,34 +7,46 @@ import numpy as np
 
 from . import _validate
 from ._canon import tile_count
-from ._common import FlatOutput, flat_input, upstream_scale
-from ._dispatch import Call, accumulation_dtype
+from ._common import FlatOutput, absent, flat_input, upstream_scale
+from ._dispatch import ArrayArguments, accumulation_dtype
 from ._dtypes import companion_dtype
 from ._kinds import REDUCTION_CODES
 from ._tensors import tensor_io
 
 
-def _begin(pred_name, pred, target, reduction, allowed, grad_output, out, **optional):
-    """The elementwise losses' common start: adopt and check the arguments.
+def _loss_arguments(pred_name: str, *extra: str) -> ArrayArguments:
+    """An elementwise loss's array arguments: the prediction, the target, ``grad_output``,
+    ``out`` and the optional ``extra`` ones, in that order."""
+    return ArrayArguments(
+        pred_name,
+        "target",
+        optional=("grad_output", "out", *extra),
+        numbers=("grad_output",),
+        in_place=(pred_name,),
+    )
+
+
+_PRED_ARGUMENTS = _loss_arguments("pred")
+_BCE_ARGUMENTS = _loss_arguments("logits", "weight", "pos_weight")
+
+
+def _begin(arguments: ArrayArguments, reduction, allowed, *values):
+    """The elementwise losses' common start: adopt and check the arguments ``values`` (in the
+    order of ``arguments``).
 
     Returns the call, the prediction and the target as the kernel reads it (1-D, in the
     prediction's dtype or, if it has another one, the accumulation dtype).
     """
-    call = Call(
-        **{pred_name: pred, "target": target},
-        optional={**optional, "grad_output": grad_output, "out": out},
-        numbers=("grad_output",),
-        in_place=(pred_name,),
-    )
-    a = call.arrays
-    x, t = a[pred_name], a["target"]
+    call = arguments.call(*values)
+    pred_name = arguments.names[0]
+    x, t, grad_output, out = call.arrays[:4]
     dtype = _validate.float_array(pred_name, x)
     _validate.float_array("target", t)
     shape = tuple(x.shape)
     _validate.same_shape("target", t, pred_name, shape)
     _validate.reduction(reduction, allowed)
-    _validate.out_array(a["out"], shape, dtype, call.library)
-    _validate.grad_output(a["grad_output"], reduction, shape)
+    _validate.out_array(out, shape, dtype, call.library)
+    _validate.grad_output(grad_output, reduction, shape)
     return call, x, flat_input(call.xp, t, companion_dtype(t.dtype, dtype))
 
 
@@ -47,10 +59,11 @@ def _finish(call, op, x, target, weight, param, divisor, reduction):
     """
     xp, dtype = call.xp, x.dtype
     acc = accumulation_dtype(dtype)
-    weight = xp.empty(0, acc) if weight is None else weight
-    param = xp.empty(0, acc) if param is None else param
+    weight = absent(xp, acc) if weight is None else weight
+    param = absent(xp, acc) if param is None else param
     shape, n = tuple(x.shape), int(x.size)
-    grad = FlatOutput(xp, call.arrays["out"], shape, dtype)
+    _, _, grad_output, out = call.arrays[:4]
+    grad = FlatOutput(xp, out, shape, dtype)
     reduce = reduction != "none"
     loss = xp.empty(max(1, tile_count(n)) if reduce else n, acc)
     if n:
@@ -59,7 +72,7 @@ def _finish(call, op, x, target, weight, param, divisor, reduction):
             target,
             weight,
             param,
-            upstream_scale(xp, call.arrays["grad_output"], acc, none_as_empty=True),
+            upstream_scale(xp, grad_output, acc, none_as_empty=True),
             grad.flat,
             loss,
             REDUCTION_CODES["mean" if reduction == "batchmean" else reduction],
@@ -119,19 +132,11 @@ def bce_with_logits(
         (1.41, [-0.25, 0.4404])
     """
     call, x, t = _begin(
-        "logits",
-        logits,
-        target,
-        reduction,
-        _REDUCTIONS,
-        grad_output,
-        out,
-        weight=weight,
-        pos_weight=pos_weight,
+        _BCE_ARGUMENTS, reduction, _REDUCTIONS, logits, target, grad_output, out, weight, pos_weight
     )
     xp, acc = call.xp, accumulation_dtype(x.dtype)
     shape = tuple(x.shape)
-    w, pw = call.arrays["weight"], call.arrays["pos_weight"]
+    w, pw = call.arrays[4:]
     if w is not None:
         _validate.float_array("weight", w)
         _validate.broadcastable("weight", w, shape)
@@ -174,7 +179,7 @@ def mse(pred, target, *, reduction: str = "mean", grad_output=None, out=None):
         (36.0, [12.0])
     """
     allowed = ("mean", "batchmean", "sum", "none")
-    call, x, t = _begin("pred", pred, target, reduction, allowed, grad_output, out)
+    call, x, t = _begin(_PRED_ARGUMENTS, reduction, allowed, pred, target, grad_output, out)
     if reduction == "batchmean" and x.ndim == 0:
         raise ValueError("reduction='batchmean' needs pred with a batch axis (ndim >= 1)")
     batch = x.shape[0] if x.ndim else 1
@@ -216,7 +221,7 @@ def huber_loss(
         >>> float(loss), grad.tolist()
         (2.625, [0.5, 1.0])
     """
-    call, x, t = _begin("pred", pred, target, reduction, _REDUCTIONS, grad_output, out)
+    call, x, t = _begin(_PRED_ARGUMENTS, reduction, _REDUCTIONS, pred, target, grad_output, out)
     delta = _validate.real_number("delta", delta)
     if not (np.isfinite(delta) and delta > 0):
         raise ValueError(f"delta must be a finite number > 0, got {delta}")

@@ -13,13 +13,22 @@ import numpy as np
 
 from . import _validate
 from ._batch_sum import canonical_sum
-from ._common import safe_divide, upstream_scale
-from ._dispatch import Call, accumulation_dtype
+from ._common import absent, safe_divide, upstream_scale
+from ._dispatch import ArrayArguments, accumulation_dtype
 from ._dtypes import WIDENED
 from ._softmax_cross_entropy import int64_labels, softmax_cross_entropy
 from ._tensors import tensor_io
 
 CHUNK_BYTES = 256 * 2**20  # a chunk's logits, by default
+
+
+_ARGUMENTS = ArrayArguments(
+    "input",
+    "linear_weight",
+    "target",
+    optional=("linear_bias", "weight", "grad_output"),
+    numbers=("grad_output",),
+)
 
 
 @tensor_io
@@ -79,15 +88,8 @@ def linear_cross_entropy(
         >>> round(float(loss), 4), gx.shape, gw.shape, gb
         (1.8441, (2, 3), (4, 3), None)
     """
-    call = Call(
-        input=input,
-        linear_weight=linear_weight,
-        target=target,
-        optional={"linear_bias": linear_bias, "weight": weight, "grad_output": grad_output},
-        numbers=("grad_output",),
-    )
-    a = call.arrays
-    x, w_lin, target, bias = a["input"], a["linear_weight"], a["target"], a["linear_bias"]
+    call = _ARGUMENTS.call(input, linear_weight, target, linear_bias, weight, grad_output)
+    x, w_lin, target, bias, weight, grad_output = call.arrays
     dtype = _validate.float_array("input", x)
     _validate.ndim("input", x, 2, "an (N, H) batch of rows")
     _validate.ndim("linear_weight", w_lin, 2, "a (V, H) weight")
@@ -100,9 +102,9 @@ def linear_cross_entropy(
         _validate.same_shape("linear_bias", bias, "(V,)", (v,))
     _validate.integer_labels("target", target)
     _validate.same_shape("target", target, "the input's rows", (n,))
-    _validate.class_weight(a["weight"], v)
+    _validate.class_weight(weight, v)
     _validate.reduction(reduction)
-    _validate.grad_output(a["grad_output"], reduction, (n,))
+    _validate.grad_output(grad_output, reduction, (n,))
     ignore_index = _validate.ignore_index(ignore_index)
     chunk_size = _validate.chunk_size(chunk_size)
     if v == 0 and n > 0:
@@ -112,11 +114,10 @@ def linear_cross_entropy(
     labels = int64_labels(xp, target)
     if validate:
         _validate.class_indices(xp, labels, v, ignore_index, target)
-    scale = upstream_scale(xp, a["grad_output"], acc)
-    class_weight = a["weight"]
+    scale = upstream_scale(xp, grad_output, acc)
     if reduction == "mean":
-        w_acc = xp.empty(0, acc) if class_weight is None else class_weight.astype(acc)
-        divisor = label_mean_divisor(call, labels, w_acc, class_weight is not None, ignore_index, v)
+        w_acc = absent(xp, acc) if weight is None else weight.astype(acc)
+        divisor = label_mean_divisor(call, labels, w_acc, weight is not None, ignore_index, v)
         scale = safe_divide(xp, scale, divisor)
 
     # 16-bit products on the CPU have no BLAS: the chunks are computed in float32
@@ -145,7 +146,7 @@ def linear_cross_entropy(
             logits,
             labels[idx],
             reduction="none" if reduction == "none" else "sum",
-            weight=class_weight,
+            weight=weight,
             ignore_index=ignore_index,
             label_smoothing=label_smoothing,
             z_loss=z_loss,

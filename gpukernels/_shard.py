@@ -19,16 +19,30 @@ from __future__ import annotations
 from . import _validate
 from ._batch_sum import canonical_sum
 from ._common import safe_divide, upstream_scale
-from ._dispatch import Call, accumulation_dtype
+from ._dispatch import ArrayArguments, accumulation_dtype
 from ._softmax_cross_entropy import int64_labels
 from ._tensors import tensor_io
 
 STATS = 4  # columns of the stats: max, sum of exp(z - max), target logit, sum of logits
 
 
-def _shard_arguments(call, name: str, class_start, num_classes=None):
-    a = call.arrays
-    z, target = a[name], a["target"]
+_STATS_ARGUMENTS = ArrayArguments("logits_shard", "target")
+_MERGE_ARGUMENTS = ArrayArguments("a", "b")
+_LOSS_ARGUMENTS = ArrayArguments(
+    "logits_shard",
+    "target",
+    "stats",
+    optional=("grad_output", "out"),
+    numbers=("grad_output",),
+    in_place=("logits_shard",),
+)
+
+
+def _shard_arguments(call, class_start, num_classes=None):
+    """The shard's logits and int64 labels (the call's first two arrays), checked, with their
+    dtype, ``class_start`` and ``num_classes``."""
+    z, target = call.arrays[:2]
+    name = "logits_shard"
     dtype = _validate.float_array(name, z)
     _validate.ndim(name, z, 2, "an (N, C_shard) block of logit columns")
     n, width = z.shape
@@ -66,8 +80,8 @@ def shard_stats(
     ``label_smoothing`` is accepted for symmetry with :func:`shard_loss_and_grad` (the sum
     of logits is always there). Returns ``(N, 4)`` float32 (float64 for float64).
     """
-    call = Call(logits_shard=logits_shard, target=target)
-    z, labels, dtype, start, _ = _shard_arguments(call, "logits_shard", class_start)
+    call = _STATS_ARGUMENTS.call(logits_shard, target)
+    z, labels, dtype, start, _ = _shard_arguments(call, class_start)
     _validate.ignore_index(ignore_index)
     _validate.label_smoothing(label_smoothing)
     cap = _validate.softcap(softcap)
@@ -84,8 +98,8 @@ def merge_shard_stats(a, b):
     :math:`m = \max(m_a, m_b)`, :math:`S = S_a e^{m_a - m} + S_b e^{m_b - m}`, the target
     logits and the logit sums added. Associative and commutative up to float rounding.
     """
-    call = Call(a=a, b=b)
-    a, b = call.arrays["a"], call.arrays["b"]
+    call = _MERGE_ARGUMENTS.call(a, b)
+    a, b = call.arrays
     for name, s in (("a", a), ("b", b)):
         _validate.float_array(name, s)
         _validate.ndim(name, s, 2, "(N, 4) shard stats")
@@ -139,34 +153,24 @@ def shard_loss_and_grad(
         ``(loss, grad_shard)``: the loss (0-d, or ``(N,)`` with ``"none"``; float32 for
         16-bit logits) and the gradient of this shard's columns, like ``logits_shard``.
     """
-    call = Call(
-        logits_shard=logits_shard,
-        target=target,
-        stats=stats,
-        optional={"grad_output": grad_output, "out": out},
-        numbers=("grad_output",),
-        in_place=("logits_shard",),
-    )
-    a = call.arrays
-    z, labels, dtype, start, classes = _shard_arguments(
-        call, "logits_shard", class_start, num_classes
-    )
+    call = _LOSS_ARGUMENTS.call(logits_shard, target, stats, grad_output, out)
+    _, target, st, grad_output, out = call.arrays
+    z, labels, dtype, start, classes = _shard_arguments(call, class_start, num_classes)
     n, width = z.shape
-    st = a["stats"]
     _validate.float_array("stats", st)
     _validate.same_shape("stats", st, "(N, 4)", (n, STATS))
     _validate.reduction(reduction)
     ignore = _validate.ignore_index(ignore_index)
     eps = _validate.label_smoothing(label_smoothing)
     zl, cap = _validate.z_loss(z_loss), _validate.softcap(softcap)
-    _validate.out_array(a["out"], (n, width), dtype, call.library)
-    _validate.grad_output(a["grad_output"], reduction, (n,))
+    _validate.out_array(out, (n, width), dtype, call.library)
+    _validate.grad_output(grad_output, reduction, (n,))
     xp, acc = call.xp, accumulation_dtype(dtype)
     # a class outside [0, V) would fall in no shard and silently count as logit 0
-    _validate.class_indices(xp, labels, classes, ignore, a["target"])
+    _validate.class_indices(xp, labels, classes, ignore, target)
     st = st.astype(acc, copy=False)
-    grad = xp.empty((n, width), dtype) if a["out"] is None else a["out"]
-    scale = upstream_scale(xp, a["grad_output"], acc)
+    grad = xp.empty((n, width), dtype) if out is None else out
+    scale = upstream_scale(xp, grad_output, acc)
     if reduction == "mean":
         divisor = xp.asarray(xp.count_nonzero(labels != ignore)).astype(acc)
         scale = safe_divide(xp, scale, divisor)

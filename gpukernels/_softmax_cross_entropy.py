@@ -5,10 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validate
-from ._common import upstream_scale
-from ._dispatch import Call, accumulation_dtype
+from ._common import absent, upstream_scale
+from ._dispatch import ArrayArguments, accumulation_dtype
 from ._kinds import REDUCTION_CODES
 from ._tensors import tensor_io
+
+_ARGUMENTS = ArrayArguments(
+    "logits",
+    "target",
+    optional=("weight", "grad_output", "out"),
+    numbers=("grad_output",),
+    in_place=("logits",),
+)
 
 
 @tensor_io
@@ -79,21 +87,8 @@ def softmax_cross_entropy(
         >>> round(float(loss), 4), grad.round(3).tolist()
         (0.1698, [[-0.156, 0.114, 0.042]])
     """
-    call = Call(
-        logits=logits,
-        target=target,
-        optional={"weight": weight, "grad_output": grad_output, "out": out},
-        numbers=("grad_output",),
-        in_place=("logits",),
-    )
-    a = call.arrays
-    logits, target, weight, grad_output, out = (
-        a["logits"],
-        a["target"],
-        a["weight"],
-        a["grad_output"],
-        a["out"],
-    )
+    call = _ARGUMENTS.call(logits, target, weight, grad_output, out)
+    logits, target, weight, grad_output, out = call.arrays
     dtype = _validate.float_array("logits", logits)
     _validate.ndim("logits", logits, 2, "a (N, C) batch of logit rows")
     _validate.reduction(reduction)
@@ -102,7 +97,7 @@ def softmax_cross_entropy(
     ignore_index = _validate.ignore_index(ignore_index)
     n, c = logits.shape
     _validate.class_weight(weight, c)
-    class_indices = np.dtype(target.dtype).kind in "iu"
+    class_indices = target.dtype.kind in "iu"  # NumPy and CuPy dtypes are np.dtype
     if class_indices:
         _validate.same_shape("target", target, "the logits' rows", (n,))
     else:
@@ -121,7 +116,7 @@ def softmax_cross_entropy(
 
     # one launch: the divisor of a mean, the rows, and the reduction
     ops = call.ops("softmax_xent")
-    w = xp.empty(0, acc) if weight is None else weight.astype(acc, copy=False)
+    w = absent(xp, acc) if weight is None else weight.astype(acc, copy=False)
     scale = upstream_scale(xp, grad_output, acc, none_as_empty=True)
     row_loss, loss = xp.empty(n, acc), xp.empty(1, acc)
     code = REDUCTION_CODES[reduction]
@@ -155,7 +150,7 @@ def int64_labels(xp, target):
     """Class indices as int64; uint64 ones past int64's range are clipped to its largest value
     first (they would wrap to negative numbers, even to ``ignore_index``), so that they stay
     out of range."""
-    dtype = np.dtype(target.dtype)
+    dtype = target.dtype
     if dtype == np.int64:
         return target
     if dtype == np.uint64:

@@ -135,11 +135,12 @@ def tensor_io(fn):
         torch = sys.modules.get("torch")
         if torch is not None and len(args) <= len(positional):  # else fn raises TypeError
             tensor = torch.Tensor
+            # NumPy arrays and None first: isinstance against Tensor costs three times as much
             for value in args:
-                if isinstance(value, tensor):
+                if type(value) is not _NDARRAY and isinstance(value, tensor):
                     return _on_tensors(fn, positional, args, kwargs, tensor)
             for value in kwargs.values():
-                if isinstance(value, tensor):
+                if value is not None and type(value) is not _NDARRAY and isinstance(value, tensor):
                     return _on_tensors(fn, positional, args, kwargs, tensor)
         return fn(*args, **kwargs)
 
@@ -171,6 +172,7 @@ def _with_arrays(fn, arguments: dict, tensors: dict):
     return _back(result, originals)
 
 
+_NDARRAY = np.ndarray
 _OPTIONS = (str, int, float)  # arguments that are never arrays (bool is an int)
 
 
