@@ -15,12 +15,12 @@ from ._tensors import tensor_io
 
 
 def _loss_arguments(pred_name: str, *extra: str) -> ArrayArguments:
-    """An elementwise loss's array arguments: the prediction, the target, ``grad_output``,
-    ``out`` and the optional ``extra`` ones, in that order."""
+    """An elementwise loss's array arguments, in the order of its signature: the prediction,
+    the target, the optional ``extra`` ones, ``grad_output`` and ``out``."""
     return ArrayArguments(
         pred_name,
         "target",
-        optional=("grad_output", "out", *extra),
+        optional=(*extra, "grad_output", "out"),
         numbers=("grad_output",),
         in_place=(pred_name,),
     )
@@ -39,7 +39,8 @@ def _begin(arguments: ArrayArguments, reduction, allowed, *values):
     """
     call = arguments.call(*values)
     pred_name = arguments.names[0]
-    x, t, grad_output, out = call.arrays[:4]
+    x, t = call.arrays[:2]
+    grad_output, out = call.arrays[-2:]
     dtype = _validate.float_array(pred_name, x)
     _validate.float_array("target", t)
     shape = tuple(x.shape)
@@ -62,7 +63,7 @@ def _finish(call, op, x, target, weight, param, divisor, reduction):
     weight = absent(xp, acc) if weight is None else weight
     param = absent(xp, acc) if param is None else param
     shape, n = tuple(x.shape), int(x.size)
-    _, _, grad_output, out = call.arrays[:4]
+    grad_output, out = call.arrays[-2:]
     grad = FlatOutput(xp, out, shape, dtype)
     reduce = reduction != "none"
     loss = xp.empty(max(1, tile_count(n)) if reduce else n, acc)
@@ -132,11 +133,11 @@ def bce_with_logits(
         (1.41, [-0.25, 0.4404])
     """
     call, x, t = _begin(
-        _BCE_ARGUMENTS, reduction, _REDUCTIONS, logits, target, grad_output, out, weight, pos_weight
+        _BCE_ARGUMENTS, reduction, _REDUCTIONS, logits, target, weight, pos_weight, grad_output, out
     )
     xp, acc = call.xp, accumulation_dtype(x.dtype)
     shape = tuple(x.shape)
-    w, pw = call.arrays[4:]
+    w, pw = call.arrays[2:4]
     if w is not None:
         _validate.float_array("weight", w)
         _validate.broadcastable("weight", w, shape)
