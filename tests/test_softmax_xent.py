@@ -23,6 +23,7 @@ from _refs import (
 )
 
 import gpukernels as gk
+from cpu_fallback.softmax_xent import BLOCK_ROWS
 
 N, C = 4, 5
 REDUCTIONS = ["mean", "sum", "none"]
@@ -521,10 +522,10 @@ def test_rows_left_out_get_a_zero_gradient_whatever_their_logits(backend, softca
 
 @pytest.mark.parametrize("softcap", [None, 5.0])
 @pytest.mark.parametrize("c", [1, 2, 10, 100, 128, 129])
-@pytest.mark.parametrize("n", [3, 64, 67, 130])
+@pytest.mark.parametrize("n", [3, BLOCK_ROWS, BLOCK_ROWS + 3, 2 * BLOCK_ROWS + 2])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_row_blocks_cpu(cpu_backend, n, c, reduction, softcap):
-    """Rows go in blocks of up to 64 (fewer for long rows), rows of up to 128 classes folded
+    """Rows go in blocks of up to BLOCK_ROWS (fewer for long rows), rows of up to 128 classes folded
     four at a time: whole and partial blocks and groups, both kinds of row, with every
     option, against PyTorch's maths."""
     torch = pytest.importorskip("torch")
