@@ -33,7 +33,7 @@ def canonical_column_sums(call: Call, x):
 _ARGUMENTS = ArrayArguments("x", optional=("out",))
 
 
-@tensor_io
+@tensor_io(_ARGUMENTS)
 def batch_sum(x, *, axis: int | None = None, out=None):
     r"""Deterministic parallel sum of ``x``, over every element or over the batch axis.
 

@@ -54,7 +54,7 @@ _ARGUMENTS = ArrayArguments(
 )
 
 
-@tensor_io
+@tensor_io(_ARGUMENTS)
 def composite_loss(
     pred, target, terms: Sequence[LossTerm], *, grad_output=None, out=None, validate: bool = True
 ):

@@ -24,7 +24,7 @@ def _unary(op: str, x, out):
     return y.result()
 
 
-@tensor_io
+@tensor_io(_UNARY_ARGUMENTS)
 def sigmoid(x, *, out=None):
     r"""The logistic function, elementwise.
 
@@ -45,7 +45,7 @@ def sigmoid(x, *, out=None):
     return _unary("sigmoid", x, out)
 
 
-@tensor_io
+@tensor_io(_UNARY_ARGUMENTS)
 def sigmoid_derivative(x, *, out=None):
     r"""The sigmoid's derivative, elementwise, in one pass.
 
@@ -63,7 +63,7 @@ def sigmoid_derivative(x, *, out=None):
     return _unary("sigmoid_derivative", x, out)
 
 
-@tensor_io
+@tensor_io(_BACKWARD_ARGUMENTS)
 def sigmoid_backward(grad_output, y, *, out=None):
     r"""Chain rule through a sigmoid from its saved output ``y = sigmoid(x)``.
 

@@ -89,7 +89,7 @@ def _finish(call, op, x, target, weight, param, divisor, reduction):
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-@tensor_io
+@tensor_io(_BCE_ARGUMENTS)
 def bce_with_logits(
     logits,
     target,
@@ -151,7 +151,7 @@ def bce_with_logits(
     return _finish(call, "bce", x, t, w, pw, divisor, reduction)
 
 
-@tensor_io
+@tensor_io(_PRED_ARGUMENTS)
 def mse(pred, target, *, reduction: str = "mean", grad_output=None, out=None):
     r"""Mean squared error and its gradient in one pass.
 
@@ -188,7 +188,7 @@ def mse(pred, target, *, reduction: str = "mean", grad_output=None, out=None):
     return _finish(call, "mse", x, t, None, None, divisor, reduction)
 
 
-@tensor_io
+@tensor_io(_PRED_ARGUMENTS)
 def huber_loss(
     pred, target, *, delta: float = 1.0, reduction: str = "mean", grad_output=None, out=None
 ):

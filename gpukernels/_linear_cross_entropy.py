@@ -31,7 +31,7 @@ _ARGUMENTS = ArrayArguments(
 )
 
 
-@tensor_io
+@tensor_io(_ARGUMENTS)
 def linear_cross_entropy(
     input,
     linear_weight,

@@ -61,7 +61,7 @@ def _shard_arguments(call, class_start, num_classes=None):
     return z, int64_labels(call.xp, target), dtype, start, num_classes
 
 
-@tensor_io
+@tensor_io(_STATS_ARGUMENTS)
 def shard_stats(
     logits_shard,
     target,
@@ -92,7 +92,7 @@ def shard_stats(
     return stats
 
 
-@tensor_io
+@tensor_io(_MERGE_ARGUMENTS)
 def merge_shard_stats(a, b):
     r"""The stats of the union of two disjoint shards of the same rows:
     :math:`m = \max(m_a, m_b)`, :math:`S = S_a e^{m_a - m} + S_b e^{m_b - m}`, the target
@@ -115,7 +115,7 @@ def merge_shard_stats(a, b):
     return merged
 
 
-@tensor_io
+@tensor_io(_LOSS_ARGUMENTS)
 def shard_loss_and_grad(
     logits_shard,
     target,

@@ -19,7 +19,7 @@ _ARGUMENTS = ArrayArguments(
 )
 
 
-@tensor_io
+@tensor_io(_ARGUMENTS)
 def softmax_cross_entropy(
     logits,
     target,

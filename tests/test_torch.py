@@ -79,6 +79,22 @@ def test_mixing_tensors_and_numpy_is_a_type_error():
         gk.mse(np.ones(3, np.float32), torch.ones(3))
 
 
+def test_tensor_wrappers_keep_the_signature_and_leave_options_alone():
+    import inspect
+
+    from gpukernels._softmax_cross_entropy import softmax_cross_entropy as array_level
+
+    assert inspect.signature(gk.softmax_cross_entropy) == inspect.signature(array_level.__wrapped__)
+    logits, labels = torch.randn(4, 5), torch.tensor([0, 1, 4, -100])
+    loss = gk.softmax_cross_entropy(logits, target=labels, reduction="sum", weight=None)[0]
+    torch.testing.assert_close(loss, F.cross_entropy(logits, labels, reduction="sum"))
+    # an option is not an array: a tensor there is refused by name, not converted
+    with pytest.raises(TypeError, match="z_loss must be a real number, got Tensor"):
+        gk.softmax_cross_entropy(logits, labels, z_loss=torch.tensor(1e-4))
+    with pytest.raises(TypeError, match="takes 2 positional arguments but 3 were given"):
+        gk.softmax_cross_entropy(logits, labels, "sum")
+
+
 def test_bfloat16_tensors():
     gen = torch.Generator().manual_seed(2)
     logits, labels, _ = ce_case(gen, torch.bfloat16)
