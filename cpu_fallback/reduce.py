@@ -10,8 +10,9 @@ import functools
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, register_jitable
 
+import cpu_fallback
 from gpukernels._canon import TILE, tile_count
 
 from . import CACHE, compute_view, load, parallel_kernel, widen
@@ -256,10 +257,64 @@ def column_totals(x, out, partial):
         out[...] = 0
         return
     tiles, m = partial.shape
-    block = max(1, min(m, _COLUMN_BLOCK_BYTES // partial.itemsize))
+    block = column_block(m, partial.itemsize)
     tasks = tiles * -(-m // block)
     _column_totals_kernel(compute_view(x), partial, block, work=x.size, tasks=tasks)
     out[...] = partial[0]
+
+
+@register_jitable
+def column_block(m, itemsize):
+    """How many of ``m`` columns of ``itemsize`` bytes are summed together."""
+    return max(1, min(m, _COLUMN_BLOCK_BYTES // itemsize))
+
+
+def small_sum(x: np.ndarray, axis: int | None) -> np.ndarray | None:
+    """``batch_sum(x, axis=axis)`` of the float32 or float64 NumPy array ``x`` in one compiled
+    call on the calling thread, its result allocated here, where that applies: less work than
+    ``PARALLEL_MIN_WORK``, and every element of a C-contiguous ``x`` (``axis`` None) or the
+    columns of a 2-D ``x`` (``axis`` 0, checked by the caller). ``None`` elsewhere.
+
+    The same kernels in the same order as :func:`total` and :func:`column_totals`, so the
+    same bits. Those launchers, with the public function's allocations and reshapes around
+    them, cost 2-3 us more in Python than a 10^4-element sum itself (docs/BACKENDS.md).
+    """
+    if x.size >= cpu_fallback.PARALLEL_MIN_WORK:  # read at each call, as the launchers do
+        return None
+    if axis is None and x.flags.c_contiguous:
+        out = np.empty((), x.dtype)
+        serial_total(x, out)
+        return out
+    if axis is not None and x.ndim == 2:
+        out = np.empty(x.shape[1], x.dtype)
+        serial_column_totals(x, out)
+        return out
+    return None
+
+
+_serial_column_totals_kernel = _column_totals_kernel.serial  # a name Numba can type
+
+
+@njit(cache=CACHE)
+def serial_total(x, out):
+    """``out[()]`` = the canonical sum of every element of the C-contiguous ``x``, on the
+    calling thread."""
+    out[()] = canonical_total(x.reshape(x.size))
+
+
+@njit(cache=CACHE)
+def serial_column_totals(x, out):
+    """``out[c]`` = the canonical sum of column ``c`` of the 2-D ``x``, on the calling
+    thread: :func:`column_totals` with its scratch allocated here (none for one tile of rows,
+    whose sums are the result)."""
+    n, m = x.shape
+    tiles = (n + TILE - 1) // TILE
+    if tiles == 0:
+        out[:] = 0
+        return
+    partial = out.reshape(1, m) if tiles == 1 else np.empty((tiles, m), out.dtype)
+    _serial_column_totals_kernel(x, partial, column_block(m, out.itemsize))
+    out[:] = partial[0]
 
 
 @njit(cache=CACHE)

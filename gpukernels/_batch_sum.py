@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from . import _validate
 from ._canon import tile_count
 from ._common import flat_input
-from ._dispatch import ArrayArguments, Call, accumulation_dtype
+from ._dispatch import ArrayArguments, Call, accumulation_dtype, backend_of, kernels
 from ._tensors import tensor_io
 
 
@@ -31,6 +33,7 @@ def canonical_column_sums(call: Call, x):
 
 
 _ARGUMENTS = ArrayArguments("x", optional=("out",))
+_SMALL_SUM_DTYPES = frozenset([np.dtype(np.float32), np.dtype(np.float64)])
 
 
 @tensor_io(_ARGUMENTS)
@@ -60,6 +63,13 @@ def batch_sum(x, *, axis: int | None = None, out=None):
         >>> gk.batch_sum(np.ones((4, 3), np.float32), axis=0)
         array([4., 4., 4.], dtype=float32)
     """
+    if out is None and type(x) is np.ndarray and x.dtype in _SMALL_SUM_DTYPES:
+        # the checks of the general path below, for these x (see cpu_fallback.reduce.small_sum)
+        _validate.axis(axis, x.ndim)
+        if backend_of("numpy") == "cpu":
+            small = kernels("cpu", "reduce").small_sum(x, axis)
+            if small is not None:
+                return small
     call = _ARGUMENTS.call(x, out)
     x, out = call.arrays
     dtype = _validate.float_array("x", x)

@@ -14,6 +14,7 @@ from _refs import (
     random_floats,
 )
 
+import cpu_fallback
 import gpukernels as gk
 
 
@@ -182,3 +183,31 @@ def test_float16_accumulates_in_float32(cpu_backend):
     assert got.dtype == np.float32 and got == 70_000.0
     got = gk.batch_sum(np.ones((70_000, 2), np.float16), axis=0)
     assert got.dtype == np.float32 and np.all(got == 70_000.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_sums_agree_with_the_general_path(cpu_backend, monkeypatch, dtype):
+    """Small float32/float64 NumPy sums on the CPU take one compiled call on the calling
+    thread (``cpu_fallback.reduce.small_sum``); with ``out=`` the general path runs, here in
+    parallel (conftest.py). Same bits, special values in some columns, read-only inputs."""
+
+    def small(x, axis=None):
+        with monkeypatch.context() as m:
+            m.setattr(cpu_fallback, "PARALLEL_MIN_WORK", 1 << 62)
+            return gk.batch_sum(x, axis=axis)
+
+    rng = np.random.default_rng(85)
+    special = np.array([-0.0, np.inf, -np.inf, np.nan, 3e38], dtype)
+    for shape in [(), (0,), (1,), (31,), (4096, 8), (257, 33), (32769,), (33, 7, 5)]:
+        x = np.array(random_floats(rng, shape, dtype, scale=1e3))
+        if x.ndim == 2:  # a few columns NaN, inf or huge; the others plain
+            x.ravel()[rng.choice(x.size, special.size, replace=False)] = special
+        x.flags.writeable = False
+        assert_bits(small(x), gk.batch_sum(x, out=poisoned((), dtype)))
+        if x.ndim == 2:
+            want = gk.batch_sum(x, axis=0, out=poisoned(x.shape[1:], dtype))
+            assert_bits(small(x, axis=0), want)
+            assert_bits(small(np.asfortranarray(x), axis=0), want)
+    for x in (np.full(300, -0.0, dtype), np.full((256, 2), -0.0, dtype)):
+        assert_bits(small(x), canonical_sum(x))
+        assert_bits(small(x, axis=0), canonical_sum_axis0(x))
