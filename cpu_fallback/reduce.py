@@ -15,11 +15,11 @@ from numba.extending import intrinsic, register_jitable
 import cpu_fallback
 from gpukernels._canon import TILE, tile_count
 
-from . import CACHE, compute_view, load, parallel_kernel, widen
+from . import CACHE, compute_view, load, parallel_kernel
 from ._cache import njit
 
-# Bytes of a block of columns summed together: 1024 float32 columns, (HALF, 1024) scratch of
-# 512 KiB. Wide rows of vectors cost less per view than narrow ones that stay in L1: on 2
+# Bytes of a block of columns summed together: 1024 float32 columns, (HALF / 2, 1024)
+# scratch of 256 KiB. Wide rows of vectors cost less per view than narrow ones that stay in L1: on 2
 # cores (16384, 1024) float32 took 5.3 ms in blocks of 128 columns, 2.9 ms in blocks of 1024.
 _COLUMN_BLOCK_BYTES = 4096
 
@@ -37,6 +37,20 @@ def _sum_into(d, a, b):
     """d = a + b, element by element (vectorises like :func:`_add_into`)."""
     for c in range(d.shape[0]):
         d[c] = load(a, c) + load(b, c)
+
+
+@njit(cache=CACHE, inline="always")
+def _sum3_into(d, a, b, e):
+    """d = (a + b) + e, element by element."""
+    for c in range(d.shape[0]):
+        d[c] = (load(a, c) + load(b, c)) + load(e, c)
+
+
+@njit(cache=CACHE, inline="always")
+def _sum4_into(d, a, b, e, f):
+    """d = (a + b) + (e + f), element by element."""
+    for c in range(d.shape[0]):
+        d[c] = (load(a, c) + load(b, c)) + (load(e, c) + load(f, c))
 
 
 HALF = TILE // 2
@@ -174,7 +188,7 @@ def _total_kernel(x, out, chunk):
 @njit(cache=CACHE)
 def first_level(rows):
     """The halving tree's first level that adds, over a tile of ``rows >= 2`` present rows:
-    ``h`` with ``h < rows <= 2h``; it writes ``h`` rows of scratch."""
+    ``h`` with ``h < rows <= 2h``."""
     h = HALF
     while h >= rows:
         h //= 2
@@ -182,17 +196,27 @@ def first_level(rows):
 
 
 @njit(cache=CACHE)
+def scratch_rows(rows):
+    """Rows of scratch :func:`_column_tile_sum` writes for a tile of ``rows >= 2`` present
+    rows: those of the second level that adds (one, where the first is the last)."""
+    return max(1, first_level(rows) // 2)
+
+
+@njit(cache=CACHE)
 def _column_tile_sum(x, lo, rows, c0, c1, s, out):
     """``out[c0:c1]`` = the canonical sum of each of the columns ``c0:c1`` over the tile of
     rows ``lo : lo + TILE`` of the 2-D ``x``, whose rows from ``lo + rows`` on are absent
-    (0), in vectors of columns; ``s`` is ``(first_level(rows), >= c1 - c0)``
+    (0), in vectors of columns; ``s`` is ``(scratch_rows(rows), >= c1 - c0)``
     scratch (unused when ``rows`` is 1).
 
     A subtree whose rows are all absent (in the halving tree, ``s[k]`` with ``k >= rows``)
     is skipped rather than added, and one 0 is added at the end instead: a tree's sum is -0
     only when every addend is -0, and 0 added to a nonzero value leaves it, so the bits are
-    those of the whole tree. The first level that adds (``h < rows <= 2h``) reads ``x``
-    itself; the levels above it, where every subtree is absent, are skipped.
+    those of the whole tree. The first level that adds (``h < rows <= 2h``) and the next
+    are computed together from ``x`` (``(x[k] + x[k + h]) + (x[k + h/2] + x[k + h/2 + h])``,
+    a pair where row ``k + h`` is present, the row alone where not), so rows that stand
+    alone at the first level are not copied, and only the second level is written; the
+    levels above the first, where every subtree is absent, are skipped.
     """
     w = c1 - c0
     zero = s.dtype.type(0) if rows < TILE else s.dtype.type(-0.0)
@@ -201,10 +225,24 @@ def _column_tile_sum(x, lo, rows, c0, c1, s, out):
             out[c0 + c] = load(x, (lo, c0 + c)) + zero
         return
     h = first_level(rows)
-    for k in range(rows - h):
-        _sum_into(s[k, :w], x[lo + k, c0:c1], x[lo + k + h, c0:c1])
-    for k in range(rows - h, h):
-        widen(x[lo + k, c0:c1], s[k, :w])
+    pairs = rows - h  # at level h, rows k < pairs add row k + h; the others stand alone
+    if h == 1:
+        _sum_into(s[0, :w], x[lo, c0:c1], x[lo + 1, c0:c1])
+    else:  # levels h and q = h / 2 at once: s[k] = s_h[k] + s_h[k + q], read from x
+        q = h // 2
+        for k in range(pairs - q):
+            _sum4_into(
+                s[k, :w],
+                x[lo + k, c0:c1],
+                x[lo + k + h, c0:c1],
+                x[lo + k + q, c0:c1],
+                x[lo + k + q + h, c0:c1],
+            )
+        for k in range(max(0, pairs - q), min(pairs, q)):
+            _sum3_into(s[k, :w], x[lo + k, c0:c1], x[lo + k + h, c0:c1], x[lo + k + q, c0:c1])
+        for k in range(pairs, q):
+            _sum_into(s[k, :w], x[lo + k, c0:c1], x[lo + k + q, c0:c1])
+        h = q
     h //= 2
     while h >= 1:
         for k in range(h):
@@ -218,17 +256,17 @@ def _column_tile_sum(x, lo, rows, c0, c1, s, out):
 def _column_totals_kernel(x, partial, block):
     n, m = x.shape
     tiles, blocks = partial.shape[0], (m + block - 1) // block
-    scratch_rows = first_level(max(2, min(TILE, n)))  # the tallest tile's
+    tallest = scratch_rows(max(2, min(TILE, n)))
     for task in prange(tiles * blocks):
         j, c0 = task // blocks, (task % blocks) * block
-        s = np.empty((scratch_rows, block), partial.dtype)
+        s = np.empty((tallest, block), partial.dtype)
         lo = j * TILE
         _column_tile_sum(x, lo, min(TILE, n - lo), c0, min(m, c0 + block), s, partial[j])
     # the levels above the tiles, block by block: level j's sum into partial[j], after
     # _column_tile_sum has read the rows (tile j of a level starts at row j * TILE >= j)
     for b in prange(blocks if tiles > 1 else 0):
         c0 = b * block
-        s = np.empty((HALF, block), partial.dtype)
+        s = np.empty((scratch_rows(TILE), block), partial.dtype)
         level = tiles
         while level > 1:
             groups = (level + TILE - 1) // TILE
