@@ -64,9 +64,9 @@ def batch_sum(x, *, axis: int | None = None, out=None):
         array([4., 4., 4.], dtype=float32)
     """
     if out is None and type(x) is np.ndarray and x.dtype in _SMALL_SUM_DTYPES:
-        # the checks of the general path below, for these x (see cpu_fallback.reduce.small_sum)
-        _validate.axis(axis, x.ndim)
+        # the general path's checks for such x, in its order (cpu_fallback.reduce.small_sum)
         if backend_of("numpy") == "cpu":
+            _validate.axis(axis, x.ndim)
             small = kernels("cpu", "reduce").small_sum(x, axis)
             if small is not None:
                 return small

@@ -143,6 +143,8 @@ def tensor_io(arguments: ArrayArguments):
         for p in parameters:
             if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
                 raise TypeError(f"tensor_io: {fn.__name__}'s parameter {p.name} is {p.kind}")
+            if p.name.startswith("_") or p.name in _WRAPPER_BUILTINS:
+                raise TypeError(f"tensor_io: {fn.__name__}'s parameter {p.name} is reserved")
             if p.kind is p.KEYWORD_ONLY and "*" not in header:
                 header.append("*")
             if p.default is p.empty:
@@ -152,7 +154,7 @@ def tensor_io(arguments: ArrayArguments):
                 header.append(f"{p.name}=_default_{p.name}")
             passed.append(p.name if p.kind is p.POSITIONAL_OR_KEYWORD else f"{p.name}={p.name}")
         names = [p.name for p in parameters]
-        missing = set(arguments.names) - set(names)
+        missing = sorted(set(arguments.names) - set(names))
         if missing:
             raise TypeError(f"tensor_io: {fn.__name__} has no parameter {', '.join(missing)}")
         tests = " or ".join(
@@ -160,7 +162,7 @@ def tensor_io(arguments: ArrayArguments):
             for name in arguments.names
         )
         source = (
-            f"def {fn.__name__}({', '.join(header)}):\n"
+            f"def _wrapper({', '.join(header)}):\n"
             f"    _torch = _modules.get('torch')\n"
             f"    if _torch is not None and ({tests}):\n"
             f"        _arguments = {{{', '.join(f'{n!r}: {n}' for n in names)}}}\n"
@@ -168,8 +170,12 @@ def tensor_io(arguments: ArrayArguments):
             f"    return _fn({', '.join(passed)})\n"
         )
         scope.update(_PLAIN=_PLAIN, _on_tensors=_on_tensors, _names=arguments.names)
-        exec(source, scope)  # the source is built above from fn's signature alone
-        return functools.wraps(fn)(scope[fn.__name__])
+        # the source is built above from fn's signature alone; tracebacks name the wrapper
+        exec(
+            compile(source, f"<tensor_io wrapper of {fn.__module__}.{fn.__qualname__}>", "exec"),
+            scope,
+        )
+        return functools.wraps(fn)(scope["_wrapper"])
 
     return decorate
 
@@ -200,6 +206,9 @@ def _with_arrays(fn, arguments: dict, tensors: dict):
 
 _OPTIONS = (str, int, float)  # results that are not arrays (bool is an int)
 _PLAIN = frozenset([np.ndarray, type(None)])  # the common types of array arguments
+# the builtins a tensor_io wrapper calls, which a parameter of the same name would hide; the
+# wrapper's own names all start with "_", which no parameter may either
+_WRAPPER_BUILTINS = frozenset(["type", "isinstance"])
 
 
 def _tensor_arguments(arguments: dict, array_names: tuple[str, ...], tensor: type) -> dict:

@@ -52,6 +52,9 @@ def _calls(rng):
         "sigmoid_backward": lambda: gk.sigmoid_backward(go, y),
         "batch_sum": lambda: gk.batch_sum(z),
         "batch_sum axis 0": lambda: gk.batch_sum(z, axis=0),
+        # with out=, batch_sum takes its general path at every size
+        "batch_sum out": lambda: gk.batch_sum(z, out=np.empty((), np.float32)),
+        "batch_sum axis 0 out": lambda: gk.batch_sum(z, axis=0, out=np.empty(C, np.float32)),
         "composite": lambda: gk.composite_loss(z[:, :5], box.astype(np.float32), terms),
     }
 
