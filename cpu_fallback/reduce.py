@@ -19,8 +19,9 @@ from . import CACHE, compute_view, load, parallel_kernel
 from ._cache import njit
 
 # Bytes of a block of columns summed together: 1024 float32 columns, (HALF / 2, 1024)
-# scratch of 256 KiB. Wide rows of vectors cost less per view than narrow ones that stay in L1: on 2
-# cores (16384, 1024) float32 took 5.3 ms in blocks of 128 columns, 2.9 ms in blocks of 1024.
+# scratch of 256 KiB. Wide rows of vectors cost less per view than narrow ones that stay in
+# L1: on 2 cores (16384, 1024) float32 took 5.3 ms in blocks of 128 columns, 2.9 ms in blocks
+# of 1024 (measured before the first two tree levels were fused).
 _COLUMN_BLOCK_BYTES = 4096
 
 
