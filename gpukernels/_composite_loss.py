@@ -106,10 +106,12 @@ def composite_loss(
     if target.shape[0] != n:
         raise ValueError(f"target must have {n} rows like pred, got {target.shape[0]}")
     _validate.out_array(out, tuple(pred.shape), dtype, call.library)
-    _validate.grad_output(grad_output, "mean", ())
+    _validate.grad_output(grad_output, None, ())
     resolved = _validate.loss_terms(terms, pred.shape[1], target.shape[1])
 
     xp, acc = call.xp, accumulation_dtype(dtype)
+    for k, term in enumerate(resolved):
+        _validate.cap_in_range(f"terms[{k}].softcap", term.softcap, acc)
     target = target.astype(companion_dtype(target.dtype, dtype), copy=False)
     for k, term in enumerate(resolved):
         (c0, c1), t0 = term.columns, term.target_columns[0]

@@ -3,6 +3,8 @@ elementwise-loss launcher (``loss_and_grad``) writes the gradient and the reduce
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _validate
@@ -226,6 +228,8 @@ def huber_loss(
     delta = _validate.real_number("delta", delta)
     if not (np.isfinite(delta) and delta > 0):
         raise ValueError(f"delta must be a finite number > 0, got {delta}")
-    param = call.xp.full(1, delta, accumulation_dtype(x.dtype))
+    acc = accumulation_dtype(x.dtype)
+    # a delta past the computing dtype's range is inf there (casting would warn of overflow)
+    param = call.xp.full(1, delta if delta <= float(np.finfo(acc).max) else math.inf, acc)
     divisor = x.size if reduction == "mean" else 1
     return _finish(call, "huber", x, t, None, param, divisor, reduction)

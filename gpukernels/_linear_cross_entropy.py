@@ -111,6 +111,7 @@ def linear_cross_entropy(
         raise ValueError("linear_weight must have at least one class (V >= 1)")
 
     xp, acc = call.xp, accumulation_dtype(dtype)
+    _validate.cap_in_range("softcap", _validate.softcap(softcap), acc)
     labels = int64_labels(xp, target)
     if validate:
         _validate.class_indices(xp, labels, v, ignore_index, target)

@@ -48,11 +48,11 @@ def _shard_arguments(call, class_start, num_classes=None):
     n, width = z.shape
     _validate.integer_labels("target", target)
     _validate.same_shape("target", target, f"{name}'s rows", (n,))
-    start = _validate.integer("class_start", class_start)
+    start = _validate.int64("class_start", class_start)
     if start < 0:
         raise ValueError(f"class_start must be >= 0, got {start}")
     if num_classes is not None:
-        num_classes = _validate.integer("num_classes", num_classes)
+        num_classes = _validate.int64("num_classes", num_classes)
         if not start + width <= num_classes:
             raise ValueError(
                 f"the shard's classes [{start}, {start + width}) must lie in "
@@ -86,6 +86,7 @@ def shard_stats(
     _validate.label_smoothing(label_smoothing)
     cap = _validate.softcap(softcap)
     xp, acc = call.xp, accumulation_dtype(dtype)
+    _validate.cap_in_range("softcap", cap, acc)
     stats = xp.empty((z.shape[0], STATS), acc)
     if z.shape[0]:
         call.ops("shard").shard_stats(z, labels, stats, start, cap)
@@ -166,6 +167,7 @@ def shard_loss_and_grad(
     _validate.out_array(out, (n, width), dtype, call.library)
     _validate.grad_output(grad_output, reduction, (n,))
     xp, acc = call.xp, accumulation_dtype(dtype)
+    _validate.cap_in_range("softcap", cap, acc)
     # a class outside [0, V) would fall in no shard and silently count as logit 0
     _validate.class_indices(xp, labels, classes, ignore, target)
     st = st.astype(acc, copy=False)

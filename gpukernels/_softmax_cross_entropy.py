@@ -109,6 +109,7 @@ def softmax_cross_entropy(
         raise ValueError("logits must have at least one class (C >= 1)")
 
     xp, acc = call.xp, accumulation_dtype(dtype)
+    _validate.cap_in_range("softcap", softcap, acc)
     grad = xp.empty((n, c), dtype) if out is None else out
     if n == 0:
         grad[...] = 0

@@ -295,10 +295,36 @@ def out_array(out, shape: tuple[int, ...], dtype: np.dtype, library: str) -> Non
             f"out must have shape {tuple(shape)} and dtype {dtype}, "
             f"got shape {tuple(out.shape)} and dtype {np.dtype(out.dtype)}"
         )
+    if library == "numpy" and (out.flags.c_contiguous or out.flags.f_contiguous):
+        return  # the common case, without reading the layout
+    pointer, shape, strides, dtype = _layout(out)
+    if not _distinct_elements(shape, strides, dtype.itemsize):
+        raise ValueError(
+            f"out's elements may share memory (shape {shape}, strides {strides} bytes, as "
+            "from broadcast_to, expand or as_strided): each element of out must have its "
+            "own memory"
+        )
 
 
-def grad_output(value, reduction: str, loss_shape: tuple[int, ...]) -> None:
-    """A scalar for reduced losses; a scalar or an array of the loss's shape for ``"none"``."""
+def _distinct_elements(shape, strides, itemsize: int) -> bool:
+    """Whether no two elements of a strided layout can share a byte: taken axis by axis, by
+    increasing stride, each stride reaches past everything the smaller ones span. True for
+    every layout slicing and transposing make; a layout that fails may still be free of
+    overlap (only ``as_strided`` makes those), a stride of 0 never is."""
+    span = itemsize
+    for n, stride in sorted(
+        ((n, abs(s)) for n, s in zip(shape, strides, strict=True) if n > 1),
+        key=lambda axis: axis[1],
+    ):
+        if stride < span:
+            return False
+        span += (n - 1) * stride
+    return True
+
+
+def grad_output(value, reduction: str | None, loss_shape: tuple[int, ...]) -> None:
+    """A scalar for reduced losses (``reduction`` ``None``: a loss that is always reduced); a
+    scalar or an array of the loss's shape for ``"none"``."""
     if value is None or is_number(value):
         return
     array_library("grad_output", value, number_ok=True)
@@ -311,29 +337,33 @@ def grad_output(value, reduction: str, loss_shape: tuple[int, ...]) -> None:
                 f"got {tuple(value.shape)}"
             )
     elif size != 1:
-        raise ValueError(
-            f"grad_output must be a scalar for reduction={reduction!r}, got shape "
-            f"{tuple(value.shape)}"
-        )
+        which = f"for reduction={reduction!r}" if reduction else "(the loss is a scalar)"
+        raise ValueError(f"grad_output must be a scalar {which}, got shape {tuple(value.shape)}")
 
 
-def class_indices(xp, labels, num_classes: int, ignore_index: int, target=None) -> None:
+def class_indices(
+    xp, labels, num_classes: int, ignore_index: int, target=None, first_row: int = 0
+) -> None:
     """Every label is in ``[0, num_classes)`` or equal to ``ignore_index``.
 
-    ``labels`` are the int64 labels; ``target`` the caller's array, for the message. On a GPU
-    the check runs there and costs one small device-to-host read.
+    ``labels`` are the int64 labels; ``target`` the caller's array, for the message, whose
+    rows are numbered from ``first_row`` (a block of a larger array's rows). On a GPU the
+    check runs there and costs one small device-to-host read.
     """
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
     if bool(bad.any()):
         target = labels if target is None else target
-        bad_class_index(int(xp.argmax(bad)), target, num_classes, ignore_index)
+        bad_class_index(int(xp.argmax(bad)), target, num_classes, ignore_index, first_row)
 
 
-def bad_class_index(row: int, target, num_classes: int, ignore_index: int) -> None:
-    """Raise for the bad class index of ``target`` at ``row``, found by a kernel (-1: none)."""
+def bad_class_index(
+    row: int, target, num_classes: int, ignore_index: int, first_row: int = 0
+) -> None:
+    """Raise for the bad class index of ``target`` at ``row``, found by a kernel (-1: none);
+    the message numbers the rows from ``first_row``."""
     if row >= 0:
         raise ValueError(
-            f"target holds class index {int(target[row])} at row {row}, outside "
+            f"target holds class index {int(target[row])} at row {first_row + row}, outside "
             f"[0, {num_classes}) and not ignore_index={ignore_index}"
         )
 
@@ -347,12 +377,16 @@ def integer(name: str, value) -> int:
     return int(value)
 
 
-def ignore_index(value) -> int:
-    """An integer that fits int64 (the labels' dtype in the kernels)."""
-    value = integer("ignore_index", value)
+def int64(name: str, value) -> int:
+    """An integer that fits int64 (the dtype of labels and class numbers in the kernels)."""
+    value = integer(name, value)
     if not INT64_MIN <= value <= INT64_MAX:
-        raise ValueError(f"ignore_index must fit int64 [-2**63, 2**63 - 1], got {value}")
+        raise ValueError(f"{name} must fit int64 [-2**63, 2**63 - 1], got {value}")
     return value
+
+
+def ignore_index(value) -> int:
+    return int64("ignore_index", value)
 
 
 def real_number(name: str, value) -> float:
@@ -380,6 +414,17 @@ def softcap(value) -> float:
     if not 0.0 < value < math.inf:  # NaN fails too
         raise ValueError(f"softcap must be None or a finite number > 0, got {value}")
     return value
+
+
+def cap_in_range(name: str, softcap: float, dtype: np.dtype) -> None:
+    """A softcap (0: none) that ``dtype``, the dtype the logits are computed in, can hold: a
+    larger one would become inf there, and ``inf * tanh(z / inf)`` is NaN."""
+    largest = float(np.finfo(dtype).max)
+    if softcap > largest:
+        raise ValueError(
+            f"{name} must be at most {largest:.8g} (the largest {np.dtype(dtype)}, the dtype "
+            f"these logits are computed in), got {softcap}"
+        )
 
 
 def label_smoothing(value) -> float:
@@ -413,7 +458,9 @@ def broadcastable(name: str, x, shape: tuple[int, ...]) -> None:
 def axis(value, ndim_: int) -> None:
     if value is None:
         return
-    if value != 0 or isinstance(value, bool):
+    if not isinstance(value, _INTEGERS) or isinstance(value, _BOOLS):
+        raise TypeError(f"axis must be None or the integer 0, got {type(value).__name__} {value!r}")
+    if value != 0:
         raise ValueError(f"axis must be None or 0 (the batch axis), got {value!r}")
     if ndim_ == 0:
         raise ValueError("axis=0 is out of range for a 0-d array")

@@ -3,6 +3,7 @@ clear TypeError or ValueError naming the argument, or gives the right result."""
 
 import math
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ class DeviceArray:
     dereferenced: only the metadata is read)."""
 
     def __init__(self, pointer, shape, strides=None, typestr="<f4", readonly=False):
-        self.shape = shape
+        self.shape, self.dtype = shape, np.dtype(typestr)
         self.__cuda_array_interface__ = {
             "shape": shape,
             "typestr": typestr,
@@ -198,6 +199,58 @@ def test_disjoint_views_of_one_buffer_are_fine(backend):
     np.testing.assert_array_equal(logits, kept)
 
 
+def _self_overlapping_outs(shape, dtype=np.float64):
+    """Writable arrays of ``shape`` whose elements share memory: a row repeated (stride 0),
+    and rows that overlap by one element (an ``as_strided`` layout)."""
+    item = np.dtype(dtype).itemsize
+    buf = np.zeros(int(np.prod(shape)) * 2, dtype)
+    strided = np.lib.stride_tricks.as_strided
+    repeated = strided(buf, shape, (0, item), writeable=True)
+    overlapping = strided(buf, shape, ((shape[1] - 1) * item, item), writeable=True)
+    return {"repeated row": repeated, "overlapping rows": overlapping}
+
+
+@pytest.mark.parametrize("kind", ["repeated row", "overlapping rows"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda out: gk.softmax_cross_entropy(z(), labels(), out=out),
+        lambda out: gk.mse(z(), z().T.copy().T, out=out),
+        lambda out: gk.sigmoid_derivative(z(), out=out),
+        lambda out: gk.composite_loss(z(), z(), [gk.LossTerm("mse", slice(0, C))], out=out),
+    ],
+)
+def test_out_whose_elements_share_memory(backend, call, kind):
+    """Writes through two elements of one address would leave one of them (or garbage):
+    refused, like PyTorch's writes into expanded tensors."""
+    with pytest.raises(ValueError, match="out's elements may share memory"):
+        call(_self_overlapping_outs((N, C))[kind])
+
+
+def test_in_place_on_a_self_overlapping_input(backend):
+    logits = _self_overlapping_outs((N, C))["repeated row"]
+    with pytest.raises(ValueError, match="out's elements"):
+        gk.softmax_cross_entropy(logits, labels(), out=logits)
+
+
+def test_distinct_elements_of_strided_layouts():
+    """Every layout slicing and transposing make passes; one that repeats or folds back
+    on itself does not (strides in bytes, 8-byte items)."""
+    base = np.zeros((6, 10))
+    for view in (base, base.T, base[::2, 1::3], base[::-1], base[:, ::-2].T, base[:1], base[:0]):
+        assert _validate._distinct_elements(view.shape, view.strides, 8)
+    assert _validate._distinct_elements((1, 3), (0, 8), 8)  # a stride of a length-1 axis
+    assert not _validate._distinct_elements((3, 4), (0, 8), 8)
+    assert not _validate._distinct_elements((3, 4), (24, 8), 8)  # rows overlap by one item
+    assert not _validate._distinct_elements((3, 4), (4, 32), 8)  # half-item steps
+
+
+def test_out_self_overlap_of_cuda_arrays():
+    with pytest.raises(ValueError, match="out's elements"):
+        _validate.out_array(DeviceArray(1 << 20, (3, 4), (0, 4)), (3, 4), np.float32, "cuda")
+    _validate.out_array(DeviceArray(1 << 20, (3, 4), (4, 12)), (3, 4), np.float32, "cuda")
+
+
 def test_overlap_of_cuda_arrays_is_read_from_their_interface():
     """The check reads pointers and strides from ``__cuda_array_interface__`` (CuPy arrays
     go through the same arithmetic): no copy, no synchronisation, O(1)."""
@@ -307,6 +360,87 @@ def test_ignore_index_not_an_integer(backend, value):
 def test_ignore_index_outside_int64(backend, value):
     with pytest.raises(ValueError, match="ignore_index"):
         gk.softmax_cross_entropy(z(), labels(), ignore_index=value)
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: gk.shard_stats(z(), labels(), class_start=2**63), "class_start"),
+        (lambda: gk.shard_stats(z(), labels(), class_start=2**70), "class_start"),
+        (
+            lambda: gk.shard_loss_and_grad(
+                z(), labels(), np.zeros((N, 4)), class_start=2**63, num_classes=2**64
+            ),
+            "class_start",
+        ),
+        (
+            lambda: gk.shard_loss_and_grad(
+                z(), labels(), np.zeros((N, 4)), class_start=0, num_classes=2**64
+            ),
+            "num_classes",
+        ),
+    ],
+)
+def test_class_numbers_outside_int64(backend, call, name):
+    with pytest.raises(ValueError, match=f"{name} must fit int64"):
+        call()
+
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x, cap: gk.softmax_cross_entropy(x, labels(), softcap=cap),
+        lambda x, cap: gk.shard_stats(x, labels(), class_start=0, softcap=cap),
+        lambda x, cap: gk.linear_cross_entropy(x, z((C, C), x.dtype), labels(), softcap=cap),
+    ],
+)
+def test_softcap_past_the_computing_dtype(backend, call, dtype):
+    """A cap float32 cannot hold would become inf in the kernels, and inf * tanh(z / inf)
+    NaN: refused for float32 and 16-bit logits (computed in float32); the largest float32
+    cap works."""
+    x = z((N, C), dtype)
+    with pytest.raises(ValueError, match=r"softcap must be at most 3\.4028235e\+38"):
+        call(x, 1e39)
+    assert np.all(np.isfinite(call(x, F32_MAX)[0]))
+
+
+def test_softcap_past_float32_is_fine_in_float64(backend):
+    loss, grad = gk.softmax_cross_entropy(z(), labels(), softcap=1e39)
+    assert_close(loss, cross_entropy(z(), labels())[0], np.float64)
+
+
+def test_composite_term_softcap_past_float32(backend):
+    x = z((N, C), np.float32)
+    term = gk.LossTerm("softmax_cross_entropy", slice(0, C), slice(0, 1), softcap=1e39)
+    with pytest.raises(ValueError, match=r"terms\[0\]\.softcap must be at most"):
+        gk.composite_loss(x, labels()[:, None].astype(np.float32), [term])
+
+
+def test_huber_delta_past_the_computing_dtype(backend):
+    """delta 1e300 on float32 is infinite there: every difference is quadratic, without a
+    warning of the cast."""
+    pred, target = z(dtype=np.float32), z(dtype=np.float32)[::-1].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, grad = gk.huber_loss(pred, target, delta=1e300)
+    d = pred.astype(np.float64) - target
+    assert_close(loss, np.mean(d * d / 2), np.float32)
+    assert_close(grad, d / d.size, np.float32)
+
+
+@pytest.mark.parametrize("axis", [0.0, np.float64(0.0), True, "0"])
+def test_batch_sum_axis_not_an_integer(backend, axis):
+    with pytest.raises(TypeError, match="axis must be None or the integer 0"):
+        gk.batch_sum(z(), axis=axis)
+
+
+def test_composite_grad_output_message(backend):
+    with pytest.raises(ValueError, match=r"scalar \(the loss is a scalar\)"):
+        gk.composite_loss(z(), z(), [gk.LossTerm("mse", slice(0, C))], grad_output=np.ones(N))
 
 
 def test_ignore_index_numpy_integer(backend):
