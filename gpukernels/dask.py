@@ -40,7 +40,8 @@ except ImportError as error:
     ) from error
 
 from . import _validate, merge_shard_stats, shard_loss_and_grad, shard_stats
-from ._dispatch import accumulation_dtype
+from ._dispatch import accumulation_dtype, array_module
+from ._softmax_cross_entropy import int64_labels
 
 __all__ = ["softmax_cross_entropy"]
 
@@ -138,7 +139,7 @@ def _merged_stats(logits, target, options: dict, split_every):
         _block_stats,
         logits,
         target[:, None],
-        starts=_class_starts(columns),
+        starts=_chunk_starts(columns),
         **options,
         chunks=(rows, (1,) * len(columns), (STATS,)),
         new_axis=2,
@@ -163,8 +164,8 @@ def _merged_stats(logits, target, options: dict, split_every):
 
 def _gradient(logits, target, merged, scale, options: dict):
     """Each chunk's columns of the gradient, from its row block's merged stats."""
-    starts = da.from_array(np.asarray(_class_starts(logits.chunks[1])), 1)
-    args = [logits, "ij", target, "i", merged, "ik", starts, "j"]
+    rows, columns = logits.chunks
+    args = [logits, "ij", target, "i", merged, "ik", _starts(columns), "j", _starts(rows), "i"]
     if isinstance(scale, da.Array):
         args += [scale, "i" if scale.ndim else ""]
     else:
@@ -175,7 +176,7 @@ def _gradient(logits, target, merged, scale, options: dict):
         *args,
         **options,
         concatenate=True,
-        align_arrays=False,  # aligned already; the class starts hold one number a chunk
+        align_arrays=False,  # aligned already; the starts hold one number a chunk
         dtype=logits.dtype,
         meta=logits._meta,
         token="gk-shard-grad",
@@ -195,9 +196,12 @@ def _row_block_losses(target, merged, dtype, options: dict, meta):
         "i",
         merged,
         "ik",
+        _starts(rows),
+        "i",
         logits_dtype=dtype,
         **options,
         concatenate=True,
+        align_arrays=False,  # aligned already; the row starts hold one number a block
         adjust_chunks={"i": (1,) * len(rows)} if reduced else None,
         dtype=acc,
         meta=meta_from_array(meta, 1, dtype=acc),
@@ -205,8 +209,14 @@ def _row_block_losses(target, merged, dtype, options: dict, meta):
     )
 
 
-def _class_starts(columns: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(int(s) for s in np.cumsum((0,) + columns[:-1]))
+def _chunk_starts(chunks: tuple[int, ...]) -> tuple[int, ...]:
+    """The first index of each chunk along an axis chunked as ``chunks``."""
+    return tuple(int(s) for s in np.cumsum((0,) + chunks[:-1]))
+
+
+def _starts(chunks: tuple[int, ...]):
+    """:func:`_chunk_starts` as a dask array of one number a chunk, for ``blockwise``."""
+    return da.from_array(np.asarray(_chunk_starts(chunks)), 1)
 
 
 def _rows(x, name: str, n: int, rows: tuple[int, ...]):
@@ -267,10 +277,10 @@ def _merge_along(stats, axis=None, keepdims=True, **_):
     return merged[:, None] if keepdims else merged
 
 
-def _block_gradient(z, target, stats, start, scale, **options):
+def _block_gradient(z, target, stats, start, first_row, scale, **options):
     _, grad = shard_loss_and_grad(
         z,
-        _like(target, z),
+        _labels(target, z, first_row, options),
         stats,
         class_start=int(start[0]),
         grad_output=_like(scale, z),
@@ -279,7 +289,25 @@ def _block_gradient(z, target, stats, start, scale, **options):
     return grad
 
 
-def _block_loss(target, stats, *, logits_dtype, **options):
+def _block_loss(target, stats, first_row, *, logits_dtype, **options):
     empty = np.empty_like(stats, shape=(stats.shape[0], 0), dtype=logits_dtype)
-    loss, _ = shard_loss_and_grad(empty, _like(target, stats), stats, class_start=0, **options)
+    labels = _labels(target, stats, first_row, options)
+    loss, _ = shard_loss_and_grad(empty, labels, stats, class_start=0, **options)
     return loss if options["reduction"] == "none" else loss.reshape(1)
+
+
+def _labels(target, z, first_row, options: dict):
+    """A row block's labels beside the chunk ``z``, checked as ``shard_loss_and_grad`` would
+    check them, but with the row of a bad one numbered in the whole array (``first_row[0]``
+    is the block's first row)."""
+    labels = _like(target, z)
+    xp = array_module(_validate.array_library("target", labels))
+    _validate.class_indices(
+        xp,
+        int64_labels(xp, labels),
+        options["num_classes"],
+        options["ignore_index"],
+        labels,
+        int(first_row[0]),
+    )
+    return labels

@@ -171,10 +171,17 @@ def test_dask_errors(cpu_backend, gkd):
         gkd.softmax_cross_entropy(logits[0], y)
     with pytest.raises(ValueError, match="grad_output"):
         gkd.softmax_cross_entropy(logits, y, grad_output=np.ones(N))
-    y[0] = V  # out of range: found by the tasks
-    loss, _ = gkd.softmax_cross_entropy(logits, y)
-    with pytest.raises(ValueError, match="class"):
-        loss.compute(scheduler="sync")
+    # out of range, in the second row block: found by the tasks, and numbered in the whole
+    # array, for the loss and for the gradient, as the whole rows number it
+    for bad in (V, -3, 2**63 + 1):
+        labels = np.maximum(y, 0).astype(np.uint64) if bad > 2**63 else y.copy()
+        labels[7] = bad
+        message = f"class index {bad} at row 7,"
+        with pytest.raises(ValueError, match=message):
+            whole_rows(z, labels)
+        for result in gkd.softmax_cross_entropy(logits, labels):
+            with pytest.raises(ValueError, match=message):
+                result.compute(scheduler="sync")
 
 
 def test_dask_docstring_example(cpu_backend, gkd):
