@@ -255,21 +255,24 @@ def refuse_second_derivative() -> None:
         )
 
 
-def scaled(grad: Tensor, grad_loss: Tensor, in_place: bool) -> Tensor:
-    """``grad`` times the upstream gradient of the loss (a scalar, or one value per row or
-    element of a ``"none"`` loss), in ``grad``'s dtype.
-
-    On the CPU an upstream gradient of exactly 1 (``loss.backward()``) returns ``grad``
-    itself, saving a pass over it; reading the value there costs nothing, where on a GPU it
-    would wait for the device.
-    """
-    refuse_second_derivative()
-    if (
-        not torch.compiler.is_compiling()  # a traced graph cannot branch on a value
+def unit(grad_loss: Tensor) -> bool:
+    """Whether the upstream gradient is known to be exactly 1 (``loss.backward()``): read on
+    the CPU only, where it costs nothing (on a GPU it would wait for the device), and never
+    while ``torch.compile`` traces (a graph cannot branch on a value)."""
+    return (
+        not torch.compiler.is_compiling()
         and grad_loss.device.type == "cpu"
         and grad_loss.numel() == 1
         and grad_loss.item() == 1
-    ):
+    )
+
+
+def scaled(grad: Tensor, grad_loss: Tensor, in_place: bool) -> Tensor:
+    """``grad`` times the upstream gradient of the loss (a scalar, or one value per row or
+    element of a ``"none"`` loss), in ``grad``'s dtype; ``grad`` itself where the upstream
+    gradient is :func:`unit` (a pass over it saved)."""
+    refuse_second_derivative()
+    if unit(grad_loss):
         return grad
     scale = grad_loss.reshape(grad_loss.shape + (1,) * (grad.ndim - grad_loss.ndim))
     if in_place:

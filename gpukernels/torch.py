@@ -23,6 +23,7 @@ torch.Size([4, 10])
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -42,6 +43,7 @@ from ._torch_ops import (
     refuse_second_derivative,
     run,
     scaled,
+    unit,
 )
 
 __all__ = [
@@ -82,19 +84,28 @@ class _FusedLoss(torch.autograd.Function):
 
 
 class _FusedLossInPlace(torch.autograd.Function):
-    """Cross-entropy whose gradient replaces ``input``, which is marked modified."""
+    """Cross-entropy whose gradient replaces ``input``, which is marked modified. Backward
+    scales the gradient where it is, so a second backward through the same graph
+    (``retain_graph=True``) after a scaling one is refused: the unscaled gradient is gone."""
 
     @staticmethod
     def forward(ctx, input, *args):
         loss = run(cross_entropy_inplace_op, input, *args)
         ctx.mark_dirty(input)
         ctx.save_for_backward(input)
-        ctx.num_args = len(args)
+        ctx.num_args, ctx.rescaled = len(args), False
         return loss, input
 
     @staticmethod
     def backward(ctx, grad_loss, _unused):
+        if ctx.rescaled:
+            raise RuntimeError(
+                "cross_entropy(inplace_backward=True) scaled its gradient in place in the "
+                "first backward pass (the upstream gradient was not 1), so it cannot run a "
+                "second one (retain_graph=True): use inplace_backward=False"
+            )
         (grad,) = ctx.saved_tensors
+        ctx.rescaled = not unit(grad_loss)
         return (scaled(grad, grad_loss, in_place=True),) + (None,) * ctx.num_args
 
 
@@ -151,7 +162,9 @@ def cross_entropy(
     input: Tensor,
     target: Tensor,
     weight: Tensor | None = None,
+    size_average: bool | None = None,
     ignore_index: int = -100,
+    reduce: bool | None = None,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     *,
@@ -179,10 +192,13 @@ def cross_entropy(
     keeps its logits. ``validate`` (class indices in range, else ``ValueError``) defaults to
     ``True`` on CPU tensors and ``False`` on CUDA ones, where the check would cost a
     device-to-host read every step (a bad index then gives its row a zero gradient and makes
-    the loss NaN).
+    the loss NaN). ``size_average`` and ``reduce`` are PyTorch's deprecated arguments
+    (:func:`legacy_reduction`).
     """
+    _tensor("input", input)
     _no_gradient_for("target", target)
     _no_gradient_for("weight", weight)
+    reduction = legacy_reduction(size_average, reduce, reduction)
     # the custom op's schema takes Python ints and floats: checked here, with the library's
     # messages, before a bad value reaches it
     args = (
@@ -196,9 +212,61 @@ def cross_entropy(
         input.device.type == "cpu" if validate is None else bool(validate),
     )
     if inplace_backward and torch.is_grad_enabled() and input.requires_grad:
+        _overwritable(input)
         loss, _ = _FusedLossInPlace.apply(input, *args)
         return loss
     return _FusedLoss.apply(cross_entropy_op, input, *args)
+
+
+def _overwritable(input: Tensor) -> None:
+    """``inplace_backward=True`` writes the gradient over ``input``: refused, before anything
+    is written, for a leaf (a parameter: autograd forbids changing it in place) and for a view
+    (its base's other elements would keep values that autograd could not track)."""
+    if input.is_leaf:
+        raise RuntimeError(
+            "cross_entropy(inplace_backward=True) would overwrite input, a leaf tensor that "
+            "requires grad (autograd forbids that): pass the output of an operation, or use "
+            "inplace_backward=False"
+        )
+    if input._base is not None:
+        raise RuntimeError(
+            "cross_entropy(inplace_backward=True) cannot overwrite input, a view of another "
+            "tensor (a slice, a transpose, ...): pass a tensor that owns its memory (e.g. "
+            "input.contiguous() of a slice), or use inplace_backward=False"
+        )
+
+
+def _tensor(name: str, value) -> None:
+    """The losses take tensors; an array belongs to the array-level ``gpukernels`` functions."""
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor, got {type(value).__name__} (the functions of "
+            "gpukernels itself take NumPy and CuPy arrays)"
+        )
+
+
+def legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
+    """The reduction, decided as PyTorch decides it: by its deprecated ``size_average`` and
+    ``reduce`` where either is given (``reduce=False``: ``"none"``; else ``size_average=False``:
+    ``"sum"``; else ``"mean"``; with PyTorch's warning), else by ``reduction``."""
+    if size_average is None and reduce is None:
+        return reduction
+    for name, value in (("size_average", size_average), ("reduce", reduce)):
+        if value is not None and not isinstance(value, bool):  # not a misplaced reduction
+            raise TypeError(
+                f"{name} must be None or a bool (PyTorch's deprecated argument, before "
+                f"reduction in its argument order), got {type(value).__name__} {value!r}"
+            )
+    if reduce is not None and not reduce:
+        reduction = "none"
+    else:
+        reduction = "mean" if size_average is None or size_average else "sum"
+    warnings.warn(
+        f"size_average and reduce are deprecated (as in PyTorch): use reduction={reduction!r}",
+        UserWarning,
+        stacklevel=3,
+    )
+    return reduction
 
 
 def _no_gradient_for(name: str, value) -> None:
@@ -230,6 +298,10 @@ def linear_cross_entropy(
     PyTorch's matrix products, the fused kernel in place (see
     ``gpukernels.linear_cross_entropy``). Differentiable with respect to ``input``,
     ``linear_weight`` and ``linear_bias``; the weight gradient is accumulated in float32."""
+    _tensor("input", input)
+    _tensor("linear_weight", linear_weight)
+    _no_gradient_for("target", target)
+    _no_gradient_for("weight", weight)
     cap = None if softcap is None else _validate.softcap(softcap)
     options = (
         weight,
@@ -247,22 +319,36 @@ def binary_cross_entropy_with_logits(
     input: Tensor,
     target: Tensor,
     weight: Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
     reduction: str = "mean",
     pos_weight: Tensor | None = None,
 ) -> Tensor:
     r"""Binary cross-entropy on logits, as ``torch.nn.functional.
     binary_cross_entropy_with_logits``:
     :math:`\ell = w [(1 - y) z + l_w \log(1 + e^{-z})]`, :math:`l_w = 1 + (p_w - 1) y`,
-    gradient :math:`w (l_w \sigma(z) - p_w y)`."""
+    gradient :math:`w (l_w \sigma(z) - p_w y)`. ``size_average`` and ``reduce``: see
+    :func:`legacy_reduction`."""
+    _tensor("input", input)
     for name, value in (("target", target), ("weight", weight), ("pos_weight", pos_weight)):
         _no_gradient_for(name, value)
+    reduction = legacy_reduction(size_average, reduce, reduction)
     return _FusedLoss.apply(bce_op, input, target, weight, pos_weight, reduction)
 
 
-def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+def mse_loss(
+    input: Tensor,
+    target: Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+) -> Tensor:
     r"""Squared error :math:`(p - t)^2`, gradient :math:`2 (p - t)`, as
-    ``torch.nn.functional.mse_loss``."""
+    ``torch.nn.functional.mse_loss`` (without its ``weight``). ``size_average`` and
+    ``reduce``: see :func:`legacy_reduction`."""
+    _tensor("input", input)
     _no_gradient_for("target", target)
+    reduction = legacy_reduction(size_average, reduce, reduction)
     return _FusedLoss.apply(mse_op, input, target, reduction)
 
 
@@ -271,7 +357,8 @@ def huber_loss(
 ) -> Tensor:
     r"""Huber loss of :math:`d = p - t`: :math:`d^2 / 2` where :math:`|d| \le \delta`, else
     :math:`\delta (|d| - \delta / 2)`; gradient :math:`\mathrm{clip}(d, -\delta, \delta)`.
-    As ``torch.nn.functional.huber_loss``."""
+    As ``torch.nn.functional.huber_loss`` (without its ``weight``)."""
+    _tensor("input", input)
     _no_gradient_for("target", target)
     delta = _validate.real_number("delta", delta)
     return _FusedLoss.apply(huber_op, input, target, reduction, delta)
@@ -284,6 +371,8 @@ def composite_loss(
     reduced by its own mean and weighted, their gradients summed in their columns: one
     fused kernel (see ``gpukernels.composite_loss``). ``validate`` as for
     :func:`cross_entropy`."""
+    _tensor("pred", pred)
+    _tensor("target", target)
     _no_gradient_for("target", target)
     layout, factors = layout_of(terms, pred.shape[-1], target.shape[-1])
     check = pred.device.type == "cpu" if validate is None else bool(validate)
@@ -299,7 +388,9 @@ class CrossEntropyLoss(torch.nn.Module):
     def __init__(
         self,
         weight: Tensor | None = None,
+        size_average: bool | None = None,
         ignore_index: int = -100,
+        reduce: bool | None = None,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         *,
@@ -310,7 +401,8 @@ class CrossEntropyLoss(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
-        self.ignore_index, self.reduction = ignore_index, reduction
+        self.ignore_index = ignore_index
+        self.reduction = legacy_reduction(size_average, reduce, reduction)
         self.label_smoothing, self.inplace_backward = label_smoothing, inplace_backward
         self.z_loss, self.softcap, self.validate = z_loss, softcap, validate
 
@@ -319,9 +411,9 @@ class CrossEntropyLoss(torch.nn.Module):
             input,
             target,
             self.weight,
-            self.ignore_index,
-            self.reduction,
-            self.label_smoothing,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
             z_loss=self.z_loss,
             softcap=self.softcap,
             inplace_backward=self.inplace_backward,
@@ -378,29 +470,33 @@ class BCEWithLogitsLoss(torch.nn.Module):
     def __init__(
         self,
         weight: Tensor | None = None,
+        size_average: bool | None = None,
+        reduce: bool | None = None,
         reduction: str = "mean",
         pos_weight: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
         self.register_buffer("pos_weight", pos_weight)
-        self.reduction = reduction
+        self.reduction = legacy_reduction(size_average, reduce, reduction)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return binary_cross_entropy_with_logits(
-            input, target, self.weight, self.reduction, self.pos_weight
+            input, target, self.weight, reduction=self.reduction, pos_weight=self.pos_weight
         )
 
 
 class MSELoss(torch.nn.Module):
     """``torch.nn.MSELoss`` on the fused kernel."""
 
-    def __init__(self, reduction: str = "mean") -> None:
+    def __init__(
+        self, size_average: bool | None = None, reduce: bool | None = None, reduction: str = "mean"
+    ) -> None:
         super().__init__()
-        self.reduction = reduction
+        self.reduction = legacy_reduction(size_average, reduce, reduction)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return mse_loss(input, target, self.reduction)
+        return mse_loss(input, target, reduction=self.reduction)
 
 
 class HuberLoss(torch.nn.Module):

@@ -167,12 +167,17 @@ def test_elementwise_losses_match_torch(reduction):
     w, pw = torch.rand(6, dtype=torch.float64) + 0.5, torch.rand(6, dtype=torch.float64) + 0.5
     cases = [
         (
-            lambda a: gkt.binary_cross_entropy_with_logits(a, y, w, reduction, pw),
+            lambda a: gkt.binary_cross_entropy_with_logits(
+                a, y, w, reduction=reduction, pos_weight=pw
+            ),
             lambda a: F.binary_cross_entropy_with_logits(
                 a, y, w, reduction=reduction, pos_weight=pw
             ),
         ),
-        (lambda a: gkt.mse_loss(a, y, reduction), lambda a: F.mse_loss(a, y, reduction=reduction)),
+        (
+            lambda a: gkt.mse_loss(a, y, reduction=reduction),
+            lambda a: F.mse_loss(a, y, reduction=reduction),
+        ),
         (
             lambda a: gkt.huber_loss(a, y, reduction, 0.3),
             lambda a: F.huber_loss(a, y, reduction=reduction, delta=0.3),
@@ -273,12 +278,38 @@ def test_inplace_backward_writes_the_gradient_over_the_input():
 def test_inplace_backward_misuse_raises():
     labels = torch.tensor([0, 1, 2])
     leaf = torch.randn(3, 4, requires_grad=True)
-    with pytest.raises(RuntimeError):  # a leaf that requires grad cannot be overwritten
-        gkt.cross_entropy(leaf, labels, inplace_backward=True)
+    base = (2 * leaf).detach().requires_grad_() * 1.0  # a non-leaf that owns its memory
+    for refused, owner, why in (
+        (leaf, leaf, "leaf"),  # a parameter cannot be overwritten
+        (base[:, :3], base, "view"),  # nor a slice, a transpose, an expanded row...
+        (base.t()[:3], base, "view"),
+        (base[0].expand(3, 4), base, "view"),
+    ):
+        kept = owner.detach().clone()
+        with pytest.raises(RuntimeError, match=why):
+            gkt.cross_entropy(refused, labels, inplace_backward=True)
+        assert torch.equal(owner.detach(), kept)  # refused before anything was written
     x = torch.randn(3, 4, requires_grad=True)
     logits = x.exp()  # exp saves its output for backward
     loss = gkt.cross_entropy(logits, labels, inplace_backward=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_inplace_backward_twice_through_one_graph():
+    """``retain_graph=True``: a second backward works while the gradient in the input's memory
+    is unscaled (upstream 1), and is refused once a backward has scaled it there."""
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 2])
+    want = torch.autograd.grad(F.cross_entropy(x, labels), x)[0]
+    loss = gkt.cross_entropy(x * 1.0, labels, inplace_backward=True)
+    for _ in range(2):
+        x.grad = None
+        loss.backward(retain_graph=True)
+        close(x.grad, want, torch.float64)
+    (3 * loss).backward(retain_graph=True)  # scales in place, 3 * want onto the 2 * want
+    close(x.grad, 4 * want, torch.float64)
+    with pytest.raises(RuntimeError, match="retain_graph"):
         loss.backward()
 
 
@@ -383,6 +414,72 @@ def test_targets_that_require_grad_are_refused():
         with pytest.raises(RuntimeError, match="target"):
             call()
     gkt.mse_loss(x, t.detach()).backward()  # detached: fine
+
+
+def test_arguments_are_refused_by_name():
+    """Arrays (and anything else) where a loss takes a tensor, and a class weight that
+    requires grad, which no loss differentiates."""
+    x, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    array, y = x.numpy(), torch.rand(3, 4)
+    for call, name in (
+        (lambda: gkt.cross_entropy(array, labels), "input"),
+        (lambda: gkt.CrossEntropyLoss()(None, labels), "input"),
+        (lambda: gkt.binary_cross_entropy_with_logits(array, y), "input"),
+        (lambda: gkt.mse_loss(array, y), "input"),
+        (lambda: gkt.huber_loss([1.0], y), "input"),
+        (lambda: gkt.composite_loss(array, y, [gk.LossTerm("mse", slice(0, 4))]), "pred"),
+        (lambda: gkt.linear_cross_entropy(array, x, labels), "input"),
+        (lambda: gkt.linear_cross_entropy(x, array, labels), "linear_weight"),
+    ):
+        with pytest.raises(TypeError, match=f"^{name} must be a torch.Tensor"):
+            call()
+    weight = torch.ones(4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="weight"):
+        gkt.linear_cross_entropy(x, torch.randn(4, 4), labels, weight=weight)
+
+
+def test_pytorch_positions_and_deprecated_reductions():
+    """Positional calls as PyTorch takes them, its deprecated ``size_average`` and ``reduce``
+    slots included, give PyTorch's loss (the deprecated arguments with its warning)."""
+    gen = torch.Generator().manual_seed(12)
+    x, labels, weight = ce_case(gen, torch.float64)
+    y = torch.rand(13, 7, generator=gen, dtype=torch.float64)
+    threes = torch.where(labels < 0, 3, labels)  # ignored as ignore_index=3
+    legacy = [(None, False), (False, None), (True, True)]
+    cases = [
+        (gkt.cross_entropy, F.cross_entropy, (threes, weight, None, 3)),
+        (gkt.cross_entropy, F.cross_entropy, (labels, None, None, -100, None, "sum", 0.2)),
+        (
+            gkt.binary_cross_entropy_with_logits,
+            F.binary_cross_entropy_with_logits,
+            (y, None, None, None, "sum", weight),
+        ),  # fmt: skip
+        (gkt.mse_loss, F.mse_loss, (y, None, None, "none")),
+    ]
+    for mine, ref, args in cases:
+        close(mine(x, *args), ref(x, *args), torch.float64)
+    for size_average, reduce in legacy:
+        with pytest.warns(UserWarning, match="deprecated"):
+            got = gkt.cross_entropy(x, labels, None, size_average, -100, reduce)
+            module = gkt.MSELoss(size_average, reduce)
+        with pytest.warns(UserWarning):
+            want = F.cross_entropy(x, labels, None, size_average, -100, reduce)
+            ref_module = torch.nn.MSELoss(size_average, reduce)
+        close(got, want, torch.float64)
+        assert module.reduction == ref_module.reduction
+        close(module(x, y), ref_module(x, y), torch.float64)
+    with pytest.raises(TypeError, match="size_average must be None or a bool"):
+        gkt.mse_loss(x, y, "sum")  # reduction in the place of size_average
+    modules = [
+        (gkt.CrossEntropyLoss(weight, None, 3), torch.nn.CrossEntropyLoss(weight, None, 3), threes),
+        (
+            gkt.BCEWithLogitsLoss(None, None, None, "sum", weight),
+            torch.nn.BCEWithLogitsLoss(None, None, None, "sum", weight),
+            y,
+        ),  # fmt: skip
+    ]
+    for mine, ref, target in modules:
+        close(mine(x, target), ref(x, target), torch.float64)
 
 
 def test_inplace_backward_leaves_logits_alone_without_autograd():
