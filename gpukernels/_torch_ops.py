@@ -267,12 +267,13 @@ def unit(grad_loss: Tensor) -> bool:
     )
 
 
-def scaled(grad: Tensor, grad_loss: Tensor, in_place: bool) -> Tensor:
+def scaled(grad: Tensor, grad_loss: Tensor, in_place: bool, one: bool | None = None) -> Tensor:
     """``grad`` times the upstream gradient of the loss (a scalar, or one value per row or
     element of a ``"none"`` loss), in ``grad``'s dtype; ``grad`` itself where the upstream
-    gradient is :func:`unit` (a pass over it saved)."""
+    gradient is :func:`unit` (a pass over it saved), or where ``one`` says so (the caller has
+    asked :func:`unit` already)."""
     refuse_second_derivative()
-    if unit(grad_loss):
+    if unit(grad_loss) if one is None else one:
         return grad
     scale = grad_loss.reshape(grad_loss.shape + (1,) * (grad.ndim - grad_loss.ndim))
     if in_place:

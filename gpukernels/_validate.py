@@ -44,6 +44,11 @@ def is_number(x) -> bool:
     return isinstance(x, _REALS) and not isinstance(x, bool)
 
 
+def is_flag(x) -> bool:
+    """``None``, a bool or an integer (Python or NumPy): what a yes/no option may be."""
+    return x is None or isinstance(x, _INTEGERS + _BOOLS)
+
+
 def array_library(name: str, x, number_ok: bool = False) -> str:
     """``"numpy"`` for a NumPy array, ``"cuda"`` for a CUDA array; TypeError otherwise."""
     if type(x) in NUMPY_TYPES:
@@ -297,10 +302,10 @@ def out_array(out, shape: tuple[int, ...], dtype: np.dtype, library: str) -> Non
         )
     if library == "numpy" and (out.flags.c_contiguous or out.flags.f_contiguous):
         return  # the common case, without reading the layout
-    pointer, shape, strides, dtype = _layout(out)
-    if not _distinct_elements(shape, strides, dtype.itemsize):
+    _, out_shape, strides, out_dtype = _layout(out)
+    if not _distinct_elements(out_shape, strides, out_dtype.itemsize):
         raise ValueError(
-            f"out's elements may share memory (shape {shape}, strides {strides} bytes, as "
+            f"out's elements may share memory (shape {out_shape}, strides {strides} bytes, as "
             "from broadcast_to, expand or as_strided): each element of out must have its "
             "own memory"
         )
@@ -310,7 +315,10 @@ def _distinct_elements(shape, strides, itemsize: int) -> bool:
     """Whether no two elements of a strided layout can share a byte: taken axis by axis, by
     increasing stride, each stride reaches past everything the smaller ones span. True for
     every layout slicing and transposing make; a layout that fails may still be free of
-    overlap (only ``as_strided`` makes those), a stride of 0 never is."""
+    overlap (only ``as_strided`` makes those), a stride of 0 never is (but an empty layout
+    has no elements to share)."""
+    if 0 in shape:
+        return True
     span = itemsize
     for n, stride in sorted(
         ((n, abs(s)) for n, s in zip(shape, strides, strict=True) if n > 1),
@@ -386,6 +394,7 @@ def int64(name: str, value) -> int:
 
 
 def ignore_index(value) -> int:
+    """An integer that fits int64, as the labels it is compared with."""
     return int64("ignore_index", value)
 
 

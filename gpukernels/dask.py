@@ -115,6 +115,7 @@ def softmax_cross_entropy(
         "softcap": None if softcap is None else _validate.softcap(softcap),
     }
     acc = accumulation_dtype(dtype)
+    _validate.cap_in_range("softcap", options["softcap"] or 0.0, acc)
     merged = _merged_stats(logits, target, options, split_every)
     count = (target != ignore).sum()
     divisor = da.maximum(count, 1).astype(acc)  # a mean over no row is 0, its gradient 0

@@ -85,8 +85,9 @@ class _FusedLoss(torch.autograd.Function):
 
 class _FusedLossInPlace(torch.autograd.Function):
     """Cross-entropy whose gradient replaces ``input``, which is marked modified. Backward
-    scales the gradient where it is, so a second backward through the same graph
-    (``retain_graph=True``) after a scaling one is refused: the unscaled gradient is gone."""
+    scales the gradient where it is (unless the upstream gradient is known to be 1: CPU
+    tensors only), so a second backward through the same graph (``retain_graph=True``) after
+    a scaling one is refused: the unscaled gradient is gone."""
 
     @staticmethod
     def forward(ctx, input, *args):
@@ -100,13 +101,16 @@ class _FusedLossInPlace(torch.autograd.Function):
     def backward(ctx, grad_loss, _unused):
         if ctx.rescaled:
             raise RuntimeError(
-                "cross_entropy(inplace_backward=True) scaled its gradient in place in the "
-                "first backward pass (the upstream gradient was not 1), so it cannot run a "
-                "second one (retain_graph=True): use inplace_backward=False"
+                "cross_entropy(inplace_backward=True) scaled its gradient in place in an "
+                "earlier backward pass (one whose upstream gradient was not known to be 1: "
+                "any on a GPU), so it cannot run another (retain_graph=True): use "
+                "inplace_backward=False"
             )
         (grad,) = ctx.saved_tensors
-        ctx.rescaled = not unit(grad_loss)
-        return (scaled(grad, grad_loss, in_place=True),) + (None,) * ctx.num_args
+        one = unit(grad_loss)
+        grad = scaled(grad, grad_loss, in_place=True, one=one)
+        ctx.rescaled = not one  # once scaled: a second derivative is refused before
+        return (grad,) + (None,) * ctx.num_args
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -192,13 +196,13 @@ def cross_entropy(
     keeps its logits. ``validate`` (class indices in range, else ``ValueError``) defaults to
     ``True`` on CPU tensors and ``False`` on CUDA ones, where the check would cost a
     device-to-host read every step (a bad index then gives its row a zero gradient and makes
-    the loss NaN). ``size_average`` and ``reduce`` are PyTorch's deprecated arguments
-    (:func:`legacy_reduction`).
+    the loss NaN). ``size_average`` and ``reduce`` are PyTorch's deprecated arguments,
+    which decide the reduction as they do in PyTorch.
     """
-    _tensor("input", input)
+    _tensors(input=input, target=target)
     _no_gradient_for("target", target)
     _no_gradient_for("weight", weight)
-    reduction = legacy_reduction(size_average, reduce, reduction)
+    reduction = _legacy_reduction(size_average, reduce, reduction)
     # the custom op's schema takes Python ints and floats: checked here, with the library's
     # messages, before a bad value reaches it
     args = (
@@ -221,7 +225,7 @@ def cross_entropy(
 def _overwritable(input: Tensor) -> None:
     """``inplace_backward=True`` writes the gradient over ``input``: refused, before anything
     is written, for a leaf (a parameter: autograd forbids changing it in place) and for a view
-    (its base's other elements would keep values that autograd could not track)."""
+    (autograd cannot mark a view modified and return the loss beside it)."""
     if input.is_leaf:
         raise RuntimeError(
             "cross_entropy(inplace_backward=True) would overwrite input, a leaf tensor that "
@@ -231,31 +235,33 @@ def _overwritable(input: Tensor) -> None:
     if input._base is not None:
         raise RuntimeError(
             "cross_entropy(inplace_backward=True) cannot overwrite input, a view of another "
-            "tensor (a slice, a transpose, ...): pass a tensor that owns its memory (e.g. "
-            "input.contiguous() of a slice), or use inplace_backward=False"
+            "tensor (a reshape, a slice, a transpose, ...): pass the output of an operation "
+            "itself (e.g. the logits of hidden states flattened before the output layer), or "
+            "use inplace_backward=False"
         )
 
 
-def _tensor(name: str, value) -> None:
-    """The losses take tensors; an array belongs to the array-level ``gpukernels`` functions."""
-    if not isinstance(value, Tensor):
-        raise TypeError(
-            f"{name} must be a torch.Tensor, got {type(value).__name__} (the functions of "
-            "gpukernels itself take NumPy and CuPy arrays)"
-        )
+def _tensors(**arguments) -> None:
+    """The losses take tensors; arrays belong to the array-level ``gpukernels`` functions."""
+    for name, value in arguments.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"{name} must be a torch.Tensor, got {type(value).__name__} (the functions of "
+                "gpukernels itself take NumPy and CuPy arrays)"
+            )
 
 
-def legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
+def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
     """The reduction, decided as PyTorch decides it: by its deprecated ``size_average`` and
     ``reduce`` where either is given (``reduce=False``: ``"none"``; else ``size_average=False``:
     ``"sum"``; else ``"mean"``; with PyTorch's warning), else by ``reduction``."""
     if size_average is None and reduce is None:
         return reduction
     for name, value in (("size_average", size_average), ("reduce", reduce)):
-        if value is not None and not isinstance(value, bool):  # not a misplaced reduction
+        if not _validate.is_flag(value):  # e.g. a reduction given where PyTorch has these
             raise TypeError(
-                f"{name} must be None or a bool (PyTorch's deprecated argument, before "
-                f"reduction in its argument order), got {type(value).__name__} {value!r}"
+                f"{name} must be None, a bool or an integer (PyTorch's deprecated argument, "
+                f"before reduction in its argument order), got {type(value).__name__} {value!r}"
             )
     if reduce is not None and not reduce:
         reduction = "none"
@@ -298,8 +304,7 @@ def linear_cross_entropy(
     PyTorch's matrix products, the fused kernel in place (see
     ``gpukernels.linear_cross_entropy``). Differentiable with respect to ``input``,
     ``linear_weight`` and ``linear_bias``; the weight gradient is accumulated in float32."""
-    _tensor("input", input)
-    _tensor("linear_weight", linear_weight)
+    _tensors(input=input, linear_weight=linear_weight, target=target)
     _no_gradient_for("target", target)
     _no_gradient_for("weight", weight)
     cap = None if softcap is None else _validate.softcap(softcap)
@@ -327,12 +332,12 @@ def binary_cross_entropy_with_logits(
     r"""Binary cross-entropy on logits, as ``torch.nn.functional.
     binary_cross_entropy_with_logits``:
     :math:`\ell = w [(1 - y) z + l_w \log(1 + e^{-z})]`, :math:`l_w = 1 + (p_w - 1) y`,
-    gradient :math:`w (l_w \sigma(z) - p_w y)`. ``size_average`` and ``reduce``: see
-    :func:`legacy_reduction`."""
-    _tensor("input", input)
+    gradient :math:`w (l_w \sigma(z) - p_w y)`. ``size_average`` and ``reduce``: PyTorch's
+    deprecated arguments, as in PyTorch."""
+    _tensors(input=input, target=target)
     for name, value in (("target", target), ("weight", weight), ("pos_weight", pos_weight)):
         _no_gradient_for(name, value)
-    reduction = legacy_reduction(size_average, reduce, reduction)
+    reduction = _legacy_reduction(size_average, reduce, reduction)
     return _FusedLoss.apply(bce_op, input, target, weight, pos_weight, reduction)
 
 
@@ -345,10 +350,10 @@ def mse_loss(
 ) -> Tensor:
     r"""Squared error :math:`(p - t)^2`, gradient :math:`2 (p - t)`, as
     ``torch.nn.functional.mse_loss`` (without its ``weight``). ``size_average`` and
-    ``reduce``: see :func:`legacy_reduction`."""
-    _tensor("input", input)
+    ``reduce``: PyTorch's deprecated arguments, as in PyTorch."""
+    _tensors(input=input, target=target)
     _no_gradient_for("target", target)
-    reduction = legacy_reduction(size_average, reduce, reduction)
+    reduction = _legacy_reduction(size_average, reduce, reduction)
     return _FusedLoss.apply(mse_op, input, target, reduction)
 
 
@@ -358,7 +363,7 @@ def huber_loss(
     r"""Huber loss of :math:`d = p - t`: :math:`d^2 / 2` where :math:`|d| \le \delta`, else
     :math:`\delta (|d| - \delta / 2)`; gradient :math:`\mathrm{clip}(d, -\delta, \delta)`.
     As ``torch.nn.functional.huber_loss`` (without its ``weight``)."""
-    _tensor("input", input)
+    _tensors(input=input, target=target)
     _no_gradient_for("target", target)
     delta = _validate.real_number("delta", delta)
     return _FusedLoss.apply(huber_op, input, target, reduction, delta)
@@ -371,8 +376,7 @@ def composite_loss(
     reduced by its own mean and weighted, their gradients summed in their columns: one
     fused kernel (see ``gpukernels.composite_loss``). ``validate`` as for
     :func:`cross_entropy`."""
-    _tensor("pred", pred)
-    _tensor("target", target)
+    _tensors(pred=pred, target=target)
     _no_gradient_for("target", target)
     layout, factors = layout_of(terms, pred.shape[-1], target.shape[-1])
     check = pred.device.type == "cpu" if validate is None else bool(validate)
@@ -402,7 +406,7 @@ class CrossEntropyLoss(torch.nn.Module):
         super().__init__()
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
-        self.reduction = legacy_reduction(size_average, reduce, reduction)
+        self.reduction = _legacy_reduction(size_average, reduce, reduction)
         self.label_smoothing, self.inplace_backward = label_smoothing, inplace_backward
         self.z_loss, self.softcap, self.validate = z_loss, softcap, validate
 
@@ -478,7 +482,7 @@ class BCEWithLogitsLoss(torch.nn.Module):
         super().__init__()
         self.register_buffer("weight", weight)
         self.register_buffer("pos_weight", pos_weight)
-        self.reduction = legacy_reduction(size_average, reduce, reduction)
+        self.reduction = _legacy_reduction(size_average, reduce, reduction)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return binary_cross_entropy_with_logits(
@@ -493,7 +497,7 @@ class MSELoss(torch.nn.Module):
         self, size_average: bool | None = None, reduce: bool | None = None, reduction: str = "mean"
     ) -> None:
         super().__init__()
-        self.reduction = legacy_reduction(size_average, reduce, reduction)
+        self.reduction = _legacy_reduction(size_average, reduce, reduction)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return mse_loss(input, target, reduction=self.reduction)

@@ -240,6 +240,7 @@ def test_distinct_elements_of_strided_layouts():
     for view in (base, base.T, base[::2, 1::3], base[::-1], base[:, ::-2].T, base[:1], base[:0]):
         assert _validate._distinct_elements(view.shape, view.strides, 8)
     assert _validate._distinct_elements((1, 3), (0, 8), 8)  # a stride of a length-1 axis
+    assert _validate._distinct_elements((3, 0), (0, 8), 8)  # no elements to share
     assert not _validate._distinct_elements((3, 4), (0, 8), 8)
     assert not _validate._distinct_elements((3, 4), (24, 8), 8)  # rows overlap by one item
     assert not _validate._distinct_elements((3, 4), (4, 32), 8)  # half-item steps

@@ -171,6 +171,8 @@ def test_dask_errors(cpu_backend, gkd):
         gkd.softmax_cross_entropy(logits[0], y)
     with pytest.raises(ValueError, match="grad_output"):
         gkd.softmax_cross_entropy(logits, y, grad_output=np.ones(N))
+    with pytest.raises(ValueError, match="softcap"):  # while the graph is built
+        gkd.softmax_cross_entropy(logits.astype(np.float32), y, softcap=1e39)
     # out of range, in the second row block: found by the tasks, and numbered in the whole
     # array, for the loss and for the gradient, as the whole rows number it
     for bad in (V, -3, 2**63 + 1):

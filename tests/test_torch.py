@@ -307,7 +307,10 @@ def test_inplace_backward_twice_through_one_graph():
         x.grad = None
         loss.backward(retain_graph=True)
         close(x.grad, want, torch.float64)
-    (3 * loss).backward(retain_graph=True)  # scales in place, 3 * want onto the 2 * want
+    tripled = 3 * loss
+    with pytest.raises(RuntimeError, match="once differentiable"):
+        tripled.backward(create_graph=True, retain_graph=True)  # refused before scaling
+    tripled.backward(retain_graph=True)  # scales in place, 3 * want onto the 2 * want
     close(x.grad, 4 * want, torch.float64)
     with pytest.raises(RuntimeError, match="retain_graph"):
         loss.backward()
@@ -430,6 +433,9 @@ def test_arguments_are_refused_by_name():
         (lambda: gkt.composite_loss(array, y, [gk.LossTerm("mse", slice(0, 4))]), "pred"),
         (lambda: gkt.linear_cross_entropy(array, x, labels), "input"),
         (lambda: gkt.linear_cross_entropy(x, array, labels), "linear_weight"),
+        (lambda: gkt.cross_entropy(x, labels.numpy()), "target"),
+        (lambda: gkt.mse_loss(x, array), "target"),
+        (lambda: gkt.composite_loss(x, array, [gk.LossTerm("mse", slice(0, 4))]), "target"),
     ):
         with pytest.raises(TypeError, match=f"^{name} must be a torch.Tensor"):
             call()
@@ -445,7 +451,8 @@ def test_pytorch_positions_and_deprecated_reductions():
     x, labels, weight = ce_case(gen, torch.float64)
     y = torch.rand(13, 7, generator=gen, dtype=torch.float64)
     threes = torch.where(labels < 0, 3, labels)  # ignored as ignore_index=3
-    legacy = [(None, False), (False, None), (True, True)]
+    flags = (None, False, True)
+    legacy = [(a, b) for a in flags for b in flags if (a, b) != (None, None)] + [(0, 1)]
     cases = [
         (gkt.cross_entropy, F.cross_entropy, (threes, weight, None, 3)),
         (gkt.cross_entropy, F.cross_entropy, (labels, None, None, -100, None, "sum", 0.2)),
@@ -461,14 +468,16 @@ def test_pytorch_positions_and_deprecated_reductions():
     for size_average, reduce in legacy:
         with pytest.warns(UserWarning, match="deprecated"):
             got = gkt.cross_entropy(x, labels, None, size_average, -100, reduce)
+        with pytest.warns(UserWarning, match="deprecated"):
             module = gkt.MSELoss(size_average, reduce)
         with pytest.warns(UserWarning):
             want = F.cross_entropy(x, labels, None, size_average, -100, reduce)
+        with pytest.warns(UserWarning):
             ref_module = torch.nn.MSELoss(size_average, reduce)
         close(got, want, torch.float64)
         assert module.reduction == ref_module.reduction
         close(module(x, y), ref_module(x, y), torch.float64)
-    with pytest.raises(TypeError, match="size_average must be None or a bool"):
+    with pytest.raises(TypeError, match="size_average must be None, a bool or an integer"):
         gkt.mse_loss(x, y, "sum")  # reduction in the place of size_average
     modules = [
         (gkt.CrossEntropyLoss(weight, None, 3), torch.nn.CrossEntropyLoss(weight, None, 3), threes),
