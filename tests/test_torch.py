@@ -309,7 +309,7 @@ def test_inplace_backward_twice_through_one_graph():
         close(x.grad, want, torch.float64)
     tripled = 3 * loss
     with pytest.raises(RuntimeError, match="once differentiable"):
-        tripled.backward(create_graph=True, retain_graph=True)  # refused before scaling
+        torch.autograd.grad(tripled, x, create_graph=True)  # refused before scaling
     tripled.backward(retain_graph=True)  # scales in place, 3 * want onto the 2 * want
     close(x.grad, 4 * want, torch.float64)
     with pytest.raises(RuntimeError, match="retain_graph"):
