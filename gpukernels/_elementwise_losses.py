@@ -230,6 +230,6 @@ def huber_loss(
         raise ValueError(f"delta must be a finite number > 0, got {delta}")
     acc = accumulation_dtype(x.dtype)
     # a delta past the computing dtype's range is inf there (casting would warn of overflow)
-    param = call.xp.full(1, delta if delta <= float(np.finfo(acc).max) else math.inf, acc)
+    param = call.xp.full(1, delta if _validate.representable(delta, acc) else math.inf, acc)
     divisor = x.size if reduction == "mean" else 1
     return _finish(call, "huber", x, t, None, param, divisor, reduction)
