@@ -26,6 +26,7 @@ Dask: ``pip install gpukernels[dask]``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -279,36 +280,46 @@ def _merge_along(stats, axis=None, keepdims=True, **_):
 
 
 def _block_gradient(z, target, stats, start, first_row, scale, **options):
-    _, grad = shard_loss_and_grad(
-        z,
-        _labels(target, z, first_row, options),
-        stats,
-        class_start=int(start[0]),
-        grad_output=_like(scale, z),
-        **options,
-    )
+    labels = _like(target, z)
+    with _rows_numbered_from(first_row, labels, options):
+        _, grad = shard_loss_and_grad(
+            z,
+            labels,
+            stats,
+            class_start=int(start[0]),
+            grad_output=_like(scale, z),
+            **options,
+        )
     return grad
 
 
 def _block_loss(target, stats, first_row, *, logits_dtype, **options):
     empty = np.empty_like(stats, shape=(stats.shape[0], 0), dtype=logits_dtype)
-    labels = _labels(target, stats, first_row, options)
-    loss, _ = shard_loss_and_grad(empty, labels, stats, class_start=0, **options)
+    labels = _like(target, stats)
+    with _rows_numbered_from(first_row, labels, options):
+        loss, _ = shard_loss_and_grad(empty, labels, stats, class_start=0, **options)
     return loss if options["reduction"] == "none" else loss.reshape(1)
 
 
-def _labels(target, z, first_row, options: dict):
-    """A row block's labels beside the chunk ``z``, checked as ``shard_loss_and_grad`` would
-    check them, but with the row of a bad one numbered in the whole array (``first_row[0]``
-    is the block's first row)."""
-    labels = _like(target, z)
-    xp = array_module(_validate.array_library("target", labels))
-    _validate.class_indices(
-        xp,
-        int64_labels(xp, labels),
-        options["num_classes"],
-        options["ignore_index"],
-        labels,
-        int(first_row[0]),
-    )
-    return labels
+@contextlib.contextmanager
+def _rows_numbered_from(first_row, labels, options: dict):
+    """A row block's task, whose ``shard_loss_and_grad`` numbers a bad class index's row
+    within the block: on its ``ValueError`` the labels are checked again with the rows
+    numbered from the block's first row (``first_row[0]``), which raises the error numbered
+    in the whole array. Only a failing task checks twice."""
+    try:
+        yield
+    except ValueError as error:
+        xp = array_module(_validate.array_library("target", labels))
+        try:
+            _validate.class_indices(
+                xp,
+                int64_labels(xp, labels),
+                options["num_classes"],
+                options["ignore_index"],
+                labels,
+                int(first_row[0]),
+            )
+        except ValueError as renumbered:
+            raise renumbered from error
+        raise
