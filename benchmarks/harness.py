@@ -5,8 +5,9 @@ random (never zeros) and, where one set of them would fit in the device's last-l
 (GPU L2, CPU L3), several sets are drawn and the calls rotate among them so that every call
 reads from memory. Each variant is checked first (loss and gradient within a tolerance of the
 reference) and timed only if it passes: warm-up calls (compilation, allocation pools) first,
-then enough timed calls for a stable median. The memory copy of the same number of bytes is
-timed on the same device in the same way: it is the ceiling a memory-bound op can reach.
+then enough timed calls for a stable median, in rounds that take the variants in turn. The
+memory copy of the same number of bytes is timed on the same device in the same way: it is
+the ceiling a memory-bound op can reach.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from .baselines import OURS, as_array
 # bfloat16 (8 significant bits, 3 fewer) about 4 of its units in the last place.
 TOLERANCE = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
 MAX_SETS = 64
+# The timed calls of a case run in rounds that take its variants in turn (time_in_rounds).
+ROUNDS = 5
 TINY = 1e-300
 
 
@@ -128,33 +131,76 @@ class CaseResult:
         return other.median / ours.median if ours and other else None
 
 
-def measure(dev, fn: Callable[[int], object], n_sets: int, budget: Budget, host: bool) -> Timing:
-    """Warm ``fn`` up, pick a repeat count from the warm-up's pace, and time it.
+def time_in_rounds(dev, fns: list, n_sets: int, budget: Budget, host: bool) -> list:
+    """Time each of ``fns`` (``fn(i)`` calls on input set ``i``): the ``Timing`` of each, or
+    the exception a call raised.
 
-    The check has already made the first call (JIT compilation happens there); warm-up
-    calls each input set at least once and runs for at least ``budget.warmup_s``.
+    Each is warmed up first: on every input set at least once and for ``budget.warmup_s``
+    (the check has made the first call, where JIT compilation happens); the warm-up's pace
+    sets its repeat count. The repeats then run in ``ROUNDS`` rounds that take the calls in
+    turn, each round starting one further along, so that a burst of load on a shared
+    machine falls on every variant of a case rather than on one variant's figure. In a
+    round, a call first runs as often as fits in a ``ROUNDS``-th of the warm-up time (the
+    other calls have taken the caches and branch predictors since; a slow call, not at
+    all). A call that raises leaves the rounds.
     """
-    gc.collect()
+    results: list = [None] * len(fns)
+    pace = {}
+    for k, fn in enumerate(fns):
+        try:
+            pace[k] = _warm_up(dev, fn, n_sets, budget.warmup_s)
+        except Exception as exc:  # reported by the caller, the others go on
+            results[k] = exc
+    samples = {k: [] for k in pace}
+    order = list(pace)
+    for r in range(ROUNDS):
+        gc.collect()
+        shift = r % max(len(order), 1)
+        for k in order[shift:] + order[:shift]:
+            if results[k] is not None:
+                continue
+            per_call, fn = pace[k], fns[k]
+            try:
+                for i in range(int(budget.warmup_s / ROUNDS / per_call) if r else 0):
+                    fn(i % n_sets)
+                dev.sync()
+                reps = -(-_repeats(per_call, budget, host) // ROUNDS)
+                samples[k] += _sample(dev, fn, reps, n_sets, host, budget.host_batch)
+            except Exception as exc:
+                results[k] = exc
+    for k, got in samples.items():
+        if results[k] is None:
+            results[k] = Timing.of(got)
+    return results
+
+
+def _warm_up(dev, fn, n_sets: int, seconds: float) -> float:
+    """Call ``fn`` on each input set at least once and for at least ``seconds``; the
+    seconds a call took."""
     calls, start = 0, time.perf_counter()
-    while calls < n_sets or time.perf_counter() - start < budget.warmup_s:
+    while calls < n_sets or time.perf_counter() - start < seconds:
         fn(calls % n_sets)
         dev.sync()
         calls += 1
-    per_call = (time.perf_counter() - start) / calls
-    if host:
-        reps = budget.time_s / (per_call * budget.host_batch)
-    else:
-        reps = budget.time_s / per_call
-    reps = int(min(max(reps, budget.min_reps), budget.max_reps))
+    return max(time.perf_counter() - start, 1e-9) / calls  # never 0: budgets divide by it
+
+
+def _repeats(per_call: float, budget: Budget, host: bool) -> int:
+    """The timed calls (host clock: batches of calls) that fit in the budget, within its
+    bounds."""
+    reps = budget.time_s / (per_call * budget.host_batch if host else per_call)
+    return int(min(max(reps, budget.min_reps), budget.max_reps))
+
+
+def _sample(dev, fn, reps: int, n_sets: int, host: bool, batch: int) -> list[float]:
+    """``reps`` samples of seconds per call, with the collector off."""
     gc.disable()
     try:
         if host:
-            samples = dev.time_host(fn, reps, n_sets, budget.host_batch)
-        else:
-            samples = dev.time_calls(fn, reps, n_sets)
+            return dev.time_host(fn, reps, n_sets, batch)
+        return dev.time_calls(fn, reps, n_sets)
     finally:
         gc.enable()
-    return Timing.of(samples)
 
 
 def compare(xp, got: tuple, ref: tuple) -> tuple[float | None, float | None]:
@@ -216,7 +262,9 @@ def _check(dev, variant, sets, ref, tol) -> tuple[Outcome, list | None]:
 def copy_ceiling(dev, nbytes: int, n_sets: int, budget: Budget) -> tuple[Timing, int]:
     """Time a copy that moves ``nbytes`` (read plus written), rotating like the op's inputs."""
     copies = [dev.copier(nbytes, seed=10_000 + 2 * k) for k in range(n_sets)]
-    timing = measure(dev, lambda i: copies[i][0](), n_sets, budget, host=False)
+    (timing,) = time_in_rounds(dev, [lambda i: copies[i][0]()], n_sets, budget, host=False)
+    if isinstance(timing, Exception):
+        raise timing
     return timing, copies[0][1]
 
 
@@ -245,14 +293,19 @@ def run_case(dev, op, shape: tuple, dtype: str, budget: Budget, step: Callable) 
         dev.release()  # each check's outputs, before the next variant allocates its own
     del ref
     dev.release()
-    for variant, (outcome, args) in zip(variants, checked, strict=True):
-        result.outcomes.append(outcome)
-        if args is not None:
-            try:
-                fn = functools.partial(_nth, variant.call, args)
-                outcome.timing = measure(dev, fn, n_sets, budget, host)
-            except Exception as exc:  # reported in the table, the run goes on
-                outcome.status, outcome.detail = "error", _short(exc)
+    result.outcomes = [outcome for outcome, _ in checked]
+    passed = [
+        (outcome, functools.partial(_nth, v.call, args))
+        for v, (outcome, args) in zip(variants, checked, strict=True)
+        if args is not None
+    ]
+    timings = time_in_rounds(dev, [call for _, call in passed], n_sets, budget, host)
+    for (outcome, _), timing in zip(passed, timings, strict=True):
+        if isinstance(timing, Exception):  # reported in the table, the run goes on
+            outcome.status, outcome.detail = "error", _short(timing)
+        else:
+            outcome.timing = timing
+    for variant, outcome in zip(variants, result.outcomes, strict=True):
         if with_memory and outcome.timing is not None:
             outcome.memory = memory.measure(dev, op, shape, dtype, variant.name)
         step(outcome)

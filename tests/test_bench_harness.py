@@ -1,0 +1,53 @@
+"""The benchmark harness's timing rounds (benchmarks/harness.py), on a fake device: which
+calls run in which order and what each variant gets back. Nothing here is timed."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks: a folder, not installed
+from benchmarks import harness  # noqa: E402
+
+
+class _Device:
+    """Calls ``fn`` as the CPU device does, one sample of 1 s per call."""
+
+    def sync(self):
+        pass
+
+    def time_calls(self, fn, reps, n_sets):
+        for i in range(reps):
+            fn(i % n_sets)
+        return [1.0] * reps
+
+
+def _recording(log, name, fail_at=None):
+    def call(i):
+        log.append((name, i))
+        if fail_at is not None and sum(1 for n, _ in log if n == name) == fail_at:
+            raise RuntimeError(f"{name} failed")
+
+    return call
+
+
+def test_rounds_take_the_variants_in_turn_and_keep_each_ones_samples():
+    log = []
+    budget = harness.Budget(warmup_s=0.0, time_s=0.0, min_reps=7, max_reps=7)
+    calls = [_recording(log, "a"), _recording(log, "b"), _recording(log, "c")]
+    got = harness.time_in_rounds(_Device(), calls, 3, budget, host=False)
+    # 7 repeats in 5 rounds: 2 a round, all samples kept
+    assert [t.reps for t in got] == [10, 10, 10]
+    warm_up, timed = log[:9], log[9:]
+    assert warm_up == [(n, i) for n in "abc" for i in range(3)]  # every input set once
+    firsts = [timed[k][0] for k in range(0, len(timed), 2)]
+    assert firsts == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c", "b", "c", "a"]
+    assert all(i in (0, 1) for _, i in timed)  # the sets rotate within a round's repeats
+
+
+def test_a_call_that_raises_gets_its_exception_and_the_others_go_on():
+    log = []
+    budget = harness.Budget(warmup_s=0.0, time_s=0.0, min_reps=5, max_reps=5)
+    calls = [_recording(log, "a"), _recording(log, "b", fail_at=3), _recording(log, "c")]
+    got = harness.time_in_rounds(_Device(), calls, 1, budget, host=False)
+    assert isinstance(got[1], RuntimeError) and str(got[1]) == "b failed"
+    assert [got[0].reps, got[2].reps] == [5, 5]
+    assert sum(1 for n, _ in log if n == "b") == 3  # none after it raised
