@@ -109,9 +109,13 @@ _NUMBA_PARTS = ("_cache_path", "_index_name", "_source_stamp", "_data_name", "_l
 
 
 def njit(fn=None, **options):
-    """``numba.njit``, with the cache files of :class:`KeyedCacheFile` when caching."""
+    """``numba.njit``, with the cache files of :class:`KeyedCacheFile` when caching, and
+    NumPy's error model unless told otherwise: a float division by zero gives inf or NaN, as
+    in a ``parallel=True`` loop and on CUDA, not Python's ``ZeroDivisionError`` (which a
+    serial kernel would raise where its parallel twin returns NaN)."""
     if fn is None:
         return lambda f: njit(f, **options)
+    options.setdefault("error_model", "numpy")
     dispatcher = numba.njit(fn, **options)
     cache = getattr(dispatcher, "_cache", None)
     old = getattr(cache, "_cache_file", None)

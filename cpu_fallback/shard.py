@@ -46,10 +46,16 @@ def _loss_grad_kernel(
                 row_loss[i] = 0
                 continue
             m, s, z_y, z_sum = stats[i, 0], stats[i, 1], stats[i, 2], stats[i, 3]
-            lse = m + math.log(s)
+            log_s = math.log(s)
+            lse = m + log_s
             keep, eps_c = ONE - eps, eps / classes
-            row_loss[i] = keep * (lse - z_y) + eps * lse - eps_c * z_sum + zl * lse * lse
-            g, a = at(scale, i), ONE + (zl + zl) * lse
+            loss = keep * ((m - z_y) + log_s)  # m - z_y exact for the large logits that matter
+            if eps > 0:  # terms that are off are left out: 0 * inf would make the row NaN
+                loss = loss + eps * lse - eps_c * z_sum
+            if zl > 0:
+                loss = loss + zl * lse * lse
+            row_loss[i] = loss
+            g, a = at(scale, i), ONE + (zl + zl) * lse if zl > 0 else ONE
             local = labels[i] - start
             for c in range(width):
                 z = load(logits, (i, c))

@@ -16,6 +16,8 @@ logits move between shards; an engine (Dask, ``torch.distributed``) does the exc
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import _validate
 from ._batch_sum import canonical_sum
 from ._common import safe_divide, upstream_scale
@@ -75,7 +77,8 @@ def shard_stats(
 
     ``logits_shard`` ``(N, C_s)`` holds the classes ``[class_start, class_start + C_s)`` of
     each row; ``target`` ``(N,)`` the rows' class indices over all classes. ``z_target`` is
-    the target's logit if the target falls in this shard, else 0 (an ignored row's too).
+    the target's logit if the target falls in this shard, else 0 (an ignored row's is not
+    used, whatever it is).
     With ``softcap`` the logits are capped first, :math:`\kappa \tanh(z / \kappa)`.
     ``label_smoothing`` is accepted for symmetry with :func:`shard_loss_and_grad` (the sum
     of logits is always there). Returns ``(N, 4)`` float32 (float64 for float64).
@@ -112,7 +115,8 @@ def merge_shard_stats(a, b):
     safe = xp.where(xp.isneginf(m), 0, m)  # two empty shards: exp(-inf - -inf) would be NaN
     merged = a + b
     merged[:, 0] = m
-    merged[:, 1] = a[:, 1] * xp.exp(a[:, 0] - safe) + b[:, 1] * xp.exp(b[:, 0] - safe)
+    with np.errstate(invalid="ignore"):  # a +inf max gives NaN, as the whole row's CE does
+        merged[:, 1] = a[:, 1] * xp.exp(a[:, 0] - safe) + b[:, 1] * xp.exp(b[:, 0] - safe)
     return merged
 
 

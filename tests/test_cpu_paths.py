@@ -56,6 +56,18 @@ def _calls(rng):
         "batch_sum out": lambda: gk.batch_sum(z, out=np.empty((), np.float32)),
         "batch_sum axis 0 out": lambda: gk.batch_sum(z, axis=0, out=np.empty(C, np.float32)),
         "composite": lambda: gk.composite_loss(z[:, :5], box.astype(np.float32), terms),
+        "shard": lambda: gk.shard_loss_and_grad(
+            z[:, 5:],
+            labels,
+            gk.merge_shard_stats(
+                gk.shard_stats(z[:, :5], labels, class_start=0),
+                gk.shard_stats(z[:, 5:], labels, class_start=5),
+            ),
+            class_start=5,
+            num_classes=C,
+            label_smoothing=0.1,
+            z_loss=1e-3,
+        ),
     }
 
 

@@ -84,6 +84,53 @@ def test_stats_columns(backend):
     assert (merged[:, 0] == -np.inf).all() and not np.isnan(merged).any()
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # simulator
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_extreme_logits_give_the_whole_rows(backend, dtype):
+    """Without smoothing or z-loss their terms are left out (``0 * inf`` made every row with a
+    -inf logit NaN), and ``m - z_y`` keeps ``log S`` beside float32's largest logits; a row of
+    -inf is NaN, as PyTorch makes it, on the serial and the parallel CPU paths alike."""
+    big = np.finfo(np.float32).max / 2
+    z = np.array(
+        [
+            [0.0, -np.inf, 1.0, 2.0, 0.5],  # a -inf logit: a class of probability 0
+            [0.5, 1.0, -np.inf, -np.inf, -np.inf],
+            [-np.inf, 3.0, -np.inf, -np.inf, -np.inf],  # the target the only finite logit
+            [big, big, 0.0, 1.0, 2.0],  # the sum of logits overflows float32
+            [-np.inf] * 5,
+        ],
+        dtype,
+    )
+    y = np.array([2, 0, 1, 0, 1])
+    parts, _ = sharded(z, y, splits=[(0, 2), (2, 2), (2, 5)], reduction="none")
+    want_loss, want_grad = reference(z, y, reduction="none")
+    for loss, _ in parts:
+        np.testing.assert_array_equal(np.isnan(loss), [False] * 4 + [True])
+        assert_close(loss[:4], want_loss[:4], dtype, what="loss")
+    grad = np.concatenate([g for _, g in parts], axis=1)
+    assert np.isnan(grad[4]).all()
+    assert_close(grad[:4], want_grad[:4], dtype, what="grad")
+
+
+def test_a_row_of_minus_inf_is_nan_on_both_cpu_paths(cpu_backend, monkeypatch):
+    """The serial kernel divides by the row's sum 0 as the parallel one does (NaN, not
+    Python's ZeroDivisionError, which it raised): the same bits on both paths."""
+    import cpu_fallback
+
+    z = np.array([[-np.inf] * 4, [0.0, 1.0, 2.0, 3.0]])
+    y = np.array([1, 2])
+    outcomes = []
+    for threshold in (0, 1 << 62):  # parallel at every size, then serial at every size
+        monkeypatch.setattr(cpu_fallback, "PARALLEL_MIN_WORK", threshold)
+        stats = gk.shard_stats(z, y, class_start=0)
+        options = dict(class_start=0, num_classes=4, reduction="none")
+        outcomes.append(gk.shard_loss_and_grad(z, y, stats, **options))
+    (loss, grad), (serial_loss, serial_grad) = outcomes
+    assert np.isnan(loss[0]) and np.isnan(grad[0]).all()
+    assert np.isfinite(loss[1]) and np.isfinite(grad[1]).all()
+    assert loss.tobytes() == serial_loss.tobytes() and grad.tobytes() == serial_grad.tobytes()
+
+
 def test_every_row_ignored(backend):
     z = np.ones((3, 4))
     y = np.full(3, -100)

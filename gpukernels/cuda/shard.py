@@ -69,7 +69,7 @@ def _stats_kernel(acc, bf16: bool):
 @functools.cache
 def _loss_grad_kernel(acc, bf16: bool):
     zero, one = acc_constant(acc, 0.0), acc_constant(acc, 1.0)
-    _, _, _, _, capped, cap_slope = row_maths(acc)
+    _, finish, nll, _, capped, cap_slope = row_maths(acc)
     load, store = element_io(acc, bf16)
 
     @cuda.jit
@@ -90,19 +90,25 @@ def _loss_grad_kernel(acc, bf16: bool):
                 row_loss[i] = zero
             return
         m, s, z_y, z_sum = stats[i, 0], stats[i, 1], stats[i, 2], stats[i, 3]
-        lse = m + math.log(s)
+        log_s, inv = finish(m, s)
+        lse = m + log_s
         keep, eps_c = one - eps, eps / acc(classes)
         g = grad_scale[i if grad_scale.shape[0] > 1 else 0]
-        a = one + (zl + zl) * lse
+        a = one + (zl + zl) * lse if zl > zero else one
         local = labels[i] - start
         for c in range(tx, width, tx_n):
             zc = capped(load(logits[i, c]), cap)
-            v = a * (math.exp(zc - m) / s) - eps_c
+            v = a * (math.exp(zc - m) * inv) - eps_c
             if c == local:
                 v -= keep
             grad[i, c] = store(g * v * cap_slope(zc, cap))
         if tx == 0:
-            row_loss[i] = keep * (lse - z_y) + eps * lse - eps_c * z_sum + zl * lse * lse
+            loss = keep * nll(m, z_y, log_s)
+            if eps > zero:  # terms that are off are left out: 0 * inf would make the row NaN
+                loss = loss + eps * lse - eps_c * z_sum
+            if zl > zero:
+                loss = loss + zl * lse * lse
+            row_loss[i] = loss
 
     return _shard_loss_grad_rows_kernel
 
