@@ -106,6 +106,9 @@ def linear_cross_entropy(
     _validate.reduction(reduction)
     _validate.grad_output(grad_output, reduction, (n,))
     ignore_index = _validate.ignore_index(ignore_index)
+    # checked here too: with no row taking part no chunk would reach softmax_cross_entropy
+    label_smoothing = _validate.label_smoothing(label_smoothing)
+    z_loss = _validate.z_loss(z_loss)
     chunk_size = _validate.chunk_size(chunk_size)
     if v == 0 and n > 0:
         raise ValueError("linear_weight must have at least one class (V >= 1)")

@@ -15,8 +15,12 @@ the other two columns summed. From :math:`\mathrm{lse} = m + \log S` of the whol
 rank computes the loss (the same on every rank) and its own columns of the gradient
 (``gk.shard_loss_and_grad``). Logits are never gathered.
 
-Why one all-gather rather than an all-reduce MAX followed by an all-reduce SUM (Megatron's
-way): one collective instead of two (one latency), and the merge is then the library's own,
+Before that exchange, an ``all_gather`` of eight integers checks that the ranks agree on the
+rows, the shard width, the dtype and the options (a mismatch would abort gloo's exchange or
+place the shards' classes wrongly): a second latency, on a few bytes.
+
+Why one all-gather of the stats rather than an all-reduce MAX followed by an all-reduce SUM
+(Megatron's way): one collective instead of two, and the merge is then the library's own,
 in the same order on every rank, so every rank gets the same bits and the result does not
 depend on the collective's summation order (which NCCL chooses by topology). It moves
 :math:`4 W N` numbers to every rank instead of :math:`2 \cdot 4 N`: small beside the
@@ -30,8 +34,8 @@ import functools
 import torch
 import torch.distributed as dist
 
-from . import merge_shard_stats, shard_loss_and_grad, shard_stats
-from ._torch_ops import scaled
+from . import _validate, merge_shard_stats, shard_loss_and_grad, shard_stats
+from ._torch_ops import no_gradient_for, scaled, tensors
 
 __all__ = ["vocab_parallel_cross_entropy"]
 
@@ -47,15 +51,55 @@ def _merged_stats(stats: Tensor, group) -> Tensor:
     return functools.reduce(merge_shard_stats, gathered)
 
 
+_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+_REDUCTIONS = ("mean", "sum", "none")
+_AGREED = ("rows", "shard width", "dtype", "reduction", "ignore_index", "label_smoothing")
+_AGREED += ("z_loss", "softcap")
+
+
+def _check_agreement(z: Tensor, options: dict, group) -> None:
+    """Refuse, on every rank alike, a call whose ranks disagree on the rows, the shard width,
+    the dtype or the options: one ``all_gather`` of eight integers (the options' float bits)
+    before the stats' (whose sizes must then match: gloo aborts the process on a mismatch,
+    and unequal widths would place the shards' classes wrongly and give wrong losses)."""
+    floats = (options["label_smoothing"], options["z_loss"], options["softcap"] or 0.0)
+    mine = [
+        *z.shape,
+        _DTYPES.index(z.dtype) if z.dtype in _DTYPES else -1,  # else refused after the check
+        _REDUCTIONS.index(options["reduction"]),
+        options["ignore_index"],
+        *torch.tensor(floats, dtype=torch.float64).view(torch.int64).tolist(),
+    ]
+    local = torch.tensor(mine, dtype=torch.int64, device=z.device)
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, local, group=group)
+    first = gathered[0].tolist()
+    for rank, other in enumerate(gathered):
+        differ = [k for k, (a, b) in enumerate(zip(first, other.tolist(), strict=True)) if a != b]
+        if differ:
+            raise ValueError(
+                f"vocab_parallel_cross_entropy: rank {rank} of the group disagrees with rank 0 "
+                f"on {', '.join(_AGREED[k] for k in differ)}: every rank must pass logits of "
+                "the same rows, shard width and dtype, and the same options"
+            )
+
+
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     """Forward computes the loss and this shard's gradient; backward scales the gradient."""
 
     @staticmethod
     def forward(ctx, logits_shard, target, group, options):
         rank = dist.get_rank(group)
-        width = logits_shard.shape[-1]
-        start = rank * width
+        if rank < 0:
+            raise ValueError(
+                "vocab_parallel_cross_entropy: this process is not a member of group (call it "
+                "on the group's ranks only)"
+            )
         z = logits_shard.detach()
+        _validate.ndim("logits_shard", z, 2, "an (N, C_s) block of logit columns")
+        _check_agreement(z, options, group)
+        width = z.shape[-1]
+        start = rank * width
         stats = shard_stats(
             z,
             target,
@@ -108,7 +152,9 @@ def vocab_parallel_cross_entropy(
     :math:`(1 + 2\zeta\,\mathrm{lse})\,p_c - (1 - \varepsilon)[c = y] - \varepsilon / V`
     (through the softcap :math:`\kappa \tanh(z / \kappa)` when given), computed in the
     forward pass and scaled by the upstream gradient in backward. A collective: every rank of
-    ``group`` must call it with the same ``target``, options and shard width.
+    ``group`` must call it with the same ``target``, options, rows, shard width and dtype;
+    a first ``all_gather`` of eight integers checks all but ``target`` (a ``ValueError`` on
+    every rank where they differ), and a process outside ``group`` is refused.
 
     Args:
         logits_shard: ``(N, C_s)`` columns ``[r C_s, (r + 1) C_s)`` of the logits on rank
@@ -133,11 +179,14 @@ def vocab_parallel_cross_entropy(
         loss = vocab_parallel_cross_entropy(shard, y)
         loss.backward()  # shard.grad: this rank's columns of the whole rows' gradient
     """
+    tensors(logits_shard=logits_shard, target=target)
+    no_gradient_for("target", target)
+    _validate.reduction(reduction)
     options = {
         "reduction": reduction,
-        "ignore_index": ignore_index,
-        "label_smoothing": label_smoothing,
-        "z_loss": z_loss,
-        "softcap": softcap,
+        "ignore_index": _validate.ignore_index(ignore_index),
+        "label_smoothing": _validate.label_smoothing(label_smoothing),
+        "z_loss": _validate.z_loss(z_loss),
+        "softcap": None if softcap is None else _validate.softcap(softcap),
     }
     return _VocabParallelCrossEntropy.apply(logits_shard, target, group, options)

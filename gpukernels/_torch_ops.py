@@ -242,6 +242,34 @@ def _terms_from(layout: list[int], factors: list[float]) -> list[LossTerm]:
     return terms
 
 
+# ----------------------------------------------------------------------- argument checks
+
+
+def tensors(**arguments) -> None:
+    """The losses take tensors; arrays belong to the array-level ``gpukernels`` functions."""
+    for name, value in arguments.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"{name} must be a torch.Tensor, got {type(value).__name__} (the functions of "
+                "gpukernels itself take NumPy and CuPy arrays)"
+            )
+
+
+def optional_tensors(**arguments) -> None:
+    """:func:`tensors` for arguments that may also be ``None``."""
+    tensors(**{name: value for name, value in arguments.items() if value is not None})
+
+
+def no_gradient_for(name: str, value) -> None:
+    """The losses differentiate their input only: a ``name`` tensor that requires grad would
+    silently get none, so it is refused."""
+    if isinstance(value, Tensor) and value.requires_grad:
+        raise RuntimeError(
+            f"gpukernels.torch does not differentiate with respect to {name}: pass "
+            f"{name}.detach(), or use the torch.nn.functional loss"
+        )
+
+
 # ----------------------------------------------------------------------- autograd helpers
 
 

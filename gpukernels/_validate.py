@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._dtypes import BFLOAT16
 from ._dtypes import NAMES as FLOAT_NAMES
 from ._dtypes import STORAGE as FLOAT_DTYPES
 from ._kinds import MAX_TERMS, TermKind
@@ -32,7 +33,8 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 # isinstance against a tuple: against a union (int | float) it takes several times longer,
 # which small calls feel.
-_REALS = (int, float, np.integer, np.floating)
+# real numbers: Python's, NumPy's, and ml_dtypes' bfloat16 scalar (not an np.floating)
+_REALS = (int, float, np.integer, np.floating) + ((BFLOAT16.type,) if BFLOAT16 is not None else ())
 _INTEGERS = (int, np.integer)
 _BOOLS = (bool, np.bool_)
 

@@ -99,7 +99,7 @@ def softmax_cross_entropy(
     >>> float(loss.compute()) > 0
     True
     """
-    logits = da.asarray(logits)
+    logits = _as_dask("logits", logits)
     dtype = _validate.float_array("logits", logits)
     _validate.ndim("logits", logits, 2, "an (N, V) array of logits")
     if any(math.isnan(c) for axis in logits.chunks for c in axis):
@@ -221,9 +221,23 @@ def _starts(chunks: tuple[int, ...]):
     return da.from_array(np.asarray(_chunk_starts(chunks)), 1)
 
 
+def _as_dask(name: str, x):
+    """``x`` as a dask array: itself, or a NumPy or CUDA array as one chunk (anything else, a
+    list say, is a ``TypeError``, as everywhere in the library)."""
+    if isinstance(x, da.Array):
+        return x
+    if not (isinstance(x, np.ndarray) or hasattr(x, "__cuda_array_interface__")):
+        raise TypeError(
+            f"{name} must be a dask array, or a NumPy or CUDA array taken as one chunk; got "
+            f"{type(x).__name__}"
+        )
+    _validate.array_library(name, x)  # a NumPy subclass is refused as elsewhere
+    return da.asarray(x)
+
+
 def _rows(x, name: str, n: int, rows: tuple[int, ...]):
     """``x`` as an ``(N,)`` dask array chunked like the logits' rows."""
-    x = da.asarray(x)
+    x = _as_dask(name, x)
     _validate.same_shape(name, x, "the rows of logits", (n,))
     return x.rechunk((rows,))
 
@@ -233,7 +247,7 @@ def _scale(grad_output, reduction: str, n: int, rows, divisor):
     non-ignored rows for ``"mean"``), as a number or a dask array (0-d, or rows for
     ``"none"``)."""
     if grad_output is not None and not _validate.is_number(grad_output):
-        grad_output = da.asarray(grad_output)
+        grad_output = _as_dask("grad_output", grad_output)
         _validate.float_array("grad_output", grad_output)
         if reduction == "none" and grad_output.ndim:
             return _rows(grad_output, "grad_output", n, rows)

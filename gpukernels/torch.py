@@ -40,9 +40,12 @@ from ._torch_ops import (
     layout_of,
     linear_cross_entropy_op,
     mse_op,
+    no_gradient_for,
+    optional_tensors,
     refuse_second_derivative,
     run,
     scaled,
+    tensors,
     unit,
 )
 
@@ -199,9 +202,10 @@ def cross_entropy(
     the loss NaN). ``size_average`` and ``reduce`` are PyTorch's deprecated arguments,
     which decide the reduction as they do in PyTorch.
     """
-    _tensors(input=input, target=target)
-    _no_gradient_for("target", target)
-    _no_gradient_for("weight", weight)
+    tensors(input=input, target=target)
+    optional_tensors(weight=weight)
+    no_gradient_for("target", target)
+    no_gradient_for("weight", weight)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     # the custom op's schema takes Python ints and floats: checked here, with the library's
     # messages, before a bad value reaches it
@@ -241,16 +245,6 @@ def _overwritable(input: Tensor) -> None:
         )
 
 
-def _tensors(**arguments) -> None:
-    """The losses take tensors; arrays belong to the array-level ``gpukernels`` functions."""
-    for name, value in arguments.items():
-        if not isinstance(value, Tensor):
-            raise TypeError(
-                f"{name} must be a torch.Tensor, got {type(value).__name__} (the functions of "
-                "gpukernels itself take NumPy and CuPy arrays)"
-            )
-
-
 def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
     """The reduction, decided as PyTorch decides it: by its deprecated ``size_average`` and
     ``reduce`` where either is given (``reduce=False``: ``"none"``; else ``size_average=False``:
@@ -275,16 +269,6 @@ def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction:
     return reduction
 
 
-def _no_gradient_for(name: str, value) -> None:
-    """The losses differentiate their input only: a ``name`` tensor that requires grad would
-    silently get none, so it is refused."""
-    if isinstance(value, Tensor) and value.requires_grad:
-        raise RuntimeError(
-            f"gpukernels.torch does not differentiate with respect to {name}: pass "
-            f"{name}.detach(), or use the torch.nn.functional loss"
-        )
-
-
 def linear_cross_entropy(
     input: Tensor,
     linear_weight: Tensor,
@@ -304,9 +288,10 @@ def linear_cross_entropy(
     PyTorch's matrix products, the fused kernel in place (see
     ``gpukernels.linear_cross_entropy``). Differentiable with respect to ``input``,
     ``linear_weight`` and ``linear_bias``; the weight gradient is accumulated in float32."""
-    _tensors(input=input, linear_weight=linear_weight, target=target)
-    _no_gradient_for("target", target)
-    _no_gradient_for("weight", weight)
+    tensors(input=input, linear_weight=linear_weight, target=target)
+    optional_tensors(linear_bias=linear_bias, weight=weight)
+    no_gradient_for("target", target)
+    no_gradient_for("weight", weight)
     cap = None if softcap is None else _validate.softcap(softcap)
     options = (
         weight,
@@ -334,9 +319,10 @@ def binary_cross_entropy_with_logits(
     :math:`\ell = w [(1 - y) z + l_w \log(1 + e^{-z})]`, :math:`l_w = 1 + (p_w - 1) y`,
     gradient :math:`w (l_w \sigma(z) - p_w y)`. ``size_average`` and ``reduce``: PyTorch's
     deprecated arguments, as in PyTorch."""
-    _tensors(input=input, target=target)
+    tensors(input=input, target=target)
+    optional_tensors(weight=weight, pos_weight=pos_weight)
     for name, value in (("target", target), ("weight", weight), ("pos_weight", pos_weight)):
-        _no_gradient_for(name, value)
+        no_gradient_for(name, value)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     return _FusedLoss.apply(bce_op, input, target, weight, pos_weight, reduction)
 
@@ -351,8 +337,8 @@ def mse_loss(
     r"""Squared error :math:`(p - t)^2`, gradient :math:`2 (p - t)`, as
     ``torch.nn.functional.mse_loss`` (without its ``weight``). ``size_average`` and
     ``reduce``: PyTorch's deprecated arguments, as in PyTorch."""
-    _tensors(input=input, target=target)
-    _no_gradient_for("target", target)
+    tensors(input=input, target=target)
+    no_gradient_for("target", target)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     return _FusedLoss.apply(mse_op, input, target, reduction)
 
@@ -363,8 +349,8 @@ def huber_loss(
     r"""Huber loss of :math:`d = p - t`: :math:`d^2 / 2` where :math:`|d| \le \delta`, else
     :math:`\delta (|d| - \delta / 2)`; gradient :math:`\mathrm{clip}(d, -\delta, \delta)`.
     As ``torch.nn.functional.huber_loss`` (without its ``weight``)."""
-    _tensors(input=input, target=target)
-    _no_gradient_for("target", target)
+    tensors(input=input, target=target)
+    no_gradient_for("target", target)
     delta = _validate.real_number("delta", delta)
     return _FusedLoss.apply(huber_op, input, target, reduction, delta)
 
@@ -376,8 +362,10 @@ def composite_loss(
     reduced by its own mean and weighted, their gradients summed in their columns: one
     fused kernel (see ``gpukernels.composite_loss``). ``validate`` as for
     :func:`cross_entropy`."""
-    _tensors(pred=pred, target=target)
-    _no_gradient_for("target", target)
+    tensors(pred=pred, target=target)
+    no_gradient_for("target", target)
+    _validate.ndim("pred", pred, 2, "an (N, P) batch of output rows")  # before its width
+    _validate.ndim("target", target, 2, "an (N, Q) batch of target rows")
     layout, factors = layout_of(terms, pred.shape[-1], target.shape[-1])
     check = pred.device.type == "cpu" if validate is None else bool(validate)
     return _FusedLoss.apply(composite_op, pred, target, layout, factors, check)

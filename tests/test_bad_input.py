@@ -11,6 +11,7 @@ from _refs import assert_close, cross_entropy, log_softmax, mse, poisoned
 
 import gpukernels as gk
 from gpukernels import _dispatch, _validate
+from gpukernels._dtypes import BFLOAT16
 from gpukernels._kinds import MAX_TERMS, TermKind
 
 N, C = 3, 4
@@ -506,6 +507,14 @@ def test_grad_output_may_be_a_number(backend):
     loss, grad = gk.mse(z(), z() * 0, grad_output=np.float32(2.0))
     exp_loss, exp_grad = mse(z(), z() * 0, grad_output=2.0)
     assert_close(grad, exp_grad, np.float64)
+    if BFLOAT16 is not None:  # ml_dtypes' scalar is no np.floating, but a number all the same
+        loss, grad = gk.mse(z(), z() * 0, grad_output=BFLOAT16.type(2.0))
+        assert_close(grad, exp_grad, np.float64)
+        options = {"label_smoothing": BFLOAT16.type(0.5), "grad_output": BFLOAT16.type(2.0)}
+        got = gk.softmax_cross_entropy(z(), np.array([0, 1, 2]), **options)
+        options = {"label_smoothing": 0.5, "grad_output": 2.0}
+        want = gk.softmax_cross_entropy(z(), np.array([0, 1, 2]), **options)
+        assert got[0] == want[0] and np.array_equal(got[1], want[1])
 
 
 def test_cuda_array_without_cupy(monkeypatch):

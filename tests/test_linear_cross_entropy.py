@@ -135,6 +135,23 @@ def test_bad_arguments(kwargs, error, match):
         gk.linear_cross_entropy(x, w, np.array([0, 1, 2]), **kwargs)
 
 
+@pytest.mark.parametrize("rows", [0, 3], ids=["no rows", "every row ignored"])
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"label_smoothing": 5.0}, ValueError),
+        ({"label_smoothing": "0.1"}, TypeError),
+        ({"z_loss": float("nan")}, ValueError),
+        ({"z_loss": "1e-4"}, TypeError),
+    ],
+)
+def test_options_are_checked_when_no_row_takes_part(rows, kwargs, error):
+    """No chunk reaches the kernel then: the options are checked before the chunks."""
+    x, w = np.ones((rows, 2), np.float32), np.ones((5, 2), np.float32)
+    with pytest.raises(error, match=next(iter(kwargs))):
+        gk.linear_cross_entropy(x, w, np.full(rows, -100), **kwargs)
+
+
 def test_bad_shapes_and_labels():
     x, w = np.ones((3, 2), np.float32), np.ones((5, 2), np.float32)
     with pytest.raises(TypeError, match="linear_weight"):

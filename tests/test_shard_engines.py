@@ -173,6 +173,10 @@ def test_dask_errors(cpu_backend, gkd):
         gkd.softmax_cross_entropy(logits, y, grad_output=np.ones(N))
     with pytest.raises(ValueError, match="softcap"):  # while the graph is built
         gkd.softmax_cross_entropy(logits.astype(np.float32), y, softcap=1e39)
+    with pytest.raises(TypeError, match="logits must be a dask array, .* got list"):
+        gkd.softmax_cross_entropy(z.tolist(), y)
+    with pytest.raises(TypeError, match="target must be a dask array, .* got list"):
+        gkd.softmax_cross_entropy(logits, y.tolist())
     # out of range, in the second row block: found by the tasks, and numbered in the whole
     # array, for the loss and for the gradient, as the whole rows number it
     for bad in (V, -3, 2**63 + 1):
@@ -286,6 +290,27 @@ def torch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             assert "once differentiable" in str(error)
         else:
             raise AssertionError("a second derivative was not refused")
+        disagreements = {  # what this rank passes where the ranks disagree
+            "shard width": (z[:, : 5 + rank], y, {}),
+            "rows": (z[rank:, :width], y[rank:], {}),
+            "dtype": (z[:, :width].astype(np.float32 if rank else np.float64), y, {}),
+            "label_smoothing": (z[:, :width], y, {"label_smoothing": 0.1 * rank}),
+        }
+        for what, (logits, labels, options) in disagreements.items():
+            try:  # every rank refuses, after one small exchange: none is left waiting
+                vocab_parallel_cross_entropy(torch.tensor(logits), torch.tensor(labels), **options)
+            except ValueError as error:
+                assert f"rank 1 of the group disagrees with rank 0 on {what}:" in str(error)
+            else:
+                raise AssertionError(f"ranks that disagree on {what} were not refused")
+        first_only = dist.new_group([0])  # every rank takes part in making it
+        if rank:
+            try:
+                vocab_parallel_cross_entropy(shard, torch.tensor(y), group=first_only)
+            except ValueError as error:
+                assert "not a member of group" in str(error)
+            else:
+                raise AssertionError("a rank outside the group was not refused")
         dist.destroy_process_group()
     except BaseException:
         with open(os.path.join(out_dir, f"error-{rank}.txt"), "w") as f:
@@ -329,6 +354,20 @@ def torch_reference(z, y, up, *, reduction, **options):
     total = torch_cross_entropy_loss(x, torch.tensor(y), reduction=reduction, **options)
     total.backward(torch.tensor(up, dtype=torch.float64) if reduction == "none" else None)
     return total.detach().numpy(), x.grad.numpy()
+
+
+def test_vocab_parallel_takes_tensors():
+    """Checked before any exchange, so no process group is needed."""
+    torch = pytest.importorskip("torch")
+    from gpukernels._torch_distributed import vocab_parallel_cross_entropy
+
+    z, y = logits_and_target()
+    with pytest.raises(TypeError, match="logits_shard must be a torch.Tensor, got ndarray"):
+        vocab_parallel_cross_entropy(z, torch.tensor(y))
+    with pytest.raises(TypeError, match="target must be a torch.Tensor, got list"):
+        vocab_parallel_cross_entropy(torch.tensor(z), y.tolist())
+    with pytest.raises(ValueError, match="label_smoothing"):
+        vocab_parallel_cross_entropy(torch.tensor(z), torch.tensor(y), label_smoothing=2.0)
 
 
 @pytest.mark.slow

@@ -436,9 +436,17 @@ def test_arguments_are_refused_by_name():
         (lambda: gkt.cross_entropy(x, labels.numpy()), "target"),
         (lambda: gkt.mse_loss(x, array), "target"),
         (lambda: gkt.composite_loss(x, array, [gk.LossTerm("mse", slice(0, 4))]), "target"),
+        (lambda: gkt.cross_entropy(x, labels, [1.0] * 4), "weight"),
+        (lambda: gkt.binary_cross_entropy_with_logits(x, y, pos_weight=array[0]), "pos_weight"),
+        (lambda: gkt.linear_cross_entropy(x, x, labels, linear_bias=[0.0] * 3), "linear_bias"),
+        (lambda: gkt.linear_cross_entropy(x, x, labels, weight=array[0]), "weight"),
     ):
         with pytest.raises(TypeError, match=f"^{name} must be a torch.Tensor"):
             call()
+    term = [gk.LossTerm("mse", slice(0, 1))]
+    for pred, target, name in ((x[0, 0], y, "pred"), (x, y[0, 0], "target")):  # 0-d
+        with pytest.raises(ValueError, match=f"^{name} must be an .* batch"):
+            gkt.composite_loss(pred, target, term)
     weight = torch.ones(4, requires_grad=True)
     with pytest.raises(RuntimeError, match="weight"):
         gkt.linear_cross_entropy(x, torch.randn(4, 4), labels, weight=weight)
