@@ -100,17 +100,20 @@ class Device:
     def sync(self) -> None:
         """Wait for queued work (nothing is queued on the host)."""
 
-    def time_calls(self, fn: Callable[[int], object], reps: int, n_sets: int) -> list[float]:
-        """Seconds of each of ``reps`` calls ``fn(i % n_sets)``, one sample per call."""
+    def time_calls(
+        self, fn: Callable[[int], object], reps: int, n_sets: int, first: int = 0
+    ) -> list[float]:
+        """Seconds of each of ``reps`` calls ``fn(i % n_sets)``, ``i`` from ``first``, one
+        sample per call."""
         samples = []
-        for i in range(reps):
+        for i in range(first, first + reps):
             start = time.perf_counter()
             fn(i % n_sets)
             samples.append(time.perf_counter() - start)
         return samples
 
     def time_host(
-        self, fn: Callable[[int], object], reps: int, n_sets: int, batch: int
+        self, fn: Callable[[int], object], reps: int, n_sets: int, batch: int, first: int = 0
     ) -> list[float]:
         """Host seconds per call over batches of ``batch`` calls, synchronised per batch.
 
@@ -121,7 +124,7 @@ class Device:
         for r in range(reps):
             start = time.perf_counter()
             for i in range(batch):
-                fn((r * batch + i) % n_sets)
+                fn((first + r * batch + i) % n_sets)
             self.sync()
             samples.append((time.perf_counter() - start) / batch)
         return samples
@@ -208,13 +211,16 @@ class CudaDevice(Device):
         """Wait for the current device's queued work."""
         self.cupy.cuda.Device().synchronize()
 
-    def time_calls(self, fn: Callable[[int], object], reps: int, n_sets: int) -> list[float]:
-        """Seconds of each call between two CUDA events; one synchronisation at the end."""
+    def time_calls(
+        self, fn: Callable[[int], object], reps: int, n_sets: int, first: int = 0
+    ) -> list[float]:
+        """Seconds of each call between two CUDA events (``fn((first + i) % n_sets)``); one
+        synchronisation at the end."""
         event = self.cupy.cuda.Event
         marks = [(event(), event()) for _ in range(reps)]
         for i, (start, end) in enumerate(marks):
             start.record()
-            fn(i % n_sets)
+            fn((first + i) % n_sets)
             end.record()
         marks[-1][1].synchronize()
         elapsed = self.cupy.cuda.get_elapsed_time

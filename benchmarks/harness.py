@@ -142,13 +142,16 @@ def time_in_rounds(dev, fns: list, n_sets: int, budget: Budget, host: bool) -> l
     machine falls on every variant of a case rather than on one variant's figure. In a
     round, a call first runs as often as fits in a ``ROUNDS``-th of the warm-up time (the
     other calls have taken the caches and branch predictors since; a slow call, not at
-    all). A call that raises leaves the rounds.
+    all). Each call's input sets rotate on from round to round, warm-up calls included, so
+    that a timed call never reads the set a call just before it read. A call that raises
+    leaves the rounds.
     """
     results: list = [None] * len(fns)
     pace = {}
+    position = {}  # each call's next input set
     for k, fn in enumerate(fns):
         try:
-            pace[k] = _warm_up(dev, fn, n_sets, budget.warmup_s)
+            pace[k], position[k] = _warm_up(dev, fn, n_sets, budget.warmup_s)
         except Exception as exc:  # reported by the caller, the others go on
             results[k] = exc
     samples = {k: [] for k in pace}
@@ -161,11 +164,14 @@ def time_in_rounds(dev, fns: list, n_sets: int, budget: Budget, host: bool) -> l
                 continue
             per_call, fn = pace[k], fns[k]
             try:
-                for i in range(int(budget.warmup_s / ROUNDS / per_call) if r else 0):
+                warm = int(budget.warmup_s / ROUNDS / per_call)
+                for i in range(position[k], position[k] + warm):
                     fn(i % n_sets)
                 dev.sync()
                 reps = -(-_repeats(per_call, budget, host) // ROUNDS)
-                samples[k] += _sample(dev, fn, reps, n_sets, host, budget.host_batch)
+                first = position[k] + warm
+                samples[k] += _sample(dev, fn, reps, n_sets, host, budget.host_batch, first)
+                position[k] = (first + reps * (budget.host_batch if host else 1)) % n_sets
             except Exception as exc:
                 results[k] = exc
     for k, got in samples.items():
@@ -174,15 +180,15 @@ def time_in_rounds(dev, fns: list, n_sets: int, budget: Budget, host: bool) -> l
     return results
 
 
-def _warm_up(dev, fn, n_sets: int, seconds: float) -> float:
-    """Call ``fn`` on each input set at least once and for at least ``seconds``; the
-    seconds a call took."""
+def _warm_up(dev, fn, n_sets: int, seconds: float) -> tuple[float, int]:
+    """Call ``fn`` on each input set at least once and for at least ``seconds``: the seconds
+    a call took (never 0: budgets divide by it) and the next input set."""
     calls, start = 0, time.perf_counter()
     while calls < n_sets or time.perf_counter() - start < seconds:
         fn(calls % n_sets)
         dev.sync()
         calls += 1
-    return max(time.perf_counter() - start, 1e-9) / calls  # never 0: budgets divide by it
+    return max(time.perf_counter() - start, 1e-9) / calls, calls % n_sets
 
 
 def _repeats(per_call: float, budget: Budget, host: bool) -> int:
@@ -192,13 +198,14 @@ def _repeats(per_call: float, budget: Budget, host: bool) -> int:
     return int(min(max(reps, budget.min_reps), budget.max_reps))
 
 
-def _sample(dev, fn, reps: int, n_sets: int, host: bool, batch: int) -> list[float]:
-    """``reps`` samples of seconds per call, with the collector off."""
+def _sample(dev, fn, reps: int, n_sets: int, host: bool, batch: int, first: int) -> list[float]:
+    """``reps`` samples of seconds per call from input set ``first`` on, with the collector
+    off."""
     gc.disable()
     try:
         if host:
-            return dev.time_host(fn, reps, n_sets, batch)
-        return dev.time_calls(fn, reps, n_sets)
+            return dev.time_host(fn, reps, n_sets, batch, first)
+        return dev.time_calls(fn, reps, n_sets, first)
     finally:
         gc.enable()
 

@@ -104,6 +104,16 @@ class KeyedCacheFile(IndexDataCacheFile):
             self._save_index(overloads)
 
 
+def _options_tag(options: dict) -> str:
+    """A short name of the compile options: Numba keys its cache by source file and
+    signature only, so code compiled with other options (an ``error_model`` changed in this
+    module, say, its callers' files untouched) gets files of its own rather than old code."""
+    canonical = sorted(
+        (k, sorted(v) if isinstance(v, set | frozenset) else v) for k, v in options.items()
+    )
+    return hashlib.sha256(repr(canonical).encode()).hexdigest()[:8]
+
+
 # What KeyedCacheFile uses of Numba's (private) cache file: without it, Numba's own is kept
 _NUMBA_PARTS = ("_cache_path", "_index_name", "_source_stamp", "_data_name", "_load_index")
 
@@ -120,7 +130,6 @@ def njit(fn=None, **options):
     cache = getattr(dispatcher, "_cache", None)
     old = getattr(cache, "_cache_file", None)
     if isinstance(cache, FunctionCache) and all(hasattr(old, a) for a in _NUMBA_PARTS):
-        cache._cache_file = KeyedCacheFile(
-            old._cache_path, old._index_name[: -len(".nbi")], old._source_stamp
-        )
+        base = f"{old._index_name[: -len('.nbi')]}-{_options_tag(options)}"
+        cache._cache_file = KeyedCacheFile(old._cache_path, base, old._source_stamp)
     return dispatcher

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from . import _validate
 from ._dtypes import ACCUMULATORS
 
 # Shared: they have no elements to write. Writable, as a fresh one would be, so that the
@@ -33,7 +34,7 @@ def upstream_scale(xp, grad_output, acc: np.dtype, *, none_as_empty: bool = Fals
     """
     if grad_output is None:
         return absent(xp, acc) if none_as_empty else xp.ones(1, acc)
-    if isinstance(grad_output, int | float | np.number):
+    if _validate.is_number(grad_output):
         return xp.full(1, grad_output, acc)
     return xp.ascontiguousarray(grad_output, dtype=acc).reshape(-1)
 

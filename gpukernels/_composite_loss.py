@@ -54,6 +54,13 @@ _ARGUMENTS = ArrayArguments(
 )
 
 
+def batches(pred, target) -> None:
+    """``pred`` and ``target`` must be 2-D, batches of rows (also ``gpukernels.torch``'s
+    check, before it reads their widths)."""
+    _validate.ndim("pred", pred, 2, "an (N, P) batch of output rows")
+    _validate.ndim("target", target, 2, "an (N, Q) batch of target rows")
+
+
 @tensor_io(_ARGUMENTS)
 def composite_loss(
     pred, target, terms: Sequence[LossTerm], *, grad_output=None, out=None, validate: bool = True
@@ -99,9 +106,8 @@ def composite_loss(
     call = _ARGUMENTS.call(pred, target, grad_output, out)
     pred, target, grad_output, out = call.arrays
     dtype = _validate.float_array("pred", pred)
-    _validate.ndim("pred", pred, 2, "an (N, P) batch of output rows")
     _validate.float_array("target", target)
-    _validate.ndim("target", target, 2, "an (N, Q) batch of target rows")
+    batches(pred, target)
     n = pred.shape[0]
     if target.shape[0] != n:
         raise ValueError(f"target must have {n} rows like pred, got {target.shape[0]}")

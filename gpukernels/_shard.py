@@ -113,9 +113,9 @@ def merge_shard_stats(a, b):
     xp = call.xp
     m = xp.maximum(a[:, 0], b[:, 0])
     safe = xp.where(xp.isneginf(m), 0, m)  # two empty shards: exp(-inf - -inf) would be NaN
-    merged = a + b
-    merged[:, 0] = m
-    with np.errstate(invalid="ignore"):  # a +inf max gives NaN, as the whole row's CE does
+    with np.errstate(invalid="ignore"):  # +inf and -inf give NaN, as the whole row's CE does
+        merged = a + b
+        merged[:, 0] = m
         merged[:, 1] = a[:, 1] * xp.exp(a[:, 0] - safe) + b[:, 1] * xp.exp(b[:, 0] - safe)
     return merged
 

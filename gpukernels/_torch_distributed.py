@@ -15,9 +15,10 @@ the other two columns summed. From :math:`\mathrm{lse} = m + \log S` of the whol
 rank computes the loss (the same on every rank) and its own columns of the gradient
 (``gk.shard_loss_and_grad``). Logits are never gathered.
 
-Before that exchange, an ``all_gather`` of eight integers checks that the ranks agree on the
-rows, the shard width, the dtype and the options (a mismatch would abort gloo's exchange or
-place the shards' classes wrongly): a second latency, on a few bytes.
+Before that exchange, an ``all_gather`` of nine integers checks that no rank refused its
+arguments and that the ranks agree on the rows, the shard width, the dtype and the options (a
+mismatch would abort gloo's exchange or place the shards' classes wrongly): a second latency,
+on a few bytes.
 
 Why one all-gather of the stats rather than an all-reduce MAX followed by an all-reduce SUM
 (Megatron's way): one collective instead of two, and the merge is then the library's own,
@@ -57,30 +58,60 @@ _AGREED = ("rows", "shard width", "dtype", "reduction", "ignore_index", "label_s
 _AGREED += ("z_loss", "softcap")
 
 
-def _check_agreement(z: Tensor, options: dict, group) -> None:
-    """Refuse, on every rank alike, a call whose ranks disagree on the rows, the shard width,
-    the dtype or the options: one ``all_gather`` of eight integers (the options' float bits)
-    before the stats' (whose sizes must then match: gloo aborts the process on a mismatch,
-    and unequal widths would place the shards' classes wrongly and give wrong losses)."""
-    floats = (options["label_smoothing"], options["z_loss"], options["softcap"] or 0.0)
-    mine = [
-        *z.shape,
-        _DTYPES.index(z.dtype) if z.dtype in _DTYPES else -1,  # else refused after the check
-        _REDUCTIONS.index(options["reduction"]),
-        options["ignore_index"],
-        *torch.tensor(floats, dtype=torch.float64).view(torch.int64).tolist(),
-    ]
+def _checked(options: dict) -> dict:
+    """The options, checked with the library's messages."""
+    _validate.reduction(options["reduction"])
+    softcap = options["softcap"]
+    return {
+        "reduction": options["reduction"],
+        "ignore_index": _validate.ignore_index(options["ignore_index"]),
+        "label_smoothing": _validate.label_smoothing(options["label_smoothing"]),
+        "z_loss": _validate.z_loss(options["z_loss"]),
+        "softcap": None if softcap is None else _validate.softcap(softcap),
+    }
+
+
+def _check_agreement(z: Tensor, options: dict | None, group) -> None:
+    """One ``all_gather`` of nine integers, before the stats': whether this rank refused its
+    arguments (``options`` None), else its rows, shard width, dtype and options (the floats'
+    bits). Where another rank refused its arguments, or the ranks disagree, every rank but a
+    refusing one raises ``ValueError`` here (a refusing one raises its own error after), so
+    none is left waiting in the next exchange: gloo aborts the process where the stats'
+    sizes differ, and unequal widths would place the shards' classes wrongly."""
+    if options is None:
+        mine = [1] + [-1] * len(_AGREED)
+    else:
+        floats = (options["label_smoothing"], options["z_loss"], options["softcap"] or 0.0)
+        mine = [
+            0,
+            *z.shape,
+            _DTYPES.index(z.dtype) if z.dtype in _DTYPES else -1,  # else refused already
+            _REDUCTIONS.index(options["reduction"]),
+            options["ignore_index"],
+            # + 0.0: -0.0 and 0.0 are the same option
+            *torch.tensor(floats, dtype=torch.float64).add(0.0).view(torch.int64).tolist(),
+        ]
     local = torch.tensor(mine, dtype=torch.int64, device=z.device)
     gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
     dist.all_gather(gathered, local, group=group)
-    first = gathered[0].tolist()
-    for rank, other in enumerate(gathered):
-        differ = [k for k, (a, b) in enumerate(zip(first, other.tolist(), strict=True)) if a != b]
+    ranks = torch.stack(gathered).tolist()  # one read from the device
+    refused = [rank for rank, row in enumerate(ranks) if row[0]]
+    if refused:
+        if options is None:
+            return
+        raise ValueError(
+            f"vocab_parallel_cross_entropy: rank {refused[0]} of the group refused its "
+            "arguments (its own error says why), so every rank stops here"
+        )
+    for rank, row in enumerate(ranks):
+        differ = [
+            _AGREED[k] for k, (a, b) in enumerate(zip(ranks[0][1:], row[1:], strict=True)) if a != b
+        ]
         if differ:
             raise ValueError(
                 f"vocab_parallel_cross_entropy: rank {rank} of the group disagrees with rank 0 "
-                f"on {', '.join(_AGREED[k] for k in differ)}: every rank must pass logits of "
-                "the same rows, shard width and dtype, and the same options"
+                f"on {', '.join(differ)}: every rank must pass logits of the same rows, shard "
+                "width and dtype, and the same options"
             )
 
 
@@ -96,25 +127,30 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                 "on the group's ranks only)"
             )
         z = logits_shard.detach()
-        _validate.ndim("logits_shard", z, 2, "an (N, C_s) block of logit columns")
+        try:  # whatever this rank refuses, the others learn of in the agreement check
+            no_gradient_for("target", target)
+            options = _checked(options)
+            _validate.ndim("logits_shard", z, 2, "an (N, C_s) block of logit columns")
+            start = rank * z.shape[1]
+            stats = shard_stats(
+                z,
+                target,
+                class_start=start,
+                ignore_index=options["ignore_index"],
+                label_smoothing=options["label_smoothing"],
+                softcap=options["softcap"],
+            )
+        except (TypeError, ValueError, RuntimeError) as error:
+            _check_agreement(z, None, group)
+            raise error
         _check_agreement(z, options, group)
-        width = z.shape[-1]
-        start = rank * width
-        stats = shard_stats(
-            z,
-            target,
-            class_start=start,
-            ignore_index=options["ignore_index"],
-            label_smoothing=options["label_smoothing"],
-            softcap=options["softcap"],
-        )
         merged = _merged_stats(stats, group)
         loss, grad = shard_loss_and_grad(
             z,
             target,
             merged,
             class_start=start,
-            num_classes=dist.get_world_size(group) * width,
+            num_classes=dist.get_world_size(group) * z.shape[1],
             **options,
         )
         ctx.save_for_backward(grad)
@@ -153,8 +189,9 @@ def vocab_parallel_cross_entropy(
     (through the softcap :math:`\kappa \tanh(z / \kappa)` when given), computed in the
     forward pass and scaled by the upstream gradient in backward. A collective: every rank of
     ``group`` must call it with the same ``target``, options, rows, shard width and dtype;
-    a first ``all_gather`` of eight integers checks all but ``target`` (a ``ValueError`` on
-    every rank where they differ), and a process outside ``group`` is refused.
+    a first ``all_gather`` of nine integers checks all but ``target`` (a ``ValueError`` on
+    every rank where they differ, or where one rank refuses its arguments: that one raises
+    its own error), and a process outside ``group`` is refused.
 
     Args:
         logits_shard: ``(N, C_s)`` columns ``[r C_s, (r + 1) C_s)`` of the logits on rank
@@ -179,14 +216,12 @@ def vocab_parallel_cross_entropy(
         loss = vocab_parallel_cross_entropy(shard, y)
         loss.backward()  # shard.grad: this rank's columns of the whole rows' gradient
     """
-    tensors(logits_shard=logits_shard, target=target)
-    no_gradient_for("target", target)
-    _validate.reduction(reduction)
+    tensors(logits_shard=logits_shard, target=target)  # else no device to exchange on
     options = {
         "reduction": reduction,
-        "ignore_index": _validate.ignore_index(ignore_index),
-        "label_smoothing": _validate.label_smoothing(label_smoothing),
-        "z_loss": _validate.z_loss(z_loss),
-        "softcap": None if softcap is None else _validate.softcap(softcap),
+        "ignore_index": ignore_index,
+        "label_smoothing": label_smoothing,
+        "z_loss": z_loss,
+        "softcap": softcap,
     }
     return _VocabParallelCrossEntropy.apply(logits_shard, target, group, options)

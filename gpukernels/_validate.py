@@ -40,7 +40,8 @@ _BOOLS = (bool, np.bool_)
 
 
 def is_number(x) -> bool:
-    """A plain real number (Python or NumPy, not a bool): what a scalar option may be."""
+    """A plain real number (Python's, NumPy's or ml_dtypes' bfloat16 scalar, not a bool):
+    what a scalar option may be."""
     kind = type(x)
     if kind is float or kind is int:
         return True

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 
 from . import _validate
-from ._composite_loss import LossTerm
+from ._composite_loss import LossTerm, batches
 from ._torch_distributed import vocab_parallel_cross_entropy
 from ._torch_ops import (
     bce_op,
@@ -364,8 +364,7 @@ def composite_loss(
     :func:`cross_entropy`."""
     tensors(pred=pred, target=target)
     no_gradient_for("target", target)
-    _validate.ndim("pred", pred, 2, "an (N, P) batch of output rows")  # before its width
-    _validate.ndim("target", target, 2, "an (N, Q) batch of target rows")
+    batches(pred, target)  # before their widths are read
     layout, factors = layout_of(terms, pred.shape[-1], target.shape[-1])
     check = pred.device.type == "cpu" if validate is None else bool(validate)
     return _FusedLoss.apply(composite_op, pred, target, layout, factors, check)

@@ -9,13 +9,18 @@ from benchmarks import harness  # noqa: E402
 
 
 class _Device:
-    """Calls ``fn`` as the CPU device does, one sample of 1 s per call."""
+    """Calls ``fn`` as the CPU device does, one sample of 1 s per call (per batch)."""
 
     def sync(self):
         pass
 
-    def time_calls(self, fn, reps, n_sets):
-        for i in range(reps):
+    def time_calls(self, fn, reps, n_sets, first=0):
+        for i in range(first, first + reps):
+            fn(i % n_sets)
+        return [1.0] * reps
+
+    def time_host(self, fn, reps, n_sets, batch, first=0):
+        for i in range(first, first + reps * batch):
             fn(i % n_sets)
         return [1.0] * reps
 
@@ -29,6 +34,17 @@ def _recording(log, name, fail_at=None):
     return call
 
 
+def _paced(monkeypatch, seconds):
+    """The first warm-up: each input set once, ``seconds`` a call."""
+
+    def warm_up(dev, fn, n_sets, _seconds):
+        for i in range(n_sets):
+            fn(i)
+        return seconds, 0
+
+    monkeypatch.setattr(harness, "_warm_up", warm_up)
+
+
 def test_rounds_take_the_variants_in_turn_and_keep_each_ones_samples():
     log = []
     budget = harness.Budget(warmup_s=0.0, time_s=0.0, min_reps=7, max_reps=7)
@@ -40,7 +56,27 @@ def test_rounds_take_the_variants_in_turn_and_keep_each_ones_samples():
     assert warm_up == [(n, i) for n in "abc" for i in range(3)]  # every input set once
     firsts = [timed[k][0] for k in range(0, len(timed), 2)]
     assert firsts == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c", "b", "c", "a"]
-    assert all(i in (0, 1) for _, i in timed)  # the sets rotate within a round's repeats
+    # each call's input sets rotate on from round to round
+    assert [i for n, i in timed if n == "a"] == [i % 3 for i in range(10)]
+
+
+def test_each_round_warms_each_call_up_again_and_the_sets_rotate_on(monkeypatch):
+    _paced(monkeypatch, 0.01)  # 0.1 s of warm-up: 0.02 s, two calls, in each round
+    log = []
+    budget = harness.Budget(warmup_s=0.1, time_s=0.0, min_reps=5, max_reps=5)
+    got = harness.time_in_rounds(_Device(), [_recording(log, "a")], 4, budget, host=False)
+    assert got[0].reps == 5
+    sets = [i for _, i in log]
+    assert sets == [0, 1, 2, 3] + [i % 4 for i in range(3 * 5)]  # warm 2, time 1 a round
+
+
+def test_host_clock_batches_rotate_on(monkeypatch):
+    _paced(monkeypatch, 1.0)  # slower than a round's warm-up: none
+    log = []
+    budget = harness.Budget(warmup_s=0.1, time_s=0.0, min_reps=5, max_reps=5, host_batch=3)
+    got = harness.time_in_rounds(_Device(), [_recording(log, "a")], 2, budget, host=True)
+    assert got[0].reps == 5
+    assert [i for _, i in log] == [0, 1] + [i % 2 for i in range(5 * 3)]
 
 
 def test_a_call_that_raises_gets_its_exception_and_the_others_go_on():

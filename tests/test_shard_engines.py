@@ -303,6 +303,14 @@ def torch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 assert f"rank 1 of the group disagrees with rank 0 on {what}:" in str(error)
             else:
                 raise AssertionError(f"ranks that disagree on {what} were not refused")
+        bad = {"label_smoothing": 2.0} if rank == 1 else {}  # refused by rank 1 alone
+        try:
+            vocab_parallel_cross_entropy(torch.tensor(z[:, :width]), torch.tensor(y), **bad)
+        except ValueError as error:
+            want = "label_smoothing must be" if rank == 1 else "rank 1 of the group refused"
+            assert want in str(error), error
+        else:
+            raise AssertionError("an argument refused by one rank went unnoticed")
         first_only = dist.new_group([0])  # every rank takes part in making it
         if rank:
             try:
@@ -357,7 +365,8 @@ def torch_reference(z, y, up, *, reduction, **options):
 
 
 def test_vocab_parallel_takes_tensors():
-    """Checked before any exchange, so no process group is needed."""
+    """Checked before any exchange (no device to exchange on), so no process group is
+    needed; the other arguments are checked in the ranks' exchange (torch_worker)."""
     torch = pytest.importorskip("torch")
     from gpukernels._torch_distributed import vocab_parallel_cross_entropy
 
@@ -366,8 +375,6 @@ def test_vocab_parallel_takes_tensors():
         vocab_parallel_cross_entropy(z, torch.tensor(y))
     with pytest.raises(TypeError, match="target must be a torch.Tensor, got list"):
         vocab_parallel_cross_entropy(torch.tensor(z), y.tolist())
-    with pytest.raises(ValueError, match="label_smoothing"):
-        vocab_parallel_cross_entropy(torch.tensor(z), torch.tensor(y), label_smoothing=2.0)
 
 
 @pytest.mark.slow
