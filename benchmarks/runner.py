@@ -24,7 +24,7 @@ from gpukernels._ops import OPS as KERNEL_OPS
 
 from . import memory, report
 from .device import Device, open_device, slug
-from .harness import BUDGETS, TOLERANCE, run_case
+from .harness import BUDGETS, ROUNDS, TOLERANCE, run_case
 
 TIERS = ("small", "medium", "large")
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,7 +147,10 @@ def metadata(dev: Device, options, ops: list[str], dtypes: list[str], budget, no
             "backend": dev.kind,
         },
         "method": {
-            "timing": f"{clock} around each call, after warm-up",
+            "timing": (
+                f"{clock} around each call, after warm-up, in {ROUNDS} rounds that take a "
+                "case's variants in turn"
+            ),
             "statistic": "median; spread: interquartile range (q1, q3) and min/max",
             "copy": f"{copy} moving the same number of bytes (half read, half written)",
             "check": "loss and gradient against a float64 reference before timing",
