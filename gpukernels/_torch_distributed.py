@@ -15,10 +15,10 @@ the other two columns summed. From :math:`\mathrm{lse} = m + \log S` of the whol
 rank computes the loss (the same on every rank) and its own columns of the gradient
 (``gk.shard_loss_and_grad``). Logits are never gathered.
 
-Before that exchange, an ``all_gather`` of nine integers checks that no rank refused its
-arguments and that the ranks agree on the rows, the shard width, the dtype and the options (a
-mismatch would abort gloo's exchange or place the shards' classes wrongly): a second latency,
-on a few bytes.
+Before that exchange, an ``all_gather`` of ten integers checks that no rank refused its
+arguments and that the ranks agree on the rows, the shard width, the dtype, the options and
+(by a digest) the target (a mismatch would abort gloo's exchange, place the shards' classes
+wrongly or give each rank its own loss): a second latency, on a few bytes.
 
 Why one all-gather of the stats rather than an all-reduce MAX followed by an all-reduce SUM
 (Megatron's way): one collective instead of two, and the merge is then the library's own,
@@ -55,7 +55,7 @@ def _merged_stats(stats: Tensor, group) -> Tensor:
 _DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 _REDUCTIONS = ("mean", "sum", "none")
 _AGREED = ("rows", "shard width", "dtype", "reduction", "ignore_index", "label_smoothing")
-_AGREED += ("z_loss", "softcap")
+_AGREED += ("z_loss", "softcap", "target")
 
 
 def _checked(options: dict) -> dict:
@@ -71,15 +71,32 @@ def _checked(options: dict) -> dict:
     }
 
 
-def _check_agreement(z: Tensor, options: dict | None, group) -> None:
-    """One ``all_gather`` of nine integers, before the stats': whether this rank refused its
-    arguments (``options`` None), else its rows, shard width, dtype and options (the floats'
-    bits). Where another rank refused its arguments, or the ranks disagree, every rank but a
-    refusing one raises ``ValueError`` here (a refusing one raises its own error after), so
-    none is left waiting in the next exchange: gloo aborts the process where the stats'
-    sizes differ, and unequal widths would place the shards' classes wrongly."""
+def _exchange_device(group) -> torch.device:
+    """Where ``group``'s collectives take tensors: this process's current GPU for NCCL, else
+    the CPU."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _target_digest(target: Tensor) -> Tensor:
+    """An int64 digest of the class indices, on their device (no read): their sum weighted
+    by position, wrapping on overflow. Ranks with other targets would each compute their
+    own loss and gradient silently; a digest that differs tells them apart."""
+    labels = target.to(torch.int64)
+    return (labels * torch.arange(1, labels.numel() + 1, device=labels.device)).sum()
+
+
+def _check_agreement(z: Tensor, target: Tensor, options: dict | None, group) -> None:
+    """One ``all_gather`` of ten integers, before the stats': whether this rank refused its
+    arguments (``options`` None), else its rows, shard width, dtype, options (the floats'
+    bits) and a digest of ``target``. Where another rank refused its arguments, or the ranks
+    disagree, every rank but a refusing one raises ``ValueError`` here (a refusing one
+    raises its own error after), so none is left waiting in the next exchange: gloo aborts
+    the process where the stats' sizes differ, and unequal widths would place the shards'
+    classes wrongly."""
     if options is None:
-        mine = [1] + [-1] * len(_AGREED)
+        local = torch.tensor([1] + [-1] * len(_AGREED), dtype=torch.int64, device=z.device)
     else:
         floats = (options["label_smoothing"], options["z_loss"], options["softcap"] or 0.0)
         mine = [
@@ -91,7 +108,8 @@ def _check_agreement(z: Tensor, options: dict | None, group) -> None:
             # + 0.0: -0.0 and 0.0 are the same option
             *torch.tensor(floats, dtype=torch.float64).add(0.0).view(torch.int64).tolist(),
         ]
-    local = torch.tensor(mine, dtype=torch.int64, device=z.device)
+        digest = _target_digest(target).to(z.device).reshape(1)
+        local = torch.cat([torch.tensor(mine, dtype=torch.int64, device=z.device), digest])
     gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
     dist.all_gather(gathered, local, group=group)
     ranks = torch.stack(gathered).tolist()  # one read from the device
@@ -111,7 +129,7 @@ def _check_agreement(z: Tensor, options: dict | None, group) -> None:
             raise ValueError(
                 f"vocab_parallel_cross_entropy: rank {rank} of the group disagrees with rank 0 "
                 f"on {', '.join(differ)}: every rank must pass logits of the same rows, shard "
-                "width and dtype, and the same options"
+                "width and dtype, the same target and the same options"
             )
 
 
@@ -141,9 +159,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                 softcap=options["softcap"],
             )
         except (TypeError, ValueError, RuntimeError) as error:
-            _check_agreement(z, None, group)
+            _check_agreement(z, target, None, group)
             raise error
-        _check_agreement(z, options, group)
+        _check_agreement(z, target, options, group)
         merged = _merged_stats(stats, group)
         loss, grad = shard_loss_and_grad(
             z,
@@ -189,9 +207,9 @@ def vocab_parallel_cross_entropy(
     (through the softcap :math:`\kappa \tanh(z / \kappa)` when given), computed in the
     forward pass and scaled by the upstream gradient in backward. A collective: every rank of
     ``group`` must call it with the same ``target``, options, rows, shard width and dtype;
-    a first ``all_gather`` of nine integers checks all but ``target`` (a ``ValueError`` on
-    every rank where they differ, or where one rank refuses its arguments: that one raises
-    its own error), and a process outside ``group`` is refused.
+    a first ``all_gather`` of ten integers checks them (``target`` by a digest: a
+    ``ValueError`` on every rank where they differ, or where one rank refuses its
+    arguments: that one raises its own error), and a process outside ``group`` is refused.
 
     Args:
         logits_shard: ``(N, C_s)`` columns ``[r C_s, (r + 1) C_s)`` of the logits on rank
@@ -216,7 +234,10 @@ def vocab_parallel_cross_entropy(
         loss = vocab_parallel_cross_entropy(shard, y)
         loss.backward()  # shard.grad: this rank's columns of the whole rows' gradient
     """
-    tensors(logits_shard=logits_shard, target=target)  # else no device to exchange on
+    if not (isinstance(logits_shard, Tensor) and isinstance(target, Tensor)):
+        if dist.is_initialized() and dist.get_rank(group) >= 0:  # the others learn of it
+            _check_agreement(torch.empty(0, device=_exchange_device(group)), None, None, group)
+        tensors(logits_shard=logits_shard, target=target)
     options = {
         "reduction": reduction,
         "ignore_index": ignore_index,

@@ -295,12 +295,13 @@ def torch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             "rows": (z[rank:, :width], y[rank:], {}),
             "dtype": (z[:, :width].astype(np.float32 if rank else np.float64), y, {}),
             "label_smoothing": (z[:, :width], y, {"label_smoothing": 0.1 * rank}),
+            "target": (z[:, :width], np.where(np.arange(N) == 3, (y + rank) % 10, y), {}),
         }
         for what, (logits, labels, options) in disagreements.items():
             try:  # every rank refuses, after one small exchange: none is left waiting
                 vocab_parallel_cross_entropy(torch.tensor(logits), torch.tensor(labels), **options)
             except ValueError as error:
-                assert f"rank 1 of the group disagrees with rank 0 on {what}:" in str(error)
+                assert f"rank 1 of the group disagrees with rank 0 on {what}" in str(error)
             else:
                 raise AssertionError(f"ranks that disagree on {what} were not refused")
         bad = {"label_smoothing": 2.0} if rank == 1 else {}  # refused by rank 1 alone
@@ -311,6 +312,14 @@ def torch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             assert want in str(error), error
         else:
             raise AssertionError("an argument refused by one rank went unnoticed")
+        logits = z[:, :width] if rank == 1 else torch.tensor(z[:, :width])  # an array
+        try:
+            vocab_parallel_cross_entropy(logits, torch.tensor(y))
+        except (TypeError, ValueError) as error:
+            want = "must be a torch.Tensor" if rank == 1 else "rank 1 of the group refused"
+            assert want in str(error), error
+        else:
+            raise AssertionError("an array on one rank went unnoticed")
         first_only = dist.new_group([0])  # every rank takes part in making it
         if rank:
             try:
@@ -365,8 +374,8 @@ def torch_reference(z, y, up, *, reduction, **options):
 
 
 def test_vocab_parallel_takes_tensors():
-    """Checked before any exchange (no device to exchange on), so no process group is
-    needed; the other arguments are checked in the ranks' exchange (torch_worker)."""
+    """Without a process group, a non-tensor is refused at once; within one, the other
+    ranks learn of it in the agreement exchange (torch_worker)."""
     torch = pytest.importorskip("torch")
     from gpukernels._torch_distributed import vocab_parallel_cross_entropy
 
