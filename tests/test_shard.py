@@ -85,6 +85,7 @@ def test_stats_columns(backend):
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # simulator
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # simulator
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_extreme_logits_give_the_whole_rows(backend, dtype):
     """Without smoothing or z-loss their terms are left out (``0 * inf`` made every row with a
