@@ -312,25 +312,31 @@ def column_block(m, itemsize):
     return max(1, min(m, _COLUMN_BLOCK_BYTES // itemsize))
 
 
-def small_sum(x: np.ndarray, axis: int | None) -> np.ndarray | None:
-    """``batch_sum(x, axis=axis)`` of the float32 or float64 NumPy array ``x`` in one compiled
-    call on the calling thread, its result allocated here, where that applies: less work than
-    ``PARALLEL_MIN_WORK``, and every element of a C-contiguous ``x`` (``axis`` None) or the
-    columns of a 2-D ``x`` (``axis`` 0, checked by the caller). ``None`` elsewhere.
+def numpy_sum(x: np.ndarray, axis: int | None) -> np.ndarray | None:
+    """``batch_sum(x, axis=axis)`` of the float32 or float64 NumPy array ``x``, its result
+    and scratch allocated here, where that applies: every element of a C-contiguous ``x``
+    (``axis`` None) or the columns of a 2-D ``x`` (``axis`` 0, checked by the caller).
+    ``None`` elsewhere. Less work than ``PARALLEL_MIN_WORK`` runs in one compiled call on
+    the calling thread, more through :func:`total` or :func:`column_totals`.
 
-    The same kernels in the same order as :func:`total` and :func:`column_totals`, so the
-    same bits. Those launchers, with the public function's allocations and reshapes around
-    them, cost 2-3 us more in Python than a 10^4-element sum itself (docs/BACKENDS.md).
+    The same kernels in the same order as the general path, so the same bits. That path's
+    ``Call``, checks, allocations and reshapes cost 3-5 us in Python (docs/BACKENDS.md):
+    more than a 10^4-element sum itself, and a tenth of a 2^20-element one.
     """
-    if x.size >= cpu_fallback.PARALLEL_MIN_WORK:  # read at each call, as the launchers do
-        return None
+    serial = x.size < cpu_fallback.PARALLEL_MIN_WORK  # read at each call, as the launchers do
     if axis is None and x.flags.c_contiguous:
         out = np.empty((), x.dtype)
-        serial_total(x, out)
+        if serial:
+            serial_total(x, out)
+        else:
+            total(x.reshape(x.size), out.reshape(1), np.empty(tile_count(x.size), x.dtype))
         return out
     if axis is not None and x.ndim == 2:
         out = np.empty(x.shape[1], x.dtype)
-        serial_column_totals(x, out)
+        if serial:
+            serial_column_totals(x, out)
+        else:
+            column_totals(x, out, np.empty((tile_count(x.shape[0]), x.shape[1]), x.dtype))
         return out
     return None
 

@@ -64,12 +64,12 @@ def batch_sum(x, *, axis: int | None = None, out=None):
         array([4., 4., 4.], dtype=float32)
     """
     if out is None and type(x) is np.ndarray and x.dtype in _SMALL_SUM_DTYPES:
-        # the general path's checks for such x, in its order (cpu_fallback.reduce.small_sum)
+        # the general path's checks for such x, in its order (cpu_fallback.reduce.numpy_sum)
         if backend_of("numpy") == "cpu":
             _validate.axis(axis, x.ndim)
-            small = kernels("cpu", "reduce").small_sum(x, axis)
-            if small is not None:
-                return small
+            result = kernels("cpu", "reduce").numpy_sum(x, axis)
+            if result is not None:
+                return result
     call = _ARGUMENTS.call(x, out)
     x, out = call.arrays
     dtype = _validate.float_array("x", x)

@@ -187,20 +187,27 @@ def test_float16_accumulates_in_float32(cpu_backend):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_small_sums_agree_with_the_general_path(cpu_backend, monkeypatch, dtype):
-    """Small float32/float64 NumPy sums on the CPU take one compiled call on the calling
-    thread (``cpu_fallback.reduce.small_sum``); with ``out=`` the general path runs, here in
-    parallel (conftest.py). Same bits, special values in some columns, read-only inputs."""
+@pytest.mark.parametrize(
+    "min_work, kernels",
+    [(1 << 62, ("serial_total", "serial_column_totals")), (0, ("total", "column_totals"))],
+    ids=["serial", "parallel"],
+)
+def test_numpy_sums_agree_with_the_general_path(cpu_backend, monkeypatch, dtype, min_work, kernels):
+    """float32/float64 NumPy sums on the CPU take a direct path
+    (``cpu_fallback.reduce.numpy_sum``): one compiled call on the calling thread below
+    ``PARALLEL_MIN_WORK``, the parallel launchers above it. With ``out=`` the general path
+    runs, here in parallel (conftest.py). Same bits, special values in some columns,
+    read-only inputs."""
 
-    def small(x, axis=None):
+    def direct(x, axis=None):
         ran = []
         with monkeypatch.context() as m:
-            m.setattr(cpu_fallback, "PARALLEL_MIN_WORK", 1 << 62)
-            for name in ("serial_total", "serial_column_totals"):
+            m.setattr(cpu_fallback, "PARALLEL_MIN_WORK", min_work)
+            for name in kernels:
                 compiled = getattr(reduce_kernels, name)
                 m.setattr(reduce_kernels, name, lambda *a, c=compiled: (ran.append(c), c(*a)))
             result = gk.batch_sum(x, axis=axis)
-        assert len(ran) == 1, "the small path did not run"
+        assert len(ran) == 1, "the direct path did not run"
         return result
 
     rng = np.random.default_rng(85)
@@ -210,12 +217,12 @@ def test_small_sums_agree_with_the_general_path(cpu_backend, monkeypatch, dtype)
         if x.ndim == 2:  # a few columns NaN, inf or huge; the others plain
             x.ravel()[rng.choice(x.size, special.size, replace=False)] = special
         x.flags.writeable = False
-        assert_bits(small(x), gk.batch_sum(x, out=poisoned((), dtype)))
+        assert_bits(direct(x), gk.batch_sum(x, out=poisoned((), dtype)))
         if x.ndim == 2:
             want = gk.batch_sum(x, axis=0, out=poisoned(x.shape[1:], dtype))
-            assert_bits(small(x, axis=0), want)
-            assert_bits(small(np.asfortranarray(x), axis=0), want)
+            assert_bits(direct(x, axis=0), want)
+            assert_bits(direct(np.asfortranarray(x), axis=0), want)
     for x in (np.full(300, -0.0, dtype), np.full((256, 2), -0.0, dtype)):
-        assert_bits(small(x), canonical_sum(x))
+        assert_bits(direct(x), canonical_sum(x))
         if x.ndim == 2:
-            assert_bits(small(x, axis=0), canonical_sum_axis0(x))
+            assert_bits(direct(x, axis=0), canonical_sum_axis0(x))
