@@ -145,10 +145,13 @@ def bce_with_logits(
         _validate.broadcastable("weight", w, shape)
         w = flat_input(xp, xp.broadcast_to(w.astype(acc, copy=False), shape))
     if pw is not None:
-        last = (shape[-1] if shape else 1,)
         _validate.float_array("pos_weight", pw)
-        _validate.broadcastable("pos_weight", pw, last)
-        pw = flat_input(xp, xp.broadcast_to(pw.astype(acc, copy=False), last))
+        _validate.broadcastable("pos_weight", pw, shape or (1,))
+        pw = pw.astype(acc, copy=False)
+        # one weight per class (along the last axis: the usual case) stays a vector the
+        # kernel reads with period L; any other shape is spread over the logits, like weight
+        per_class = all(d == 1 for d in pw.shape[:-1])
+        pw = flat_input(xp, pw.reshape(pw.shape[-1:]) if per_class else xp.broadcast_to(pw, shape))
     divisor = x.size if reduction == "mean" else 1
     return _finish(call, "bce", x, t, w, pw, divisor, reduction)
 

@@ -97,12 +97,7 @@ def softmax_cross_entropy(
     ignore_index = _validate.ignore_index(ignore_index)
     n, c = logits.shape
     _validate.class_weight(weight, c)
-    class_indices = target.dtype.kind in "iu"  # NumPy and CuPy dtypes are np.dtype
-    if class_indices:
-        _validate.same_shape("target", target, "the logits' rows", (n,))
-    else:
-        _validate.float_array("target", target)
-        _validate.same_shape("target", target, "logits", (n, c))
+    class_indices = _validate.class_target(target, n, c, ignore_index)
     _validate.out_array(out, (n, c), dtype, call.library)
     _validate.grad_output(grad_output, reduction, (n,))
     if c == 0 and n > 0:

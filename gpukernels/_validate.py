@@ -273,6 +273,27 @@ def integer_labels(name: str, x) -> None:
         raise TypeError(f"{name} must hold integer class indices, got dtype {x.dtype}")
 
 
+def class_target(target, n: int, c: int, ignore_index: int) -> bool:
+    """The cross-entropy ``target`` of ``(n, c)`` logits: ``(n,)`` integer class indices
+    (``True``) or ``(n, c)`` float class probabilities (``False``). ``ignore_index`` names a
+    class, so as in PyTorch it must be negative (unused) with probabilities."""
+    if np.dtype(target.dtype).kind in "iu":
+        same_shape("target", target, "the logits' rows", (n,))
+        return True
+    if np.dtype(target.dtype) not in _FLOAT_DTYPE_SET:
+        raise TypeError(
+            "target must hold integer class indices or float class probabilities "
+            f"({FLOAT_NAMES}), got dtype {target.dtype}"
+        )
+    same_shape("target", target, "logits", (n, c))
+    if ignore_index >= 0:
+        raise ValueError(
+            f"ignore_index={ignore_index} names a class to skip, which class probabilities do "
+            "not have: leave it at its default (any negative value) with probability targets"
+        )
+    return False
+
+
 def same_dtype(name: str, x, other_name: str, dtype: np.dtype) -> None:
     if np.dtype(x.dtype) != dtype:
         raise TypeError(f"{name} must have the dtype of {other_name} ({dtype}), got {x.dtype}")

@@ -94,14 +94,29 @@ class _FusedLossInPlace(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, *args):
-        loss = run(cross_entropy_inplace_op, input, *args)
+        try:
+            loss = run(cross_entropy_inplace_op, input, *args)
+        except Exception:
+            # input may be overwritten already (a class index out of range is found in the
+            # pass): its version moves on, so autograd refuses whatever saved the logits
+            torch.autograd.graph.increment_version(input)
+            raise
         ctx.mark_dirty(input)
         ctx.save_for_backward(input)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None
         ctx.num_args, ctx.rescaled = len(args), False
         return loss, input
 
     @staticmethod
-    def backward(ctx, grad_loss, _unused):
+    def backward(ctx, grad_loss, grad_of_input_after):
+        # (traced by torch.compile, every output has a gradient: the check is eager's)
+        if grad_of_input_after is not None and not torch.compiler.is_compiling():
+            raise RuntimeError(
+                "cross_entropy(inplace_backward=True) overwrote input with the gradient, and "
+                "input was used again after the call in what is being differentiated (its "
+                "values there were the gradient, not the logits): use input before the loss, "
+                "or inplace_backward=False"
+            )
         if ctx.rescaled:
             raise RuntimeError(
                 "cross_entropy(inplace_backward=True) scaled its gradient in place in an "
@@ -234,6 +249,12 @@ def _overwritable(input: Tensor) -> None:
         raise RuntimeError(
             "cross_entropy(inplace_backward=True) would overwrite input, a leaf tensor that "
             "requires grad (autograd forbids that): pass the output of an operation, or use "
+            "inplace_backward=False"
+        )
+    if input.retains_grad:
+        raise RuntimeError(
+            "cross_entropy(inplace_backward=True) cannot overwrite input, whose gradient is "
+            "kept (retain_grad()): that gradient would be the one written over it; use "
             "inplace_backward=False"
         )
     if input._base is not None:

@@ -212,7 +212,7 @@ def bce_with_logits(
 ):
     """``binary_cross_entropy_with_logits``, float64: per element with ``lw = 1 + (pw - 1) y``,
     ``l = w [(1 - y) z + lw log(1 + exp(-z))]``, ``dl/dz = w [(1 - y) - lw sigmoid(-z)]``.
-    ``weight`` broadcasts against the input, ``pos_weight`` along the last axis."""
+    ``weight`` and ``pos_weight`` broadcast against the input."""
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(target, dtype=np.float64)
     w = 1.0 if weight is None else np.asarray(weight, dtype=np.float64)

@@ -148,6 +148,29 @@ def test_non_contiguous_inputs(backend, layout):
     )
 
 
+@pytest.mark.parametrize("pw_shape", [(), (1,), (4,), (1, 4), (3, 1), (3, 4), (1, 1, 4)])
+def test_pos_weight_broadcasts_against_the_logits(backend, pw_shape):
+    """As in PyTorch, pos_weight may take any shape that broadcasts to the logits': per
+    class (the last axis), per row, or per element."""
+    rng = np.random.default_rng(28)
+    z, y = random_floats(rng, (2, 3, 4), np.float32), random_unit(rng, (2, 3, 4), np.float32)
+    pw = rng.uniform(0.5, 3.0, pw_shape).astype(np.float32)
+    for reduction in REDUCTIONS:
+        check(
+            gk.bce_with_logits(z, y, pos_weight=pw, reduction=reduction),
+            z,
+            y,
+            pos_weight=pw,
+            reduction=reduction,
+        )
+
+
+def test_pos_weight_that_would_grow_the_logits(backend):
+    z = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"pos_weight of shape \(2, 3, 4\)"):
+        gk.bce_with_logits(z, z, pos_weight=np.ones((2, 3, 4), np.float32))
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_empty_input(backend, reduction):
     z = np.ones((0, 4), np.float32)

@@ -88,6 +88,23 @@ def test_target_of_the_wrong_kind(backend, target):
         gk.softmax_cross_entropy(z(), target)
 
 
+def test_bool_target_message_names_both_kinds(backend):
+    """A bool target is neither class indices nor probabilities: the message says both are
+    accepted, not only floats."""
+    with pytest.raises(TypeError, match=r"target must hold integer class indices or float"):
+        gk.softmax_cross_entropy(z(), np.ones(N, bool))
+
+
+@pytest.mark.parametrize("ignore_index", [0, C - 1, C + 5])
+def test_ignore_index_with_probabilities(backend, ignore_index):
+    """A class to skip means nothing to class probabilities: PyTorch refuses a non-negative
+    ignore_index with them, and so do we, rather than silently not ignoring."""
+    probs = np.full((N, C), 1.0 / C, np.float32)
+    with pytest.raises(ValueError, match=rf"ignore_index={ignore_index} .* probabilit"):
+        gk.softmax_cross_entropy(z(), probs, ignore_index=ignore_index)
+    gk.softmax_cross_entropy(z(), probs, ignore_index=-1)  # any negative value: unused
+
+
 # ---- ValueError: dimensions and shapes --------------------------------------------------------
 
 

@@ -1,5 +1,7 @@
 """gk.mse against the float64 reference, PyTorch and finite differences."""
 
+import warnings
+
 import numpy as np
 import pytest
 from _refs import (
@@ -194,3 +196,14 @@ def test_sizes_cpu(cpu_backend, n, dtype):
     pred, target = make_case(rng, (n, 3), dtype)
     for reduction in REDUCTIONS:
         check(gk.mse(pred, target, reduction=reduction), pred, target, reduction=reduction)
+
+
+def test_float16_gradient_past_its_range_is_inf_without_a_warning(cpu_backend):
+    """2 (x - t) = +-240000 rounds to +-inf in float16, as IEEE rounding has it; the CPU's
+    float32 stand-in is rounded into the gradient without NumPy's overflow warning."""
+    pred = np.array([60000.0, -60000.0, 1.0], np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, grad = gk.mse(pred, -pred, reduction="sum")
+    assert grad.tolist() == [np.inf, -np.inf, 4.0]
+    assert loss == np.float32(2 * 120000.0**2 + 4.0)

@@ -296,6 +296,55 @@ def test_inplace_backward_misuse_raises():
         loss.backward()
 
 
+def test_inplace_backward_input_used_after_the_call_raises():
+    """After the call the input holds the gradient: a use of it later in the graph would
+    have read the gradient as logits, and its own gradient would be lost, so backward
+    refuses (whichever side of a sum the loss is on)."""
+    labels = torch.tensor([0, 1, 2])
+    w = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    for loss_first in (True, False):
+        z = x @ w
+        if loss_first:
+            total = gkt.cross_entropy(z, labels, inplace_backward=True) + (z**2).sum()
+        else:
+            ce = gkt.cross_entropy(z, labels, inplace_backward=True)
+            total = (z**2).sum() + ce
+        with pytest.raises(RuntimeError, match="used again after the call"):
+            total.backward()
+    z = x @ w
+    loss = gkt.cross_entropy(z, labels, inplace_backward=True)
+    _ = z.argmax(1)  # read without a gradient: backward is fine
+    loss.backward()
+    ref = w.detach().clone().requires_grad_()
+    F.cross_entropy(x @ ref, labels).backward()
+    close(w.grad, ref.grad, torch.float64)
+
+
+def test_inplace_backward_refuses_an_input_that_retains_its_gradient():
+    z = torch.randn(3, 4, requires_grad=True) * 1.0
+    z.retain_grad()
+    kept = z.detach().clone()
+    with pytest.raises(RuntimeError, match="retain_grad"):
+        gkt.cross_entropy(z, torch.tensor([0, 1, 2]), inplace_backward=True)
+    assert torch.equal(z.detach(), kept)  # refused before anything was written
+
+
+def test_inplace_backward_error_after_the_pass_moves_the_version_on():
+    """A class index out of range is found in the pass that overwrote the input: the
+    ValueError leaves the input's version moved on, so autograd refuses a graph that had
+    saved the logits before (else its gradient would silently use the overwritten ones)."""
+    w = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(3, 4, dtype=torch.float64) @ w
+    saved = (z**2).sum()  # pow saves z
+    version = z._version
+    with pytest.raises(ValueError, match="class index 7"):
+        gkt.cross_entropy(z, torch.tensor([0, 1, 7]), inplace_backward=True)
+    assert z._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved.backward()
+
+
 def test_inplace_backward_twice_through_one_graph():
     """``retain_graph=True``: a second backward works while the gradient in the input's memory
     is unscaled (upstream 1), and is refused once a backward has scaled it there."""
