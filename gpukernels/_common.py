@@ -35,7 +35,7 @@ def upstream_scale(xp, grad_output, acc: np.dtype, *, none_as_empty: bool = Fals
     if grad_output is None:
         return absent(xp, acc) if none_as_empty else xp.ones(1, acc)
     if _validate.is_number(grad_output):
-        return xp.full(1, grad_output, acc)
+        return xp.full(1, _validate.real_number("grad_output", grad_output), acc)
     return xp.ascontiguousarray(grad_output, dtype=acc).reshape(-1)
 
 

@@ -429,7 +429,10 @@ def real_number(name: str, value) -> float:
         return value
     if not is_number(value):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # a Python int past float64's range
+        raise ValueError(f"{name} must be a real number within float64's range") from None
 
 
 def z_loss(value) -> float:

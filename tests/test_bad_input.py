@@ -445,6 +445,25 @@ def test_composite_grad_output_message(backend):
         gk.composite_loss(z(), z(), [gk.LossTerm("mse", slice(0, C))], grad_output=np.ones(N))
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda big: gk.softmax_cross_entropy(z(), labels(), label_smoothing=big),
+        lambda big: gk.softmax_cross_entropy(z(), labels(), z_loss=big),
+        lambda big: gk.softmax_cross_entropy(z(), labels(), softcap=big),
+        lambda big: gk.softmax_cross_entropy(z(), labels(), grad_output=big),
+        lambda big: gk.huber_loss(z(), z(), delta=big),
+        lambda big: gk.mse(z(), z(), grad_output=big),
+    ],
+    ids=["label_smoothing", "z_loss", "softcap", "grad_output", "delta", "mse_grad_output"],
+)
+def test_python_int_past_float64(backend, call):
+    """10**400 is a Python int no float holds: a ValueError by name, not an
+    OverflowError from float()."""
+    with pytest.raises(ValueError, match="within float64's range"):
+        call(10**400)
+
+
 def test_ignore_index_numpy_integer(backend):
     target = labels()
     target[1] = 7
