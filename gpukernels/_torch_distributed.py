@@ -61,13 +61,15 @@ _AGREED += ("z_loss", "softcap", "target")
 def _checked(options: dict) -> dict:
     """The options, checked with the library's messages."""
     _validate.reduction(options["reduction"])
-    softcap = options["softcap"]
+    ignore, smoothing, factor, cap = _validate.cross_entropy_options(
+        options["ignore_index"], options["label_smoothing"], options["z_loss"], options["softcap"]
+    )
     return {
         "reduction": options["reduction"],
-        "ignore_index": _validate.ignore_index(options["ignore_index"]),
-        "label_smoothing": _validate.label_smoothing(options["label_smoothing"]),
-        "z_loss": _validate.z_loss(options["z_loss"]),
-        "softcap": None if softcap is None else _validate.softcap(softcap),
+        "ignore_index": ignore,
+        "label_smoothing": smoothing,
+        "z_loss": factor,
+        "softcap": cap,
     }
 
 

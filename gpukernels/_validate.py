@@ -453,6 +453,19 @@ def softcap(value) -> float:
     return value
 
 
+def cross_entropy_options(index, smoothing, factor, cap) -> tuple[int, float, float, float | None]:
+    """``(ignore_index, label_smoothing, z_loss, softcap)`` checked, as the layers above the
+    array-level functions check them before passing them on (a custom op's schema, a
+    collective's agreement, a Dask graph): ``softcap`` stays ``None`` for no cap, as those
+    functions take it."""
+    return (
+        ignore_index(index),
+        label_smoothing(smoothing),
+        z_loss(factor),
+        None if cap is None else softcap(cap),
+    )
+
+
 def representable(value: float, dtype: np.dtype) -> bool:
     """Whether the float ``dtype`` (float32 or float64) holds ``value`` without overflow: at
     once for anything float32 holds (asking NumPy costs a small call a third of a

@@ -109,19 +109,17 @@ def softmax_cross_entropy(
     target = _rows(target, "target", n, rows)
     _validate.integer_labels("target", target)
     _validate.reduction(reduction)
-    ignore = _validate.ignore_index(ignore_index)
-    options = {
-        "ignore_index": ignore,
-        "label_smoothing": _validate.label_smoothing(label_smoothing),
-        "softcap": None if softcap is None else _validate.softcap(softcap),
-    }
+    ignore, smoothing, factor, cap = _validate.cross_entropy_options(
+        ignore_index, label_smoothing, z_loss, softcap
+    )
+    options = {"ignore_index": ignore, "label_smoothing": smoothing, "softcap": cap}
     acc = accumulation_dtype(dtype)
     _validate.cap_in_range("softcap", options["softcap"] or 0.0, acc)
     merged = _merged_stats(logits, target, options, split_every)
     count = (target != ignore).sum()
     divisor = da.maximum(count, 1).astype(acc)  # a mean over no row is 0, its gradient 0
     per_chunk = dict(options, reduction="none" if reduction == "none" else "sum")
-    per_chunk.update(num_classes=classes, z_loss=_validate.z_loss(z_loss))
+    per_chunk.update(num_classes=classes, z_loss=factor)
     scale = _scale(grad_output, reduction, n, rows, divisor)
     grad = _gradient(logits, target, merged, scale, per_chunk)
     loss = _row_block_losses(target, merged, dtype, per_chunk, logits._meta)

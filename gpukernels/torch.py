@@ -224,14 +224,17 @@ def cross_entropy(
     reduction = _legacy_reduction(size_average, reduce, reduction)
     # the custom op's schema takes Python ints and floats: checked here, with the library's
     # messages, before a bad value reaches it
+    ignore, smoothing, factor, cap = _validate.cross_entropy_options(
+        ignore_index, label_smoothing, z_loss, softcap
+    )
     args = (
         target,
         weight,
-        _validate.ignore_index(ignore_index),
+        ignore,
         reduction,
-        _validate.label_smoothing(label_smoothing),
-        _validate.z_loss(z_loss),
-        None if softcap is None else _validate.softcap(softcap),
+        smoothing,
+        factor,
+        cap,
         input.device.type == "cpu" if validate is None else bool(validate),
     )
     if inplace_backward and torch.is_grad_enabled() and input.requires_grad:
@@ -313,14 +316,10 @@ def linear_cross_entropy(
     optional_tensors(linear_bias=linear_bias, weight=weight)
     no_gradient_for("target", target)
     no_gradient_for("weight", weight)
-    cap = None if softcap is None else _validate.softcap(softcap)
     options = (
         weight,
         reduction,
-        _validate.ignore_index(ignore_index),
-        _validate.label_smoothing(label_smoothing),
-        _validate.z_loss(z_loss),
-        cap,
+        *_validate.cross_entropy_options(ignore_index, label_smoothing, z_loss, softcap),
         _validate.chunk_size(chunk_size),
     )
     return _LinearCrossEntropy.apply(input, linear_weight, linear_bias, target, *options)
