@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import _validate
 from ._common import FlatOutput, flat_input
 from ._dispatch import ArrayArguments
+from ._dtypes import companion_dtype
 from ._tensors import tensor_io
 
 _UNARY_ARGUMENTS = ArrayArguments("x", optional=("out",), in_place=("x",))
@@ -70,7 +71,9 @@ def sigmoid_backward(grad_output, y, *, out=None):
     .. math:: \frac{\partial L}{\partial x} = \frac{\partial L}{\partial y}\, y\, (1 - y)
 
     Args:
-        grad_output: upstream gradient, the shape of ``y``.
+        grad_output: upstream gradient, a float array of ``y``'s shape. One of another dtype
+            than ``y`` is read in the dtype the kernel computes in (float32 for 16-bit
+            ``y``, else ``y``'s), so a float32 gradient is never rounded to float16 first.
         y: the forward pass's sigmoid output.
         out: optional array of ``y``'s shape and dtype (may be ``grad_output``).
 
@@ -89,6 +92,6 @@ def sigmoid_backward(grad_output, y, *, out=None):
     result = FlatOutput(xp, out, tuple(y.shape), dtype)
     if y.size:
         call.ops("sigmoid").sigmoid_backward(
-            flat_input(xp, g, dtype), flat_input(xp, y), result.flat
+            flat_input(xp, g, companion_dtype(g.dtype, dtype)), flat_input(xp, y), result.flat
         )
     return result.result()

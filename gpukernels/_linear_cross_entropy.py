@@ -115,7 +115,7 @@ def linear_cross_entropy(
 
     xp, acc = call.xp, accumulation_dtype(dtype)
     _validate.cap_in_range("softcap", _validate.softcap(softcap), acc)
-    labels = int64_labels(xp, target)
+    labels = int64_labels(xp, target, ignore_index)
     if validate:
         _validate.class_indices(xp, labels, v, ignore_index, target)
     scale = upstream_scale(xp, grad_output, acc)

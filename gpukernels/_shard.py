@@ -40,9 +40,9 @@ _LOSS_ARGUMENTS = ArrayArguments(
 )
 
 
-def _shard_arguments(call, class_start, num_classes=None):
+def _shard_arguments(call, class_start, ignore_index, num_classes=None):
     """The shard's logits and int64 labels (the call's first two arrays), checked, with their
-    dtype, ``class_start`` and ``num_classes``."""
+    dtype, ``class_start``, ``ignore_index`` and ``num_classes``."""
     z, target = call.arrays[:2]
     name = "logits_shard"
     dtype = _validate.float_array(name, z)
@@ -50,6 +50,7 @@ def _shard_arguments(call, class_start, num_classes=None):
     n, width = z.shape
     _validate.integer_labels("target", target)
     _validate.same_shape("target", target, f"{name}'s rows", (n,))
+    ignore = _validate.ignore_index(ignore_index)
     start = _validate.int64("class_start", class_start)
     if start < 0:
         raise ValueError(f"class_start must be >= 0, got {start}")
@@ -60,7 +61,7 @@ def _shard_arguments(call, class_start, num_classes=None):
                 f"the shard's classes [{start}, {start + width}) must lie in "
                 f"[0, num_classes={num_classes})"
             )
-    return z, int64_labels(call.xp, target), dtype, start, num_classes
+    return z, int64_labels(call.xp, target, ignore), dtype, start, ignore, num_classes
 
 
 @tensor_io(_STATS_ARGUMENTS)
@@ -84,8 +85,7 @@ def shard_stats(
     of logits is always there). Returns ``(N, 4)`` float32 (float64 for float64).
     """
     call = _STATS_ARGUMENTS.call(logits_shard, target)
-    z, labels, dtype, start, _ = _shard_arguments(call, class_start)
-    _validate.ignore_index(ignore_index)
+    z, labels, dtype, start, _, _ = _shard_arguments(call, class_start, ignore_index)
     _validate.label_smoothing(label_smoothing)
     cap = _validate.softcap(softcap)
     xp, acc = call.xp, accumulation_dtype(dtype)
@@ -160,12 +160,13 @@ def shard_loss_and_grad(
     """
     call = _LOSS_ARGUMENTS.call(logits_shard, target, stats, grad_output, out)
     _, target, st, grad_output, out = call.arrays
-    z, labels, dtype, start, classes = _shard_arguments(call, class_start, num_classes)
+    z, labels, dtype, start, ignore, classes = _shard_arguments(
+        call, class_start, ignore_index, num_classes
+    )
     n, width = z.shape
     _validate.float_array("stats", st)
     _validate.same_shape("stats", st, "(N, 4)", (n, STATS))
     _validate.reduction(reduction)
-    ignore = _validate.ignore_index(ignore_index)
     eps = _validate.label_smoothing(label_smoothing)
     zl, cap = _validate.z_loss(z_loss), _validate.softcap(softcap)
     _validate.out_array(out, (n, width), dtype, call.library)

@@ -120,7 +120,7 @@ def softmax_cross_entropy(
         bad = xp.empty(1, np.int64)
         ops.softmax_xent_labels(
             logits,
-            int64_labels(xp, target),
+            int64_labels(xp, target, ignore_index),
             w,
             scale,
             grad,
@@ -142,13 +142,15 @@ def softmax_cross_entropy(
     return (row_loss if reduction == "none" else loss[0, ...]), grad
 
 
-def int64_labels(xp, target):
-    """Class indices as int64; uint64 ones past int64's range are clipped to its largest value
-    first (they would wrap to negative numbers, even to ``ignore_index``), so that they stay
-    out of range."""
+def int64_labels(xp, target, ignore_index: int):
+    """Class indices as int64. uint64 ones past int64's range would wrap to negative numbers,
+    even to ``ignore_index``: they become int64's largest value first, or the one below it
+    when that is ``ignore_index``, so that they stay out of range and are never ignored."""
     dtype = target.dtype
     if dtype == np.int64:
         return target
     if dtype == np.uint64:
-        target = xp.minimum(target, np.uint64(_validate.INT64_MAX))
+        largest = np.uint64(_validate.INT64_MAX)
+        past = largest - np.uint64(ignore_index == _validate.INT64_MAX)
+        target = xp.where(target > largest, past, target)
     return target.astype(np.int64)

@@ -251,6 +251,11 @@ def float_array(name: str, x) -> np.dtype:
         return dtype
     dtype = np.dtype(dtype)
     if dtype not in _FLOAT_DTYPE_SET:
+        if dtype.newbyteorder("=") in _FLOAT_DTYPE_SET:
+            raise TypeError(
+                f"{name} must be in the machine's byte order, got {dtype.str}: convert it with "
+                f"{name}.astype({name}.dtype.newbyteorder('='))"
+            )
         raise TypeError(f"{name} must have dtype {FLOAT_NAMES}, got {dtype}")
     return dtype
 
@@ -277,14 +282,26 @@ def class_target(target, n: int, c: int, ignore_index: int) -> bool:
     """The cross-entropy ``target`` of ``(n, c)`` logits: ``(n,)`` integer class indices
     (``True``) or ``(n, c)`` float class probabilities (``False``). ``ignore_index`` names a
     class, so as in PyTorch it must be negative (unused) with probabilities."""
-    if np.dtype(target.dtype).kind in "iu":
+    dtype = np.dtype(target.dtype)
+    if dtype.kind in "iu":
+        if tuple(target.shape) == (n, c):
+            raise TypeError(
+                f"target of shape ({n}, {c}) must hold float class probabilities, got dtype "
+                f"{target.dtype} (integer targets are class indices, of shape ({n},))"
+            )
         same_shape("target", target, "the logits' rows", (n,))
         return True
-    if np.dtype(target.dtype) not in _FLOAT_DTYPE_SET:
+    if dtype.kind != "f" and dtype not in _FLOAT_DTYPE_SET:  # bfloat16's kind is "V"
         raise TypeError(
             "target must hold integer class indices or float class probabilities "
             f"({FLOAT_NAMES}), got dtype {target.dtype}"
         )
+    if tuple(target.shape) == (n,):
+        raise TypeError(
+            f"target of shape ({n},) must hold integer class indices, got dtype {target.dtype} "
+            f"(float targets are class probabilities, of the logits' shape ({n}, {c}))"
+        )
+    float_array("target", target)  # float128, or another byte order
     same_shape("target", target, "logits", (n, c))
     if ignore_index >= 0:
         raise ValueError(

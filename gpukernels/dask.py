@@ -326,7 +326,7 @@ def _rows_numbered_from(first_row, labels, options: dict):
         try:
             _validate.class_indices(
                 xp,
-                int64_labels(xp, labels),
+                int64_labels(xp, labels, options["ignore_index"]),
                 options["num_classes"],
                 options["ignore_index"],
                 labels,

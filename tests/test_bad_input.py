@@ -330,19 +330,36 @@ def test_uint64_labels_past_int64_are_out_of_range(backend):
         gk.softmax_cross_entropy(z(), target)
     with pytest.raises(ValueError, match=r"\btarget\b"):
         gk.softmax_cross_entropy(z(), np.array([0, 2**63, 1], np.uint64), ignore_index=-(2**63))
+    # nor does one past int64 become int64's largest value, when that is the ignore_index
+    target = np.array([0, 2**63, 1], np.uint64)
+    with pytest.raises(ValueError, match=r"\btarget\b.*9223372036854775808"):
+        gk.softmax_cross_entropy(z(), target, ignore_index=2**63 - 1)
 
 
+@pytest.mark.parametrize("ignore_index", [-100, 2**63 - 1])
 @pytest.mark.parametrize("bad", [2**64 - 100, 2**63, 2**64 - 1])
-def test_uint64_labels_past_int64_without_validation(backend, bad):
+def test_uint64_labels_past_int64_without_validation(backend, bad, ignore_index):
     target = np.array([0, bad, 3], np.uint64)
-    loss, grad = gk.softmax_cross_entropy(z(), target, validate=False)
+    loss, grad = gk.softmax_cross_entropy(z(), target, validate=False, ignore_index=ignore_index)
     assert np.isnan(loss)
     assert np.all(grad[1] == 0.0)
     keep = [0, 2]  # the bad row is left out of the mean's divisor
     _, exp_grad = cross_entropy(z()[keep], np.array([0, 3]))
     assert_close(grad[keep], exp_grad, np.float64)
-    row_loss, _ = gk.softmax_cross_entropy(z(), target, reduction="none", validate=False)
+    row_loss, _ = gk.softmax_cross_entropy(
+        z(), target, reduction="none", validate=False, ignore_index=ignore_index
+    )
     assert np.isnan(row_loss[1]) and np.all(np.isfinite(row_loss[keep]))
+
+
+def test_uint64_labels_equal_to_int64s_largest_are_ignored(backend):
+    """The clipping keeps a label that is the ignore_index itself ignored."""
+    target = np.array([0, 2**63 - 1, 3], np.uint64)
+    loss, grad = gk.softmax_cross_entropy(z(), target, ignore_index=2**63 - 1)
+    exp_loss, exp_grad = cross_entropy(z()[[0, 2]], np.array([0, 3]))
+    assert_close(loss, exp_loss, np.float64)
+    assert_close(grad[[0, 2]], exp_grad, np.float64)
+    assert np.all(grad[1] == 0.0)
 
 
 def test_small_uint64_labels_still_work(backend):

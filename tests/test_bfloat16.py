@@ -96,6 +96,12 @@ def test_sigmoid_family_and_batch_sum(backend):
     within_half_ulp(
         gk.sigmoid_backward(x, y), x64 * y.astype(np.float64) * (1 - y.astype(np.float64))
     )
+    # a float32 upstream gradient is read as it is, not rounded to bfloat16 first
+    g = (np.float32(1) / 3 + rng.standard_normal(300)).astype(np.float32)
+    within_half_ulp(
+        gk.sigmoid_backward(g, y),
+        g.astype(np.float64) * y.astype(np.float64) * (1 - y.astype(np.float64)),
+    )
     total = gk.batch_sum(x)
     assert total.dtype == np.float32
     np.testing.assert_allclose(total, x64.sum(), rtol=1e-6)

@@ -162,6 +162,9 @@ def test_bad_shapes_and_labels():
         gk.linear_cross_entropy(x, w, np.array([0.0, 1.0, 2.0]))
     with pytest.raises(ValueError, match="class index 5"):
         gk.linear_cross_entropy(x, w, np.array([0, 5, 2]))
+    past_int64 = np.array([0, 2**63, 2], np.uint64)
+    with pytest.raises(ValueError, match="class index 9223372036854775808"):
+        gk.linear_cross_entropy(x, w, past_int64, ignore_index=2**63 - 1)
 
 
 # ----------------------------------------------------------------------- PyTorch

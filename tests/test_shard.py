@@ -155,7 +155,11 @@ def test_bad_arguments(kwargs, error, match):
         gk.shard_loss_and_grad(z, y, np.zeros((2, 4)), **options)
 
 
-def test_a_class_outside_every_shard_is_an_error():
-    z, y = np.zeros((2, 3)), np.array([0, 6])
-    with pytest.raises(ValueError, match="class index 6"):
-        gk.shard_loss_and_grad(z, y, np.zeros((2, 4)), class_start=0, num_classes=6)
+@pytest.mark.parametrize("ignore_index", [-100, 2**63 - 1])
+@pytest.mark.parametrize("label", [6, 2**63, 2**64 - 100])
+def test_a_class_outside_every_shard_is_an_error(label, ignore_index):
+    z, y = np.zeros((2, 3)), np.array([0, label], np.uint64)
+    with pytest.raises(ValueError, match=f"class index {label} "):
+        gk.shard_loss_and_grad(
+            z, y, np.zeros((2, 4)), class_start=0, num_classes=6, ignore_index=ignore_index
+        )

@@ -69,6 +69,22 @@ def test_sigmoid_backward(backend, shape, dtype):
     check(gk.sigmoid_backward(g, y), g.astype(np.float64) * yd * (1.0 - yd), y, "sigmoid_backward")
 
 
+@pytest.mark.parametrize(
+    ("grad_dtype", "dtype"),
+    [(np.float32, np.float16), (np.float64, np.float16), (np.float64, np.float32)],
+)
+def test_sigmoid_backward_reads_another_grad_dtype_in_the_computing_dtype(
+    backend, grad_dtype, dtype
+):
+    # 70000 is past float16's range, but its product with y (1 - y) = 0.25 is not: the
+    # gradient must not be rounded to y's dtype before the multiplication
+    y = np.array([0.5, 0.5, 0.25, 0.875], dtype)
+    g = np.array([70000.0, -1.5, 3.0e4, 1.0 / 3.0], grad_dtype)
+    yd = y.astype(np.float64)
+    expected = g.astype(np.float64) * yd * (1.0 - yd)
+    check(gk.sigmoid_backward(g, y), expected, y, "sigmoid_backward")
+
+
 @pytest.mark.parametrize("x", [20.0, 40.0, 80.0, -20.0, -40.0, -80.0])
 def test_sigmoid_derivative_where_one_minus_sigmoid_rounds_to_zero(backend, x):
     """In float32, 1 - sigmoid(20) is already 0; sigmoid(x) sigmoid(-x) is not."""

@@ -32,9 +32,10 @@ from ._cuda import (
 
 
 @functools.cache
-def _kernels(acc, bf16: bool):
+def _kernels(acc, bf16: bool, grad_bf16: bool):
     one = acc_constant(acc, 1.0)
     load, store = element_io(acc, bf16)
+    load_grad = element_io(acc, grad_bf16)[0]
     _sigmoid = scalar_device(_scalar.sigmoid, acc)
     _sigmoid_derivative = scalar_device(_scalar.sigmoid_derivative, acc)
 
@@ -52,7 +53,7 @@ def _kernels(acc, bf16: bool):
     def _sigmoid_backward_kernel(grad_output, y, out):
         for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
             s = load(y[i])
-            out[i] = store(load(grad_output[i]) * s * (one - s))
+            out[i] = store(load_grad(grad_output[i]) * s * (one - s))
 
     return _sigmoid_kernel, _sigmoid_derivative_kernel, _sigmoid_backward_kernel
 
@@ -63,7 +64,7 @@ def _run(which: int, *arrays) -> None:
         return
     threads = POLICY.elementwise_threads
     dtype = arrays[-1].dtype
-    kernel = _kernels(accumulator(dtype), is_bf16(dtype))[which]
+    kernel = _kernels(accumulator(dtype), is_bf16(dtype), is_bf16(arrays[0].dtype))[which]
     launch(kernel, grid_for(n, threads), threads, 0, *map(bits, arrays))
 
 
@@ -78,7 +79,8 @@ def sigmoid_derivative(x, y) -> None:
 
 
 def sigmoid_backward(grad_output, y, out) -> None:
-    """``out = grad_output * y * (1 - y)`` elementwise (1-D; ``y`` the saved sigmoid)."""
+    """``out = grad_output * y * (1 - y)`` elementwise (1-D; ``y`` the saved sigmoid, and
+    ``grad_output`` of ``y``'s dtype or of the accumulation dtype)."""
     _run(2, grad_output, y, out)
 
 
@@ -86,7 +88,10 @@ def ptx_signatures():
     """``(kernel, argument types)`` of every launch this module makes on a GPU."""
     sigs = []
     for dtype in STORAGE:
-        forward, derivative, backward = _kernels(accumulator(dtype), is_bf16(dtype))
-        vec = kernel_type(dtype)[::1]
+        acc, bf16 = accumulator(dtype), is_bf16(dtype)
+        forward, derivative, backward = _kernels(acc, bf16, bf16)
+        vec, acc_vec = kernel_type(dtype)[::1], acc[::1]
         sigs += [(forward, (vec, vec)), (derivative, (vec, vec)), (backward, (vec, vec, vec))]
+        if acc_vec != vec:
+            sigs.append((_kernels(acc, bf16, False)[2], (acc_vec, vec, vec)))
     return sigs
