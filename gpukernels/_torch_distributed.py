@@ -81,15 +81,31 @@ def _exchange_device(group) -> torch.device:
     return torch.device("cpu")
 
 
+# SplitMix64's finaliser (Steele, Lea and Flood 2014): its multipliers as int64 (wrapping)
+_MIX = ((30, -4658895280553007687), (27, -7723592293110705685), (31, 1))
+_GOLDEN = -7046029254386353131  # 2^64 / phi, odd: spreads the rows' positions
+
+
+def _mixed(x: Tensor) -> Tensor:
+    """SplitMix64's finaliser of int64 ``x``, elementwise: every input bit moves every output
+    bit (shifts logical, products wrapping)."""
+    for shift, factor in _MIX:
+        x = (x ^ ((x >> shift) & ((1 << (64 - shift)) - 1))) * factor
+    return x
+
+
 def _target_digest(target: Tensor) -> Tensor:
-    """An int64 digest of the class indices, on their device (no read): their sum weighted
-    by position, wrapping on overflow. Ranks with other targets would each compute their
-    own loss and gradient silently; a digest that differs tells them apart."""
-    labels = target.to(torch.int64)
-    return (labels * torch.arange(1, labels.numel() + 1, device=labels.device)).sum()
+    """An int64 digest of the class indices, on their device (no read): the wrapping sum
+    over rows of a 64-bit hash of (row, class index). Ranks with other targets would each
+    compute their own loss and gradient silently; a digest that differs tells them apart.
+    (A position-weighted sum, the digest before, let ``[4, 0]`` and ``[0, 2]`` agree.) Two
+    different targets agree with a chance of about 2^-64."""
+    labels = target.to(torch.int64).reshape(-1)
+    rows = torch.arange(1, labels.numel() + 1, device=labels.device, dtype=torch.int64)
+    return _mixed(_mixed(rows * _GOLDEN) ^ labels).sum()
 
 
-def _check_agreement(z: Tensor, target: Tensor, options: dict | None, group) -> None:
+def _check_agreement(z: Tensor | None, target: Tensor | None, options: dict | None, group) -> None:
     """One ``all_gather`` of ten integers, before the stats': whether this rank refused its
     arguments (``options`` None), else its rows, shard width, dtype, options (the floats'
     bits) and a digest of ``target``. Where another rank refused its arguments, or the ranks
@@ -97,8 +113,9 @@ def _check_agreement(z: Tensor, target: Tensor, options: dict | None, group) -> 
     raises its own error after), so none is left waiting in the next exchange: gloo aborts
     the process where the stats' sizes differ, and unequal widths would place the shards'
     classes wrongly."""
+    device = _exchange_device(group)  # not z's: a refused z may be on any device
     if options is None:
-        local = torch.tensor([1] + [-1] * len(_AGREED), dtype=torch.int64, device=z.device)
+        local = torch.tensor([1] + [-1] * len(_AGREED), dtype=torch.int64, device=device)
     else:
         floats = (options["label_smoothing"], options["z_loss"], options["softcap"] or 0.0)
         mine = [
@@ -110,8 +127,8 @@ def _check_agreement(z: Tensor, target: Tensor, options: dict | None, group) -> 
             # + 0.0: -0.0 and 0.0 are the same option
             *torch.tensor(floats, dtype=torch.float64).add(0.0).view(torch.int64).tolist(),
         ]
-        digest = _target_digest(target).to(z.device).reshape(1)
-        local = torch.cat([torch.tensor(mine, dtype=torch.int64, device=z.device), digest])
+        digest = _target_digest(target).to(device).reshape(1)
+        local = torch.cat([torch.tensor(mine, dtype=torch.int64, device=device), digest])
     gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
     dist.all_gather(gathered, local, group=group)
     ranks = torch.stack(gathered).tolist()  # one read from the device
@@ -238,7 +255,7 @@ def vocab_parallel_cross_entropy(
     """
     if not (isinstance(logits_shard, Tensor) and isinstance(target, Tensor)):
         if dist.is_initialized() and dist.get_rank(group) >= 0:  # the others learn of it
-            _check_agreement(torch.empty(0, device=_exchange_device(group)), None, None, group)
+            _check_agreement(None, None, None, group)
         tensors(logits_shard=logits_shard, target=target)
     options = {
         "reduction": reduction,

@@ -219,15 +219,17 @@ def _starts(chunks: tuple[int, ...]):
     return da.from_array(np.asarray(_chunk_starts(chunks)), 1)
 
 
-def _as_dask(name: str, x):
+def _as_dask(name: str, x, or_number: bool = False):
     """``x`` as a dask array: itself, or a NumPy or CUDA array as one chunk (anything else, a
-    list say, is a ``TypeError``, as everywhere in the library)."""
+    list say, is a ``TypeError``, as everywhere in the library; its message names a real
+    number too where ``or_number`` says the argument may be one)."""
     if isinstance(x, da.Array):
         return x
     if not (isinstance(x, np.ndarray) or hasattr(x, "__cuda_array_interface__")):
+        number = "a real number, " if or_number else ""
         raise TypeError(
-            f"{name} must be a dask array, or a NumPy or CUDA array taken as one chunk; got "
-            f"{type(x).__name__}"
+            f"{name} must be {number}a dask array, or a NumPy or CUDA array taken as one "
+            f"chunk; got {type(x).__name__}"
         )
     _validate.array_library(name, x)  # a NumPy subclass is refused as elsewhere
     return da.asarray(x)
@@ -244,8 +246,10 @@ def _scale(grad_output, reduction: str, n: int, rows, divisor):
     """The upstream gradient each chunk gets: ``grad_output`` (over the global count of
     non-ignored rows for ``"mean"``), as a number or a dask array (0-d, or rows for
     ``"none"``)."""
-    if grad_output is not None and not _validate.is_number(grad_output):
-        grad_output = _as_dask("grad_output", grad_output)
+    if _validate.is_number(grad_output):  # one past float64's range is a ValueError here
+        grad_output = _validate.real_number("grad_output", grad_output)
+    elif grad_output is not None:
+        grad_output = _as_dask("grad_output", grad_output, or_number=True)
         _validate.float_array("grad_output", grad_output)
         if reduction == "none" and grad_output.ndim:
             return _rows(grad_output, "grad_output", n, rows)

@@ -177,6 +177,11 @@ def test_dask_errors(cpu_backend, gkd):
         gkd.softmax_cross_entropy(z.tolist(), y)
     with pytest.raises(TypeError, match="target must be a dask array, .* got list"):
         gkd.softmax_cross_entropy(logits, y.tolist())
+    for reduction in ("mean", "sum", "none"):  # while the graph is built, for each
+        with pytest.raises(ValueError, match="grad_output must be a real number within"):
+            gkd.softmax_cross_entropy(logits, y, reduction=reduction, grad_output=10**400)
+    with pytest.raises(TypeError, match="grad_output must be a real number, a dask array"):
+        gkd.softmax_cross_entropy(logits, y, grad_output=[1.0])
     # out of range, in the second row block: found by the tasks, and numbered in the whole
     # array, for the loss and for the gradient, as the whole rows number it
     for bad in (V, -3, 2**63 + 1):
@@ -290,14 +295,17 @@ def torch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             assert "once differentiable" in str(error)
         else:
             raise AssertionError("a second derivative was not refused")
-        disagreements = {  # what this rank passes where the ranks disagree
-            "shard width": (z[:, : 5 + rank], y, {}),
-            "rows": (z[rank:, :width], y[rank:], {}),
-            "dtype": (z[:, :width].astype(np.float32 if rank else np.float64), y, {}),
-            "label_smoothing": (z[:, :width], y, {"label_smoothing": 0.1 * rank}),
-            "target": (z[:, :width], np.where(np.arange(N) == 3, (y + rank) % 10, y), {}),
-        }
-        for what, (logits, labels, options) in disagreements.items():
+        # rows 0 and 1 as [4, 0] and [0, 2]: alike by a position-weighted sum (4 = 2 * 2)
+        collision = np.concatenate([[4, 0] if rank == 0 else [0, 2], y[2:]])
+        disagreements = [  # what this rank passes where the ranks disagree
+            ("shard width", (z[:, : 5 + rank], y, {})),
+            ("rows", (z[rank:, :width], y[rank:], {})),
+            ("dtype", (z[:, :width].astype(np.float32 if rank else np.float64), y, {})),
+            ("label_smoothing", (z[:, :width], y, {"label_smoothing": 0.1 * rank})),
+            ("target", (z[:, :width], np.where(np.arange(N) == 3, (y + rank) % 10, y), {})),
+            ("target", (z[:, :width], collision, {})),
+        ]
+        for what, (logits, labels, options) in disagreements:
             try:  # every rank refuses, after one small exchange: none is left waiting
                 vocab_parallel_cross_entropy(torch.tensor(logits), torch.tensor(labels), **options)
             except ValueError as error:
@@ -320,6 +328,16 @@ def torch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             assert want in str(error), error
         else:
             raise AssertionError("an array on one rank went unnoticed")
+        logits = torch.tensor(z[:, :width])  # on the meta device on rank 1: refused there
+        try:
+            vocab_parallel_cross_entropy(
+                logits.to("meta") if rank == 1 else logits, torch.tensor(y)
+            )
+        except (TypeError, ValueError) as error:
+            want = "tensors on meta are not supported" if rank == 1 else "rank 1 of the group"
+            assert want in str(error), error
+        else:
+            raise AssertionError("a meta tensor on one rank went unnoticed")
         first_only = dist.new_group([0])  # every rank takes part in making it
         if rank:
             try:
