@@ -48,23 +48,30 @@ def device_kind(t) -> str:
 def as_array(t, name: str):
     """``t``'s memory as a NumPy (CPU) or CuPy (CUDA) array, without a copy. A bfloat16
     tensor is handed over as its 16 bits and viewed as ``ml_dtypes.bfloat16``: neither
-    ``Tensor.numpy`` nor every CuPy's DLPack import takes bfloat16."""
+    ``Tensor.numpy`` nor every CuPy's DLPack import takes bfloat16. A tensor that has no
+    such view (sparse, nested, float8, a lazy negation or conjugation) is a ``TypeError``
+    naming it, with PyTorch's reason."""
     torch = torch_module()
     t = t.detach() if t.requires_grad else t
     bf16 = t.dtype is torch.bfloat16
     if bf16 and BFLOAT16 is None:
         raise TypeError(f"{name}: bfloat16 tensors need ml_dtypes (pip install ml_dtypes)")
-    if t.is_cpu:
-        return t.view(torch.int16).numpy().view(BFLOAT16) if bf16 else t.numpy()
-    cupy = _cupy(name)
-    if not bf16:
-        return cupy.from_dlpack(t)
-    if not _cupy_has_bfloat16():
+    cupy = None if t.is_cpu else _cupy(name)
+    if bf16 and cupy is not None and not _cupy_has_bfloat16():
         raise TypeError(
             f"{name}: bfloat16 CUDA tensors need a CuPy with bfloat16 arrays (CuPy 14 or "
             f"later; this is CuPy {cupy.__version__})"
         )
-    return cupy.from_dlpack(t.view(torch.int16)).view(BFLOAT16)
+    try:
+        if bf16:
+            bits = t.view(torch.int16)
+            return (bits.numpy() if cupy is None else cupy.from_dlpack(bits)).view(BFLOAT16)
+        return t.numpy() if cupy is None else cupy.from_dlpack(t)
+    except (TypeError, RuntimeError, BufferError) as error:
+        raise TypeError(
+            f"{name}: this {t.dtype} tensor ({t.layout}) cannot be read in place as an array: "
+            f"{error}"
+        ) from None
 
 
 def _cupy(name: str):

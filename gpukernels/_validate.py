@@ -251,13 +251,19 @@ def float_array(name: str, x) -> np.dtype:
         return dtype
     dtype = np.dtype(dtype)
     if dtype not in _FLOAT_DTYPE_SET:
-        if dtype.newbyteorder("=") in _FLOAT_DTYPE_SET:
-            raise TypeError(
-                f"{name} must be in the machine's byte order, got {dtype.str}: convert it with "
-                f"{name}.astype({name}.dtype.newbyteorder('='))"
-            )
+        _native_byte_order(name, dtype)
         raise TypeError(f"{name} must have dtype {FLOAT_NAMES}, got {dtype}")
     return dtype
+
+
+def _native_byte_order(name: str, dtype: np.dtype) -> None:
+    """A ``TypeError`` that says how to convert ``dtype`` when it is a float dtype the
+    kernels read in the other byte order (``>f4`` here)."""
+    if dtype.newbyteorder("=") in _FLOAT_DTYPE_SET and not dtype.isnative:
+        raise TypeError(
+            f"{name} must be in the machine's byte order, got {dtype.str}: convert it with "
+            f"{name}.astype({name}.dtype.newbyteorder('='))"
+        )
 
 
 def ndim(name: str, x, expected: int, what: str) -> None:
@@ -313,6 +319,7 @@ def class_target(target, n: int, c: int, ignore_index: int) -> bool:
 
 def same_dtype(name: str, x, other_name: str, dtype: np.dtype) -> None:
     if np.dtype(x.dtype) != dtype:
+        _native_byte_order(name, np.dtype(x.dtype))
         raise TypeError(f"{name} must have the dtype of {other_name} ({dtype}), got {x.dtype}")
 
 

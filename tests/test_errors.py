@@ -100,6 +100,12 @@ def test_non_native_byte_order_is_named_as_such(backend, name):
         gk.softmax_cross_entropy(**arrays)
 
 
+def test_non_native_byte_order_of_an_array_that_must_match_another():
+    x, w = np.ones((3, 2), np.float32), np.ones((5, 2), np.float32)
+    with pytest.raises(TypeError, match=r"linear_weight must be in the machine's byte order"):
+        gk.linear_cross_entropy(x, w.astype(">f4"), labels())
+
+
 def test_bool_target_message_names_both_kinds(backend):
     """A bool target is neither class indices nor probabilities: the message says both are
     accepted, not only floats."""

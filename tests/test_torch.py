@@ -452,6 +452,23 @@ def test_backend_of_a_tensor_and_unsupported_devices():
         gk.backend(meta)
 
 
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda: torch.zeros(3, 4).to(torch.float8_e4m3fn), "unsupported ScalarType"),
+        (lambda: torch.zeros(3, 4).to_sparse(), "Sparse layout"),
+        (lambda: torch.zeros(3, 4)._neg_view(), "negative bit"),
+    ],
+    ids=["float8", "sparse", "lazy negation"],
+)
+def test_tensors_without_an_array_view_are_a_type_error_by_name(make, reason):
+    """A tensor NumPy cannot view in place: PyTorch's reason, under the argument's name, and
+    a TypeError whatever PyTorch raised (a RuntimeError for a lazy negation)."""
+    labels = torch.zeros(3, dtype=torch.int64)
+    with pytest.raises(TypeError, match=rf"^logits: this .* cannot be read in place.*{reason}"):
+        gk.softmax_cross_entropy(make(), labels)
+
+
 def test_targets_that_require_grad_are_refused():
     """PyTorch differentiates its losses' targets; ours do not, so rather than leave such a
     target silently without a gradient they refuse it."""
