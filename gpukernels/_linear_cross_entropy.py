@@ -160,7 +160,12 @@ def linear_cross_entropy(
             validate=False,
         )
         grad_x[idx] = (g @ w_c).astype(dtype, copy=False)
-        grad_w += g.T.astype(acc, copy=False) @ x_c.astype(acc, copy=False)
+        # the first chunk's product lands in grad_w itself: no (V, H) temporary to add
+        product = (g.T.astype(acc, copy=False), x_c.astype(acc, copy=False))
+        if start == 0:
+            xp.matmul(*product, out=grad_w)
+        else:
+            grad_w += xp.matmul(*product)
         if grad_b is not None:
             grad_b += g.sum(axis=0, dtype=acc)
         if row_loss is None:
