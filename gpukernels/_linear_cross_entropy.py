@@ -64,8 +64,11 @@ def linear_cross_entropy(
     ...)`` with the same options, up to float rounding, whatever the chunk size. Rows whose
     target is ``ignore_index`` are skipped (their input gradient is 0; on a GPU finding them
     costs one small device-to-host read). Extra memory: one chunk of logits (default: about
-    256 MiB, or 1/8 of the free GPU memory), the float32 (float64) accumulators of the weight
-    and bias gradients and, for 16-bit inputs on the CPU, a float32 copy of the weight.
+    256 MiB, or 1/8 of the free GPU memory); from the second chunk on, the ``(V, H)``
+    product added to the weight gradient (the first is written into it); the float32
+    (float64) accumulators of the weight and bias gradients; for 16-bit inputs, a float32
+    copy of the weight on the CPU, and on a GPU float32 copies of a chunk's gradient and
+    rows for the weight-gradient product.
 
     Args:
         input: ``(N, H)`` float.
@@ -133,11 +136,12 @@ def linear_cross_entropy(
     chunk = chunk_size or _default_chunk(xp, v, np.dtype(compute).itemsize)
 
     grad_x = xp.zeros((n, h), dtype)
-    grad_w = xp.zeros((v, h), acc)
+    count = int(rows.shape[0])
+    # the first chunk's product is written into grad_w; with no chunk it stays 0
+    grad_w = xp.empty((v, h), acc) if count else xp.zeros((v, h), acc)
     grad_b = None if bias is None else xp.zeros(v, acc)
     row_loss = xp.zeros(n, acc) if reduction == "none" else None
     sums = []
-    count = int(rows.shape[0])
     buffer = xp.empty((min(chunk, count), v), compute)  # every chunk's logits, in turn
     for start in range(0, count, chunk):
         idx = slice(start, start + chunk) if every_row else rows[start : start + chunk]
@@ -160,12 +164,11 @@ def linear_cross_entropy(
             validate=False,
         )
         grad_x[idx] = (g @ w_c).astype(dtype, copy=False)
-        # the first chunk's product lands in grad_w itself: no (V, H) temporary to add
-        product = (g.T.astype(acc, copy=False), x_c.astype(acc, copy=False))
-        if start == 0:
-            xp.matmul(*product, out=grad_w)
+        g_acc, x_acc = g.T.astype(acc, copy=False), x_c.astype(acc, copy=False)
+        if start == 0:  # no (V, H) temporary to add
+            xp.matmul(g_acc, x_acc, out=grad_w)
         else:
-            grad_w += xp.matmul(*product)
+            grad_w += g_acc @ x_acc
         if grad_b is not None:
             grad_b += g.sum(axis=0, dtype=acc)
         if row_loss is None:

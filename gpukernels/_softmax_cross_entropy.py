@@ -149,7 +149,7 @@ def int64_labels(xp, target, ignore_index: int):
     dtype = target.dtype
     if dtype == np.int64:
         return target
-    if dtype == np.uint64:
+    if dtype.kind == "u" and dtype.itemsize == 8:  # either byte order
         largest = np.uint64(_validate.INT64_MAX)
         past = largest - np.uint64(ignore_index == _validate.INT64_MAX)
         target = xp.where(target > largest, past, target)

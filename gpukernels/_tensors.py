@@ -48,9 +48,10 @@ def device_kind(t) -> str:
 def as_array(t, name: str):
     """``t``'s memory as a NumPy (CPU) or CuPy (CUDA) array, without a copy. A bfloat16
     tensor is handed over as its 16 bits and viewed as ``ml_dtypes.bfloat16``: neither
-    ``Tensor.numpy`` nor every CuPy's DLPack import takes bfloat16. A tensor that has no
-    such view (sparse, nested, float8, a lazy negation or conjugation) is a ``TypeError``
-    naming it, with PyTorch's reason."""
+    ``Tensor.numpy`` nor every CuPy's DLPack import takes bfloat16. A CPU tensor that NumPy
+    cannot view (sparse, nested, float8, a lazy negation) is a ``TypeError`` naming it, with
+    PyTorch's reason. (Only there: on a CUDA tensor the same catch could relabel a CUDA
+    error left by earlier work as the tensor's fault.)"""
     torch = torch_module()
     t = t.detach() if t.requires_grad else t
     bf16 = t.dtype is torch.bfloat16
@@ -62,16 +63,17 @@ def as_array(t, name: str):
             f"{name}: bfloat16 CUDA tensors need a CuPy with bfloat16 arrays (CuPy 14 or "
             f"later; this is CuPy {cupy.__version__})"
         )
-    try:
+    if cupy is not None:
         if bf16:
-            bits = t.view(torch.int16)
-            return (bits.numpy() if cupy is None else cupy.from_dlpack(bits)).view(BFLOAT16)
-        return t.numpy() if cupy is None else cupy.from_dlpack(t)
-    except (TypeError, RuntimeError, BufferError) as error:
+            return cupy.from_dlpack(t.view(torch.int16)).view(BFLOAT16)
+        return cupy.from_dlpack(t)
+    try:
+        return t.view(torch.int16).numpy().view(BFLOAT16) if bf16 else t.numpy()
+    except (TypeError, RuntimeError) as error:
         raise TypeError(
             f"{name}: this {t.dtype} tensor ({t.layout}) cannot be read in place as an array: "
             f"{error}"
-        ) from None
+        ) from error
 
 
 def _cupy(name: str):

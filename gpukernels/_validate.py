@@ -319,7 +319,8 @@ def class_target(target, n: int, c: int, ignore_index: int) -> bool:
 
 def same_dtype(name: str, x, other_name: str, dtype: np.dtype) -> None:
     if np.dtype(x.dtype) != dtype:
-        _native_byte_order(name, np.dtype(x.dtype))
+        if np.dtype(x.dtype).newbyteorder("=") == dtype:
+            _native_byte_order(name, np.dtype(x.dtype))
         raise TypeError(f"{name} must have the dtype of {other_name} ({dtype}), got {x.dtype}")
 
 

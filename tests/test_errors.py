@@ -104,6 +104,9 @@ def test_non_native_byte_order_of_an_array_that_must_match_another():
     x, w = np.ones((3, 2), np.float32), np.ones((5, 2), np.float32)
     with pytest.raises(TypeError, match=r"linear_weight must be in the machine's byte order"):
         gk.linear_cross_entropy(x, w.astype(">f4"), labels())
+    # where the byte order is not the only difference, the dtypes are named
+    with pytest.raises(TypeError, match=r"linear_weight must have the dtype of input \(float64"):
+        gk.linear_cross_entropy(x.astype(np.float64), w.astype(">f4"), labels())
 
 
 def test_bool_target_message_names_both_kinds(backend):
