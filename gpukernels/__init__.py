@@ -3,7 +3,7 @@
 CuPy arrays in run the CUDA kernels and give CuPy arrays out; NumPy arrays run the
 multi-threaded ``cpu_fallback`` kernels and give NumPy arrays out. Every loss returns
 ``(loss, grad)`` from one pass over its input. README.md shows how to use it; docs/API.md is
-the contract (every function, argument, dtype and error, and what is planned).
+the contract (every function, argument, dtype and error).
 
 >>> import numpy as np, gpukernels as gk
 >>> logits = np.random.default_rng(0).standard_normal((4, 10)).astype(np.float32)

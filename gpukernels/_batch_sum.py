@@ -46,8 +46,8 @@ def batch_sum(x, *, axis: int | None = None, out=None):
 
     The order is a fixed pairwise tree (tiles of 256 values folded by halving, the tile sums
     folded again), so the same input gives the same bits on every run, launch shape and
-    backend, and the error grows like ``log2(n)`` roundings. float16 and float32 accumulate
-    in float32, float64 in float64.
+    backend, and the error grows like ``log2(n)`` roundings. float16, bfloat16 and
+    float32 accumulate in float32, float64 in float64.
 
     Args:
         x: array of any shape, float16/bfloat16/float32/float64 (NumPy or CuPy).
@@ -56,7 +56,7 @@ def batch_sum(x, *, axis: int | None = None, out=None):
         out: optional array of the result's shape and dtype to write into.
 
     Returns:
-        The sum: float32 for float16 input, else ``x``'s dtype.
+        The sum: float32 for 16-bit input, else ``x``'s dtype.
 
     Example:
         >>> import numpy as np, gpukernels as gk

@@ -75,7 +75,7 @@ def sigmoid_backward(grad_output, y, *, out=None):
             than ``y`` is read in the dtype the kernel computes in (float32 for 16-bit
             ``y``, else ``y``'s), so a float32 gradient is never rounded to float16 first.
         y: the forward pass's sigmoid output.
-        out: optional array of ``y``'s shape and dtype (may be ``grad_output``).
+        out: optional array of ``y``'s shape and dtype (may be ``grad_output`` or ``y``).
 
     Example:
         >>> import numpy as np, gpukernels as gk

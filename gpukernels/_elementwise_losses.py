@@ -121,7 +121,8 @@ def bce_with_logits(
         target: same shape, values in [0, 1].
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         weight: optional, broadcasts to ``logits``' shape.
-        pos_weight: optional, broadcasts along the last axis (shape ``(L,)``).
+        pos_weight: optional, broadcasts to ``logits``' shape (usually one weight per
+            class, along the last axis).
         grad_output: upstream gradient: a scalar, or with ``"none"`` an array of the shape.
         out: array to write the gradient into; may be ``logits`` itself.
 

@@ -109,7 +109,7 @@ def merge_shard_stats(a, b):
         _validate.ndim(name, s, 2, "(N, 4) shard stats")
     _validate.same_shape("b", b, "a", tuple(a.shape))
     if a.shape[1] != STATS:
-        raise ValueError(f"shard stats have {STATS} columns, got shape {tuple(a.shape)}")
+        raise ValueError(f"a and b must be (N, {STATS}) shard stats, got shape {tuple(a.shape)}")
     xp = call.xp
     m = xp.maximum(a[:, 0], b[:, 0])
     safe = xp.where(xp.isneginf(m), 0, m)  # two empty shards: exp(-inf - -inf) would be NaN

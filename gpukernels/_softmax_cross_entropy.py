@@ -77,7 +77,7 @@ def softmax_cross_entropy(
         softcap: ``None``, or :math:`\kappa > 0` to cap the logits.
 
     Returns:
-        ``(loss, grad)``: ``loss`` 0-d (or ``(N,)`` for ``"none"``), float32 for float16
+        ``(loss, grad)``: ``loss`` 0-d (or ``(N,)`` for ``"none"``), float32 for 16-bit
         logits; ``grad`` like ``logits``.
 
     Example:

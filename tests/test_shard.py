@@ -163,3 +163,9 @@ def test_a_class_outside_every_shard_is_an_error(label, ignore_index):
         gk.shard_loss_and_grad(
             z, y, np.zeros((2, 4)), class_start=0, num_classes=6, ignore_index=ignore_index
         )
+
+
+def test_merge_names_its_arguments():
+    stats = np.zeros((5, 3))
+    with pytest.raises(ValueError, match=r"^a and b must be \(N, 4\) shard stats"):
+        gk.merge_shard_stats(stats, stats)
