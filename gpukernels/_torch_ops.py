@@ -161,8 +161,9 @@ def linear_cross_entropy_op(
     label_smoothing: float,
     z_loss: float,
     softcap: float | None,
-    grad_output: Tensor | None,
     chunk_size: int | None,
+    validate: bool,
+    grad_output: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     loss, grad_x, grad_w, grad_b = _gk.linear_cross_entropy(
         input,
@@ -177,6 +178,7 @@ def linear_cross_entropy_op(
         softcap=softcap,
         grad_output=grad_output,
         chunk_size=chunk_size,
+        validate=validate,
     )
     # a custom op returns tensors only: no bias, no bias gradient (an empty one)
     return loss, grad_x, grad_w, input.new_empty(0) if grad_b is None else grad_b

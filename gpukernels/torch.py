@@ -140,14 +140,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, input, linear_weight, linear_bias, target, *options):
         reduction = options[1]
         loss, grad_x, grad_w, grad_b = run(
-            linear_cross_entropy_op,
-            input,
-            linear_weight,
-            target,
-            linear_bias,
-            *options[:-1],
-            None,
-            options[-1],
+            linear_cross_entropy_op, input, linear_weight, target, linear_bias, *options, None
         )
         ctx.has_bias, ctx.reduction, ctx.options = linear_bias is not None, reduction, options
         if reduction == "none":
@@ -169,8 +162,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 target,
                 linear_bias,
                 *options[:-1],
+                False,  # the forward pass checked the class indices (or was told not to)
                 grad_loss,
-                options[-1],
             )
         else:
             grad_x, grad_w, grad_b = (scaled(g, grad_loss, False) for g in ctx.saved_tensors)
@@ -306,12 +299,15 @@ def linear_cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     chunk_size: int | None = None,
+    validate: bool | None = None,
 ) -> Tensor:
     r"""Cross-entropy of ``input @ linear_weight.T + linear_bias`` without holding the
     ``(N, V)`` logits (``torch.nn.functional.linear_cross_entropy``'s names): chunks of rows,
-    PyTorch's matrix products, the fused kernel in place (see
+    the array library's matrix products, the fused kernel in place (see
     ``gpukernels.linear_cross_entropy``). Differentiable with respect to ``input``,
-    ``linear_weight`` and ``linear_bias``; the weight gradient is accumulated in float32."""
+    ``linear_weight`` and ``linear_bias``; the weight gradient is accumulated in float32.
+    ``validate`` as for :func:`cross_entropy` (by default CPU tensors' class indices are
+    checked, CUDA tensors' are not)."""
     tensors(input=input, linear_weight=linear_weight, target=target)
     optional_tensors(linear_bias=linear_bias, weight=weight)
     no_gradient_for("target", target)
@@ -321,6 +317,7 @@ def linear_cross_entropy(
         reduction,
         *_validate.cross_entropy_options(ignore_index, label_smoothing, z_loss, softcap),
         _validate.chunk_size(chunk_size),
+        input.device.type == "cpu" if validate is None else bool(validate),
     )
     return _LinearCrossEntropy.apply(input, linear_weight, linear_bias, target, *options)
 
@@ -446,12 +443,13 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         z_loss: float = 0.0,
         softcap: float | None = None,
         chunk_size: int | None = None,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
         self.ignore_index, self.reduction = ignore_index, reduction
         self.label_smoothing, self.z_loss, self.softcap = label_smoothing, z_loss, softcap
-        self.chunk_size = chunk_size
+        self.chunk_size, self.validate = chunk_size, validate
 
     def forward(
         self,
@@ -472,6 +470,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
             z_loss=self.z_loss,
             softcap=self.softcap,
             chunk_size=self.chunk_size,
+            validate=self.validate,
         )
 
 

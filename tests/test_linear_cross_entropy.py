@@ -214,6 +214,35 @@ def test_torch_module_and_compile(cpu_backend):
     torch.testing.assert_close(w.grad, ref_w.grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_torch_validate(cpu_backend, reduction):
+    """On CPU tensors the class indices are checked by default; validate=False skips the
+    check as at the array level: the bad row gets a zero gradient and a NaN loss."""
+    import gpukernels.torch as gkt
+
+    gen = torch.Generator().manual_seed(108)
+    x = torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    y = torch.tensor([0, 7, 2, 4])
+    with pytest.raises(ValueError, match="class index 7 at row 1"):
+        gkt.linear_cross_entropy(x, w, y, reduction=reduction)
+    with pytest.raises(ValueError, match="class index 7 at row 1"):
+        gkt.LinearCrossEntropyLoss(reduction=reduction)(x, w, y)
+    loss = gkt.LinearCrossEntropyLoss(reduction=reduction, validate=False)(x, w, y)
+    loss.sum().backward()
+    assert torch.isnan(loss).any()
+    assert torch.all(x.grad[1] == 0)
+    ref = x.detach().clone().requires_grad_()
+    keep = [0, 2, 3]  # the other rows: their loss and gradient as PyTorch's
+    total = F.cross_entropy(ref[keep] @ w.T, y[keep], reduction="sum")
+    (total / (3 if reduction == "mean" else 1)).backward()
+    torch.testing.assert_close(x.grad[keep], ref.grad[keep])
+    if reduction == "none":
+        torch.testing.assert_close(
+            loss[keep], F.cross_entropy(ref[keep] @ w.T, y[keep], reduction="none")
+        )
+
+
 def test_tensors_at_the_array_level(cpu_backend):
     x, w = torch.randn(5, 3), torch.randn(7, 3)
     loss, gx, gw, gb = gk.linear_cross_entropy(x, w, torch.tensor([0, 1, 2, 3, 6]))
