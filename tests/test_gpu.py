@@ -516,3 +516,105 @@ def test_torch_cuda_bfloat16(cuda_torch):
     torch.nn.functional.cross_entropy(theirs, y_gpu, label_smoothing=0.1).backward()
     assert ours.grad.dtype == torch.bfloat16
     assert_bf16_close(ours.grad.float().cpu().numpy(), theirs.grad.bfloat16().float().cpu().numpy())
+
+
+# ------------------------------------------ Huber, linear and class-sharded cross-entropy
+
+
+def test_huber_loss(cp):
+    r = rng(31)
+    p = (3 * r.standard_normal((4096, 300))).astype(np.float32)
+    t = r.standard_normal((4096, 300)).astype(np.float32)
+    got = gk.huber_loss(*on_gpu(cp, p, t), delta=0.5)
+    check_pair(cp, got, gk.huber_loss(p, t, delta=0.5), np.float32)
+
+
+def test_sigmoid_backward_reads_a_float32_gradient_beside_float16(cp):
+    """Past float16's range but not once multiplied by y (1 - y): no inf."""
+    y = np.tile(np.array([0.5, 0.25, 0.875], np.float16), 1000)
+    g = np.full(y.size, 70000.0, np.float32)
+    got = gk.sigmoid_backward(*on_gpu(cp, g, y))
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(cp.asnumpy(got), gk.sigmoid_backward(g, y))
+    assert np.all(np.isfinite(cp.asnumpy(got)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_linear_cross_entropy(cp, dtype):
+    """Chunks of rows on cuBLAS through CuPy against the CPU's (float16 there is computed in
+    float32: the tolerance is float16's)."""
+    r = rng(32)
+    n, h, v = 1000, 64, 5000
+    x = r.standard_normal((n, h)).astype(dtype)
+    w = (r.standard_normal((v, h)) / 8).astype(dtype)
+    b = (0.1 * r.standard_normal(v)).astype(dtype)
+    y = r.integers(0, v, n)
+    y[::7] = -100
+    options = {"label_smoothing": 0.1, "z_loss": 1e-4, "chunk_size": 300}
+    want = gk.linear_cross_entropy(x, w, y, linear_bias=b, **options)
+    xg, wg, yg, bg = on_gpu(cp, x, w, y, b)
+    got = gk.linear_cross_entropy(xg, wg, yg, linear_bias=bg, **options)
+    tol = 1e-2 if dtype == np.float16 else 1e-4
+    for name, mine, theirs in zip(("loss", "input", "weight", "bias"), got, want, strict=True):
+        assert isinstance(mine, cp.ndarray), name
+        assert mine.dtype == theirs.dtype and mine.shape == theirs.shape, name
+        theirs = theirs.astype(np.float64)
+        np.testing.assert_allclose(
+            cp.asnumpy(mine).astype(np.float64),
+            theirs,
+            rtol=tol,
+            atol=tol * float(np.abs(theirs).max()),
+            err_msg=name,
+        )
+
+
+def test_shard_steps_give_the_whole_rows(cp):
+    """Uneven column shards, ignored rows and smoothing: merged stats, then each shard's
+    loss and gradient, against the whole rows' softmax_cross_entropy."""
+    r = rng(33)
+    z = (4 * r.standard_normal((700, 900))).astype(np.float32)
+    y = r.integers(0, 900, 700)
+    y[::5] = -100
+    zg, yg = on_gpu(cp, z, y)
+    shards = [(0, 250), (250, 600), (600, 900)]
+    stats = [gk.shard_stats(zg[:, a:b], yg, class_start=a, label_smoothing=0.1) for a, b in shards]
+    merged = gk.merge_shard_stats(gk.merge_shard_stats(stats[0], stats[1]), stats[2])
+    parts = [
+        gk.shard_loss_and_grad(
+            zg[:, a:b], yg, merged, class_start=a, num_classes=900, label_smoothing=0.1
+        )
+        for a, b in shards
+    ]
+    want_loss, want_grad = gk.softmax_cross_entropy(z, y, label_smoothing=0.1)
+    for loss, _ in parts:  # every shard computes the same loss from the same stats
+        np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5)
+    grad = cp.asnumpy(cp.concatenate([g for _, g in parts], axis=1))
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_torch_cuda_linear_cross_entropy(cuda_torch):
+    torch = cuda_torch
+    import gpukernels.torch as gkt
+
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    x = torch.randn(512, 64, device="cuda", generator=gen, requires_grad=True)
+    w = (torch.randn(3000, 64, device="cuda", generator=gen) / 8).requires_grad_()
+    y = torch.randint(0, 3000, (512,), device="cuda", generator=gen)
+    gkt.linear_cross_entropy(x, w, y, chunk_size=200).backward()
+    ref_x, ref_w = (t.detach().clone().requires_grad_() for t in (x, w))
+    torch.nn.functional.cross_entropy(ref_x @ ref_w.T, y).backward()
+    torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(w.grad, ref_w.grad, rtol=1e-3, atol=1e-5)
+
+
+def test_torch_cuda_losses_leave_class_indices_unchecked_by_default(cuda_torch):
+    """No device-to-host read a step: a bad index makes the loss NaN (validate=True checks)."""
+    torch = cuda_torch
+    import gpukernels.torch as gkt
+
+    logits = torch.randn(64, 10, device="cuda", requires_grad=True)
+    labels = torch.full((64,), 3, device="cuda")
+    labels[5] = 10
+    assert torch.isnan(gkt.cross_entropy(logits, labels)).item()
+    with pytest.raises(ValueError, match="class index 10 at row 5"):
+        gkt.cross_entropy(logits, labels, validate=True)
