@@ -82,16 +82,19 @@ def _exchange_device(group) -> torch.device:
 
 
 # SplitMix64's finaliser (Steele, Lea and Flood 2014): its multipliers as int64 (wrapping)
-_MIX = ((30, -4658895280553007687), (27, -7723592293110705685), (31, 1))
+_MIX_A, _MIX_B = -4658895280553007687, -7723592293110705685
 _GOLDEN = -7046029254386353131  # 2^64 / phi, odd: spreads the rows' positions
+
+
+def _xor_shifted(x: Tensor, shift: int) -> Tensor:
+    """``x ^ (x >>> shift)`` of int64 ``x``: a logical shift (the sign bit not copied)."""
+    return x ^ ((x >> shift) & ((1 << (64 - shift)) - 1))
 
 
 def _mixed(x: Tensor) -> Tensor:
     """SplitMix64's finaliser of int64 ``x``, elementwise: every input bit moves every output
-    bit (shifts logical, products wrapping)."""
-    for shift, factor in _MIX:
-        x = (x ^ ((x >> shift) & ((1 << (64 - shift)) - 1))) * factor
-    return x
+    bit (products wrapping)."""
+    return _xor_shifted(_xor_shifted(_xor_shifted(x, 30) * _MIX_A, 27) * _MIX_B, 31)
 
 
 def _target_digest(target: Tensor) -> Tensor:

@@ -228,13 +228,19 @@ def cross_entropy(
         smoothing,
         factor,
         cap,
-        input.device.type == "cpu" if validate is None else bool(validate),
+        _checks_indices(input, validate),
     )
     if inplace_backward and torch.is_grad_enabled() and input.requires_grad:
         _overwritable(input)
         loss, _ = _FusedLossInPlace.apply(input, *args)
         return loss
     return _FusedLoss.apply(cross_entropy_op, input, *args)
+
+
+def _checks_indices(input: Tensor, validate: bool | None) -> bool:
+    """Whether a loss checks its class indices: ``validate`` if given, else on CPU tensors
+    only (on a GPU the check waits for the device every step)."""
+    return input.device.type == "cpu" if validate is None else bool(validate)
 
 
 def _overwritable(input: Tensor) -> None:
@@ -317,7 +323,7 @@ def linear_cross_entropy(
         reduction,
         *_validate.cross_entropy_options(ignore_index, label_smoothing, z_loss, softcap),
         _validate.chunk_size(chunk_size),
-        input.device.type == "cpu" if validate is None else bool(validate),
+        _checks_indices(input, validate),
     )
     return _LinearCrossEntropy.apply(input, linear_weight, linear_bias, target, *options)
 
@@ -383,7 +389,7 @@ def composite_loss(
     no_gradient_for("target", target)
     batches(pred, target)  # before their widths are read
     layout, factors = layout_of(terms, pred.shape[-1], target.shape[-1])
-    check = pred.device.type == "cpu" if validate is None else bool(validate)
+    check = _checks_indices(pred, validate)
     return _FusedLoss.apply(composite_op, pred, target, layout, factors, check)
 
 
