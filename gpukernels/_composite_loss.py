@@ -113,6 +113,7 @@ def composite_loss(
         raise ValueError(f"target must have {n} rows like pred, got {target.shape[0]}")
     _validate.out_array(out, tuple(pred.shape), dtype, call.library)
     _validate.grad_output(grad_output, None, ())
+    validate = _validate.yes_no("validate", validate)
     resolved = _validate.loss_terms(terms, pred.shape[1], target.shape[1])
 
     xp, acc = call.xp, accumulation_dtype(dtype)

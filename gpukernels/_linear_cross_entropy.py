@@ -107,6 +107,7 @@ def linear_cross_entropy(
     _validate.same_shape("target", target, "the input's rows", (n,))
     _validate.class_weight(weight, v)
     _validate.reduction(reduction)
+    validate = _validate.yes_no("validate", validate)
     _validate.grad_output(grad_output, reduction, (n,))
     ignore_index = _validate.ignore_index(ignore_index)
     # checked here too: with no row taking part no chunk would reach softmax_cross_entropy

@@ -92,6 +92,7 @@ def softmax_cross_entropy(
     dtype = _validate.float_array("logits", logits)
     _validate.ndim("logits", logits, 2, "a (N, C) batch of logit rows")
     _validate.reduction(reduction)
+    validate = _validate.yes_no("validate", validate)
     label_smoothing = _validate.label_smoothing(label_smoothing)
     z_loss, softcap = _validate.z_loss(z_loss), _validate.softcap(softcap)
     ignore_index = _validate.ignore_index(ignore_index)

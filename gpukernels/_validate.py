@@ -53,6 +53,14 @@ def is_flag(x) -> bool:
     return x is None or isinstance(x, _INTEGERS + _BOOLS)
 
 
+def yes_no(name: str, value) -> bool:
+    """A bool option (Python's or NumPy's), as ``bool``: ``TypeError`` for anything else,
+    where reading it for its truth would take ``"no"`` or ``[]`` for an answer."""
+    if not isinstance(value, _BOOLS):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 def array_library(name: str, x, number_ok: bool = False) -> str:
     """``"numpy"`` for a NumPy array, ``"cuda"`` for a CUDA array; TypeError otherwise."""
     if type(x) in NUMPY_TYPES:

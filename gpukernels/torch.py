@@ -230,7 +230,8 @@ def cross_entropy(
         cap,
         _checks_indices(input, validate),
     )
-    if inplace_backward and torch.is_grad_enabled() and input.requires_grad:
+    inplace = _validate.yes_no("inplace_backward", inplace_backward)
+    if inplace and torch.is_grad_enabled() and input.requires_grad:
         _overwritable(input)
         loss, _ = _FusedLossInPlace.apply(input, *args)
         return loss
@@ -240,7 +241,9 @@ def cross_entropy(
 def _checks_indices(input: Tensor, validate: bool | None) -> bool:
     """Whether a loss checks its class indices: ``validate`` if given, else on CPU tensors
     only (on a GPU the check waits for the device every step)."""
-    return input.device.type == "cpu" if validate is None else bool(validate)
+    if validate is None:
+        return input.device.type == "cpu"
+    return _validate.yes_no("validate", validate)
 
 
 def _overwritable(input: Tensor) -> None:

@@ -508,6 +508,36 @@ def test_label_smoothing_numpy_float(backend):
     assert_close(loss, exp, np.float64)
 
 
+def _bad_label_calls():
+    """Calls taking ``validate``, each on a target whose row 1 holds class index C (out of
+    range): (call of validate, name)."""
+    bad = labels()
+    bad[1] = C
+    column = bad[:, None].astype(np.float64)
+    term = gk.LossTerm("softmax_cross_entropy", slice(0, C), slice(0, 1))
+    return [
+        lambda v: gk.softmax_cross_entropy(z(), bad, validate=v),
+        lambda v: gk.linear_cross_entropy(z(), z((C, C)), bad, validate=v),
+        lambda v: gk.composite_loss(z(), column, [term], validate=v),
+    ]
+
+
+@pytest.mark.parametrize("value", ["no", "False", 0, 1, None, [], np.float64(1.0)])
+@pytest.mark.parametrize("k", range(3))
+def test_validate_must_be_a_bool(backend, k, value):
+    """Read for its truth, ``validate="no"`` would validate and ``validate=[]`` would not."""
+    with pytest.raises(TypeError, match=r"validate must be True or False, got"):
+        _bad_label_calls()[k](value)
+
+
+@pytest.mark.parametrize("k", range(3))
+def test_validate_takes_numpy_bools(backend, k):
+    call = _bad_label_calls()[k]
+    with pytest.raises(ValueError, match="row 1"):
+        call(np.bool_(True))
+    call(np.bool_(False))  # unchecked: the bad row's loss is not defined, but nothing raises
+
+
 # ---- 5. None or a number where an array is expected ---------------------------------------------
 
 

@@ -577,6 +577,34 @@ def test_inplace_backward_leaves_logits_alone_without_autograd():
     torch.testing.assert_close(logits, kept)
 
 
+CLASS_INDEX_TERMS = [gk.LossTerm("softmax_cross_entropy", slice(0, 4), slice(0, 1))]
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda x, y, v: gkt.cross_entropy(x, y, validate=v), "validate"),
+        (lambda x, y, v: gkt.CrossEntropyLoss(validate=v)(x, y), "validate"),
+        (lambda x, y, v: gkt.cross_entropy(x, y, inplace_backward=v), "inplace_backward"),
+        (lambda x, y, v: gkt.linear_cross_entropy(x, x, y, validate=v), "validate"),
+        (
+            lambda x, y, v: gkt.composite_loss(
+                x, y[:, None].double(), CLASS_INDEX_TERMS, validate=v
+            ),
+            "validate",
+        ),
+    ],
+)
+@pytest.mark.parametrize("value", ["no", 0, 1, []])
+def test_yes_no_options_must_be_bools(call, name, value):
+    """Read for its truth, ``validate="no"`` would check and ``inplace_backward=[]`` would
+    not overwrite: anything but a bool (or None where that means the default) is refused."""
+    x = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3])
+    with pytest.raises(TypeError, match=rf"{name} must be True or False, got"):
+        call(x[:], y, value)
+
+
 def test_custom_ops_pass_opcheck():
     """torch.library.opcheck: schemas, fake (meta) kernels and the real ones agree, for
     contiguous and transposed inputs."""
