@@ -8,6 +8,7 @@ dtypes without running it. Eager calls skip the dispatcher (:func:`run`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -20,16 +21,20 @@ from ._kinds import TermKind
 
 Tensor = torch.Tensor
 _EAGER: dict = {}  # custom op -> the Python function it wraps
+_INPUT_NAMES: dict = {}  # custom op -> what the array-level function calls the input
 
 
-def _custom_op(name: str, mutates_args: tuple):
+def _custom_op(name: str, mutates_args: tuple, input_name: str = "input"):
     """Register the decorated function as the custom op ``name`` and remember the function:
     :func:`run` calls it directly outside ``torch.compile``, where going through the
-    dispatcher would add about 100 us to every call."""
+    dispatcher would add about 100 us to every call. ``input_name``: the name the
+    array-level function's messages give the loss's ``input``."""
 
     def register(fn):
         op = torch.library.custom_op(name, mutates_args=mutates_args)(fn)
         _EAGER[op] = fn
+        if input_name != "input":
+            _INPUT_NAMES[op] = input_name
         return op
 
     return register
@@ -37,10 +42,18 @@ def _custom_op(name: str, mutates_args: tuple):
 
 def run(op, *args):
     """``op(*args)``: through PyTorch's dispatcher while ``torch.compile`` traces (so the op
-    is one node of the graph), else the wrapped function itself."""
-    if torch.compiler.is_compiling():
-        return op(*args)
-    return _EAGER[op](*args)
+    is one node of the graph), else the wrapped function itself. An argument error whose
+    message names the input as the array-level function does (``logits``, ``pred``) gets a
+    note that this is the loss's ``input``."""
+    try:
+        if torch.compiler.is_compiling():
+            return op(*args)
+        return _EAGER[op](*args)
+    except (TypeError, ValueError) as error:
+        name = _INPUT_NAMES.get(op)
+        if name is not None and re.search(rf"\b{name}\b", str(error)):
+            error.add_note(f"({name} is the loss's input)")
+        raise
 
 
 def _loss_like(input: Tensor, shape) -> Tensor:
@@ -49,7 +62,7 @@ def _loss_like(input: Tensor, shape) -> Tensor:
     return input.new_empty(shape, dtype=dtype)
 
 
-@_custom_op("gpukernels::cross_entropy", ())
+@_custom_op("gpukernels::cross_entropy", (), input_name="logits")
 def cross_entropy_op(
     input: Tensor,
     target: Tensor,
@@ -90,7 +103,7 @@ def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, s
     return _loss_like(input, shape), input.new_empty(input.shape)
 
 
-@_custom_op("gpukernels::cross_entropy_inplace", ("input",))
+@_custom_op("gpukernels::cross_entropy_inplace", ("input",), input_name="logits")
 def cross_entropy_inplace_op(
     input: Tensor,
     target: Tensor,
@@ -111,7 +124,7 @@ def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, s
     return _loss_like(input, (input.shape[0],) if reduction == "none" else ())
 
 
-@_custom_op("gpukernels::bce_with_logits", ())
+@_custom_op("gpukernels::bce_with_logits", (), input_name="logits")
 def bce_op(
     input: Tensor,
     target: Tensor,
@@ -129,7 +142,7 @@ def _(input, target, weight, pos_weight, reduction):
     return _elementwise_fake(input, reduction)
 
 
-@_custom_op("gpukernels::mse", ())
+@_custom_op("gpukernels::mse", (), input_name="pred")
 def mse_op(input: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
     return _gk.mse(input, target, reduction=reduction)
 
@@ -139,7 +152,7 @@ def _(input, target, reduction):
     return _elementwise_fake(input, reduction)
 
 
-@_custom_op("gpukernels::huber", ())
+@_custom_op("gpukernels::huber", (), input_name="pred")
 def huber_op(input: Tensor, target: Tensor, reduction: str, delta: float) -> tuple[Tensor, Tensor]:
     return _gk.huber_loss(input, target, reduction=reduction, delta=delta)
 

@@ -577,6 +577,31 @@ def test_inplace_backward_leaves_logits_alone_without_autograd():
     torch.testing.assert_close(logits, kept)
 
 
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda x: gkt.cross_entropy(x[0], torch.tensor([0, 1, 2])), "logits"),
+        (lambda x: gkt.cross_entropy(x, torch.tensor([0, 1])), "logits"),
+        (lambda x: gkt.binary_cross_entropy_with_logits(x, x[:2]), "logits"),
+        (lambda x: gkt.mse_loss(x, x[:2]), "pred"),
+        (lambda x: gkt.HuberLoss()(x, x[:2]), "pred"),
+    ],
+)
+def test_array_level_name_of_the_input_is_explained(call, name):
+    """The array-level checks call the input ``logits`` or ``pred``; a torch user passed
+    ``input``, and the error says so."""
+    x = torch.randn(3, 4)
+    with pytest.raises(ValueError, match=rf"\b{name}\b") as raised:
+        call(x)
+    assert raised.value.__notes__ == [f"({name} is the loss's input)"]
+
+
+def test_errors_not_naming_the_input_get_no_note():
+    with pytest.raises(ValueError, match="class index 9") as raised:
+        gkt.cross_entropy(torch.randn(2, 3), torch.tensor([0, 9]))
+    assert not hasattr(raised.value, "__notes__")
+
+
 CLASS_INDEX_TERMS = [gk.LossTerm("softmax_cross_entropy", slice(0, 4), slice(0, 1))]
 
 
