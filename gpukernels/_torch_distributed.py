@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from . import _validate, merge_shard_stats, shard_loss_and_grad, shard_stats
-from ._torch_ops import no_gradient_for, scaled, tensors
+from ._torch_ops import float16_headroom, no_gradient_for, scaled, tensors
 
 __all__ = ["vocab_parallel_cross_entropy"]
 
@@ -185,21 +185,24 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             raise error
         _check_agreement(z, target, options, group)
         merged = _merged_stats(stats, group)
+        headroom = float16_headroom(z, options["reduction"], z.shape[0])
         loss, grad = shard_loss_and_grad(
             z,
             target,
             merged,
             class_start=start,
             num_classes=dist.get_world_size(group) * z.shape[1],
+            grad_output=None if headroom == 1.0 else headroom,
             **options,
         )
         ctx.save_for_backward(grad)
+        ctx.headroom = headroom
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         (grad,) = ctx.saved_tensors
-        return scaled(grad, grad_loss, in_place=False), None, None, None
+        return scaled(grad, grad_loss, False, None, ctx.headroom), None, None, None
 
 
 def vocab_parallel_cross_entropy(

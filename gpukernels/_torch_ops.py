@@ -73,14 +73,24 @@ def cross_entropy_op(
     z_loss: float,
     softcap: float | None,
     validate: bool,
+    grad_scale: float,
 ) -> tuple[Tensor, Tensor]:
-    return _softmax_xent(
-        input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, validate
-    )
+    args = (ignore_index, reduction, label_smoothing, z_loss, softcap, validate, grad_scale)
+    return _softmax_xent(input, target, weight, *args)
 
 
 def _softmax_xent(
-    input, target, weight, ignore_index, reduction, smoothing, z_loss, cap, validate, out=None
+    input,
+    target,
+    weight,
+    ignore_index,
+    reduction,
+    smoothing,
+    z_loss,
+    cap,
+    validate,
+    scale,
+    out=None,
 ):
     """``gk.softmax_cross_entropy`` with the ops' positional arguments."""
     return _gk.softmax_cross_entropy(
@@ -93,12 +103,13 @@ def _softmax_xent(
         z_loss=z_loss,
         softcap=cap,
         validate=validate,
+        grad_output=_number(scale),
         out=out,
     )
 
 
 @cross_entropy_op.register_fake
-def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, validate):
+def _(input, target, weight, ignore_index, reduction, *rest):
     shape = (input.shape[0],) if reduction == "none" else ()
     return _loss_like(input, shape), input.new_empty(input.shape)
 
@@ -114,13 +125,14 @@ def cross_entropy_inplace_op(
     z_loss: float,
     softcap: float | None,
     validate: bool,
+    grad_scale: float,
 ) -> Tensor:
-    args = (ignore_index, reduction, label_smoothing, z_loss, softcap, validate)
+    args = (ignore_index, reduction, label_smoothing, z_loss, softcap, validate, grad_scale)
     return _softmax_xent(input, target, weight, *args, out=input)[0]
 
 
 @cross_entropy_inplace_op.register_fake
-def _(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, validate):
+def _(input, target, weight, ignore_index, reduction, *rest):
     return _loss_like(input, (input.shape[0],) if reduction == "none" else ())
 
 
@@ -131,34 +143,45 @@ def bce_op(
     weight: Tensor | None,
     pos_weight: Tensor | None,
     reduction: str,
+    grad_scale: float,
 ) -> tuple[Tensor, Tensor]:
     return _gk.bce_with_logits(
-        input, target, weight=weight, pos_weight=pos_weight, reduction=reduction
+        input,
+        target,
+        weight=weight,
+        pos_weight=pos_weight,
+        reduction=reduction,
+        grad_output=_number(grad_scale),
     )
 
 
 @bce_op.register_fake
-def _(input, target, weight, pos_weight, reduction):
+def _(input, target, weight, pos_weight, reduction, grad_scale):
     return _elementwise_fake(input, reduction)
 
 
 @_custom_op("gpukernels::mse", (), input_name="pred")
-def mse_op(input: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
-    return _gk.mse(input, target, reduction=reduction)
+def mse_op(
+    input: Tensor, target: Tensor, reduction: str, grad_scale: float
+) -> tuple[Tensor, Tensor]:
+    return _gk.mse(input, target, reduction=reduction, grad_output=_number(grad_scale))
 
 
 @mse_op.register_fake
-def _(input, target, reduction):
+def _(input, target, reduction, grad_scale):
     return _elementwise_fake(input, reduction)
 
 
 @_custom_op("gpukernels::huber", (), input_name="pred")
-def huber_op(input: Tensor, target: Tensor, reduction: str, delta: float) -> tuple[Tensor, Tensor]:
-    return _gk.huber_loss(input, target, reduction=reduction, delta=delta)
+def huber_op(
+    input: Tensor, target: Tensor, reduction: str, delta: float, grad_scale: float
+) -> tuple[Tensor, Tensor]:
+    scale = _number(grad_scale)
+    return _gk.huber_loss(input, target, reduction=reduction, delta=delta, grad_output=scale)
 
 
 @huber_op.register_fake
-def _(input, target, reduction, delta):
+def _(input, target, reduction, delta, grad_scale):
     return _elementwise_fake(input, reduction)
 
 
@@ -209,6 +232,12 @@ def _(input, linear_weight, target, linear_bias, weight, reduction, *rest):
     )
 
 
+def _number(grad_scale: float) -> float | None:
+    """An op's ``grad_scale`` as the array-level ``grad_output``: none for 1 (nothing to
+    scale)."""
+    return None if grad_scale == 1.0 else grad_scale
+
+
 def _elementwise_fake(input, reduction):
     shape = tuple(input.shape) if reduction == "none" else ()
     return _loss_like(input, shape), input.new_empty(input.shape)
@@ -216,13 +245,20 @@ def _elementwise_fake(input, reduction):
 
 @_custom_op("gpukernels::composite", ())
 def composite_op(
-    pred: Tensor, target: Tensor, layout: list[int], factors: list[float], validate: bool
+    pred: Tensor,
+    target: Tensor,
+    layout: list[int],
+    factors: list[float],
+    validate: bool,
+    grad_scale: float,
 ) -> tuple[Tensor, Tensor]:
-    return _gk.composite_loss(pred, target, _terms_from(layout, factors), validate=validate)
+    terms = _terms_from(layout, factors)
+    scale = _number(grad_scale)
+    return _gk.composite_loss(pred, target, terms, validate=validate, grad_output=scale)
 
 
 @composite_op.register_fake
-def _(pred, target, layout, factors, validate):
+def _(pred, target, layout, factors, validate, grad_scale):
     return _loss_like(pred, ()), pred.new_empty(pred.shape)
 
 
@@ -310,15 +346,37 @@ def unit(grad_loss: Tensor) -> bool:
     )
 
 
-def scaled(grad: Tensor, grad_loss: Tensor, in_place: bool, one: bool | None = None) -> Tensor:
+def float16_headroom(input: Tensor, reduction: str, count: int) -> float:
+    """The power of two a float16 mean's gradient is computed multiplied by, and divided by
+    again in backward, together with the upstream gradient; 1 elsewhere.
+
+    A mean over ``count`` rows (or elements) has gradients of the order of 1 / ``count``,
+    which float16 (smallest normal 6.1e-5) stores with few bits or as 0 from a few thousand
+    rows on. Rounded in the forward pass, they are lost before backward can multiply them by
+    the upstream gradient: a loss scale (``torch.amp.GradScaler``) of 2^14 would scale up
+    zeros. Computed times ``2^floor(log2 count)`` (at most 2^15), they stay within the sum's
+    gradients, which float16 holds, and are rounded again only with the upstream gradient
+    applied, as PyTorch's float16 backward rounds them.
+    """
+    if input.dtype is not torch.float16 or reduction != "mean" or count < 2:
+        return 1.0
+    return float(1 << min(15, int(count).bit_length() - 1))
+
+
+def scaled(
+    grad: Tensor, grad_loss: Tensor, in_place: bool, one: bool | None = None, headroom: float = 1.0
+) -> Tensor:
     """``grad`` times the upstream gradient of the loss (a scalar, or one value per row or
-    element of a ``"none"`` loss), in ``grad``'s dtype; ``grad`` itself where the upstream
-    gradient is :func:`unit` (a pass over it saved), or where ``one`` says so (the caller has
-    asked :func:`unit` already)."""
+    element of a ``"none"`` loss) over ``headroom`` (the power of two the forward pass kept a
+    float16 mean's gradient multiplied by), in ``grad``'s dtype; ``grad`` itself where there
+    is no headroom and the upstream gradient is :func:`unit` (a pass over it saved), or where
+    ``one`` says so (the caller has asked :func:`unit` already)."""
     refuse_second_derivative()
-    if unit(grad_loss) if one is None else one:
+    if headroom == 1.0 and (unit(grad_loss) if one is None else one):
         return grad
     scale = grad_loss.reshape(grad_loss.shape + (1,) * (grad.ndim - grad_loss.ndim))
+    if headroom != 1.0:
+        scale = scale / headroom  # a power of two: exact
     if in_place:
         return grad.mul_(scale)
     return (grad * scale).to(grad.dtype)

@@ -36,6 +36,7 @@ from ._torch_ops import (
     composite_op,
     cross_entropy_inplace_op,
     cross_entropy_op,
+    float16_headroom,
     huber_op,
     layout_of,
     linear_cross_entropy_op,
@@ -71,19 +72,22 @@ Tensor = torch.Tensor
 
 
 class _FusedLoss(torch.autograd.Function):
-    """``op(input, *args) -> (loss, grad)``; backward scales the saved ``grad``."""
+    """``op(input, *args, headroom) -> (loss, grad)``, the gradient times ``headroom`` (see
+    ``float16_headroom``); backward scales the saved ``grad`` by the upstream gradient over
+    ``headroom``."""
 
     @staticmethod
-    def forward(ctx, op, input, *args):
-        loss, grad = run(op, input, *args)
+    def forward(ctx, op, headroom, input, *args):
+        loss, grad = run(op, input, *args, headroom)
         ctx.save_for_backward(grad)
-        ctx.num_args = len(args)
+        ctx.num_args, ctx.headroom = len(args), headroom
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         (grad,) = ctx.saved_tensors
-        return (None, scaled(grad, grad_loss, in_place=False)) + (None,) * ctx.num_args
+        grad = scaled(grad, grad_loss, in_place=False, headroom=ctx.headroom)
+        return (None, None, grad) + (None,) * ctx.num_args
 
 
 class _FusedLossInPlace(torch.autograd.Function):
@@ -93,9 +97,9 @@ class _FusedLossInPlace(torch.autograd.Function):
     a scaling one is refused: the unscaled gradient is gone."""
 
     @staticmethod
-    def forward(ctx, input, *args):
+    def forward(ctx, input, headroom, *args):
         try:
-            loss = run(cross_entropy_inplace_op, input, *args)
+            loss = run(cross_entropy_inplace_op, input, *args, headroom)
         except Exception:
             # input may be overwritten already (a class index out of range is found in the
             # pass): its version moves on, so autograd refuses whatever saved the logits
@@ -104,7 +108,7 @@ class _FusedLossInPlace(torch.autograd.Function):
         ctx.mark_dirty(input)
         ctx.save_for_backward(input)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None
-        ctx.num_args, ctx.rescaled = len(args), False
+        ctx.num_args, ctx.headroom, ctx.rescaled = len(args), headroom, False
         return loss, input
 
     @staticmethod
@@ -125,10 +129,10 @@ class _FusedLossInPlace(torch.autograd.Function):
                 "inplace_backward=False"
             )
         (grad,) = ctx.saved_tensors
-        one = unit(grad_loss)
-        grad = scaled(grad, grad_loss, in_place=True, one=one)
+        one = ctx.headroom == 1.0 and unit(grad_loss)
+        grad = scaled(grad, grad_loss, in_place=True, one=one, headroom=ctx.headroom)
         ctx.rescaled = not one  # once scaled: a second derivative is refused before
-        return (grad,) + (None,) * ctx.num_args
+        return (grad, None) + (None,) * ctx.num_args
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -137,12 +141,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
     before the matrix products, so backward runs the chunks again with it."""
 
     @staticmethod
-    def forward(ctx, input, linear_weight, linear_bias, target, *options):
+    def forward(ctx, input, linear_weight, linear_bias, target, headroom, *options):
         reduction = options[1]
+        # the gradients times headroom (see float16_headroom): a float16 mean's stay normal numbers
+        scale = None if headroom == 1.0 else input.new_full((), headroom, dtype=torch.float32)
         loss, grad_x, grad_w, grad_b = run(
-            linear_cross_entropy_op, input, linear_weight, target, linear_bias, *options, None
+            linear_cross_entropy_op, input, linear_weight, target, linear_bias, *options, scale
         )
         ctx.has_bias, ctx.reduction, ctx.options = linear_bias is not None, reduction, options
+        ctx.headroom = headroom
         if reduction == "none":
             ctx.save_for_backward(input, linear_weight, linear_bias, target)
         else:
@@ -166,8 +173,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_loss,
             )
         else:
-            grad_x, grad_w, grad_b = (scaled(g, grad_loss, False) for g in ctx.saved_tensors)
-        return (grad_x, grad_w, grad_b if ctx.has_bias else None) + (None,) * (1 + len(ctx.options))
+            grads = ctx.saved_tensors
+            grad_x, grad_w, grad_b = (
+                scaled(g, grad_loss, False, None, ctx.headroom) for g in grads
+            )
+        return (grad_x, grad_w, grad_b if ctx.has_bias else None) + (None,) * (2 + len(ctx.options))
 
 
 # ----------------------------------------------------------------------- functions
@@ -231,11 +241,12 @@ def cross_entropy(
         _checks_indices(input, validate),
     )
     inplace = _validate.yes_no("inplace_backward", inplace_backward)
+    headroom = float16_headroom(input, reduction, input.shape[0])
     if inplace and torch.is_grad_enabled() and input.requires_grad:
         _overwritable(input)
-        loss, _ = _FusedLossInPlace.apply(input, *args)
+        loss, _ = _FusedLossInPlace.apply(input, headroom, *args)
         return loss
-    return _FusedLoss.apply(cross_entropy_op, input, *args)
+    return _FusedLoss.apply(cross_entropy_op, headroom, input, *args)
 
 
 def _checks_indices(input: Tensor, validate: bool | None) -> bool:
@@ -328,7 +339,8 @@ def linear_cross_entropy(
         _validate.chunk_size(chunk_size),
         _checks_indices(input, validate),
     )
-    return _LinearCrossEntropy.apply(input, linear_weight, linear_bias, target, *options)
+    headroom = float16_headroom(input, reduction, input.shape[0])
+    return _LinearCrossEntropy.apply(input, linear_weight, linear_bias, target, headroom, *options)
 
 
 def binary_cross_entropy_with_logits(
@@ -350,7 +362,8 @@ def binary_cross_entropy_with_logits(
     for name, value in (("target", target), ("weight", weight), ("pos_weight", pos_weight)):
         no_gradient_for(name, value)
     reduction = _legacy_reduction(size_average, reduce, reduction)
-    return _FusedLoss.apply(bce_op, input, target, weight, pos_weight, reduction)
+    headroom = float16_headroom(input, reduction, input.numel())
+    return _FusedLoss.apply(bce_op, headroom, input, target, weight, pos_weight, reduction)
 
 
 def mse_loss(
@@ -366,7 +379,8 @@ def mse_loss(
     tensors(input=input, target=target)
     no_gradient_for("target", target)
     reduction = _legacy_reduction(size_average, reduce, reduction)
-    return _FusedLoss.apply(mse_op, input, target, reduction)
+    headroom = float16_headroom(input, reduction, input.numel())
+    return _FusedLoss.apply(mse_op, headroom, input, target, reduction)
 
 
 def huber_loss(
@@ -378,7 +392,8 @@ def huber_loss(
     tensors(input=input, target=target)
     no_gradient_for("target", target)
     delta = _validate.real_number("delta", delta)
-    return _FusedLoss.apply(huber_op, input, target, reduction, delta)
+    headroom = float16_headroom(input, reduction, input.numel())
+    return _FusedLoss.apply(huber_op, headroom, input, target, reduction, delta)
 
 
 def composite_loss(
@@ -393,7 +408,8 @@ def composite_loss(
     batches(pred, target)  # before their widths are read
     layout, factors = layout_of(terms, pred.shape[-1], target.shape[-1])
     check = _checks_indices(pred, validate)
-    return _FusedLoss.apply(composite_op, pred, target, layout, factors, check)
+    headroom = float16_headroom(pred, "mean", pred.shape[0])  # each term is a mean over the rows
+    return _FusedLoss.apply(composite_op, headroom, pred, target, layout, factors, check)
 
 
 # ----------------------------------------------------------------------- modules

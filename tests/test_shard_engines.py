@@ -240,6 +240,7 @@ def test_dask_on_a_local_cluster(cpu_backend, gkd):
 
 TORCH_CASES = [
     {"dtype": "float32", "reduction": "mean"},
+    {"dtype": "float16", "reduction": "mean"},  # the gradient computed times 8, then unscaled
     {"dtype": "float64", "reduction": "sum", **FULL},
     {"dtype": "float64", "reduction": "none", **FULL},
     {"dtype": "float64", "reduction": "mean", "label_smoothing": 0.2, "all_ignored": True},

@@ -2,6 +2,8 @@
 ``torch.nn.functional`` (loss and ``input.grad``), ``gradcheck``, ``torch.compile`` and a
 short training run. CPU tensors here; CUDA tensors in tests/test_gpu.py."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 
@@ -256,6 +258,62 @@ def test_second_derivative_raises():
     loss = gkt.cross_entropy(x, torch.tensor([0, 1, 2]))
     with pytest.raises(RuntimeError, match="once differentiable"):
         torch.autograd.grad(loss, x, create_graph=True)
+
+
+# ----------------------------------------------------------------------- float16 loss scaling
+
+
+def _float16_case(case, gen):
+    """(inputs, our loss, PyTorch's loss) for a float16 mean whose gradients, of the order
+    of 1/N, lie in float16's subnormal range or below."""
+    if case in ("cross_entropy", "inplace"):
+        x = (3 * torch.randn(4096, 64, generator=gen)).half()
+        y = torch.randint(0, 64, (4096,), generator=gen)
+        inplace = case == "inplace"  # on a copy: the input of the in-place loss is no leaf
+        mine = lambda a: gkt.cross_entropy(a.clone(), y, inplace_backward=inplace)  # noqa: E731
+        return [x], mine, lambda a: F.cross_entropy(a, y)
+    if case == "linear":
+        x, w = (torch.randn(shape, generator=gen).half() for shape in ((2048, 16), (64, 16)))
+        y = torch.randint(0, 64, (2048,), generator=gen)
+        return [x, w], partial(_linear, y=y), lambda a, b: F.cross_entropy(a @ b.T, y)
+    x = torch.randn(512, 512, generator=gen).half()
+    t = (torch.rand if case == "bce" else torch.randn)(512, 512, generator=gen).half()
+    ours, theirs = {
+        "bce": (gkt.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits),
+        "mse": (gkt.mse_loss, F.mse_loss),
+        "huber": (gkt.huber_loss, F.huber_loss),
+        "composite": (partial(gkt.composite_loss, terms=[gk.LossTerm("mse", slice(0, 512))]),
+                      F.mse_loss),
+    }[case]  # fmt: skip
+    return [x], lambda a: ours(a, t), lambda a: theirs(a, t.double())
+
+
+def _linear(x, w, y):
+    return gkt.linear_cross_entropy(x, w, y)
+
+
+@pytest.mark.parametrize(
+    "case", ["cross_entropy", "inplace", "bce", "mse", "huber", "composite", "linear"]
+)
+def test_float16_mean_gradients_survive_a_loss_scale(case):
+    """torch.amp.GradScaler multiplies a float16 loss by 2^14 or so, so that the gradients
+    of a mean stay clear of float16's underflow. The losses compute the gradient in the
+    forward pass, before that scale is known: rounded there as the mean's, most of it would
+    be lost (4.8% error on entries of 1e-2 after scaling, most small ones 0). With the
+    scale applied in backward to a gradient kept within float16's normal numbers, every
+    entry is within about one float16 rounding of float64 maths."""
+    scale = 2.0**14
+    inputs, mine, ref = _float16_case(case, torch.Generator().manual_seed(5))
+    got = [a.clone().requires_grad_() for a in inputs]
+    mine(*got).backward(torch.tensor(scale))
+    want = [a.double().requires_grad_() for a in inputs]
+    ref(*want).backward(torch.tensor(scale, dtype=torch.float64))
+    for a, b in zip(got, want, strict=True):
+        large = b.grad.abs() > 1e-2
+        assert large.float().mean() > 0.01  # enough entries checked at float16's precision
+        error = (a.grad.double() - b.grad).abs()
+        assert (error[large] / b.grad.abs()[large]).max() < 2**-10
+        assert error.max() < 2**-10 * b.grad.abs().max()
 
 
 # ----------------------------------------------------------------------- in place
@@ -639,14 +697,15 @@ def test_custom_ops_pass_opcheck():
     y = torch.rand(5, 6, generator=gen).t()
     ops = torch.ops.gpukernels
     for args in (
-        (ops.cross_entropy, (z, labels, None, -100, "mean", 0.1, 0.0, None, True)),
+        (ops.cross_entropy, (z, labels, None, -100, "mean", 0.1, 0.0, None, True, 1.0)),
         (
             ops.cross_entropy,
-            (z.t().contiguous().t(), labels, None, -100, "none", 0.0, 1e-3, 2.0, True),
+            (z.t().contiguous().t(), labels, None, -100, "none", 0.0, 1e-3, 2.0, True, 1.0),
         ),
-        (ops.mse, (y, y.contiguous() * 2, "none")),
-        (ops.huber, (y, y * 0, "sum", 0.5)),
-        (ops.bce_with_logits, (z, torch.rand(6, 5, generator=gen), None, None, "mean")),
+        (ops.cross_entropy, (z.half(), labels, None, -100, "mean", 0.0, 0.0, None, True, 4.0)),
+        (ops.mse, (y, y.contiguous() * 2, "none", 1.0)),
+        (ops.huber, (y, y * 0, "sum", 0.5, 2.0)),
+        (ops.bce_with_logits, (z, torch.rand(6, 5, generator=gen), None, None, "mean", 8.0)),
     ):
         torch.library.opcheck(*args)
 
