@@ -128,6 +128,8 @@ class _FusedLossInPlace(torch.autograd.Function):
                 "any on a GPU), so it cannot run another (retain_graph=True): use "
                 "inplace_backward=False"
             )
+        if grad_loss is None:  # the loss is not differentiated: neither is input
+            return (None,) * (2 + ctx.num_args)
         (grad,) = ctx.saved_tensors
         one = ctx.headroom == 1.0 and unit(grad_loss)
         grad = scaled(grad, grad_loss, in_place=True, one=one, headroom=ctx.headroom)
