@@ -337,13 +337,15 @@ def refuse_second_derivative() -> None:
 def unit(grad_loss: Tensor) -> bool:
     """Whether the upstream gradient is known to be exactly 1 (``loss.backward()``): read on
     the CPU only, where it costs nothing (on a GPU it would wait for the device), and never
-    while ``torch.compile`` traces (a graph cannot branch on a value)."""
-    return (
-        not torch.compiler.is_compiling()
-        and grad_loss.device.type == "cpu"
-        and grad_loss.numel() == 1
-        and grad_loss.item() == 1
-    )
+    while ``torch.compile`` traces (a graph cannot branch on a value). A batch of upstream
+    gradients under ``vmap`` (``jacobian(..., vectorize=True)``, ``is_grads_batched``) has
+    no one value to read: not known to be 1."""
+    if torch.compiler.is_compiling() or grad_loss.device.type != "cpu" or grad_loss.numel() != 1:
+        return False
+    try:
+        return grad_loss.item() == 1
+    except RuntimeError:  # vmap's "Batching rule not implemented for aten::item"
+        return False
 
 
 def float16_headroom(input: Tensor, reduction: str, count: int) -> float:

@@ -257,6 +257,20 @@ def test_gradcheck():
         assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_vectorised_jacobian(reduction):
+    """jacobian(vectorize=True) runs backward under vmap with a batch of upstream gradients,
+    which has no one value to read: the loss must scale by it rather than ask whether it
+    is 1 (torch's 'Batching rule not implemented for aten::item' before)."""
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    labels = torch.tensor([0, 2, 3])
+    jacobian = torch.autograd.functional.jacobian
+    got = jacobian(lambda a: gkt.cross_entropy(a, labels, reduction=reduction), x, vectorize=True)
+    want = jacobian(lambda a: F.cross_entropy(a, labels, reduction=reduction), x)
+    torch.testing.assert_close(got, want)
+
+
 def test_second_derivative_raises():
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     loss = gkt.cross_entropy(x, torch.tensor([0, 1, 2]))
