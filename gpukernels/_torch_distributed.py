@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from . import _validate, merge_shard_stats, shard_loss_and_grad, shard_stats
-from ._torch_ops import float16_headroom, no_gradient_for, scaled, tensors
+from ._torch_ops import as_grad_output, float16_headroom, no_gradient_for, scaled, tensors
 
 __all__ = ["vocab_parallel_cross_entropy"]
 
@@ -192,7 +192,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             merged,
             class_start=start,
             num_classes=dist.get_world_size(group) * z.shape[1],
-            grad_output=None if headroom == 1.0 else headroom,
+            grad_output=as_grad_output(headroom),
             **options,
         )
         ctx.save_for_backward(grad)

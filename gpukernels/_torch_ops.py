@@ -103,7 +103,7 @@ def _softmax_xent(
         z_loss=z_loss,
         softcap=cap,
         validate=validate,
-        grad_output=_number(scale),
+        grad_output=as_grad_output(scale),
         out=out,
     )
 
@@ -151,7 +151,7 @@ def bce_op(
         weight=weight,
         pos_weight=pos_weight,
         reduction=reduction,
-        grad_output=_number(grad_scale),
+        grad_output=as_grad_output(grad_scale),
     )
 
 
@@ -164,7 +164,7 @@ def _(input, target, weight, pos_weight, reduction, grad_scale):
 def mse_op(
     input: Tensor, target: Tensor, reduction: str, grad_scale: float
 ) -> tuple[Tensor, Tensor]:
-    return _gk.mse(input, target, reduction=reduction, grad_output=_number(grad_scale))
+    return _gk.mse(input, target, reduction=reduction, grad_output=as_grad_output(grad_scale))
 
 
 @mse_op.register_fake
@@ -176,7 +176,7 @@ def _(input, target, reduction, grad_scale):
 def huber_op(
     input: Tensor, target: Tensor, reduction: str, delta: float, grad_scale: float
 ) -> tuple[Tensor, Tensor]:
-    scale = _number(grad_scale)
+    scale = as_grad_output(grad_scale)
     return _gk.huber_loss(input, target, reduction=reduction, delta=delta, grad_output=scale)
 
 
@@ -232,9 +232,8 @@ def _(input, linear_weight, target, linear_bias, weight, reduction, *rest):
     )
 
 
-def _number(grad_scale: float) -> float | None:
-    """An op's ``grad_scale`` as the array-level ``grad_output``: none for 1 (nothing to
-    scale)."""
+def as_grad_output(grad_scale: float) -> float | None:
+    """A gradient scale as the array-level ``grad_output``: none for 1 (nothing to scale)."""
     return None if grad_scale == 1.0 else grad_scale
 
 
@@ -253,7 +252,7 @@ def composite_op(
     grad_scale: float,
 ) -> tuple[Tensor, Tensor]:
     terms = _terms_from(layout, factors)
-    scale = _number(grad_scale)
+    scale = as_grad_output(grad_scale)
     return _gk.composite_loss(pred, target, terms, validate=validate, grad_output=scale)
 
 

@@ -288,12 +288,19 @@ def _float16_case(case, gen):
         x = (3 * torch.randn(4096, 64, generator=gen)).half()
         y = torch.randint(0, 64, (4096,), generator=gen)
         inplace = case == "inplace"  # on a copy: the input of the in-place loss is no leaf
-        mine = lambda a: gkt.cross_entropy(a.clone(), y, inplace_backward=inplace)  # noqa: E731
-        return [x], mine, lambda a: F.cross_entropy(a, y)
+        return (
+            [x],
+            lambda a: gkt.cross_entropy(a.clone(), y, inplace_backward=inplace),
+            lambda a: F.cross_entropy(a, y),
+        )
     if case == "linear":
         x, w = (torch.randn(shape, generator=gen).half() for shape in ((2048, 16), (64, 16)))
         y = torch.randint(0, 64, (2048,), generator=gen)
-        return [x, w], partial(_linear, y=y), lambda a, b: F.cross_entropy(a @ b.T, y)
+        return (
+            [x, w],
+            lambda a, b: gkt.linear_cross_entropy(a, b, y),
+            lambda a, b: F.cross_entropy(a @ b.T, y),
+        )
     x = torch.randn(512, 512, generator=gen).half()
     t = (torch.rand if case == "bce" else torch.randn)(512, 512, generator=gen).half()
     ours, theirs = {
@@ -304,10 +311,6 @@ def _float16_case(case, gen):
                       F.mse_loss),
     }[case]  # fmt: skip
     return [x], lambda a: ours(a, t), lambda a: theirs(a, t.double())
-
-
-def _linear(x, w, y):
-    return gkt.linear_cross_entropy(x, w, y)
 
 
 @pytest.mark.parametrize(
