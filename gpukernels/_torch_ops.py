@@ -24,17 +24,18 @@ _EAGER: dict = {}  # custom op -> the Python function it wraps
 _INPUT_NAMES: dict = {}  # custom op -> what the array-level function calls the input
 
 
-def _custom_op(name: str, mutates_args: tuple, input_name: str = "input"):
+def _custom_op(name: str, mutates_args: tuple, input_names: tuple[str, ...] = ()):
     """Register the decorated function as the custom op ``name`` and remember the function:
     :func:`run` calls it directly outside ``torch.compile``, where going through the
-    dispatcher would add about 100 us to every call. ``input_name``: the name the
-    array-level function's messages give the loss's ``input``."""
+    dispatcher would add about 100 us to every call. ``input_names``: the names the
+    array-level function's messages give the loss's ``input`` (``logits``, and ``out``
+    where the gradient is written over it)."""
 
     def register(fn):
         op = torch.library.custom_op(name, mutates_args=mutates_args)(fn)
         _EAGER[op] = fn
-        if input_name != "input":
-            _INPUT_NAMES[op] = input_name
+        if input_names:
+            _INPUT_NAMES[op] = input_names
         return op
 
     return register
@@ -43,16 +44,16 @@ def _custom_op(name: str, mutates_args: tuple, input_name: str = "input"):
 def run(op, *args):
     """``op(*args)``: through PyTorch's dispatcher while ``torch.compile`` traces (so the op
     is one node of the graph), else the wrapped function itself. An argument error whose
-    message names the input as the array-level function does (``logits``, ``pred``) gets a
-    note that this is the loss's ``input``."""
+    message names the input as the array-level function does (``logits``, ``pred``, ``out``)
+    gets a note that this is the loss's ``input``."""
     try:
         if torch.compiler.is_compiling():
             return op(*args)
         return _EAGER[op](*args)
     except (TypeError, ValueError) as error:
-        name = _INPUT_NAMES.get(op)
-        if name is not None and re.search(rf"\b{name}\b", str(error)):
-            error.add_note(f"({name} is the loss's input)")
+        named = [n for n in _INPUT_NAMES.get(op, ()) if re.search(rf"\b{n}\b", str(error))]
+        if named:
+            error.add_note(f"({' and '.join(named)}: the loss's input)")
         raise
 
 
@@ -62,7 +63,7 @@ def _loss_like(input: Tensor, shape) -> Tensor:
     return input.new_empty(shape, dtype=dtype)
 
 
-@_custom_op("gpukernels::cross_entropy", (), input_name="logits")
+@_custom_op("gpukernels::cross_entropy", (), input_names=("logits",))
 def cross_entropy_op(
     input: Tensor,
     target: Tensor,
@@ -114,7 +115,7 @@ def _(input, target, weight, ignore_index, reduction, *rest):
     return _loss_like(input, shape), input.new_empty(input.shape)
 
 
-@_custom_op("gpukernels::cross_entropy_inplace", ("input",), input_name="logits")
+@_custom_op("gpukernels::cross_entropy_inplace", ("input",), input_names=("logits", "out"))
 def cross_entropy_inplace_op(
     input: Tensor,
     target: Tensor,
@@ -136,7 +137,7 @@ def _(input, target, weight, ignore_index, reduction, *rest):
     return _loss_like(input, (input.shape[0],) if reduction == "none" else ())
 
 
-@_custom_op("gpukernels::bce_with_logits", (), input_name="logits")
+@_custom_op("gpukernels::bce_with_logits", (), input_names=("logits",))
 def bce_op(
     input: Tensor,
     target: Tensor,
@@ -160,7 +161,7 @@ def _(input, target, weight, pos_weight, reduction, grad_scale):
     return _elementwise_fake(input, reduction)
 
 
-@_custom_op("gpukernels::mse", (), input_name="pred")
+@_custom_op("gpukernels::mse", (), input_names=("pred",))
 def mse_op(
     input: Tensor, target: Tensor, reduction: str, grad_scale: float
 ) -> tuple[Tensor, Tensor]:
@@ -172,7 +173,7 @@ def _(input, target, reduction, grad_scale):
     return _elementwise_fake(input, reduction)
 
 
-@_custom_op("gpukernels::huber", (), input_name="pred")
+@_custom_op("gpukernels::huber", (), input_names=("pred",))
 def huber_op(
     input: Tensor, target: Tensor, reduction: str, delta: float, grad_scale: float
 ) -> tuple[Tensor, Tensor]:

@@ -672,7 +672,16 @@ def test_array_level_name_of_the_input_is_explained(call, name):
     x = torch.randn(3, 4)
     with pytest.raises(ValueError, match=rf"\b{name}\b") as raised:
         call(x)
-    assert raised.value.__notes__ == [f"({name} is the loss's input)"]
+    assert raised.value.__notes__ == [f"({name}: the loss's input)"]
+
+
+def test_inplace_names_of_the_input_are_explained():
+    """With ``inplace_backward=True`` the gradient's buffer (``out`` at the array level) is
+    the input too."""
+    logits = torch.randn(4, 10, requires_grad=True) * 1
+    with pytest.raises(ValueError, match="out overlaps target") as raised:
+        gkt.cross_entropy(logits, logits.detach(), inplace_backward=True)
+    assert raised.value.__notes__ == ["(logits and out: the loss's input)"]
 
 
 def test_errors_not_naming_the_input_get_no_note():
