@@ -74,20 +74,24 @@ Tensor = torch.Tensor
 class _FusedLoss(torch.autograd.Function):
     """``op(input, *args, headroom) -> (loss, grad)``, the gradient times ``headroom`` (see
     ``float16_headroom``); backward scales the saved ``grad`` by the upstream gradient over
-    ``headroom``."""
+    ``headroom``.
+
+    The autograd functions take their other arguments as one tuple, not ``*args``: where no
+    input requires grad, ``torch.compile`` calls ``forward`` without ``ctx`` whenever the
+    arguments outnumber its parameters by one, and a starred parameter counts as one."""
 
     @staticmethod
-    def forward(ctx, op, headroom, input, *args):
+    def forward(ctx, op, headroom, input, args):
         loss, grad = run(op, input, *args, headroom)
         ctx.save_for_backward(grad)
-        ctx.num_args, ctx.headroom = len(args), headroom
+        ctx.headroom = headroom
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         (grad,) = ctx.saved_tensors
         grad = scaled(grad, grad_loss, in_place=False, headroom=ctx.headroom)
-        return (None, None, grad) + (None,) * ctx.num_args
+        return None, None, grad, None
 
 
 class _FusedLossInPlace(torch.autograd.Function):
@@ -97,7 +101,7 @@ class _FusedLossInPlace(torch.autograd.Function):
     a scaling one is refused: the unscaled gradient is gone."""
 
     @staticmethod
-    def forward(ctx, input, headroom, *args):
+    def forward(ctx, input, headroom, args):
         try:
             loss = run(cross_entropy_inplace_op, input, *args, headroom)
         except Exception:
@@ -108,7 +112,7 @@ class _FusedLossInPlace(torch.autograd.Function):
         ctx.mark_dirty(input)
         ctx.save_for_backward(input)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None
-        ctx.num_args, ctx.headroom, ctx.rescaled = len(args), headroom, False
+        ctx.headroom, ctx.rescaled = headroom, False
         return loss, input
 
     @staticmethod
@@ -129,12 +133,12 @@ class _FusedLossInPlace(torch.autograd.Function):
                 "inplace_backward=False"
             )
         if grad_loss is None:  # the loss is not differentiated: neither is input
-            return (None,) * (2 + ctx.num_args)
+            return None, None, None
         (grad,) = ctx.saved_tensors
         one = ctx.headroom == 1.0 and unit(grad_loss)
         grad = scaled(grad, grad_loss, in_place=True, one=one, headroom=ctx.headroom)
         ctx.rescaled = not one  # once scaled: a second derivative is refused before
-        return (grad, None) + (None,) * ctx.num_args
+        return grad, None, None
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -143,7 +147,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     before the matrix products, so backward runs the chunks again with it."""
 
     @staticmethod
-    def forward(ctx, input, linear_weight, linear_bias, target, headroom, *options):
+    def forward(ctx, input, linear_weight, linear_bias, target, headroom, options):
         reduction = options[1]
         # the gradients times headroom (see float16_headroom): a float16 mean's stay normal numbers
         scale = None if headroom == 1.0 else input.new_full((), headroom, dtype=torch.float32)
@@ -179,7 +183,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_x, grad_w, grad_b = (
                 scaled(g, grad_loss, False, None, ctx.headroom) for g in grads
             )
-        return (grad_x, grad_w, grad_b if ctx.has_bias else None) + (None,) * (2 + len(ctx.options))
+        return grad_x, grad_w, grad_b if ctx.has_bias else None, None, None, None
 
 
 # ----------------------------------------------------------------------- functions
@@ -246,9 +250,9 @@ def cross_entropy(
     headroom = float16_headroom(input, reduction, input.shape[0])
     if inplace and torch.is_grad_enabled() and input.requires_grad:
         _overwritable(input)
-        loss, _ = _FusedLossInPlace.apply(input, headroom, *args)
+        loss, _ = _FusedLossInPlace.apply(input, headroom, args)
         return loss
-    return _FusedLoss.apply(cross_entropy_op, headroom, input, *args)
+    return _FusedLoss.apply(cross_entropy_op, headroom, input, args)
 
 
 def _checks_indices(input: Tensor, validate: bool | None) -> bool:
@@ -342,7 +346,7 @@ def linear_cross_entropy(
         _checks_indices(input, validate),
     )
     headroom = float16_headroom(input, reduction, input.shape[0])
-    return _LinearCrossEntropy.apply(input, linear_weight, linear_bias, target, headroom, *options)
+    return _LinearCrossEntropy.apply(input, linear_weight, linear_bias, target, headroom, options)
 
 
 def binary_cross_entropy_with_logits(
@@ -365,7 +369,7 @@ def binary_cross_entropy_with_logits(
         no_gradient_for(name, value)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     headroom = float16_headroom(input, reduction, input.numel())
-    return _FusedLoss.apply(bce_op, headroom, input, target, weight, pos_weight, reduction)
+    return _FusedLoss.apply(bce_op, headroom, input, (target, weight, pos_weight, reduction))
 
 
 def mse_loss(
@@ -382,7 +386,7 @@ def mse_loss(
     no_gradient_for("target", target)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     headroom = float16_headroom(input, reduction, input.numel())
-    return _FusedLoss.apply(mse_op, headroom, input, target, reduction)
+    return _FusedLoss.apply(mse_op, headroom, input, (target, reduction))
 
 
 def huber_loss(
@@ -395,7 +399,7 @@ def huber_loss(
     no_gradient_for("target", target)
     delta = _validate.real_number("delta", delta)
     headroom = float16_headroom(input, reduction, input.numel())
-    return _FusedLoss.apply(huber_op, headroom, input, target, reduction, delta)
+    return _FusedLoss.apply(huber_op, headroom, input, (target, reduction, delta))
 
 
 def composite_loss(
@@ -411,7 +415,7 @@ def composite_loss(
     layout, factors = layout_of(terms, pred.shape[-1], target.shape[-1])
     check = _checks_indices(pred, validate)
     headroom = float16_headroom(pred, "mean", pred.shape[0])  # each term is a mean over the rows
-    return _FusedLoss.apply(composite_op, headroom, pred, target, layout, factors, check)
+    return _FusedLoss.apply(composite_op, headroom, pred, (target, layout, factors, check))
 
 
 # ----------------------------------------------------------------------- modules

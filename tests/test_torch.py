@@ -474,6 +474,34 @@ def test_compile_fullgraph(backend):
         close(g, p.grad, torch.float64)
 
 
+EVALUATION_CASES = [
+    (gkt.cross_entropy, F.cross_entropy, "labels"),
+    (gkt.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, "probs"),
+    (gkt.mse_loss, F.mse_loss, "probs"),
+    (gkt.huber_loss, F.huber_loss, "probs"),
+    (gkt.MSELoss(reduction="sum"), torch.nn.MSELoss(reduction="sum"), "probs"),
+    (
+        lambda x, y: gkt.linear_cross_entropy(x, torch.eye(5, dtype=x.dtype), y),
+        F.cross_entropy,
+        "labels",
+    ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ours, theirs, target", EVALUATION_CASES)
+def test_compile_fullgraph_without_grad(ours, theirs, target):
+    """An evaluation step compiled whole: inputs that require no grad, and the same under
+    ``no_grad`` (the autograd functions are then traced as plain calls)."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    y = torch.tensor([0, 4, 1, 2, 3, 0]) if target == "labels" else torch.rand(6, 5).double()
+    step = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    close(step(x, y), theirs(x, y), torch.float64)
+    with torch.no_grad():
+        close(step(x.requires_grad_(), y), theirs(x, y), torch.float64)
+
+
 # ----------------------------------------------------------------------- training
 
 
