@@ -151,7 +151,7 @@ def composite_loss(
             )
             for term in resolved
         )
-        table = _term_table(xp, layout, acc, _validate.device_id(pred))
+        table = _term_table(xp, layout, acc, _validate.device_id(pred), _stream_of(xp))
         kinds, cols, tcols, only_where, term_param = table
         call.ops("composite").composite(
             pred, target, kinds, cols, tcols, only_where, term_scale, term_param, grad, row_loss
@@ -178,14 +178,26 @@ def _term_divisor(xp, target, term: ResolvedTerm, n: int, acc):
     return rows * (term.columns[1] - term.columns[0])
 
 
+def _stream_of(xp) -> tuple[int, int] | None:
+    """The stream the term tables of ``xp``'s arrays are copied on and read from: CuPy's
+    current one (see ``gpukernels.cuda._cuda.stream_key``); ``None`` for NumPy."""
+    if xp is np:
+        return None
+    from .cuda._cuda import stream_key
+
+    return stream_key(xp)
+
+
 @functools.lru_cache(maxsize=64)
-def _term_table(xp, layout: tuple, acc: np.dtype, device: int | None):
+def _term_table(xp, layout: tuple, acc: np.dtype, device: int | None, stream):
     """The terms' metadata as arrays of the data's library, on its device: kinds, columns,
     target columns, ``only_where`` (int64) and each term's parameters (``(K, 3)`` ``acc``:
     Huber's delta, and a cross-entropy term's z-loss factor and softcap, 0 for none).
 
-    Cached per layout and device: a training loop copies it to the GPU once, not per call.
-    """
+    Cached per layout, device and stream: a training loop copies it to the GPU once, not per
+    call. Per stream, because nothing orders another stream's kernels after the copy, and
+    CuPy's pool hands an evicted table's memory back to the stream that made it, free to
+    reuse while another stream may still read it."""
     table = np.array(
         [[kind, c0, c1, t0, t1, only] for kind, (c0, c1), (t0, t1), only, _ in layout],
         dtype=np.int64,

@@ -382,3 +382,36 @@ def test_cross_entropy_term_has_the_single_losss_bits(cpu_backend, c, softcap, t
     row_loss, row_grad = gk.softmax_cross_entropy(pred, target, reduction="none", softcap=softcap)
     assert_close(loss, row_loss.astype(np.float64).mean(), np.float32, what="loss")
     assert grad.tobytes() == ((np.float32(1) / np.float32(n)) * row_grad).tobytes()
+
+
+def test_term_tables_kept_per_stream():
+    """The device tables of a layout are made, and kept, once per CuPy stream (nothing orders
+    another stream's kernels after their copy), and on the per-thread default stream once
+    per host thread: checked with a stand-in CuPy (CI has none)."""
+    import threading
+    from types import ModuleType, SimpleNamespace
+
+    from gpukernels import _composite_loss
+
+    stream = SimpleNamespace(ptr=7)
+    cupy = ModuleType("cupy")  # a module: hashable, as the cache's key needs
+    cupy.asarray, cupy.cuda = np.asarray, SimpleNamespace(get_current_stream=lambda: stream)
+    layout = ((0, (0, 1), (0, 1), -1, (1.0, 0.0, 0.0)),)
+
+    def tables():
+        return _composite_loss._term_table(
+            cupy, layout, np.float32, 0, _composite_loss._stream_of(cupy)
+        )
+
+    first = tables()
+    assert tables() is first
+    stream.ptr = 8
+    second = tables()
+    assert second is not first and tables() is second
+    stream.ptr = 2  # cudaStreamPerThread: one handle, a stream in each thread
+    mine, theirs = tables(), []
+    thread = threading.Thread(target=lambda: theirs.append(tables()))
+    thread.start()
+    thread.join()
+    assert mine is tables() and theirs[0] is not mine and mine is not second
+    assert _composite_loss._stream_of(np) is None

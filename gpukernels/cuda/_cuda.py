@@ -227,6 +227,13 @@ _PER_THREAD = threading.local()  # the per-thread default stream's counters, by 
 _PER_THREAD_STREAM = 2  # cudaStreamPerThread: one handle, a different stream in each thread
 
 
+def stream_key(cupy) -> tuple[int, int]:
+    """CuPy's current stream as a key for data made on it: its handle, and the host thread
+    for the per-thread default stream (one handle, a different stream in each thread)."""
+    ptr = int(cupy.cuda.get_current_stream().ptr)
+    return ptr, threading.get_ident() if ptr == _PER_THREAD_STREAM else 0
+
+
 def tickets(size: int = 1):
     """The completion counters of the current stream: at least ``size`` zeroed ``int32`` on
     the device.

@@ -189,14 +189,11 @@ def group_reducers(acc):
             return reduce_row_shfl
 
     @cuda.jit(device=True)
-    def add(a, b):
-        return a + b
-
-    @cuda.jit(device=True)
     def maximum(a, b):
-        return max(a, b)
+        return max(a, b)  # fmax on a GPU (drops a NaN): the callers pass none
 
-    return make(add), make(maximum)
+    # the rounded add: a contracted a * b + shfl(...) would differ between paired lanes
+    return make(rounded_add(acc)), make(maximum)
 
 
 @functools.cache
