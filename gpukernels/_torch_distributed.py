@@ -205,6 +205,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return scaled(grad, grad_loss, False, None, ctx.headroom), None, None, None
 
 
+@torch.compiler.disable  # collectives and the array-level kernels: run eagerly (a graph break)
 def vocab_parallel_cross_entropy(
     logits_shard: Tensor,
     target: Tensor,
@@ -235,6 +236,7 @@ def vocab_parallel_cross_entropy(
     a first ``all_gather`` of ten integers checks them (``target`` by a digest: a
     ``ValueError`` on every rank where they differ, or where one rank refuses its
     arguments: that one raises its own error), and a process outside ``group`` is refused.
+    ``torch.compile`` does not trace it: it runs eagerly, a graph break.
 
     Args:
         logits_shard: ``(N, C_s)`` columns ``[r C_s, (r + 1) C_s)`` of the logits on rank

@@ -359,10 +359,16 @@ def float16_headroom(input: Tensor, reduction: str, count: int) -> float:
     zeros. Computed times ``2^floor(log2 count)`` (at most 2^15), they stay within the sum's
     gradients, which float16 holds, and are rounded again only with the upstream gradient
     applied, as PyTorch's float16 backward rounds them.
+
+    Found by comparisons, not ``count.bit_length()``: under ``torch.compile`` a dynamic
+    batch size then gets range guards (a graph per power of two) rather than its value.
     """
-    if input.dtype is not torch.float16 or reduction != "mean" or count < 2:
+    if input.dtype is not torch.float16 or reduction != "mean":
         return 1.0
-    return float(1 << min(15, int(count).bit_length() - 1))
+    for power in range(15, 0, -1):
+        if count >= 1 << power:
+            return float(1 << power)
+    return 1.0
 
 
 def scaled(

@@ -647,11 +647,12 @@ def _loss_term(k: int, term, pred_width: int, target_width: int, loss_term_type)
             raise ValueError(
                 f"{where}.only_where must be a target column in [0, {target_width}), got {only}"
             )
+    # comparisons, not math.isfinite: torch.compile(dynamic=True) makes these symbolic floats
     weight = real_number(f"{where}.weight", term.weight)
-    if not math.isfinite(weight):
+    if not -math.inf < weight < math.inf:  # NaN fails too
         raise ValueError(f"{where}.weight must be finite, got {weight}")
     delta = real_number(f"{where}.delta", term.delta)
-    if not (math.isfinite(delta) and delta > 0):
+    if not 0 < delta < math.inf:
         raise ValueError(f"{where}.delta must be a finite number > 0, got {delta}")
     z, cap = (
         _term_option(where, "z_loss", term.z_loss),

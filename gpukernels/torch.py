@@ -304,11 +304,12 @@ def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction:
         reduction = "none"
     else:
         reduction = "mean" if size_average is None or size_average else "sum"
-    warnings.warn(
-        f"size_average and reduce are deprecated (as in PyTorch): use reduction={reduction!r}",
-        UserWarning,
-        stacklevel=3,
-    )
+    if not torch.compiler.is_compiling():  # Dynamo cannot trace warnings.warn
+        warnings.warn(
+            f"size_average and reduce are deprecated (as in PyTorch): use reduction={reduction!r}",
+            UserWarning,
+            stacklevel=3,
+        )
     return reduction
 
 

@@ -296,6 +296,11 @@ def torch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             assert "once differentiable" in str(error)
         else:
             raise AssertionError("a second derivative was not refused")
+        compiled = torch.compile(  # run eagerly inside a compiled function: a graph break
+            lambda s: vocab_parallel_cross_entropy(s, torch.tensor(y), reduction="sum"),
+            backend="aot_eager",
+        )
+        assert torch.equal(compiled(shard), loss)
         # rows 0 and 1 as [4, 0] and [0, 2]: alike by a position-weighted sum (4 = 2 * 2)
         collision = np.concatenate([[4, 0] if rank == 0 else [0, 2], y[2:]])
         disagreements = [  # what this rank passes where the ranks disagree

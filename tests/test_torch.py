@@ -502,6 +502,65 @@ def test_compile_fullgraph_without_grad(ours, theirs, target):
         close(step(x.requires_grad_(), y), theirs(x, y), torch.float64)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "ours, theirs, kind",
+    [(gkt.cross_entropy, F.cross_entropy, "labels"), (gkt.mse_loss, F.mse_loss, "values")],
+)
+def test_compile_float16_mean_with_a_dynamic_batch(ours, theirs, kind):
+    """A float16 mean keeps its gradient times a power of two of the batch size: a batch
+    marked dynamic compiles (one graph per power of two), not specialised to its size."""
+    step = torch.compile(lambda x, y: ours(x, y), fullgraph=True, backend="aot_eager")
+    for n in (8, 13, 600):
+        gen = torch.Generator().manual_seed(n)
+        x = torch.randn(n, 5, generator=gen).half().requires_grad_()
+        y = torch.randint(0, 5, (n,), generator=gen) if kind == "labels" else torch.randn(n, 5)
+        torch._dynamo.mark_dynamic(x, 0)
+        torch._dynamo.mark_dynamic(y, 0)
+        loss = step(x, y.half() if kind == "values" else y)
+        loss.backward()
+        ref = x.detach().double().requires_grad_()
+        want = theirs(ref, y.double() if kind == "values" else y)
+        want.backward()
+        close(loss, want, torch.float16)
+        close(x.grad, ref.grad, torch.float16)
+
+
+@pytest.mark.slow
+def test_compile_composite_loss_with_dynamic_shapes():
+    """``dynamic=True`` makes the terms' floats symbolic: their checks still trace."""
+    terms = [
+        gk.LossTerm("mse", slice(0, 2), weight=0.5),
+        gk.LossTerm("huber", slice(2, 4), delta=0.5),
+    ]
+    step = torch.compile(lambda p, t: gkt.composite_loss(p, t, terms), fullgraph=True, dynamic=True)
+    gen = torch.Generator().manual_seed(12)
+    for n in (6, 9):
+        pred = torch.randn(n, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+        target = torch.randn(n, 4, generator=gen, dtype=torch.float64)
+        step(pred, target).backward()
+        ref = pred.detach().clone().requires_grad_()
+        want = 0.5 * F.mse_loss(ref[:, :2], target[:, :2]) + F.huber_loss(
+            ref[:, 2:], target[:, 2:], delta=0.5
+        )
+        want.backward()
+        close(pred.grad, ref.grad, torch.float64)
+
+
+@pytest.mark.slow
+def test_compile_with_legacy_reduction_arguments():
+    """``size_average`` / ``reduce`` inside a compiled function: no graph break (PyTorch's
+    deprecation warning is given in eager calls only)."""
+    x = torch.randn(5, 4, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    step = torch.compile(
+        lambda z: gkt.cross_entropy(z, labels, size_average=False),
+        fullgraph=True,
+        backend="aot_eager",
+    )
+    close(step(x), F.cross_entropy(x, labels, reduction="sum"), torch.float64)
+
+
 # ----------------------------------------------------------------------- training
 
 
