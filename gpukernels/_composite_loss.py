@@ -189,7 +189,7 @@ def _stream_of(xp) -> tuple[int, int] | None:
 
 
 @functools.lru_cache(maxsize=64)
-def _term_table(xp, layout: tuple, acc: np.dtype, device: int | None, stream):
+def _term_table(xp, layout: tuple, acc: np.dtype, device: int | None, stream: tuple | None):
     """The terms' metadata as arrays of the data's library, on its device: kinds, columns,
     target columns, ``only_where`` (int64) and each term's parameters (``(K, 3)`` ``acc``:
     Huber's delta, and a cross-entropy term's z-loss factor and softcap, 0 for none).
