@@ -23,10 +23,6 @@ from ._threads import load_pip_tbb
 
 load_pip_tbb()  # before the first parallel launch, when Numba picks its threading layer
 
-# Reassociation lets reductions vectorise; no 'nnan'/'ninf', so NaN and inf still propagate.
-FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
-
-
 # Work (elements touched) below which a kernel runs on the calling thread: waking the pool's
 # workers costs ~20 us, more than a small kernel takes, and leaves the cores to the caller's
 # other threads (NumPy's BLAS: see _threads.py). PyTorch's CPU kernels use the same grain.

@@ -10,6 +10,7 @@ import functools
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic, register_jitable
 
 import cpu_fallback
@@ -107,14 +108,80 @@ def halving_sum(typingctx, t, lo):
         while len(vectors) > 1:
             h = len(vectors) // 2
             vectors = [builder.fadd(vectors[i], vectors[i + h]) for i in range(h)]
-        v, width = vectors[0], LANES
-        while width > 1:
-            width //= 2
-            low = builder.shuffle_vector(v, v, _lanes(range(width)))
-            v = builder.fadd(low, builder.shuffle_vector(v, v, _lanes(range(width, 2 * width))))
-        return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+        return _fold_lanes(builder, vectors[0])
 
     return acc(t, lo), codegen
+
+
+def _fold_lanes(builder, v):
+    """The halving tree over the ``LANES`` lanes of the vector ``v``: its upper half added to
+    its lower half until one lane is left."""
+    width = LANES
+    while width > 1:
+        width //= 2
+        low = builder.shuffle_vector(v, v, _lanes(range(width)))
+        v = builder.fadd(low, builder.shuffle_vector(v, v, _lanes(range(width, 2 * width))))
+    return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+
+
+LANE_VECTORS = 4  # lane_sum's running vectors: four chains of additions in flight
+
+
+@intrinsic
+def lane_sum(typingctx, x):
+    """The sum of the C-contiguous float32 or float64 1-D ``x`` in a fixed order, set by its
+    length alone: ``B = LANE_VECTORS * LANES`` running sums, lane ``j`` adding ``x[c]`` for
+    ``c = j (mod B)`` over the whole blocks of ``B`` elements, left to right; the elements
+    past the last whole block added to lane 0 in turn; the lanes then folded as a halving
+    tree (lane ``j`` plus lane ``j + B/2``, ..., down to one). A row's sum that vectorises
+    without fast-math: under reassociation LLVM picks the order, and picked differently
+    where a kernel was compiled and where Numba's cache loaded it (1-2 ulp apart).
+    """
+    if not (
+        isinstance(x, types.Array)
+        and x.ndim == 1
+        and x.layout == "C"
+        and x.dtype in (types.float32, types.float64)
+    ):
+        return None
+
+    def codegen(context, builder, signature, args):
+        assert not context.fastmath, "lane_sum inlined into a fastmath function"
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        data, n = array.data, builder.extract_value(array.shape, 0)
+        element = data.type.pointee
+        vector = ir.VectorType(element, LANES)
+        intp = n.type
+        block = LANE_VECTORS * LANES
+        whole = builder.and_(n, ir.Constant(intp, -block))
+        accs = [
+            cgutils.alloca_once_value(builder, ir.Constant(vector, None))
+            for _ in range(LANE_VECTORS)
+        ]
+        align = x.dtype.bitwidth // 8 if x.aligned else 1
+        with cgutils.for_range_slice(
+            builder, ir.Constant(intp, 0), whole, ir.Constant(intp, block)
+        ) as (c, _):
+            start = builder.bitcast(builder.gep(data, [c]), vector.as_pointer())
+            for k, acc in enumerate(accs):
+                v = builder.load(builder.gep(start, [ir.Constant(intp, k)]), align=align)
+                builder.store(builder.fadd(builder.load(acc), v), acc)
+        zero = ir.Constant(ir.IntType(32), 0)
+        lane0 = cgutils.alloca_once_value(
+            builder, builder.extract_element(builder.load(accs[0]), zero)
+        )
+        with cgutils.for_range_slice(builder, whole, n, ir.Constant(intp, 1)) as (c, _):
+            builder.store(
+                builder.fadd(builder.load(lane0), builder.load(builder.gep(data, [c]))), lane0
+            )
+        vectors = [builder.load(acc) for acc in accs]
+        vectors[0] = builder.insert_element(vectors[0], builder.load(lane0), zero)
+        while len(vectors) > 1:
+            h = len(vectors) // 2
+            vectors = [builder.fadd(vectors[i], vectors[i + h]) for i in range(h)]
+        return _fold_lanes(builder, vectors[0])
+
+    return x.dtype(x), codegen
 
 
 def _lanes(indices: range) -> ir.Constant:

@@ -22,7 +22,6 @@ from gpukernels._scalar import ONE, ZERO
 
 from . import (
     CACHE,
-    FASTMATH,
     at,
     compute_view,
     flush_rows,
@@ -37,7 +36,7 @@ from . import (
 )
 from ._cache import njit
 from ._math import fast_exp, fast_log, key_value, order_key
-from .reduce import canonical_total
+from .reduce import canonical_total, lane_sum
 
 _NAN = np.float32(np.nan)
 FOLD_MAX = 128  # classes a row at most to be folded four rows at a time (_fold_rows)
@@ -68,43 +67,79 @@ def _exp_shifted(z, m, e):
         e[c] = fast_exp(z[c] - m)
 
 
-@njit(fastmath=FASTMATH, cache=CACHE)
+# The sums along a row are taken in an order set by the row's length alone, written out so
+# that no compiler may reorder them: with fast-math reassociation LLVM chose the order, and
+# chose differently where a kernel was compiled and where it was loaded from Numba's cache
+# (1-2 ulp apart in some rows). A row's sum is reduce.lane_sum's; the sums of the terms of
+# soft targets and smoothing (:func:`_pair_lanes`) are eight lanes: lane j adds the terms
+# c = j (mod 8) over the row's whole octets, left to right, the terms past the last octet
+# go to lane 0 in turn, and the lanes are folded ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)).
+@njit(cache=CACHE, inline="always")
+def _fold8(s0, s1, s2, s3, s4, s5, s6, s7):
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@njit(cache=CACHE)
 def _sum(e):
-    s = ZERO
-    for c in range(e.shape[0]):
-        s += e[c]
-    return s
+    """sum_c e_c, in :func:`lane_sum`'s order."""
+    return lane_sum(e)
 
 
-@njit(fastmath=FASTMATH, cache=CACHE)
+@njit(cache=CACHE, inline="always")
+def _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c):
+    """``(a_c, a_c (m - z_c))``: ``a_c = keep t_c + eps_c`` (``soft``) or 1, times ``w_c``
+    (``weighted``)."""
+    a = keep * t[c] + eps_c if soft else ONE + ZERO * m
+    if weighted:
+        a *= w[c]
+    return a, a * (m - z[c])
+
+
+@njit(cache=CACHE, inline="always")
+def _pair_lanes(z, t, w, m, keep, eps_c, soft, weighted):
+    """The sums of :func:`_pair_term`'s pair, each in the lanes' order. Inlined where
+    ``soft`` and ``weighted`` are constants: the octet has no branch."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = ZERO * m
+    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = ZERO * m
+    n = z.shape[0]
+    whole = n - n % 8
+    for c in range(0, whole, 8):
+        x0, y0 = _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c)
+        x1, y1 = _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c + 1)
+        x2, y2 = _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c + 2)
+        x3, y3 = _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c + 3)
+        x4, y4 = _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c + 4)
+        x5, y5 = _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c + 5)
+        x6, y6 = _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c + 6)
+        x7, y7 = _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c + 7)
+        a0, a1, a2, a3 = a0 + x0, a1 + x1, a2 + x2, a3 + x3
+        a4, a5, a6, a7 = a4 + x4, a5 + x5, a6 + x6, a7 + x7
+        b0, b1, b2, b3 = b0 + y0, b1 + y1, b2 + y2, b3 + y3
+        b4, b5, b6, b7 = b4 + y4, b5 + y5, b6 + y6, b7 + y7
+    for c in range(whole, n):
+        x0, y0 = _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c)
+        a0, b0 = a0 + x0, b0 + y0
+    return _fold8(a0, a1, a2, a3, a4, a5, a6, a7), _fold8(b0, b1, b2, b3, b4, b5, b6, b7)
+
+
+@njit(cache=CACHE)
 def _weight_and_gap_sums(z, w, m):
     """(sum_c w_c, sum_c w_c (m - z_c)); w_c = 1 when ``w`` is empty."""
-    total, gap = ZERO * m, ZERO * m
-    if w.shape[0] == 0:
-        for c in range(z.shape[0]):
-            total += ONE
-            gap += m - z[c]
-        return total, gap
-    for c in range(z.shape[0]):
-        total += w[c]
-        gap += w[c] * (m - z[c])
-    return total, gap
+    zero = ZERO * m
+    if w.shape[0]:
+        return _pair_lanes(z, z, w, m, zero, zero, False, True)
+    return _pair_lanes(z, z, w, m, zero, zero, False, False)
 
 
-@njit(fastmath=FASTMATH, cache=CACHE)
+@njit(cache=CACHE)
 def _soft_sums(z, t, w, m, keep, eps_c):
     """(A, B) = (sum_c a_c, sum_c a_c (m - z_c)), a_c = w_c (keep t_c + eps / C)."""
-    a_sum, gap = ZERO * m, ZERO * m
-    for c in range(z.shape[0]):
-        a = keep * t[c] + eps_c
-        if w.shape[0]:
-            a *= w[c]
-        a_sum += a
-        gap += a * (m - z[c])
-    return a_sum, gap
+    if w.shape[0]:
+        return _pair_lanes(z, t, w, m, keep, eps_c, True, True)
+    return _pair_lanes(z, t, w, m, keep, eps_c, True, False)
 
 
-@njit(fastmath=FASTMATH, cache=CACHE)
+@njit(cache=CACHE)
 def _write_soft_grad(e, t, w, k_p, g, keep, eps_c, grad):
     """grad_c = k_p e_c - g a_c."""
     for c in range(e.shape[0]):

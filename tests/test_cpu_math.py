@@ -2,6 +2,9 @@
 the integer keys of their row max."""
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -146,3 +149,58 @@ def test_row_max_is_numpys_max_and_prefers_positive_zero(dtype, length):
         assert _row_max(row) == row.max()
     assert not np.signbit(_row_max(rows[4]))  # +0 > -0 whichever comes first
     assert np.signbit(_row_max(rows[3]))
+
+
+def lane_order_sum(x, lanes):
+    """The order ``lane_sum`` documents, written out: ``lanes`` running sums over the whole
+    blocks, the rest added to lane 0 in turn, the lanes folded as a halving tree."""
+    acc = np.zeros(lanes, x.dtype)
+    whole = len(x) - len(x) % lanes
+    for c in range(whole):
+        acc[c % lanes] += x[c]
+    for c in range(whole, len(x)):
+        acc[0] += x[c]
+    while len(acc) > 1:
+        acc = acc[: len(acc) // 2] + acc[len(acc) // 2 :]
+    return acc[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 7, 31, 32, 33, 100, 1000, 32769])
+def test_lane_sum_has_its_documented_order(dtype, n):
+    from cpu_fallback.reduce import LANE_VECTORS, LANES, lane_sum
+
+    rng = np.random.default_rng(n)  # magnitudes over a few decades: the order shows
+    x = (rng.standard_normal(n) * np.exp(rng.uniform(-5, 5, n))).astype(dtype)
+    got = njit(lambda a: lane_sum(a))(x)
+    assert dtype(got) == lane_order_sum(x, LANE_VECTORS * LANES)
+    np.testing.assert_allclose(got, x.astype(np.float64).sum(), rtol=1e-5, atol=1e-5)
+
+
+_SAME_BITS_SCRIPT = """
+import hashlib, numpy as np, gpukernels as gk
+rng = np.random.default_rng(0)
+digest = hashlib.sha1()
+for n, c, dtype in ((16, 37, np.float64), (300, 129, np.float32)):
+    x = rng.standard_normal((n, c)).astype(dtype) * 3
+    t = rng.random((n, c)).astype(dtype)
+    y = rng.integers(0, c, n)
+    for target, options in ((t, {}), (y, {"label_smoothing": 0.1})):
+        loss, grad = gk.softmax_cross_entropy(x, target, **options)
+        digest.update(np.asarray(loss).tobytes() + grad.tobytes())
+print(digest.hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_same_bits_compiled_and_loaded_from_the_cache(tmp_path):
+    """A process that compiles the kernels and one that loads them from Numba's cache give
+    the same bits (with fast-math reassociation they did not: the soft-target sums)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    run = [sys.executable, "-c", _SAME_BITS_SCRIPT]
+    cold, warm = (
+        subprocess.run(run, env=env, capture_output=True, text=True, timeout=600, check=True)
+        for _ in range(2)
+    )
+    assert any(tmp_path.rglob("*.nbi")), "nothing was cached: the test compares nothing"
+    assert cold.stdout.strip() == warm.stdout.strip()
