@@ -105,18 +105,20 @@ def halving_sum(typingctx, t, lo):
                 v = builder.shl(builder.zext(v, vector_of(ir.IntType(32))), _splat(16))
                 v = builder.bitcast(v, vector_of(ir.FloatType()))
             vectors.append(v)
-        while len(vectors) > 1:
-            h = len(vectors) // 2
-            vectors = [builder.fadd(vectors[i], vectors[i + h]) for i in range(h)]
-        return _fold_lanes(builder, vectors[0])
+        return _fold_vectors(builder, vectors)
 
     return acc(t, lo), codegen
 
 
-def _fold_lanes(builder, v):
-    """The halving tree over the ``LANES`` lanes of the vector ``v``: its upper half added to
-    its lower half until one lane is left."""
-    width = LANES
+def _fold_vectors(builder, vectors):
+    """The halving tree over the lanes of ``vectors`` (a power of two of ``LANES``-vectors,
+    lane ``j`` of vector ``i`` being element ``i * LANES + j``): the upper half of the
+    vectors added to the lower half until one is left, then its upper half of lanes to its
+    lower half until one lane is left."""
+    while len(vectors) > 1:
+        h = len(vectors) // 2
+        vectors = [builder.fadd(vectors[i], vectors[i + h]) for i in range(h)]
+    v, width = vectors[0], LANES
     while width > 1:
         width //= 2
         low = builder.shuffle_vector(v, v, _lanes(range(width)))
@@ -176,10 +178,7 @@ def lane_sum(typingctx, x):
             )
         vectors = [builder.load(acc) for acc in accs]
         vectors[0] = builder.insert_element(vectors[0], builder.load(lane0), zero)
-        while len(vectors) > 1:
-            h = len(vectors) // 2
-            vectors = [builder.fadd(vectors[i], vectors[i + h]) for i in range(h)]
-        return _fold_lanes(builder, vectors[0])
+        return _fold_vectors(builder, vectors)
 
     return x.dtype(x), codegen
 

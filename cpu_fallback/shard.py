@@ -1,6 +1,6 @@
 """Class-sharded cross-entropy's local steps on the CPU: a shard's row stats, and its loss and
 gradient columns from the merged stats of the whole rows (maths in ``gpukernels._shard``).
-The row functions are softmax_xent's (max, shifted exponentials, sum, softcap)."""
+The row functions are softmax_xent's (max, shifted exponentials, softcap) and reduce.lane_sum."""
 
 import math
 
@@ -10,7 +10,8 @@ from numba import prange
 from gpukernels._scalar import ONE, ZERO
 
 from . import at, compute_view, load, optional, output_view, parallel_kernel, put, store, widen
-from .softmax_xent import _exp_shifted, _row_max, _sum, capped
+from .reduce import lane_sum
+from .softmax_xent import _exp_shifted, _row_max, capped
 
 
 def _stats_kernel(logits, labels, stats, start, cap, chunk):
@@ -28,9 +29,9 @@ def _stats_kernel(logits, labels, stats, start, cap, chunk):
             _exp_shifted(zc, m if m > -np.inf else ZERO, e)  # a row of -inf: sum 0
             local = labels[i] - start
             stats[i, 0] = m
-            stats[i, 1] = _sum(e)
+            stats[i, 1] = lane_sum(e)
             stats[i, 2] = zc[local] if 0 <= local < width else 0
-            stats[i, 3] = _sum(zc)
+            stats[i, 3] = lane_sum(zc)
 
 
 def _loss_grad_kernel(

@@ -70,19 +70,13 @@ def _exp_shifted(z, m, e):
 # The sums along a row are taken in an order set by the row's length alone, written out so
 # that no compiler may reorder them: with fast-math reassociation LLVM chose the order, and
 # chose differently where a kernel was compiled and where it was loaded from Numba's cache
-# (1-2 ulp apart in some rows). A row's sum is reduce.lane_sum's; the sums of the terms of
+# (1-2 ulp apart in some rows). A row's sum is reduce.lane_sum; the sums of the terms of
 # soft targets and smoothing (:func:`_pair_lanes`) are eight lanes: lane j adds the terms
 # c = j (mod 8) over the row's whole octets, left to right, the terms past the last octet
 # go to lane 0 in turn, and the lanes are folded ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)).
 @njit(cache=CACHE, inline="always")
 def _fold8(s0, s1, s2, s3, s4, s5, s6, s7):
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-
-
-@njit(cache=CACHE)
-def _sum(e):
-    """sum_c e_c, in :func:`lane_sum`'s order."""
-    return lane_sum(e)
 
 
 @njit(cache=CACHE, inline="always")
@@ -244,7 +238,7 @@ def label_block(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, g_lo,
                 row = z[z_lo + r]
                 stats[0, r] = _row_max(row)
                 _exp_shifted(row, stats[0, r], e[r])
-                stats[1, r] = _sum(e[r])
+                stats[1, r] = lane_sum(e[r])
                 stats[2, r] = fast_log(stats[1, r])
     label_rows(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, g_lo, row_loss)
 
@@ -445,7 +439,7 @@ def soft_row(z, t, w, g, keep, eps_c, z_loss, e, grad):
     m = _row_max(z)
     sums = _soft_sums(z, t, w, m, keep, eps_c)
     _exp_shifted(z, m, e)
-    s = _sum(e)
+    s = lane_sum(e)
     return _soft_finish(t, w, g, keep, eps_c, z_loss, sums, m, s, math.log(s), e, grad)
 
 
