@@ -99,10 +99,11 @@ def halving_sum(typingctx, t, lo):
         vector_of = functools.partial(ir.VectorType, count=LANES)
         start = builder.bitcast(builder.gep(data, [lo]), vector_of(element).as_pointer())
         vectors, align = [], t.dtype.bitwidth // 8 if t.aligned else 1
+        sixteen = ir.Constant(vector_of(ir.IntType(32)), [16] * LANES)
         for i in range(TILE // LANES):
             v = builder.load(builder.gep(start, [ir.Constant(lo.type, i)]), align=align)
             if bits:  # bfloat16 bits become float32's top half, as bf16_value does
-                v = builder.shl(builder.zext(v, vector_of(ir.IntType(32))), _splat(16))
+                v = builder.shl(builder.zext(v, vector_of(ir.IntType(32))), sixteen)
                 v = builder.bitcast(v, vector_of(ir.FloatType()))
             vectors.append(v)
         return _fold_vectors(builder, vectors)
@@ -131,66 +132,109 @@ LANE_VECTORS = 4  # lane_sum's running vectors: four chains of additions in flig
 
 @intrinsic
 def lane_sum(typingctx, x):
-    """The sum of the C-contiguous float32 or float64 1-D ``x`` in a fixed order, set by its
-    length alone: ``B = LANE_VECTORS * LANES`` running sums, lane ``j`` adding ``x[c]`` for
+    """The sum of the float32 or float64 1-D ``x`` in a fixed order, set by its length
+    alone: ``B = LANE_VECTORS * LANES`` running sums, lane ``j`` adding ``x[c]`` for
     ``c = j (mod B)`` over the whole blocks of ``B`` elements, left to right; the elements
     past the last whole block added to lane 0 in turn; the lanes then folded as a halving
     tree (lane ``j`` plus lane ``j + B/2``, ..., down to one). A row's sum that vectorises
     without fast-math: under reassociation LLVM picks the order, and picked differently
     where a kernel was compiled and where Numba's cache loaded it (1-2 ulp apart).
     """
-    if not (
-        isinstance(x, types.Array)
-        and x.ndim == 1
-        and x.layout == "C"
-        and x.dtype in (types.float32, types.float64)
-    ):
+    if not (floats_1d(x) and x.dtype in (types.float32, types.float64)):
         return None
 
     def codegen(context, builder, signature, args):
-        assert not context.fastmath, "lane_sum inlined into a fastmath function"
-        array = context.make_array(signature.args[0])(context, builder, args[0])
-        data, n = array.data, builder.extract_value(array.shape, 0)
-        element = data.type.pointee
-        vector = ir.VectorType(element, LANES)
-        intp = n.type
-        block = LANE_VECTORS * LANES
-        whole = builder.and_(n, ir.Constant(intp, -block))
-        accs = [
-            cgutils.alloca_once_value(builder, ir.Constant(vector, None))
-            for _ in range(LANE_VECTORS)
-        ]
-        align = x.dtype.bitwidth // 8 if x.aligned else 1
-        with cgutils.for_range_slice(
-            builder, ir.Constant(intp, 0), whole, ir.Constant(intp, block)
-        ) as (c, _):
-            start = builder.bitcast(builder.gep(data, [c]), vector.as_pointer())
-            for k, acc in enumerate(accs):
-                v = builder.load(builder.gep(start, [ir.Constant(intp, k)]), align=align)
-                builder.store(builder.fadd(builder.load(acc), v), acc)
-        zero = ir.Constant(ir.IntType(32), 0)
-        lane0 = cgutils.alloca_once_value(
-            builder, builder.extract_element(builder.load(accs[0]), zero)
-        )
-        with cgutils.for_range_slice(builder, whole, n, ir.Constant(intp, 1)) as (c, _):
-            builder.store(
-                builder.fadd(builder.load(lane0), builder.load(builder.gep(data, [c]))), lane0
-            )
-        vectors = [builder.load(acc) for acc in accs]
-        vectors[0] = builder.insert_element(vectors[0], builder.load(lane0), zero)
-        return _fold_vectors(builder, vectors)
+        row = context.make_array(x)(context, builder, args[0])
+        n = builder.extract_value(row.shape, 0)
+
+        def terms(c, k):
+            return [read(builder, x, row, c, k)]
+
+        (total,) = lane_sums(context, builder, n, x.dtype, 1, terms)
+        return total
 
     return x.dtype(x), codegen
+
+
+def floats_1d(x) -> bool:
+    """Whether ``x`` is typed as a 1-D float array, which :func:`read` loads."""
+    return isinstance(x, types.Array) and x.ndim == 1 and isinstance(x.dtype, types.Float)
+
+
+def lane_sums(context, builder, n, dtype, count, terms):
+    """The ``count`` sums over ``c < n`` of the terms ``terms(c, k)`` gives, each in
+    :func:`lane_sum`'s order: ``terms(c, k)`` is a list of ``count`` values holding the
+    terms of ``c .. c + k - 1``, as ``k``-vectors (``k = LANES``) or scalars (``k = 1``)."""
+    assert not context.fastmath, "lane sums inlined into a fastmath function"
+    element, intp = context.get_value_type(dtype), n.type
+    block = LANE_VECTORS * LANES
+    whole = builder.and_(n, ir.Constant(intp, -block))
+    zero = ir.Constant(ir.VectorType(element, LANES), None)
+    accs = [
+        [cgutils.alloca_once_value(builder, zero) for _ in range(LANE_VECTORS)]
+        for _ in range(count)
+    ]
+    with cgutils.for_range_slice(
+        builder, ir.Constant(intp, 0), whole, ir.Constant(intp, block)
+    ) as (c, _):
+        for k in range(LANE_VECTORS):
+            at = builder.add(c, ir.Constant(intp, k * LANES))
+            for acc, v in zip(accs, terms(at, LANES), strict=True):
+                builder.store(builder.fadd(builder.load(acc[k]), v), acc[k])
+    lane0 = ir.Constant(ir.IntType(32), 0)
+    tails = [
+        cgutils.alloca_once_value(builder, builder.extract_element(builder.load(acc[0]), lane0))
+        for acc in accs
+    ]
+    with cgutils.for_range_slice(builder, whole, n, ir.Constant(intp, 1)) as (c, _):
+        for tail, v in zip(tails, terms(c, 1), strict=True):
+            builder.store(builder.fadd(builder.load(tail), v), tail)
+    sums = []
+    for acc, tail in zip(accs, tails, strict=True):
+        vectors = [builder.load(a) for a in acc]
+        vectors[0] = builder.insert_element(vectors[0], builder.load(tail), lane0)
+        sums.append(_fold_vectors(builder, vectors))
+    return sums
+
+
+def read(builder, arraytype, array, c, k):
+    """Elements ``c .. c + k - 1`` of the 1-D ``array`` (of Numba type ``arraytype``): a
+    ``k``-vector, or a scalar for ``k = 1``. A C-contiguous array is read as one vector
+    load, another element by element at its stride."""
+    element = array.data.type.pointee
+    align = arraytype.dtype.bitwidth // 8 if arraytype.aligned else 1
+    if arraytype.layout == "C":
+        at = builder.gep(array.data, [c])
+        if k == 1:
+            return builder.load(at, align=align)
+        at = builder.bitcast(at, ir.VectorType(element, k).as_pointer())
+        return builder.load(at, align=align)
+    stride = builder.extract_value(array.strides, 0)
+    base = builder.ptrtoint(array.data, stride.type)
+    values = ir.Constant(ir.VectorType(element, k), None) if k > 1 else None
+    for j in range(k):
+        index = builder.add(c, ir.Constant(c.type, j))
+        at = builder.inttoptr(builder.add(base, builder.mul(index, stride)), array.data.type)
+        v = builder.load(at, align=align)
+        if k == 1:
+            return v
+        values = builder.insert_element(values, v, ir.Constant(ir.IntType(32), j))
+    return values
+
+
+def splat(builder, value, k):
+    """The scalar ``value`` in each of ``k`` lanes (itself for ``k <= 1``)."""
+    if k <= 1:
+        return value
+    one = builder.insert_element(
+        ir.Constant(ir.VectorType(value.type, 1), None), value, ir.Constant(ir.IntType(32), 0)
+    )
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), k), None))
 
 
 def _lanes(indices: range) -> ir.Constant:
     """A shufflevector mask taking ``indices``."""
     return ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), list(indices))
-
-
-def _splat(value: int) -> ir.Constant:
-    """``value`` in each of ``LANES`` int32 lanes."""
-    return ir.Constant(ir.VectorType(ir.IntType(32), LANES), [value] * LANES)
 
 
 @njit(cache=CACHE)

@@ -15,7 +15,8 @@ and the block's gradients rounded from scratch into ``grad`` (``rows_in``, ``row
 import math
 
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import intrinsic
 
 from gpukernels._kinds import MEAN, SUM
 from gpukernels._scalar import ONE, ZERO
@@ -36,7 +37,7 @@ from . import (
 )
 from ._cache import njit
 from ._math import fast_exp, fast_log, key_value, order_key
-from .reduce import canonical_total, lane_sum
+from .reduce import canonical_total, floats_1d, lane_sum, lane_sums, read, splat
 
 _NAN = np.float32(np.nan)
 FOLD_MAX = 128  # classes a row at most to be folded four rows at a time (_fold_rows)
@@ -71,66 +72,60 @@ def _exp_shifted(z, m, e):
 # that no compiler may reorder them: with fast-math reassociation LLVM chose the order, and
 # chose differently where a kernel was compiled and where it was loaded from Numba's cache
 # (1-2 ulp apart in some rows). A row's sum is reduce.lane_sum; the sums of the terms of
-# soft targets and smoothing (:func:`_pair_lanes`) are eight lanes: lane j adds the terms
-# c = j (mod 8) over the row's whole octets, left to right, the terms past the last octet
-# go to lane 0 in turn, and the lanes are folded ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)).
-@njit(cache=CACHE, inline="always")
-def _fold8(s0, s1, s2, s3, s4, s5, s6, s7):
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+# soft targets and smoothing (:func:`_pair_sums`) are taken in its order too.
+@intrinsic
+def _pair_sums(typingctx, z, t, w, m, keep, eps_c):
+    """``(sum_c a_c, sum_c a_c (m - z_c))`` over the row ``z``, each in
+    :func:`~cpu_fallback.reduce.lane_sum`'s order: ``a_c = keep t_c + eps_c``, or 1 where
+    ``t`` is None, times ``w_c`` unless ``w`` is None. Vector IR, as ``lane_sum``: the
+    written-out lanes of plain Python ran 1.5-1.7x slower (LLVM kept them scalar)."""
+    if not isinstance(m, types.Float):
+        return None
+    rows = [a for a in (z, t, w) if not isinstance(a, types.NoneType)]
+    exact = [isinstance(v, types.Float) and v.bitwidth <= m.bitwidth for v in (keep, eps_c)]
+    if not (all(floats_1d(a) and a.dtype == m for a in rows) and all(exact)):
+        return None  # keep and eps_c are widened exactly to m's type, or refused
 
+    def codegen(context, builder, signature, args):
+        arrays = {
+            name: (kind, context.make_array(kind)(context, builder, value))
+            for name, kind, value in zip("ztw", signature.args, args, strict=False)
+            if not isinstance(kind, types.NoneType)
+        }
+        scalars = args[3:]
 
-@njit(cache=CACHE, inline="always")
-def _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c):
-    """``(a_c, a_c (m - z_c))``: ``a_c = keep t_c + eps_c`` (``soft``) or 1, times ``w_c``
-    (``weighted``)."""
-    a = keep * t[c] + eps_c if soft else ONE + ZERO * m
-    if weighted:
-        a *= w[c]
-    return a, a * (m - z[c])
+        def terms(c, k):
+            m_k, keep_k, eps_k = (splat(builder, v, k) for v in scalars)
+            z_c = read(builder, *arrays["z"], c, k)
+            if "t" in arrays:
+                a = builder.fadd(builder.fmul(keep_k, read(builder, *arrays["t"], c, k)), eps_k)
+            else:
+                a = splat(builder, context.get_constant(m, 1), k)
+            if "w" in arrays:
+                a = builder.fmul(a, read(builder, *arrays["w"], c, k))
+            return [a, builder.fmul(a, builder.fsub(m_k, z_c))]
 
+        n = builder.extract_value(arrays["z"][1].shape, 0)
+        sums = lane_sums(context, builder, n, m, 2, terms)
+        return context.make_tuple(builder, signature.return_type, sums)
 
-@njit(cache=CACHE, inline="always")
-def _pair_lanes(z, t, w, m, keep, eps_c, soft, weighted):
-    """The sums of :func:`_pair_term`'s pair, each in the lanes' order. Inlined where
-    ``soft`` and ``weighted`` are constants: the octet has no branch."""
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = ZERO * m
-    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = ZERO * m
-    n = z.shape[0]
-    whole = n - n % 8
-    for c in range(0, whole, 8):
-        x0, y0 = _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c)
-        x1, y1 = _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c + 1)
-        x2, y2 = _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c + 2)
-        x3, y3 = _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c + 3)
-        x4, y4 = _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c + 4)
-        x5, y5 = _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c + 5)
-        x6, y6 = _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c + 6)
-        x7, y7 = _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c + 7)
-        a0, a1, a2, a3 = a0 + x0, a1 + x1, a2 + x2, a3 + x3
-        a4, a5, a6, a7 = a4 + x4, a5 + x5, a6 + x6, a7 + x7
-        b0, b1, b2, b3 = b0 + y0, b1 + y1, b2 + y2, b3 + y3
-        b4, b5, b6, b7 = b4 + y4, b5 + y5, b6 + y6, b7 + y7
-    for c in range(whole, n):
-        x0, y0 = _pair_term(z, t, w, m, keep, eps_c, soft, weighted, c)
-        a0, b0 = a0 + x0, b0 + y0
-    return _fold8(a0, a1, a2, a3, a4, a5, a6, a7), _fold8(b0, b1, b2, b3, b4, b5, b6, b7)
+    return types.UniTuple(m, 2)(z, t, w, m, m, m), codegen
 
 
 @njit(cache=CACHE)
 def _weight_and_gap_sums(z, w, m):
     """(sum_c w_c, sum_c w_c (m - z_c)); w_c = 1 when ``w`` is empty."""
-    zero = ZERO * m
     if w.shape[0]:
-        return _pair_lanes(z, z, w, m, zero, zero, False, True)
-    return _pair_lanes(z, z, w, m, zero, zero, False, False)
+        return _pair_sums(z, None, w, m, m, m)
+    return _pair_sums(z, None, None, m, m, m)
 
 
 @njit(cache=CACHE)
 def _soft_sums(z, t, w, m, keep, eps_c):
     """(A, B) = (sum_c a_c, sum_c a_c (m - z_c)), a_c = w_c (keep t_c + eps / C)."""
     if w.shape[0]:
-        return _pair_lanes(z, t, w, m, keep, eps_c, True, True)
-    return _pair_lanes(z, t, w, m, keep, eps_c, True, False)
+        return _pair_sums(z, t, w, m, keep, eps_c)
+    return _pair_sums(z, t, None, m, keep, eps_c)
 
 
 @njit(cache=CACHE)

@@ -177,6 +177,32 @@ def test_lane_sum_has_its_documented_order(dtype, n):
     np.testing.assert_allclose(got, x.astype(np.float64).sum(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 31, 33, 1000, 32769])
+@pytest.mark.parametrize("strided", [False, True])
+def test_pair_sums_have_lane_sums_order(dtype, n, strided):
+    """The soft-target and smoothing sums of a row, ``sum_c a_c`` and ``sum_c a_c (m - z_c)``
+    with ``a_c = w_c (keep t_c + eps_c)`` (``t``: the targets, or none; ``w``: the class
+    weights, or none), each in ``lane_sum``'s order, contiguous or strided rows alike."""
+    from cpu_fallback.reduce import LANE_VECTORS, LANES
+    from cpu_fallback.softmax_xent import _soft_sums, _weight_and_gap_sums
+
+    lanes = LANE_VECTORS * LANES
+    rng = np.random.default_rng(n)
+    z, t, w = (rng.standard_normal((3, n)) * np.exp(rng.uniform(-5, 5, (3, n)))).astype(dtype)
+    t, w = np.abs(t), np.abs(w)
+    m, keep, eps_c = z.max(), dtype(0.9), dtype(0.1 / n)
+    if strided:
+        z, t, w = (np.repeat(a, 3)[::3] for a in (z, t, w))
+    none = w[:0]
+    for weights, a in ((w, (keep * t + eps_c) * w), (none, keep * t + eps_c)):
+        got = _soft_sums(z, t, weights, m, keep, eps_c)
+        assert got == (lane_order_sum(a, lanes), lane_order_sum(a * (m - z), lanes))
+    for weights, a in ((w, w), (none, np.ones(n, dtype))):
+        got = _weight_and_gap_sums(z, weights, m)
+        assert got == (lane_order_sum(a, lanes), lane_order_sum(a * (m - z), lanes))
+
+
 _SAME_BITS_SCRIPT = """
 import hashlib, numpy as np, gpukernels as gk
 rng = np.random.default_rng(0)
