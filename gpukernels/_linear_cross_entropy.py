@@ -91,6 +91,49 @@ def linear_cross_entropy(
         >>> round(float(loss), 4), gx.shape, gw.shape, gb
         (1.8441, (2, 3), (4, 3), None)
     """
+    return _linear_cross_entropy(
+        input,
+        linear_weight,
+        target,
+        linear_bias=linear_bias,
+        weight=weight,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        grad_output=grad_output,
+        chunk_size=chunk_size,
+        validate=validate,
+    )[:4]
+
+
+def _linear_cross_entropy(
+    input,
+    linear_weight,
+    target,
+    *,
+    linear_bias=None,
+    weight=None,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    grad_output=None,
+    chunk_size: int | None = None,
+    validate: bool = True,
+    parameter_headroom: float = 1.0,
+):
+    """:func:`linear_cross_entropy`'s results and the headroom its weight and bias gradients
+    kept, a ``(2,)`` array.
+
+    ``parameter_headroom`` is a power of two that ``grad_output`` includes (for
+    ``gpukernels.torch``'s float16 means, see ``_torch_ops.float16_headroom``). The input
+    gradient keeps all of it: its rows are ``1/N`` of the loss's. The weight and bias
+    gradients are sums over the rows, and all of it could take them past float16's range:
+    each keeps the largest part of it that leaves its entries below ``2^15``
+    (:func:`_fit_headroom`)."""
     call = _ARGUMENTS.call(input, linear_weight, target, linear_bias, weight, grad_output)
     x, w_lin, target, bias, weight, grad_output = call.arrays
     dtype = _validate.float_array("input", x)
@@ -184,9 +227,34 @@ def linear_cross_entropy(
         if reduction == "mean":
             loss = safe_divide(xp, loss, divisor)
         loss = xp.asarray(loss, dtype=acc)
+    kept = xp.full(2, parameter_headroom, acc)
+    if parameter_headroom != 1.0:
+        for k, grad in enumerate((grad_w, grad_b)):
+            if grad is not None:
+                kept[k] = _fit_headroom(xp, grad, parameter_headroom)
     grad_w = grad_w.astype(w_lin.dtype, copy=False)
     grad_b = None if grad_b is None else grad_b.astype(bias.dtype, copy=False)
-    return loss, grad_x, grad_w, grad_b
+    return loss, grad_x, grad_w, grad_b, kept
+
+
+FITTED_MAX_EXPONENT = 15  # a gradient under a headroom keeps its entries below 2^15
+
+
+def _fit_headroom(xp, grad, headroom: float):
+    """Divides ``grad``, computed times the power of two ``headroom``, by the least power of
+    two ``2^j <= headroom`` that leaves every entry below ``2^15`` (``|g| < 2^e`` with ``e``
+    from ``frexp``, ``j = e - 15`` clipped to ``[0, log2 headroom]``); returns the headroom
+    it keeps, ``headroom / 2^j``. Array operations only: on a GPU nothing waits for it."""
+    largest = xp.abs(grad).max() if grad.size else xp.zeros((), grad.dtype)
+    _, exponent = xp.frexp(largest)  # 0 for 0, inf and NaN: their gradient keeps it all
+    steps = xp.clip(exponent - FITTED_MAX_EXPONENT, 0, int(headroom).bit_length() - 1)
+    factor = xp.ldexp(xp.ones((), grad.dtype), -steps)
+    grad *= factor
+    return headroom * factor
+
+
+# gpukernels.torch's entry, tensors in and out
+headroom_linear_cross_entropy = tensor_io(_ARGUMENTS)(_linear_cross_entropy)
 
 
 def _default_chunk(xp, num_classes: int, itemsize: int) -> int:

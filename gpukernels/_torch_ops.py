@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 import gpukernels as _gk
+from gpukernels._linear_cross_entropy import headroom_linear_cross_entropy
 
 from . import _validate
 from ._composite_loss import LossTerm
@@ -201,8 +202,9 @@ def linear_cross_entropy_op(
     chunk_size: int | None,
     validate: bool,
     grad_output: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    loss, grad_x, grad_w, grad_b = _gk.linear_cross_entropy(
+    parameter_headroom: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    loss, grad_x, grad_w, grad_b, kept = headroom_linear_cross_entropy(
         input,
         linear_weight,
         target,
@@ -216,9 +218,11 @@ def linear_cross_entropy_op(
         grad_output=grad_output,
         chunk_size=chunk_size,
         validate=validate,
+        parameter_headroom=parameter_headroom,
     )
-    # a custom op returns tensors only: no bias, no bias gradient (an empty one)
-    return loss, grad_x, grad_w, input.new_empty(0) if grad_b is None else grad_b
+    # a custom op returns tensors only: no bias, no bias gradient (an empty one); kept: the
+    # headroom the weight and bias gradients kept
+    return loss, grad_x, grad_w, input.new_empty(0) if grad_b is None else grad_b, kept
 
 
 @linear_cross_entropy_op.register_fake
@@ -230,6 +234,7 @@ def _(input, linear_weight, target, linear_bias, weight, reduction, *rest):
         input.new_empty(input.shape),
         linear_weight.new_empty(linear_weight.shape),
         grad_b,
+        _loss_like(input, (2,)),
     )
 
 

@@ -149,17 +149,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, linear_weight, linear_bias, target, headroom, options):
         reduction = options[1]
-        # the gradients times headroom (see float16_headroom): a float16 mean's stay normal numbers
+        # the gradients times headroom (see float16_headroom): a float16 mean's stay normal
+        # numbers; the weight and bias gradients keep as much of it as float16 holds (kept)
         scale = None if headroom == 1.0 else input.new_full((), headroom, dtype=torch.float32)
-        loss, grad_x, grad_w, grad_b = run(
-            linear_cross_entropy_op, input, linear_weight, target, linear_bias, *options, scale
+        loss, grad_x, grad_w, grad_b, kept = run(
+            linear_cross_entropy_op,
+            input,
+            linear_weight,
+            target,
+            linear_bias,
+            *options,
+            scale,
+            headroom,
         )
         ctx.has_bias, ctx.reduction, ctx.options = linear_bias is not None, reduction, options
         ctx.headroom = headroom
         if reduction == "none":
             ctx.save_for_backward(input, linear_weight, linear_bias, target)
         else:
-            ctx.save_for_backward(grad_x, grad_w, grad_b)
+            ctx.save_for_backward(grad_x, grad_w, grad_b, kept)
         return loss
 
     @staticmethod
@@ -168,7 +176,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             refuse_second_derivative()
             input, linear_weight, linear_bias, target = ctx.saved_tensors
             options = ctx.options
-            _, grad_x, grad_w, grad_b = run(
+            _, grad_x, grad_w, grad_b, _ = run(
                 linear_cross_entropy_op,
                 input,
                 linear_weight,
@@ -177,12 +185,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 *options[:-1],
                 False,  # the forward pass checked the class indices (or was told not to)
                 grad_loss,
+                1.0,
             )
         else:
-            grads = ctx.saved_tensors
-            grad_x, grad_w, grad_b = (
-                scaled(g, grad_loss, False, None, ctx.headroom) for g in grads
-            )
+            grad_x, grad_w, grad_b, kept = ctx.saved_tensors
+            grad_x = scaled(grad_x, grad_loss, False, None, ctx.headroom)
+            if ctx.headroom != 1.0:  # the headroom each kept, divided out on the device
+                grad_w = scaled(grad_w, grad_loss / kept[0], False, False)
+                grad_b = scaled(grad_b, grad_loss / kept[1], False, False)
+            else:
+                grad_w, grad_b = (scaled(g, grad_loss, False) for g in (grad_w, grad_b))
         return grad_x, grad_w, grad_b if ctx.has_bias else None, None, None, None
 
 

@@ -337,6 +337,27 @@ def test_float16_mean_gradients_survive_a_loss_scale(case):
         assert error.max() < 2**-10 * b.grad.abs().max()
 
 
+def test_float16_mean_keeps_large_weight_gradients_finite():
+    """A float16 mean's gradients are computed times a headroom (2^12 here). The weight and
+    bias gradients are sums over the rows: times all of it they overflowed float16 where
+    PyTorch's are finite (87.5 came out -inf); they keep only what float16 holds. (The input
+    gradient, 1/N of a row's, is checked to float16's subnormal spacing.)"""
+    gen = torch.Generator().manual_seed(7)
+    x = (100 + torch.randn(4096, 4, generator=gen)).half()
+    w = (0.01 * torch.randn(8, 4, generator=gen)).half()
+    b = torch.zeros(8).half()
+    y = torch.randint(0, 2, (4096,), generator=gen)
+    got = [a.clone().requires_grad_() for a in (x, w, b)]
+    gkt.linear_cross_entropy(got[0], got[1], y, linear_bias=got[2]).backward()
+    want = [a.double().requires_grad_() for a in (x, w, b)]
+    F.cross_entropy(want[0] @ want[1].T + want[2], y).backward()
+    assert want[1].grad.abs().max() > 40  # times 2^12: past float16's 65504
+    for a, c in zip(got, want, strict=True):
+        assert torch.isfinite(a.grad).all()
+        atol = max(2**-9 * c.grad.abs().max(), 2**-24)
+        torch.testing.assert_close(a.grad.double(), c.grad, rtol=2**-9, atol=atol)
+
+
 # ----------------------------------------------------------------------- in place
 
 
