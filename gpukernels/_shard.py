@@ -40,9 +40,9 @@ _LOSS_ARGUMENTS = ArrayArguments(
 )
 
 
-def _shard_arguments(call, class_start, ignore_index, num_classes=None):
+def _shard_arguments(call, class_start, ignore_index):
     """The shard's logits and int64 labels (the call's first two arrays), checked, with their
-    dtype, ``class_start``, ``ignore_index`` and ``num_classes``."""
+    dtype, ``class_start`` and ``ignore_index``."""
     z, target = call.arrays[:2]
     name = "logits_shard"
     dtype = _validate.float_array(name, z)
@@ -54,14 +54,19 @@ def _shard_arguments(call, class_start, ignore_index, num_classes=None):
     start = _validate.int64("class_start", class_start)
     if start < 0:
         raise ValueError(f"class_start must be >= 0, got {start}")
-    if num_classes is not None:
-        num_classes = _validate.int64("num_classes", num_classes)
-        if not start + width <= num_classes:
-            raise ValueError(
-                f"the shard's classes [{start}, {start + width}) must lie in "
-                f"[0, num_classes={num_classes})"
-            )
-    return z, int64_labels(call.xp, target, ignore), dtype, start, ignore, num_classes
+    return z, int64_labels(call.xp, target, ignore), dtype, start, ignore
+
+
+def _class_count(num_classes, start: int, width: int) -> int:
+    """``num_classes``, checked: an int64 with the shard's classes ``[start, start + width)``
+    inside ``[0, num_classes)``."""
+    num_classes = _validate.int64("num_classes", num_classes)
+    if not start + width <= num_classes:
+        raise ValueError(
+            f"the shard's classes [{start}, {start + width}) must lie in "
+            f"[0, num_classes={num_classes})"
+        )
+    return num_classes
 
 
 @tensor_io(_STATS_ARGUMENTS)
@@ -85,7 +90,7 @@ def shard_stats(
     of logits is always there). Returns ``(N, 4)`` float32 (float64 for float64).
     """
     call = _STATS_ARGUMENTS.call(logits_shard, target)
-    z, labels, dtype, start, _, _ = _shard_arguments(call, class_start, ignore_index)
+    z, labels, dtype, start, _ = _shard_arguments(call, class_start, ignore_index)
     _validate.label_smoothing(label_smoothing)
     cap = _validate.softcap(softcap)
     xp, acc = call.xp, accumulation_dtype(dtype)
@@ -160,10 +165,9 @@ def shard_loss_and_grad(
     """
     call = _LOSS_ARGUMENTS.call(logits_shard, target, stats, grad_output, out)
     _, target, st, grad_output, out = call.arrays
-    z, labels, dtype, start, ignore, classes = _shard_arguments(
-        call, class_start, ignore_index, num_classes
-    )
+    z, labels, dtype, start, ignore = _shard_arguments(call, class_start, ignore_index)
     n, width = z.shape
+    classes = _class_count(num_classes, start, width)
     _validate.float_array("stats", st)
     _validate.same_shape("stats", st, "(N, 4)", (n, STATS))
     _validate.reduction(reduction)

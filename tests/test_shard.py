@@ -143,6 +143,7 @@ def test_every_row_ignored(backend):
     ("kwargs", "error", "match"),
     [
         ({"num_classes": 5}, ValueError, "num_classes"),
+        ({"num_classes": None}, TypeError, "num_classes must be an integer"),
         ({"class_start": -1}, ValueError, "class_start"),
         ({"class_start": 1.5}, TypeError, "class_start"),
         ({"softcap": 0.0}, ValueError, "softcap"),
