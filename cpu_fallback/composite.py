@@ -70,7 +70,7 @@ def _xent_term(z, t, no_weight, z_loss, cap, zc, e, grad, label_scratch):
 @njit(cache=CACHE)
 def _elementwise_term(kind, z, t, param, grad):
     """Row loss of a BCE, MSE or Huber term, the sum over its columns; slopes into ``grad``."""
-    loss = ZERO * z[0]
+    loss = z.dtype.type(0)  # not 0 * z[0]: NaN for an infinite first column
     for c in range(z.shape[0]):
         if kind == _BCE:
             value, slope = _bce(z[c], t[c], ONE)
