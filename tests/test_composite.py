@@ -121,6 +121,36 @@ def test_matches_separate_library_calls(backend):
     np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize(
+    ("kind", "value"), [("mse", np.inf), ("huber", -np.inf), ("bce_with_logits", np.inf)]
+)
+def test_an_infinite_first_column_gives_the_single_losss_inf(backend, kind, value):
+    """A term's loss is inf, as the single loss's, whatever column holds the infinity (the
+    CPU's row sum started from 0 * z[0], NaN for an infinite first column)."""
+    pred, target = np.array([[value, 1.0, 2.0], [0.0, 1.0, 2.0]]), np.zeros((2, 3))
+    single = {"mse": gk.mse, "huber": gk.huber_loss, "bce_with_logits": gk.bce_with_logits}
+    want, want_grad = single[kind](pred, target)  # a term is its loss's mean
+    assert np.isposinf(want)
+    for columns in (slice(0, 3), slice(None, None, -1)):
+        loss, grad = gk.composite_loss(
+            pred[:, columns].copy(), target, [gk.LossTerm(kind, slice(0, 3))]
+        )
+        assert np.isposinf(loss)
+        np.testing.assert_allclose(grad, want_grad[:, columns], rtol=1e-15)
+
+
+@pytest.mark.filterwarnings("error")
+def test_a_huber_delta_past_float32_is_inf_without_a_warning(backend):
+    """A Huber term's delta of 1e300 in float32 is inf there (every difference quadratic),
+    as huber_loss takes it, without NumPy's overflow warning from the term table."""
+    rng = np.random.default_rng(84)
+    pred, target = (random_floats(rng, (3, 4), np.float32) for _ in range(2))
+    loss, grad = gk.composite_loss(pred, target, [gk.LossTerm("huber", slice(0, 4), delta=1e300)])
+    want, want_grad = gk.huber_loss(pred, target, delta=1e300)
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-6)
+
+
 def test_probability_slice_and_grad_output(backend):
     rng = np.random.default_rng(83)
     n = 4
