@@ -54,12 +54,19 @@ def versions() -> dict[str, str]:
 
 def info() -> dict[str, str]:
     """Versions, the backend NumPy arrays would use, and the GPU if there is one."""
+    import numba
+    import numpy as np
+
     import gpukernels as gk
 
     facts = dict(versions())
     facts["GPUKERNELS_BACKEND"] = os.environ.get("GPUKERNELS_BACKEND", "auto")
+    try:
+        facts["NumPy arrays run on"] = gk.backend(np.zeros(0))
+    except (TypeError, ValueError) as error:  # a setting the library refuses
+        facts["NumPy arrays run on"] = f"nothing: {error}"
     facts["NUMBA_ENABLE_CUDASIM"] = os.environ.get("NUMBA_ENABLE_CUDASIM", "0")
-    facts["cpu threads"] = str(os.cpu_count())
+    facts["cpu threads"] = f"{numba.get_num_threads()} of {os.cpu_count()} cores"
     available = gk.cuda_available()
     facts["cuda available"] = str(available)
     if available:
@@ -74,7 +81,7 @@ def info() -> dict[str, str]:
         except Exception:  # the driver query's location differs between numba-cuda versions
             pass
     else:
-        facts["device"] = "none (the cpu_fallback kernels run NumPy arrays)"
+        facts["device"] = "none"
     return facts
 
 

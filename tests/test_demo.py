@@ -86,3 +86,33 @@ def test_pytorch_part_follows_torchs_loss_curve_in_bfloat16(tmp_path):
         result["accuracy"] > 0.9 and abs(result["accuracy"] - result["reference_accuracy"]) < 0.02
     )
     assert result["ok"] and _is_png(result["figure"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--out", "FILE"], None, "File exists"),
+        (["--out", "DIR", "--seed", "-1"], None, "--seed: must be an integer >= 0"),
+        (["--out", "DIR"], "gpu", "GPUKERNELS_BACKEND must be one of"),
+    ],
+)
+def test_usage_errors_come_before_any_part_runs(tmp_path, monkeypatch, capsys, argv, env, message):
+    """A folder that cannot be made, a negative seed and a backend setting that cannot run
+    the demo's arrays end the command with a usage error (exit 2) before any training."""
+    (tmp_path / "FILE").touch()
+    if env:
+        monkeypatch.setenv("GPUKERNELS_BACKEND", env)
+    paths = {"FILE": str(tmp_path / "FILE"), "DIR": str(tmp_path / "out")}
+    with pytest.raises(SystemExit) as exit_:
+        demo.main(["descent", "--fast", *(paths.get(a, a) for a in argv)])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and "gpukernels demo: arrays are" not in captured.out
+
+
+def test_info_says_where_numpy_arrays_run(monkeypatch):
+    from gpukernels import cli
+
+    assert cli.info()["NumPy arrays run on"] == "cpu"
+    monkeypatch.setenv("GPUKERNELS_BACKEND", "gpu")
+    assert cli.info()["NumPy arrays run on"].startswith("nothing: GPUKERNELS_BACKEND must be")

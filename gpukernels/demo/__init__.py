@@ -41,17 +41,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--fast", action="store_true", help="smaller data and fewer steps")
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for PNGs")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of the generated data (>= 0)")
     return parser
 
 
+def _seed(text: str) -> int:
+    """A seed for NumPy's generators: an integer >= 0."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return seed
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the chosen part (or all); 0 when every part reached its goal, else 1."""
-    args = _parser().parse_args(argv)
+    """Run the chosen part (or all); 0 when every part reached its goal, else 1. A folder
+    that cannot be made and a backend setting that cannot run the demo's arrays are usage
+    errors, found before any part runs."""
+    parser = _parser()
+    args = parser.parse_args(argv)
     names = list(PARTS) if args.part == "all" else [args.part]
     xp = array_module()
     probe = xp.zeros(1, dtype=xp.float32)
-    say(f"gpukernels demo: arrays are {xp.__name__}, kernels run on {gk.backend(probe)}")
+    try:
+        where = gk.backend(probe)
+        args.out.mkdir(parents=True, exist_ok=True)
+    except (OSError, TypeError, ValueError) as error:
+        parser.error(str(error))
+    say(f"gpukernels demo: arrays are {xp.__name__}, kernels run on {where}")
     rows, all_ok = [], True
     for name in names:
         start = time.perf_counter()
