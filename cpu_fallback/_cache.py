@@ -5,7 +5,8 @@ user's cache folder, else nowhere: with ``cache=CACHE`` and no writable place it
 import with "cannot cache function ... no locator available" (a read-only install with an
 unwritable ``HOME``). Then this module points Numba at a folder of the system's temporary
 directory, or, if even that cannot be written, compiles without caching; either way it warns
-once. ``NUMBA_CACHE_DIR`` set by the user is honoured first, as Numba does. The fallback
+once. ``NUMBA_CACHE_DIR`` set by the user is honoured first, as Numba does; where Numba
+passes over it (not writable) without a word, this module warns. The fallback
 folder is used only if it belongs to this user and no one else may write to it (cached
 kernels are loaded as code). It is set as Numba's process-wide cache folder, so other
 Numba code of the process caches there too.
@@ -31,12 +32,12 @@ def _probe() -> None:
     """A function of this package's folder: Numba locates every kernel's cache like its."""
 
 
-def _cacheable() -> bool:
+def _cache_path() -> str | None:
+    """The folder Numba would cache this package's kernels in, or None where it has none."""
     try:
-        FunctionCache(_probe)
+        return FunctionCache(_probe)._cache_path
     except RuntimeError:
-        return False
-    return True
+        return None
 
 
 def _private_folder(path: str) -> bool:
@@ -53,28 +54,34 @@ def _private_folder(path: str) -> bool:
 
 
 def _decide() -> bool:
-    if _cacheable():
+    chosen = config.CACHE_DIR  # the user's NUMBA_CACHE_DIR, or ""
+    choose = "" if chosen else " (set NUMBA_CACHE_DIR to choose)"
+    path = _cache_path()
+    if path is not None:
+        if chosen and not os.path.abspath(path).startswith(os.path.abspath(chosen)):
+            _warn(f"NUMBA_CACHE_DIR={chosen} is not writable, so Numba caches in {path}")
         return True
+    folders = f"NUMBA_CACHE_DIR={chosen}, the package" if chosen else "the package"
     uid = os.getuid() if hasattr(os, "getuid") else "user"
     fallback = os.path.join(tempfile.gettempdir(), f"gpukernels-numba-cache-{uid}")
     if _private_folder(fallback):
         config.CACHE_DIR = fallback
-    if config.CACHE_DIR and _cacheable():
-        warnings.warn(
-            "gpukernels: the package folder and the user cache folder are not writable, so "
-            f"Numba caches the compiled kernels in {fallback} (set NUMBA_CACHE_DIR to choose)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return True
+        if _cache_path() is not None:
+            _warn(
+                f"{folders} and the user cache folders are not writable, so Numba caches "
+                f"the compiled kernels in {fallback}{choose}"
+            )
+            return True
     config.CACHE_DIR = ""
-    warnings.warn(
-        "gpukernels: no writable folder for Numba's cache (set NUMBA_CACHE_DIR): kernels are "
-        "compiled at first use in every process",
-        RuntimeWarning,
-        stacklevel=2,
+    _warn(
+        f"no writable folder for Numba's cache ({folders} folder, the user cache folder, "
+        f"{fallback}){choose}: kernels are compiled at first use in every process"
     )
     return False
+
+
+def _warn(message: str) -> None:
+    warnings.warn(f"gpukernels: {message}", RuntimeWarning, stacklevel=3)
 
 
 CACHE: bool = _decide()

@@ -43,8 +43,10 @@ for m in messages:
 """
 
 
-def _run(allowed: str, tmp: Path) -> str:
+def _run(allowed: str, tmp: Path, cache_dir: str | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    if cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = cache_dir
     env.update(
         GPUKERNELS_BACKEND="cpu", NUMBA_ENABLE_CUDASIM="0", PYTHONPATH=str(ROOT), TMPDIR=str(tmp)
     )
@@ -88,3 +90,13 @@ def test_refuses_a_fallback_folder_others_may_write(tmp_path):
     out = _run(str(planted), tmp_path)
     assert "LOSS 0.55144" in out
     assert "compiled at first use" in out and not list(planted.iterdir())
+
+
+@pytest.mark.slow
+def test_says_when_numba_cache_dir_is_not_writable(tmp_path):
+    """Numba passes over an unwritable NUMBA_CACHE_DIR without a word and caches elsewhere;
+    the library says so, and where."""
+    chosen = tmp_path / "chosen"
+    out = _run(str(ROOT), tmp_path, cache_dir=str(chosen))
+    assert "LOSS 0.55144" in out and "WARNINGS 1" in out
+    assert f"NUMBA_CACHE_DIR={chosen} is not writable, so Numba caches in {ROOT}" in out
