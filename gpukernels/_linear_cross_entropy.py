@@ -123,13 +123,13 @@ def _linear_cross_entropy(
     grad_output=None,
     chunk_size: int | None = None,
     validate: bool = True,
-    parameter_headroom: float = 1.0,
+    headroom: float = 1.0,
 ):
     """:func:`linear_cross_entropy`'s results and the headroom its weight and bias gradients
     kept, a ``(2,)`` array.
 
-    ``parameter_headroom`` is a power of two that ``grad_output`` includes (for
-    ``gpukernels.torch``'s float16 means, see ``_torch_ops.float16_headroom``). The input
+    The gradients are computed times ``headroom``, a power of two (for ``gpukernels.torch``'s
+    float16 means, see ``_torch_ops.float16_headroom``), besides ``grad_output``. The input
     gradient keeps all of it: its rows are ``1/N`` of the loss's. The weight and bias
     gradients are sums over the rows, and all of it could take them past float16's range:
     each keeps the largest part of it that leaves its entries below ``2^15``
@@ -166,6 +166,8 @@ def _linear_cross_entropy(
     if validate:
         _validate.class_indices(xp, labels, v, ignore_index, target)
     scale = upstream_scale(xp, grad_output, acc)
+    if headroom != 1.0:
+        scale = scale * headroom  # a power of two: exact
     if reduction == "mean":
         w_acc = absent(xp, acc) if weight is None else weight.astype(acc)
         divisor = label_mean_divisor(call, labels, w_acc, weight is not None, ignore_index, v)
@@ -227,11 +229,11 @@ def _linear_cross_entropy(
         if reduction == "mean":
             loss = safe_divide(xp, loss, divisor)
         loss = xp.asarray(loss, dtype=acc)
-    kept = xp.full(2, parameter_headroom, acc)
-    if parameter_headroom != 1.0:
+    kept = xp.full(2, headroom, acc)
+    if headroom != 1.0:
         for k, grad in enumerate((grad_w, grad_b)):
             if grad is not None:
-                kept[k] = _fit_headroom(xp, grad, parameter_headroom)
+                kept[k] = _fit_headroom(xp, grad, headroom)
     grad_w = grad_w.astype(w_lin.dtype, copy=False)
     grad_b = None if grad_b is None else grad_b.astype(bias.dtype, copy=False)
     return loss, grad_x, grad_w, grad_b, kept

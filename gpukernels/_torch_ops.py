@@ -202,7 +202,7 @@ def linear_cross_entropy_op(
     chunk_size: int | None,
     validate: bool,
     grad_output: Tensor | None,
-    parameter_headroom: float,
+    headroom: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     loss, grad_x, grad_w, grad_b, kept = headroom_linear_cross_entropy(
         input,
@@ -218,7 +218,7 @@ def linear_cross_entropy_op(
         grad_output=grad_output,
         chunk_size=chunk_size,
         validate=validate,
-        parameter_headroom=parameter_headroom,
+        headroom=headroom,
     )
     # a custom op returns tensors only: no bias, no bias gradient (an empty one); kept: the
     # headroom the weight and bias gradients kept

@@ -151,7 +151,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
         reduction = options[1]
         # the gradients times headroom (see float16_headroom): a float16 mean's stay normal
         # numbers; the weight and bias gradients keep as much of it as float16 holds (kept)
-        scale = None if headroom == 1.0 else input.new_full((), headroom, dtype=torch.float32)
         loss, grad_x, grad_w, grad_b, kept = run(
             linear_cross_entropy_op,
             input,
@@ -159,7 +158,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             target,
             linear_bias,
             *options,
-            scale,
+            None,  # no upstream gradient yet
             headroom,
         )
         ctx.has_bias, ctx.reduction, ctx.options = linear_bias is not None, reduction, options
