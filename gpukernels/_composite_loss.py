@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -203,11 +202,6 @@ def _term_table(xp, layout: tuple, acc: np.dtype, device: int | None, stream: tu
         [[kind, c0, c1, t0, t1, only] for kind, (c0, c1), (t0, t1), only, _ in layout],
         dtype=np.int64,
     )
-    # a parameter past acc's range (all >= 0) is inf there: written as such, without
-    # NumPy's overflow warning, as huber_loss writes its delta
-    params = np.array(
-        [[v if _validate.representable(v, acc) else math.inf for v in p] for *_, p in layout],
-        acc,
-    )
+    params = np.array([[_validate.saturated(v, acc) for v in p] for *_, p in layout], acc)
     parts = (table[:, 0], table[:, 1:3], table[:, 3:5], table[:, 5], params)
     return tuple(xp.asarray(np.ascontiguousarray(part)) for part in parts)

@@ -3,8 +3,6 @@ elementwise-loss launcher (``loss_and_grad``) writes the gradient and the reduce
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from . import _validate
@@ -233,7 +231,6 @@ def huber_loss(
     if not (np.isfinite(delta) and delta > 0):
         raise ValueError(f"delta must be a finite number > 0, got {delta}")
     acc = accumulation_dtype(x.dtype)
-    # a delta past the computing dtype's range is inf there (casting would warn of overflow)
-    param = call.xp.full(1, delta if _validate.representable(delta, acc) else math.inf, acc)
+    param = call.xp.full(1, _validate.saturated(delta, acc), acc)
     divisor = x.size if reduction == "mean" else 1
     return _finish(call, "huber", x, t, None, param, divisor, reduction)

@@ -506,6 +506,12 @@ def representable(value: float, dtype: np.dtype) -> bool:
     return value <= _FLOAT32_MAX or value <= float(np.finfo(dtype).max)
 
 
+def saturated(value: float, dtype: np.dtype) -> float:
+    """``value`` (>= 0), or inf where ``dtype`` cannot hold it: the number it becomes there,
+    without the overflow warning NumPy gives when casting it."""
+    return value if representable(value, dtype) else math.inf
+
+
 def cap_in_range(name: str, softcap: float, dtype: np.dtype) -> None:
     """A softcap (0: none) that ``dtype``, the dtype the logits are computed in, can hold: a
     larger one would become inf there, and ``inf * tanh(z / inf)`` is NaN."""
