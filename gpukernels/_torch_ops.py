@@ -8,10 +8,12 @@ dtypes without running it. Eager calls skip the dispatcher (:func:`run`).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
 import torch
+from torch.overrides import handle_torch_function, has_torch_function
 
 import gpukernels as _gk
 from gpukernels._linear_cross_entropy import headroom_linear_cross_entropy
@@ -23,18 +25,21 @@ from ._kinds import TermKind
 Tensor = torch.Tensor
 _EAGER: dict = {}  # custom op -> the Python function it wraps
 _INPUT_NAMES: dict = {}  # custom op -> what the array-level function calls the input
+_WEIGHTS: dict = {}  # custom op -> how many of (weight, pos_weight) follow its target
 
 
-def _custom_op(name: str, mutates_args: tuple, input_names: tuple[str, ...] = ()):
+def _custom_op(name: str, mutates_args: tuple, input_names: tuple[str, ...] = (), weights: int = 0):
     """Register the decorated function as the custom op ``name`` and remember the function:
-    :func:`run` calls it directly outside ``torch.compile``, where going through the
+    :func:`run` calls it directly where nothing records the call, as going through the
     dispatcher would add about 100 us to every call. ``input_names``: the names the
     array-level function's messages give the loss's ``input`` (``logits``, and ``out``
-    where the gradient is written over it)."""
+    where the gradient is written over it). ``weights``: how many of the tensors ``weight``
+    and ``pos_weight`` the op takes after its ``target`` (:func:`weights_of`)."""
 
     def register(fn):
         op = torch.library.custom_op(name, mutates_args=mutates_args)(fn)
         _EAGER[op] = fn
+        _WEIGHTS[op] = weights
         if input_names:
             _INPUT_NAMES[op] = input_names
         return op
@@ -42,13 +47,18 @@ def _custom_op(name: str, mutates_args: tuple, input_names: tuple[str, ...] = ()
     return register
 
 
+def weights_of(op, weight: Tensor | None, pos_weight: Tensor | None) -> tuple:
+    """The weight tensors ``op`` takes after its target, of ``weight`` and ``pos_weight``."""
+    return (weight, pos_weight)[: _WEIGHTS[op]]
+
+
 def run(op, *args):
-    """``op(*args)``: through PyTorch's dispatcher while ``torch.compile`` traces (so the op
-    is one node of the graph), else the wrapped function itself. An argument error whose
-    message names the input as the array-level function does (``logits``, ``pred``, ``out``)
-    gets a note that this is the loss's ``input``."""
+    """``op(*args)``: through PyTorch's dispatcher where :func:`_recorded` says so, else the
+    wrapped function itself. An argument error whose message names the input as the
+    array-level function does (``logits``, ``pred``, ``out``) gets a note that this is the
+    loss's ``input``."""
     try:
-        if torch.compiler.is_compiling():
+        if _recorded(args[0]):
             return op(*args)
         return _EAGER[op](*args)
     except (TypeError, ValueError) as error:
@@ -58,13 +68,24 @@ def run(op, *args):
         raise
 
 
+_VIEWABLE = (Tensor, torch.nn.Parameter)  # the tensor types the array views read
+
+
+def _recorded(input: Tensor) -> bool:
+    """Whether a call goes through PyTorch's dispatcher: while ``torch.compile`` or
+    ``torch.jit.trace`` records it (the op is then one node of the graph), and for a tensor
+    subclass, which the array views cannot read (a ``FakeTensor`` of shape propagation: the
+    op's fake implementation answers it)."""
+    return type(input) not in _VIEWABLE or torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def _loss_like(input: Tensor, shape) -> Tensor:
     """An empty loss of ``shape``: float32 for 16-bit inputs, else the input's dtype."""
     dtype = torch.float32 if input.element_size() == 2 else input.dtype
     return input.new_empty(shape, dtype=dtype)
 
 
-@_custom_op("gpukernels::cross_entropy", (), input_names=("logits",))
+@_custom_op("gpukernels::cross_entropy", (), input_names=("logits",), weights=1)
 def cross_entropy_op(
     input: Tensor,
     target: Tensor,
@@ -138,7 +159,7 @@ def _(input, target, weight, ignore_index, reduction, *rest):
     return _loss_like(input, (input.shape[0],) if reduction == "none" else ())
 
 
-@_custom_op("gpukernels::bce_with_logits", (), input_names=("logits",))
+@_custom_op("gpukernels::bce_with_logits", (), input_names=("logits",), weights=2)
 def bce_op(
     input: Tensor,
     target: Tensor,
@@ -301,6 +322,21 @@ def _terms_from(layout: list[int], factors: list[float]) -> list[LossTerm]:
 # ----------------------------------------------------------------------- argument checks
 
 
+def overridable(loss):
+    """``loss`` open to ``__torch_function__``, as ``torch.nn.functional``'s losses are: an
+    argument that defines it takes the call over (``torch.fx``'s ``Proxy`` while
+    ``symbolic_trace`` records a model, a tensor subclass that overrides it)."""
+
+    @functools.wraps(loss)
+    def overridable_loss(*args, **kwargs):
+        arguments = args + tuple(kwargs.values()) if kwargs else args
+        if has_torch_function(arguments):
+            return handle_torch_function(overridable_loss, arguments, *args, **kwargs)
+        return loss(*args, **kwargs)
+
+    return overridable_loss
+
+
 def tensors(**arguments) -> None:
     """The losses take tensors; arrays belong to the array-level ``gpukernels`` functions."""
     for name, value in arguments.items():
@@ -334,8 +370,9 @@ def refuse_second_derivative() -> None:
     if torch.is_grad_enabled():
         raise RuntimeError(
             "gpukernels.torch losses are once differentiable: their gradient is computed in "
-            "the forward pass and saved, so a second derivative (create_graph=True) is not "
-            "available; use the torch.nn.functional loss for that"
+            "the forward pass and saved, so backward cannot be differentiated "
+            "(create_graph=True: a second derivative, or torch.autograd.functional.jvp and "
+            "hvp, which differentiate backward); use the torch.nn.functional loss for that"
         )
 
 

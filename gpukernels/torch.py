@@ -43,11 +43,13 @@ from ._torch_ops import (
     mse_op,
     no_gradient_for,
     optional_tensors,
+    overridable,
     refuse_second_derivative,
     run,
     scaled,
     tensors,
     unit,
+    weights_of,
 )
 
 __all__ = [
@@ -72,17 +74,20 @@ Tensor = torch.Tensor
 
 
 class _FusedLoss(torch.autograd.Function):
-    """``op(input, *args, headroom) -> (loss, grad)``, the gradient times ``headroom`` (see
-    ``float16_headroom``); backward scales the saved ``grad`` by the upstream gradient over
-    ``headroom``.
+    """``op(input, target, *weights, *options, headroom) -> (loss, grad)``, the gradient
+    times ``headroom`` (see ``float16_headroom``), ``weights`` those of ``weight`` and
+    ``pos_weight`` the op takes (``weights_of``); backward scales the saved ``grad`` by the
+    upstream gradient over ``headroom``.
 
-    The autograd functions take their other arguments as one tuple, not ``*args``: where no
-    input requires grad, ``torch.compile`` calls ``forward`` without ``ctx`` whenever the
-    arguments outnumber its parameters by one, and a starred parameter counts as one."""
+    Every tensor is an argument of its own (``torch.jit.trace`` records those alone), the
+    other options one tuple, not ``*args``: where no input requires grad, ``torch.compile``
+    calls ``forward`` without ``ctx`` whenever the arguments outnumber its parameters by
+    one, and a starred parameter counts as one."""
 
     @staticmethod
-    def forward(ctx, op, headroom, input, args):
-        loss, grad = run(op, input, *args, headroom)
+    def forward(ctx, op, headroom, input, target, weight, pos_weight, options):
+        weights = weights_of(op, weight, pos_weight)
+        loss, grad = run(op, input, target, *weights, *options, headroom)
         ctx.save_for_backward(grad)
         ctx.headroom = headroom
         return loss
@@ -91,7 +96,7 @@ class _FusedLoss(torch.autograd.Function):
     def backward(ctx, grad_loss):
         (grad,) = ctx.saved_tensors
         grad = scaled(grad, grad_loss, in_place=False, headroom=ctx.headroom)
-        return None, None, grad, None
+        return None, None, grad, None, None, None, None
 
 
 class _FusedLossInPlace(torch.autograd.Function):
@@ -101,9 +106,9 @@ class _FusedLossInPlace(torch.autograd.Function):
     a scaling one is refused: the unscaled gradient is gone."""
 
     @staticmethod
-    def forward(ctx, input, headroom, args):
+    def forward(ctx, input, headroom, target, weight, options):
         try:
-            loss = run(cross_entropy_inplace_op, input, *args, headroom)
+            loss = run(cross_entropy_inplace_op, input, target, weight, *options, headroom)
         except Exception:
             # input may be overwritten already (a class index out of range is found in the
             # pass): its version moves on, so autograd refuses whatever saved the logits
@@ -133,12 +138,12 @@ class _FusedLossInPlace(torch.autograd.Function):
                 "inplace_backward=False"
             )
         if grad_loss is None:  # the loss is not differentiated: neither is input
-            return None, None, None
+            return None, None, None, None, None
         (grad,) = ctx.saved_tensors
         one = ctx.headroom == 1.0 and unit(grad_loss)
         grad = scaled(grad, grad_loss, in_place=True, one=one, headroom=ctx.headroom)
         ctx.rescaled = not one  # once scaled: a second derivative is refused before
-        return grad, None, None
+        return grad, None, None, None, None
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -147,8 +152,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     before the matrix products, so backward runs the chunks again with it."""
 
     @staticmethod
-    def forward(ctx, input, linear_weight, linear_bias, target, headroom, options):
-        reduction = options[1]
+    def forward(ctx, input, linear_weight, linear_bias, target, weight, headroom, options):
+        reduction = options[0]
         # the gradients times headroom (see float16_headroom): a float16 mean's stay normal
         # numbers; the weight and bias gradients keep as much of it as float16 holds (kept)
         loss, grad_x, grad_w, grad_b, kept = run(
@@ -157,6 +162,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             linear_weight,
             target,
             linear_bias,
+            weight,
             *options,
             None,  # no upstream gradient yet
             headroom,
@@ -164,7 +170,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx.has_bias, ctx.reduction, ctx.options = linear_bias is not None, reduction, options
         ctx.headroom = headroom
         if reduction == "none":
-            ctx.save_for_backward(input, linear_weight, linear_bias, target)
+            ctx.save_for_backward(input, linear_weight, linear_bias, target, weight)
         else:
             ctx.save_for_backward(grad_x, grad_w, grad_b, kept)
         return loss
@@ -173,15 +179,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         if ctx.reduction == "none":
             refuse_second_derivative()
-            input, linear_weight, linear_bias, target = ctx.saved_tensors
-            options = ctx.options
+            input, linear_weight, linear_bias, target, weight = ctx.saved_tensors
             _, grad_x, grad_w, grad_b, _ = run(
                 linear_cross_entropy_op,
                 input,
                 linear_weight,
                 target,
                 linear_bias,
-                *options[:-1],
+                weight,
+                *ctx.options[:-1],
                 False,  # the forward pass checked the class indices (or was told not to)
                 grad_loss,
                 1.0,
@@ -194,12 +200,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_b = scaled(grad_b, grad_loss / kept[1], False, False)
             else:
                 grad_w, grad_b = (scaled(g, grad_loss, False) for g in (grad_w, grad_b))
-        return grad_x, grad_w, grad_b if ctx.has_bias else None, None, None, None
+        return grad_x, grad_w, grad_b if ctx.has_bias else None, None, None, None, None
 
 
 # ----------------------------------------------------------------------- functions
 
 
+@overridable
 def cross_entropy(
     input: Tensor,
     target: Tensor,
@@ -247,23 +254,14 @@ def cross_entropy(
     ignore, smoothing, factor, cap = _validate.cross_entropy_options(
         ignore_index, label_smoothing, z_loss, softcap
     )
-    args = (
-        target,
-        weight,
-        ignore,
-        reduction,
-        smoothing,
-        factor,
-        cap,
-        _checks_indices(input, validate),
-    )
+    options = (ignore, reduction, smoothing, factor, cap, _checks_indices(input, validate))
     inplace = _validate.yes_no("inplace_backward", inplace_backward)
     headroom = float16_headroom(input, reduction, input.shape[0])
     if inplace and torch.is_grad_enabled() and input.requires_grad:
         _overwritable(input)
-        loss, _ = _FusedLossInPlace.apply(input, headroom, args)
+        loss, _ = _FusedLossInPlace.apply(input, headroom, target, weight, options)
         return loss
-    return _FusedLoss.apply(cross_entropy_op, headroom, input, args)
+    return _FusedLoss.apply(cross_entropy_op, headroom, input, target, weight, None, options)
 
 
 def _checks_indices(input: Tensor, validate: bool | None) -> bool:
@@ -324,6 +322,7 @@ def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction:
     return reduction
 
 
+@overridable
 def linear_cross_entropy(
     input: Tensor,
     linear_weight: Tensor,
@@ -351,16 +350,18 @@ def linear_cross_entropy(
     no_gradient_for("target", target)
     no_gradient_for("weight", weight)
     options = (
-        weight,
         reduction,
         *_validate.cross_entropy_options(ignore_index, label_smoothing, z_loss, softcap),
         _validate.chunk_size(chunk_size),
         _checks_indices(input, validate),
     )
     headroom = float16_headroom(input, reduction, input.shape[0])
-    return _LinearCrossEntropy.apply(input, linear_weight, linear_bias, target, headroom, options)
+    return _LinearCrossEntropy.apply(
+        input, linear_weight, linear_bias, target, weight, headroom, options
+    )
 
 
+@overridable
 def binary_cross_entropy_with_logits(
     input: Tensor,
     target: Tensor,
@@ -381,9 +382,10 @@ def binary_cross_entropy_with_logits(
         no_gradient_for(name, value)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     headroom = float16_headroom(input, reduction, input.numel())
-    return _FusedLoss.apply(bce_op, headroom, input, (target, weight, pos_weight, reduction))
+    return _FusedLoss.apply(bce_op, headroom, input, target, weight, pos_weight, (reduction,))
 
 
+@overridable
 def mse_loss(
     input: Tensor,
     target: Tensor,
@@ -398,9 +400,10 @@ def mse_loss(
     no_gradient_for("target", target)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     headroom = float16_headroom(input, reduction, input.numel())
-    return _FusedLoss.apply(mse_op, headroom, input, (target, reduction))
+    return _FusedLoss.apply(mse_op, headroom, input, target, None, None, (reduction,))
 
 
+@overridable
 def huber_loss(
     input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0
 ) -> Tensor:
@@ -411,9 +414,10 @@ def huber_loss(
     no_gradient_for("target", target)
     delta = _validate.real_number("delta", delta)
     headroom = float16_headroom(input, reduction, input.numel())
-    return _FusedLoss.apply(huber_op, headroom, input, (target, reduction, delta))
+    return _FusedLoss.apply(huber_op, headroom, input, target, None, None, (reduction, delta))
 
 
+@overridable
 def composite_loss(
     pred: Tensor, target: Tensor, terms: Sequence[LossTerm], *, validate: bool | None = None
 ) -> Tensor:
@@ -427,7 +431,8 @@ def composite_loss(
     layout, factors = layout_of(terms, pred.shape[-1], target.shape[-1])
     check = _checks_indices(pred, validate)
     headroom = float16_headroom(pred, "mean", pred.shape[0])  # each term is a mean over the rows
-    return _FusedLoss.apply(composite_op, headroom, pred, (target, layout, factors, check))
+    options = (layout, factors, check)
+    return _FusedLoss.apply(composite_op, headroom, pred, target, None, None, options)
 
 
 # ----------------------------------------------------------------------- modules

@@ -2,6 +2,7 @@
 ``torch.nn.functional`` (loss and ``input.grad``), ``gradcheck``, ``torch.compile`` and a
 short training run. CPU tensors here; CUDA tensors in tests/test_gpu.py."""
 
+import warnings
 from functools import partial
 
 import numpy as np
@@ -272,10 +273,15 @@ def test_vectorised_jacobian(reduction):
 
 
 def test_second_derivative_raises():
+    """A derivative of backward is refused, by name: a second derivative, or a
+    Jacobian-vector product by the double-backward trick (``functional.jvp``)."""
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    loss = gkt.cross_entropy(x, torch.tensor([0, 1, 2]))
+    labels = torch.tensor([0, 1, 2])
+    loss = gkt.cross_entropy(x, labels)
     with pytest.raises(RuntimeError, match="once differentiable"):
         torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once differentiable.*jvp"):
+        torch.autograd.functional.jvp(lambda a: gkt.cross_entropy(a, labels), x, x)
 
 
 # ----------------------------------------------------------------------- float16 loss scaling
@@ -580,6 +586,174 @@ def test_compile_with_legacy_reduction_arguments():
         backend="aot_eager",
     )
     close(step(x), F.cross_entropy(x, labels, reduction="sum"), torch.float64)
+
+
+# ----------------------------------------------------------------------- tracing
+
+
+def _loss_cases():
+    """(our loss, PyTorch's, a target maker): every tensor a function takes as its own
+    argument (targets, class weights, positive weights), so a trace must see each one."""
+    w = torch.rand(5, dtype=torch.float64) + 0.5
+    pw = torch.rand(5, dtype=torch.float64) + 0.5
+    head = torch.randn(5, 5, dtype=torch.float64)
+    terms = [gk.LossTerm("mse", slice(0, 2)), gk.LossTerm("huber", slice(2, 5), delta=0.5)]
+    labels = lambda g: torch.randint(0, 5, (6,), generator=g)  # noqa: E731
+    values = lambda g: torch.rand(6, 5, generator=g, dtype=torch.float64)  # noqa: E731
+    return [
+        (
+            lambda x, y: gkt.cross_entropy(x, y, w, label_smoothing=0.1),
+            lambda x, y: F.cross_entropy(x, y, w, label_smoothing=0.1),
+            labels,
+        ),
+        (
+            lambda x, y: gkt.binary_cross_entropy_with_logits(x, y, w, pos_weight=pw),
+            lambda x, y: F.binary_cross_entropy_with_logits(x, y, w, pos_weight=pw),
+            values,
+        ),
+        (gkt.mse_loss, F.mse_loss, values),
+        (gkt.HuberLoss(delta=0.5), torch.nn.HuberLoss(delta=0.5), values),
+        (
+            lambda x, y: gkt.composite_loss(x, y, terms),
+            lambda x, y: (
+                F.mse_loss(x[:, :2], y[:, :2]) + F.huber_loss(x[:, 2:], y[:, 2:], delta=0.5)
+            ),
+            values,
+        ),
+        (
+            lambda x, y: gkt.linear_cross_entropy(x, head, y, weight=w),
+            lambda x, y: F.cross_entropy(x @ head.T, y, w),
+            labels,
+        ),
+    ]
+
+
+def _grad_and_loss(loss_fn, x, y):
+    x = x.clone().requires_grad_()
+    loss = loss_fn(x, y)
+    loss.backward()
+    return loss, x.grad
+
+
+@pytest.mark.parametrize("case", range(len(_loss_cases())))
+def test_jit_trace_records_the_losses(case):
+    """``torch.jit.trace`` records each loss with its tensors as inputs of the graph (none
+    read as NumPy arrays and kept as constants, which PyTorch warns of): the traced
+    function, called on other inputs, gives PyTorch's loss and gradient. (The composite
+    loss's column layout is read from the widths, which the trace keeps, with a warning.)"""
+    ours, theirs, target = _loss_cases()[case]
+    gen = torch.Generator().manual_seed(40 + case)
+    x = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", ".*numpy", torch.jit.TracerWarning)
+        traced = torch.jit.trace(ours, (x, target(gen)))
+    x, y = 3 * torch.randn(6, 5, generator=gen, dtype=torch.float64), target(gen)
+    loss, grad = _grad_and_loss(traced, x, y)
+    want_loss, want_grad = _grad_and_loss(theirs, x, y)
+    close(loss, want_loss, torch.float64)
+    close(grad, want_grad, torch.float64)
+
+
+class _Head(torch.nn.Module):
+    """A model whose forward calls the losses as a user's would: a module of ours, and
+    functions through the package (``gkt.cross_entropy``) and imported by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3).double()
+        self.ce = gkt.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64))
+
+    def forward(self, x, labels, values):
+        z = self.linear(x)
+        return self.ce(z, labels) + gkt.mse_loss(z, values) + mse_loss_by_name(z, values)
+
+
+mse_loss_by_name = gkt.mse_loss
+
+
+def test_fx_symbolic_trace_keeps_the_losses_as_calls():
+    """``torch.fx.symbolic_trace`` records each loss as one call (they take ``Proxy``
+    arguments through ``__torch_function__``, as ``torch.nn.functional``'s do), and the
+    traced module gives the model's loss and gradients."""
+    model = _Head()
+    graph_module = torch.fx.symbolic_trace(model)
+    called = [n.target for n in graph_module.graph.nodes if n.op == "call_function"]
+    assert called.count(gkt.cross_entropy) == 1 and called.count(gkt.mse_loss) == 2
+    gen = torch.Generator().manual_seed(46)
+    x = torch.randn(7, 4, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 3, (7,), generator=gen)
+    values = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+
+    def loss_and_grads(module):
+        model.zero_grad()
+        loss = module(x, labels, values)
+        loss.backward()
+        return [loss.detach()] + [p.grad.clone() for p in model.parameters()]
+
+    def theirs(x, labels, values):
+        z = model.linear(x)
+        return F.cross_entropy(z, labels, model.ce.weight) + 2 * F.mse_loss(z, values)
+
+    want = loss_and_grads(theirs)
+    for got in (loss_and_grads(graph_module), loss_and_grads(model)):
+        for g, w in zip(got, want, strict=True):
+            close(g, w, torch.float64)
+
+
+def test_fake_tensors_get_the_fake_implementations():
+    """Under ``FakeTensorMode`` (shape propagation) the losses answer from the custom ops'
+    fake implementations: the shapes and dtypes of real calls, gradients included."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    calls = [
+        lambda x, n: gkt.cross_entropy(x, torch.zeros(n, dtype=torch.long), reduction="none"),
+        lambda x, n: gkt.cross_entropy(
+            x.clone(), torch.zeros(n, dtype=torch.long), inplace_backward=True
+        ),
+        lambda x, n: gkt.mse_loss(x, torch.zeros(n, 5, dtype=x.dtype)),
+        lambda x, n: gkt.linear_cross_entropy(
+            x, torch.zeros(3, 5, dtype=x.dtype), torch.zeros(n, dtype=torch.long)
+        ),
+    ]
+    for dtype in (torch.float32, torch.bfloat16):
+        for call in calls:
+            real_x = torch.zeros(4, 5, dtype=dtype, requires_grad=True)
+            want = call(real_x, 4)
+            want.sum().backward()
+            with FakeTensorMode():
+                x = torch.empty(4, 5, dtype=dtype, requires_grad=True)
+                got = call(x, 4)
+                got.sum().backward()
+            assert (got.shape, got.dtype) == (want.shape, want.dtype)
+            assert (x.grad.shape, x.grad.dtype) == (real_x.grad.shape, real_x.grad.dtype)
+
+
+class _Logged(torch.Tensor):
+    """A tensor subclass that notes the functions called on it (``__torch_function__``)."""
+
+    calls: list = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.calls.append(func)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_torch_function_subclasses_see_the_call():
+    """A ``__torch_function__`` override sees the loss called (a positional or a keyword
+    tensor), and its default gives the loss of the plain tensors."""
+    gen = torch.Generator().manual_seed(47)
+    x = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 4, (5,), generator=gen)
+    weight = torch.rand(4, generator=gen, dtype=torch.float64)
+    _Logged.calls.clear()
+    loss = gkt.cross_entropy(x.as_subclass(_Logged), labels)
+    assert _Logged.calls[0] is gkt.cross_entropy and type(loss) is _Logged
+    close(loss.as_subclass(torch.Tensor), F.cross_entropy(x, labels), torch.float64)
+    _Logged.calls.clear()
+    loss = gkt.cross_entropy(x, labels, weight=weight.as_subclass(_Logged))
+    assert _Logged.calls[0] is gkt.cross_entropy
+    close(loss.as_subclass(torch.Tensor), F.cross_entropy(x, labels, weight), torch.float64)
 
 
 # ----------------------------------------------------------------------- training
