@@ -89,13 +89,14 @@ def _cupy(name: str):
 
 @functools.cache
 def _cupy_has_bfloat16() -> bool:
-    """Whether CuPy can allocate and fill ``ml_dtypes.bfloat16`` arrays (CuPy 14 and later);
-    older versions refuse the dtype in their kernels."""
+    """Whether CuPy's kernels take ``ml_dtypes.bfloat16`` arrays (CuPy 14 and later). Tried
+    with a conversion, which runs a kernel: CuPy 13 allocates and zeroes such an array (no
+    kernel) but refuses the dtype in its kernels."""
     import cupy
 
     try:
-        cupy.zeros(1, BFLOAT16)
-    except (TypeError, ValueError, NotImplementedError):
+        cupy.zeros(1, BFLOAT16).astype(np.float32)
+    except Exception:  # CuPy 13: TypeError, or a compile error of the kernel
         return False
     return True
 
@@ -123,8 +124,17 @@ def _cuda_stream(device):
 
     torch = torch_module()
     with cupy.cuda.Device(device.index):
-        with cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
+        with cupy_stream(cupy, torch.cuda.current_stream(device)):
             yield
+
+
+def cupy_stream(cupy, stream):
+    """The PyTorch CUDA ``stream`` as a CuPy stream (no new CUDA stream): through the CUDA
+    stream protocol where CuPy has it (CuPy 14 and later, where ``ExternalStream`` warns that
+    it is deprecated), else by its handle and device."""
+    if hasattr(cupy.cuda.Stream, "from_external") and hasattr(stream, "__cuda_stream__"):
+        return cupy.cuda.Stream.from_external(stream)
+    return cupy.cuda.ExternalStream(stream.cuda_stream, stream.device_index)
 
 
 def tensor_io(arguments: ArrayArguments):

@@ -119,6 +119,37 @@ def test_bfloat16_tensors():
     assert ((grad.float() - exact).abs() <= ulp / 2 + 1e-12).all()
 
 
+def test_cupy_stream_of_a_pytorch_stream():
+    """CUDA tensors run on PyTorch's stream, handed to CuPy without a new CUDA stream:
+    through the stream protocol where CuPy has ``Stream.from_external`` (CuPy 14, whose
+    ``ExternalStream`` warns that it is deprecated), else by handle and device. (Fakes of
+    both libraries: this machine has no GPU; tests/test_gpu.py runs the real ones.)"""
+    from types import SimpleNamespace
+
+    from gpukernels._tensors import cupy_stream
+
+    made = []
+
+    class TorchStream:
+        cuda_stream, device_index = 0x5000, 1
+
+        def __cuda_stream__(self):
+            return 0, self.cuda_stream
+
+    def external(ptr, device_id):
+        made.append(("ExternalStream", ptr, device_id))
+
+    def from_external(stream):
+        made.append(("from_external", stream.__cuda_stream__()[1]))
+
+    cupy_13 = SimpleNamespace(cuda=SimpleNamespace(Stream=object, ExternalStream=external))
+    stream_14 = SimpleNamespace(from_external=from_external)
+    cupy_14 = SimpleNamespace(cuda=SimpleNamespace(Stream=stream_14, ExternalStream=external))
+    cupy_stream(cupy_13, TorchStream())
+    cupy_stream(cupy_14, TorchStream())
+    assert made == [("ExternalStream", 0x5000, 1), ("from_external", 0x5000)]
+
+
 # ----------------------------------------------------------------------- autograd losses
 
 
