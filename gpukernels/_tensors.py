@@ -93,11 +93,12 @@ def _cupy_has_bfloat16() -> bool:
     with a conversion, which runs a kernel: CuPy 13 allocates and zeroes such an array (no
     kernel) but refuses the dtype in its kernels."""
     import cupy
+    from cupy.cuda.compiler import CompileException
 
     try:
         cupy.zeros(1, BFLOAT16).astype(np.float32)
-    except Exception:  # CuPy 13: TypeError, or a compile error of the kernel
-        return False
+    except (TypeError, ValueError, LookupError, NotImplementedError, CompileException):
+        return False  # the dtype refused where the kernel is typed or compiled
     return True
 
 

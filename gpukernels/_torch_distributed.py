@@ -36,7 +36,14 @@ import torch
 import torch.distributed as dist
 
 from . import _validate, merge_shard_stats, shard_loss_and_grad, shard_stats
-from ._torch_ops import as_grad_output, float16_headroom, no_gradient_for, scaled, tensors
+from ._torch_ops import (
+    as_grad_output,
+    float16_headroom,
+    no_gradient_for,
+    overridable,
+    scaled,
+    tensors,
+)
 
 __all__ = ["vocab_parallel_cross_entropy"]
 
@@ -206,6 +213,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
 
 @torch.compiler.disable  # collectives and the array-level kernels: run eagerly (a graph break)
+@overridable
 def vocab_parallel_cross_entropy(
     logits_shard: Tensor,
     target: Tensor,

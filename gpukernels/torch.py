@@ -238,11 +238,12 @@ def cross_entropy(
     ``softcap * tanh(z / softcap)`` first, in the same pass (see
     ``gpukernels.softmax_cross_entropy``). ``inplace_backward`` takes effect only where a
     backward pass can follow (grad mode on, ``input`` requiring grad): an evaluation loop
-    keeps its logits. ``validate`` (class indices in range, else ``ValueError``) defaults to
-    ``True`` on CPU tensors and ``False`` on CUDA ones, where the check would cost a
-    device-to-host read every step (a bad index then gives its row a zero gradient and makes
-    the loss NaN). ``size_average`` and ``reduce`` are PyTorch's deprecated arguments,
-    which decide the reduction as they do in PyTorch.
+    keeps its logits; and not under ``torch.jit.trace``, which cannot record it.
+    ``validate`` (class indices in range, else ``ValueError``) defaults to ``True`` on CPU
+    tensors and ``False`` on CUDA ones, where the check would cost a device-to-host read
+    every step (a bad index then gives its row a zero gradient and makes the loss NaN).
+    ``size_average`` and ``reduce`` are PyTorch's deprecated arguments, which decide the
+    reduction as they do in PyTorch.
     """
     tensors(input=input, target=target)
     optional_tensors(weight=weight)
@@ -257,7 +258,8 @@ def cross_entropy(
     options = (ignore, reduction, smoothing, factor, cap, _checks_indices(input, validate))
     inplace = _validate.yes_no("inplace_backward", inplace_backward)
     headroom = float16_headroom(input, reduction, input.shape[0])
-    if inplace and torch.is_grad_enabled() and input.requires_grad:
+    # (torch.jit.trace cannot record an autograd function that modifies its input)
+    if inplace and torch.is_grad_enabled() and input.requires_grad and not torch.jit.is_tracing():
         _overwritable(input)
         loss, _ = _FusedLossInPlace.apply(input, headroom, target, weight, options)
         return loss
@@ -297,10 +299,14 @@ def _overwritable(input: Tensor) -> None:
         )
 
 
-def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
+def _legacy_reduction(
+    size_average: bool | None, reduce: bool | None, reduction: str, caller_level: int = 4
+) -> str:
     """The reduction, decided as PyTorch decides it: by its deprecated ``size_average`` and
     ``reduce`` where either is given (``reduce=False``: ``"none"``; else ``size_average=False``:
-    ``"sum"``; else ``"mean"``; with PyTorch's warning), else by ``reduction``."""
+    ``"sum"``; else ``"mean"``; with PyTorch's warning, which names the line
+    ``caller_level`` frames up: the user's call of a loss, through ``overridable``), else by
+    ``reduction``."""
     if size_average is None and reduce is None:
         return reduction
     for name, value in (("size_average", size_average), ("reduce", reduce)):
@@ -317,7 +323,7 @@ def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction:
         warnings.warn(
             f"size_average and reduce are deprecated (as in PyTorch): use reduction={reduction!r}",
             UserWarning,
-            stacklevel=3,
+            stacklevel=caller_level,
         )
     return reduction
 
@@ -458,7 +464,7 @@ class CrossEntropyLoss(torch.nn.Module):
         super().__init__()
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
-        self.reduction = _legacy_reduction(size_average, reduce, reduction)
+        self.reduction = _legacy_reduction(size_average, reduce, reduction, caller_level=3)
         self.label_smoothing, self.inplace_backward = label_smoothing, inplace_backward
         self.z_loss, self.softcap, self.validate = z_loss, softcap, validate
 
@@ -536,7 +542,7 @@ class BCEWithLogitsLoss(torch.nn.Module):
         super().__init__()
         self.register_buffer("weight", weight)
         self.register_buffer("pos_weight", pos_weight)
-        self.reduction = _legacy_reduction(size_average, reduce, reduction)
+        self.reduction = _legacy_reduction(size_average, reduce, reduction, caller_level=3)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return binary_cross_entropy_with_logits(
@@ -551,7 +557,7 @@ class MSELoss(torch.nn.Module):
         self, size_average: bool | None = None, reduce: bool | None = None, reduction: str = "mean"
     ) -> None:
         super().__init__()
-        self.reduction = _legacy_reduction(size_average, reduce, reduction)
+        self.reduction = _legacy_reduction(size_average, reduce, reduction, caller_level=3)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return mse_loss(input, target, reduction=self.reduction)

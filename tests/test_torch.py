@@ -642,6 +642,11 @@ def _loss_cases():
             lambda x, y: F.binary_cross_entropy_with_logits(x, y, w, pos_weight=pw),
             values,
         ),
+        (
+            lambda x, y: gkt.cross_entropy(1 * x, y, w, inplace_backward=True),
+            lambda x, y: F.cross_entropy(x, y, w),
+            labels,
+        ),  # (traced as inplace_backward=False: the JIT cannot record the in-place function)
         (gkt.mse_loss, F.mse_loss, values),
         (gkt.HuberLoss(delta=0.5), torch.nn.HuberLoss(delta=0.5), values),
         (
@@ -729,6 +734,14 @@ def test_fx_symbolic_trace_keeps_the_losses_as_calls():
     for got in (loss_and_grads(graph_module), loss_and_grads(model)):
         for g, w in zip(got, want, strict=True):
             close(g, w, torch.float64)
+
+    class Sharded(torch.nn.Module):  # recorded only: running it needs a process group
+        def forward(self, shard, labels):
+            return gkt.vocab_parallel_cross_entropy(shard, labels, reduction="sum")
+
+    graph = torch.fx.symbolic_trace(Sharded()).graph
+    called = [n.target.__name__ for n in graph.nodes if n.op == "call_function"]
+    assert called == ["vocab_parallel_cross_entropy"]
 
 
 def test_fake_tensors_get_the_fake_implementations():
@@ -912,7 +925,8 @@ def test_arguments_are_refused_by_name():
 
 def test_pytorch_positions_and_deprecated_reductions():
     """Positional calls as PyTorch takes them, its deprecated ``size_average`` and ``reduce``
-    slots included, give PyTorch's loss (the deprecated arguments with its warning)."""
+    slots included, give PyTorch's loss (the deprecated arguments with its warning, at the
+    caller's line)."""
     gen = torch.Generator().manual_seed(12)
     x, labels, weight = ce_case(gen, torch.float64)
     y = torch.rand(13, 7, generator=gen, dtype=torch.float64)
@@ -932,10 +946,12 @@ def test_pytorch_positions_and_deprecated_reductions():
     for mine, ref, args in cases:
         close(mine(x, *args), ref(x, *args), torch.float64)
     for size_average, reduce in legacy:
-        with pytest.warns(UserWarning, match="deprecated"):
+        with pytest.warns(UserWarning, match="deprecated") as function_warning:
             got = gkt.cross_entropy(x, labels, None, size_average, -100, reduce)
-        with pytest.warns(UserWarning, match="deprecated"):
+        with pytest.warns(UserWarning, match="deprecated") as module_warning:
             module = gkt.MSELoss(size_average, reduce)
+        # the warnings name the caller's line, as PyTorch's do
+        assert function_warning[0].filename == module_warning[0].filename == __file__
         with pytest.warns(UserWarning):
             want = F.cross_entropy(x, labels, None, size_average, -100, reduce)
         with pytest.warns(UserWarning):
