@@ -15,7 +15,9 @@
 #   compile, a NumPy below 2.5 carried in .whl/numpy/ is put first on the path.
 # - the direct launch (gpukernels/cuda/_direct.py) against this image's numba-cuda: its
 #   parameters against the PTX, its host side, its bits against Numba's launch on the GPU.
-#   If any fails, everything runs through Numba's launch (the verdict is kept in /tmp).
+#   If any fails, everything runs through Numba's launch (the verdict is kept in /tmp, for
+#   the same _direct.py). A stage exits non-zero where a check, the tests or a benchmark
+#   failed; `all` runs the benchmark also after failed tests.
 # Wheels in .whl/ (ignored by git; the device call names it in `carry`) go to /tmp/site:
 # Liger-Kernel's for the CE comparison (pip download --no-deps liger-kernel; it needs only
 # torch and triton). QuACK cannot travel: its nvidia-cutlass-dsl-libs-cu13 wheel alone is
@@ -23,10 +25,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:-all}
+usage="usage: $0 [tests|bench|all] [benchmark arguments]"
 case $stage in
   tests | bench | all) shift ;;
+  -h | --help) echo "$usage"; exit 0 ;;
   -*) stage=all ;;  # the earlier form: benchmark arguments only
-  *) echo "usage: $0 [tests|bench|all] [benchmark arguments]" >&2; exit 2 ;;
+  *) echo "$usage" >&2; exit 2 ;;
 esac
 export NUMBA_ENABLE_CUDASIM=0 PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
@@ -42,7 +46,8 @@ fi
 dest=${OUT:-benchmarks/results}
 mkdir -p "$dest"
 log="$dest/gpu-run-$stage.log"
-verdict=/tmp/gpukernels-launch  # "direct" or "numba", from the first stage on this machine
+# "direct" or "numba", from the first stage on this machine with this _direct.py
+verdict=/tmp/gpukernels-launch-$(cksum <gpukernels/cuda/_direct.py | cut -d" " -f1)
 
 compiles() {  # whether numba-cuda compiles a trivial kernel to PTX here
   "$PY" - <<'EOF'
@@ -63,15 +68,17 @@ print(f"numba {numba.__version__} compiles kernels beside NumPy {numpy.__version
 EOF
 }
 
-checks() {
+checks() {  # fails where no kernel compiles: then nothing else can run
   echo "== $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-  if ! compiles && compgen -G ".whl/numpy/*.whl" >/dev/null; then
+  if ! compiles; then
+    compgen -G ".whl/numpy/*.whl" >/dev/null || return 1
     echo "== NumPy from .whl/numpy/ first on the path"
     pip_target /tmp/numpy .whl/numpy/*.whl && export PYTHONPATH="/tmp/numpy:$PYTHONPATH"
-    compiles
+    compiles || return 1
   fi
-  "$PY" -m pip list 2>/dev/null | grep -iE "^(numpy|numba|numba-cuda|cuda-core|cupy|torch|jax|triton|liger) "
+  "$PY" -m pip list 2>/dev/null |
+    grep -iE "^(numpy|numba|numba-cuda|cuda-core|cupy[-a-z0-9]*|torch|jax|triton|liger[-_]kernel) "
   "$PY" -m gpukernels info
   if [ ! -s "$verdict" ]; then
     echo "== direct launch checks"
@@ -91,30 +98,42 @@ checks() {
 }
 
 tests() {
-  local skip=()
+  local skip=() rc
   [ "$launch" = numba ] && skip=(-k "not launches_agree")
   echo "== pytest -m gpu"
   "$PY" -m pytest -q -m gpu -p no:cacheprovider "${skip[@]}" tests
-  echo "pytest exit: $?"
+  rc=$?
+  echo "pytest exit: $rc"
+  return $rc
 }
 
 bench() {
+  local rc again=0
   echo "== python -m benchmarks --backend cuda $*"
   "$PY" -m benchmarks --backend cuda --out "$dest" "$@"
-  echo "bench exit: $?"
+  rc=$?
+  echo "bench exit: $rc"
   if [ "$launch" = direct ]; then
     echo "== the small calls again through Numba's launch"
     GPUKERNELS_CUDA_LAUNCH=numba "$PY" -m benchmarks --backend cuda --ops overhead,reduce \
       --sizes small --out "$dest/numba-launch" "$@"
-    echo "bench exit: $?"
+    again=$?
+    echo "bench exit: $again"
   fi
+  return $((rc || again))
 }
 
-{
-  checks
+run_stage() {
+  checks || return
   case $stage in
     tests) tests ;;
     bench) bench "$@" ;;
-    all) tests && bench "$@" ;;
+    all)
+      tests
+      local failed=$?
+      bench "$@" && return $failed
+      ;;
   esac
-} 2>&1 | tee "$log"
+}
+
+run_stage "$@" 2>&1 | tee "$log"  # the script's status: the stage's (pipefail)
