@@ -118,7 +118,8 @@ def merge_shard_stats(a, b):
     xp = call.xp
     m = xp.maximum(a[:, 0], b[:, 0])
     safe = xp.where(xp.isneginf(m), 0, m)  # two empty shards: exp(-inf - -inf) would be NaN
-    with np.errstate(invalid="ignore"):  # +inf and -inf give NaN, as the whole row's CE does
+    # +inf and -inf give NaN, as the whole row's CE does; a logit sum past the range is inf
+    with np.errstate(invalid="ignore", over="ignore"):
         merged = a + b
         merged[:, 0] = m
         merged[:, 1] = a[:, 1] * xp.exp(a[:, 0] - safe) + b[:, 1] * xp.exp(b[:, 0] - safe)

@@ -3,6 +3,8 @@ gk.shard_loss_and_grad): rows split by columns into uneven shards (one a single 
 empty, some holding no target) give the loss and gradient of the whole rows, against
 PyTorch's cross_entropy written out with z-loss and softcap, on both backends."""
 
+import warnings
+
 import numpy as np
 import pytest
 from _refs import FLOATS, assert_close, loss_dtype, torch_cross_entropy_loss
@@ -111,6 +113,19 @@ def test_extreme_logits_give_the_whole_rows(backend, dtype):
     grad = np.concatenate([g for _, g in parts], axis=1)
     assert np.isnan(grad[4]).all()
     assert_close(grad[:4], want_grad[:4], dtype, what="grad")
+
+
+def test_merged_logit_sums_past_the_range_are_inf_without_a_warning(cpu_backend):
+    """Two shards' logit sums whose total passes float32's range merge to inf (documented:
+    a smoothed loss is then -inf), as CuPy's addition gives it: NumPy's overflow warning is
+    not passed on."""
+    big = np.finfo(np.float32).max * 0.75
+    a = gk.shard_stats(np.full((1, 2), big / 2, np.float32), np.array([0]), class_start=0)
+    b = gk.shard_stats(np.full((1, 2), big / 2, np.float32), np.array([0]), class_start=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        merged = gk.merge_shard_stats(a, b)
+    assert merged[0, 3] == np.inf and np.isfinite(merged[0, :3]).all()
 
 
 def test_a_row_of_minus_inf_is_nan_on_both_cpu_paths(cpu_backend, monkeypatch):

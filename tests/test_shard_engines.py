@@ -173,6 +173,9 @@ def test_dask_errors(cpu_backend, gkd):
         gkd.softmax_cross_entropy(logits, y, grad_output=np.ones(N))
     with pytest.raises(ValueError, match="softcap"):  # while the graph is built
         gkd.softmax_cross_entropy(logits.astype(np.float32), y, softcap=1e39)
+    no_classes = da.zeros((N, 0), chunks=(N, 1))
+    with pytest.raises(ValueError, match="at least one class"):  # as the whole rows refuse it
+        gkd.softmax_cross_entropy(no_classes, np.full(N, -100))
     with pytest.raises(TypeError, match="logits must be a dask array, .* got list"):
         gkd.softmax_cross_entropy(z.tolist(), y)
     with pytest.raises(TypeError, match="target must be a dask array, .* got list"):
