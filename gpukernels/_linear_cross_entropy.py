@@ -125,15 +125,16 @@ def _linear_cross_entropy(
     validate: bool = True,
     headroom: float = 1.0,
 ):
-    """:func:`linear_cross_entropy`'s results and the headroom its weight and bias gradients
-    kept, a ``(2,)`` array.
+    """:func:`linear_cross_entropy`'s results and the headroom its input, weight and bias
+    gradients kept, a ``(3,)`` array.
 
     The gradients are computed times ``headroom``, a power of two (for ``gpukernels.torch``'s
-    float16 means, see ``_torch_ops.float16_headroom``), besides ``grad_output``. The input
-    gradient keeps all of it: its rows are ``1/N`` of the loss's. The weight and bias
-    gradients are sums over the rows, and all of it could take them past float16's range:
-    each keeps the largest part of it that leaves its entries below ``2^15``
-    (:func:`_fit_headroom`)."""
+    float16 means, see ``_torch_ops.float16_headroom``), besides ``grad_output``. All of it
+    could take them past float16's range (the weight and bias gradients are sums over the
+    rows; the input gradient's rows are larger than ``1/N`` of the loss's where few rows
+    take part, or where the weights are large): each keeps the largest part of it that
+    leaves its entries below ``2^15`` (:func:`_fit_headroom`), the input gradient
+    accumulated in the accumulation dtype until then."""
     call = _ARGUMENTS.call(input, linear_weight, target, linear_bias, weight, grad_output)
     x, w_lin, target, bias, weight, grad_output = call.arrays
     dtype = _validate.float_array("input", x)
@@ -181,7 +182,7 @@ def _linear_cross_entropy(
     every_row = int(rows.shape[0]) == n  # then chunks are slices: views, no gathers
     chunk = chunk_size or _default_chunk(xp, v, np.dtype(compute).itemsize)
 
-    grad_x = xp.zeros((n, h), dtype)
+    grad_x = xp.zeros((n, h), dtype if headroom == 1.0 else acc)  # acc: fitted, then cast
     count = int(rows.shape[0])
     # the first chunk's product is written into grad_w; with no chunk it stays 0
     grad_w = xp.empty((v, h), acc) if count else xp.zeros((v, h), acc)
@@ -209,7 +210,7 @@ def _linear_cross_entropy(
             out=logits,
             validate=False,
         )
-        grad_x[idx] = (g @ w_c).astype(dtype, copy=False)
+        grad_x[idx] = (g @ w_c).astype(grad_x.dtype, copy=False)
         g_acc, x_acc = g.T.astype(acc, copy=False), x_c.astype(acc, copy=False)
         if start == 0:  # no (V, H) temporary to add
             xp.matmul(g_acc, x_acc, out=grad_w)
@@ -229,11 +230,12 @@ def _linear_cross_entropy(
         if reduction == "mean":
             loss = safe_divide(xp, loss, divisor)
         loss = xp.asarray(loss, dtype=acc)
-    kept = xp.full(2, headroom, acc)
+    kept = xp.full(3, headroom, acc)
     if headroom != 1.0:
-        for k, grad in enumerate((grad_w, grad_b)):
+        for k, grad in enumerate((grad_x, grad_w, grad_b)):
             if grad is not None:
                 kept[k] = _fit_headroom(xp, grad, headroom)
+    grad_x = grad_x.astype(dtype, copy=False)
     grad_w = grad_w.astype(w_lin.dtype, copy=False)
     grad_b = None if grad_b is None else grad_b.astype(bias.dtype, copy=False)
     return loss, grad_x, grad_w, grad_b, kept

@@ -242,7 +242,7 @@ def linear_cross_entropy_op(
         headroom=headroom,
     )
     # a custom op returns tensors only: no bias, no bias gradient (an empty one); kept: the
-    # headroom the weight and bias gradients kept
+    # headroom the input, weight and bias gradients kept
     return loss, grad_x, grad_w, input.new_empty(0) if grad_b is None else grad_b, kept
 
 
@@ -255,7 +255,7 @@ def _(input, linear_weight, target, linear_bias, weight, reduction, *rest):
         input.new_empty(input.shape),
         linear_weight.new_empty(linear_weight.shape),
         grad_b,
-        _loss_like(input, (2,)),
+        _loss_like(input, (3,)),
     )
 
 

@@ -155,7 +155,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, input, linear_weight, linear_bias, target, weight, headroom, options):
         reduction = options[0]
         # the gradients times headroom (see float16_headroom): a float16 mean's stay normal
-        # numbers; the weight and bias gradients keep as much of it as float16 holds (kept)
+        # numbers; each keeps as much of it as float16 holds (kept: input, weight, bias)
         loss, grad_x, grad_w, grad_b, kept = run(
             linear_cross_entropy_op,
             input,
@@ -193,13 +193,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 1.0,
             )
         else:
-            grad_x, grad_w, grad_b, kept = ctx.saved_tensors
-            grad_x = scaled(grad_x, grad_loss, False, None, ctx.headroom)
+            *grads, kept = ctx.saved_tensors
             if ctx.headroom != 1.0:  # the headroom each kept, divided out on the device
-                grad_w = scaled(grad_w, grad_loss / kept[0], False, False)
-                grad_b = scaled(grad_b, grad_loss / kept[1], False, False)
+                pairs = zip(grads, kept, strict=True)
+                grads = [scaled(g, grad_loss / k, False, False) for g, k in pairs]
             else:
-                grad_w, grad_b = (scaled(g, grad_loss, False) for g in (grad_w, grad_b))
+                grads = [scaled(g, grad_loss, False) for g in grads]
+            grad_x, grad_w, grad_b = grads
         return grad_x, grad_w, grad_b if ctx.has_bias else None, None, None, None, None
 
 

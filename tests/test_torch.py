@@ -395,6 +395,34 @@ def test_float16_mean_keeps_large_weight_gradients_finite():
         torch.testing.assert_close(a.grad.double(), c.grad, rtol=2**-9, atol=atol)
 
 
+@pytest.mark.parametrize("case", ["one row of 2^15 taking part", "large weights"])
+def test_float16_mean_keeps_large_input_gradients_finite(case):
+    """The input gradient of a float16 mean, times the headroom, overflowed where few rows
+    take part (a row's gradient is then far more than 1/N of the loss's) or where the
+    weights are large: inf where PyTorch's and float64 maths are finite. It keeps only what
+    float16 holds, as the weight and bias gradients do."""
+    gen = torch.Generator().manual_seed(8)
+    if case == "large weights":
+        x = torch.full((2, 1), 0.01).half()
+        w = torch.tensor([[4e4], [-4e4]]).half()
+        y = torch.tensor([1, 1])
+    else:
+        x = (0.5 * torch.randn(2**15, 16, generator=gen)).half()
+        w = (3 * torch.randn(100, 16, generator=gen)).half()
+        y = torch.full((2**15,), -100)
+        y[0] = 3
+    got = [a.clone().requires_grad_() for a in (x, w)]
+    gkt.linear_cross_entropy(*got, y).backward()
+    want = [a.double().requires_grad_() for a in (x, w)]
+    F.cross_entropy(want[0] @ want[1].T, y).backward()
+    headroom = min(2 ** (y.shape[0].bit_length() - 1), 2**15)  # float16_headroom's
+    assert want[0].grad.abs().max() * headroom > 65504  # times all of it: past float16
+    for a, c in zip(got, want, strict=True):
+        assert torch.isfinite(a.grad).all()
+        atol = max(2**-9 * c.grad.abs().max(), 2**-24)
+        torch.testing.assert_close(a.grad.double(), c.grad, rtol=2**-9, atol=atol)
+
+
 # ----------------------------------------------------------------------- in place
 
 
