@@ -124,9 +124,12 @@ def _linear_cross_entropy(
     chunk_size: int | None = None,
     validate: bool = True,
     headroom: float = 1.0,
+    gradients: bool = True,
 ):
     """:func:`linear_cross_entropy`'s results and the headroom its input, weight and bias
-    gradients kept, a ``(3,)`` array.
+    gradients kept, a ``(3,)`` array; with ``gradients=False`` the loss alone (the
+    gradients ``None``: no product but the logits', as ``gpukernels.torch``'s ``"none"``
+    forward pass needs).
 
     The gradients are computed times ``headroom``, a power of two (for ``gpukernels.torch``'s
     float16 means, see ``_torch_ops.float16_headroom``), besides ``grad_output``. All of it
@@ -182,11 +185,13 @@ def _linear_cross_entropy(
     every_row = int(rows.shape[0]) == n  # then chunks are slices: views, no gathers
     chunk = chunk_size or _default_chunk(xp, v, np.dtype(compute).itemsize)
 
-    grad_x = xp.zeros((n, h), dtype if headroom == 1.0 else acc)  # acc: fitted, then cast
     count = int(rows.shape[0])
-    # the first chunk's product is written into grad_w; with no chunk it stays 0
-    grad_w = xp.empty((v, h), acc) if count else xp.zeros((v, h), acc)
-    grad_b = None if bias is None else xp.zeros(v, acc)
+    grad_x = grad_w = grad_b = None
+    if gradients:
+        grad_x = xp.zeros((n, h), dtype if headroom == 1.0 else acc)  # acc: fitted, then cast
+        # the first chunk's product is written into grad_w; with no chunk it stays 0
+        grad_w = xp.empty((v, h), acc) if count else xp.zeros((v, h), acc)
+        grad_b = None if bias is None else xp.zeros(v, acc)
     row_loss = xp.zeros(n, acc) if reduction == "none" else None
     sums = []
     buffer = xp.empty((min(chunk, count), v), compute)  # every chunk's logits, in turn
@@ -210,14 +215,15 @@ def _linear_cross_entropy(
             out=logits,
             validate=False,
         )
-        grad_x[idx] = (g @ w_c).astype(grad_x.dtype, copy=False)
-        g_acc, x_acc = g.T.astype(acc, copy=False), x_c.astype(acc, copy=False)
-        if start == 0:  # no (V, H) temporary to add
-            xp.matmul(g_acc, x_acc, out=grad_w)
-        else:
-            grad_w += g_acc @ x_acc
-        if grad_b is not None:
-            grad_b += g.sum(axis=0, dtype=acc)
+        if gradients:
+            grad_x[idx] = (g @ w_c).astype(grad_x.dtype, copy=False)
+            g_acc, x_acc = g.T.astype(acc, copy=False), x_c.astype(acc, copy=False)
+            if start == 0:  # no (V, H) temporary to add
+                xp.matmul(g_acc, x_acc, out=grad_w)
+            else:
+                grad_w += g_acc @ x_acc
+            if grad_b is not None:
+                grad_b += g.sum(axis=0, dtype=acc)
         if row_loss is None:
             sums.append(loss_c)
         else:
@@ -231,6 +237,8 @@ def _linear_cross_entropy(
             loss = safe_divide(xp, loss, divisor)
         loss = xp.asarray(loss, dtype=acc)
     kept = xp.full(3, headroom, acc)
+    if not gradients:
+        return loss, None, None, None, kept
     if headroom != 1.0:
         for k, grad in enumerate((grad_x, grad_w, grad_b)):
             if grad is not None:

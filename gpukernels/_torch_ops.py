@@ -224,6 +224,7 @@ def linear_cross_entropy_op(
     validate: bool,
     grad_output: Tensor | None,
     headroom: float,
+    gradients: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     loss, grad_x, grad_w, grad_b, kept = headroom_linear_cross_entropy(
         input,
@@ -240,23 +241,23 @@ def linear_cross_entropy_op(
         chunk_size=chunk_size,
         validate=validate,
         headroom=headroom,
+        gradients=gradients,
     )
-    # a custom op returns tensors only: no bias, no bias gradient (an empty one); kept: the
-    # headroom the input, weight and bias gradients kept
-    return loss, grad_x, grad_w, input.new_empty(0) if grad_b is None else grad_b, kept
+    # a custom op returns tensors only: a gradient not computed (no bias; gradients=False)
+    # is an empty one; kept: the headroom the input, weight and bias gradients kept
+    grads = [input.new_empty(0) if g is None else g for g in (grad_x, grad_w, grad_b)]
+    return loss, *grads, kept
 
 
 @linear_cross_entropy_op.register_fake
 def _(input, linear_weight, target, linear_bias, weight, reduction, *rest):
+    gradients = rest[-1]
     shape = (input.shape[0],) if reduction == "none" else ()
-    grad_b = input.new_empty(0) if linear_bias is None else linear_bias.new_empty(linear_bias.shape)
-    return (
-        _loss_like(input, shape),
-        input.new_empty(input.shape),
-        linear_weight.new_empty(linear_weight.shape),
-        grad_b,
-        _loss_like(input, (3,)),
-    )
+    like = [input, linear_weight, linear_bias]
+    if not gradients:
+        like = [None] * 3
+    grads = [input.new_empty(0) if t is None else t.new_empty(t.shape) for t in like]
+    return _loss_like(input, shape), *grads, _loss_like(input, (3,))
 
 
 def as_grad_output(grad_scale: float) -> float | None:

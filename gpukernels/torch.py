@@ -149,11 +149,15 @@ class _FusedLossInPlace(torch.autograd.Function):
 class _LinearCrossEntropy(torch.autograd.Function):
     """The fused output layer: the gradients come from the forward pass (``"mean"`` and
     ``"sum"``: scaled in backward). With ``"none"`` the per-row upstream gradient must enter
-    before the matrix products, so backward runs the chunks again with it."""
+    before the matrix products, so the forward pass computes the loss alone and backward
+    runs the chunks again with it; so does a forward pass that no backward can follow
+    (``torch.no_grad()``, or nothing requiring grad): one matrix product a chunk, not
+    three."""
 
     @staticmethod
     def forward(ctx, input, linear_weight, linear_bias, target, weight, headroom, options):
         reduction = options[0]
+        differentiated = any(ctx.needs_input_grad[:3])
         # the gradients times headroom (see float16_headroom): a float16 mean's stay normal
         # numbers; each keeps as much of it as float16 holds (kept: input, weight, bias)
         loss, grad_x, grad_w, grad_b, kept = run(
@@ -166,6 +170,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             *options,
             None,  # no upstream gradient yet
             headroom,
+            differentiated and reduction != "none",  # "none": backward computes them
         )
         ctx.has_bias, ctx.reduction, ctx.options = linear_bias is not None, reduction, options
         ctx.headroom = headroom
@@ -191,6 +196,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 False,  # the forward pass checked the class indices (or was told not to)
                 grad_loss,
                 1.0,
+                True,
             )
         else:
             *grads, kept = ctx.saved_tensors

@@ -395,6 +395,46 @@ def test_float16_mean_keeps_large_weight_gradients_finite():
         torch.testing.assert_close(a.grad.double(), c.grad, rtol=2**-9, atol=atol)
 
 
+def test_linear_cross_entropy_computes_gradients_only_for_a_backward(monkeypatch):
+    """The gradients (two matrix products a chunk) are computed in the forward pass only
+    where its backward uses them: not for ``"none"`` (backward computes them with the
+    per-row upstream gradient), nor where no backward can follow. The results are
+    PyTorch's either way."""
+    from gpukernels import _torch_ops
+
+    asked = []
+    core = _torch_ops.headroom_linear_cross_entropy
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs["gradients"])
+        return core(*args, **kwargs)
+
+    monkeypatch.setattr(_torch_ops, "headroom_linear_cross_entropy", recording)
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(9, 4, generator=gen, dtype=torch.float64)
+    w = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 6, (9,), generator=gen)
+    want = F.cross_entropy(x @ w.T, y, reduction="none")
+    for reduction, grad, expected in [
+        ("mean", True, [True]),
+        ("none", True, [False, True]),  # forward, then backward
+        ("mean", False, [False]),
+        ("sum", None, [False]),  # under torch.no_grad()
+    ]:
+        asked.clear()
+        a = x.clone().requires_grad_(bool(grad))
+        with torch.set_grad_enabled(grad is not None):
+            loss = gkt.linear_cross_entropy(a, w, y, reduction=reduction)
+        if grad:
+            loss.sum().backward()
+            ref = x.clone().requires_grad_()
+            F.cross_entropy(ref @ w.T, y, reduction=reduction).sum().backward()
+            close(a.grad, ref.grad, torch.float64)
+        assert asked == expected
+        reduced = {"mean": want.mean(), "sum": want.sum(), "none": want}[reduction]
+        close(loss, reduced, torch.float64)
+
+
 @pytest.mark.parametrize("case", ["one row of 2^15 taking part", "large weights"])
 def test_float16_mean_keeps_large_input_gradients_finite(case):
     """The input gradient of a float16 mean, times the headroom, overflowed where few rows
