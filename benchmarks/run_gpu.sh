@@ -6,6 +6,8 @@
 #   bash benchmarks/run_gpu.sh bench [ARGS]     the checks, then the GPU benchmark (ARGS:
 #                                               python -m benchmarks's, e.g. --quick, --ops X)
 #   bash benchmarks/run_gpu.sh all [ARGS]       both, in one command
+# Where the tree travels without its history (no .git), GPUKERNELS_COMMIT=<hash> names the
+# commit for the log and the results file.
 # One device command may run 10 minutes: `tests` and `bench` are two calls, made one right
 # after the other so that the machine is still warm (what /tmp holds is kept then).
 #
@@ -69,7 +71,9 @@ EOF
 }
 
 checks() {  # fails where no kernel compiles: then nothing else can run
-  echo "== $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  local commit
+  commit=$(git rev-parse --short HEAD 2>/dev/null || echo "${GPUKERNELS_COMMIT:-unknown}")
+  echo "== $(date -u +%FT%TZ) commit $commit"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   if ! compiles; then
     compgen -G ".whl/numpy/*.whl" >/dev/null || return 1

@@ -100,7 +100,10 @@ def plan(dev: Device, ops: list[str], sizes: str | None, dtypes: list[str]) -> l
 
 
 def git_commit() -> str:
-    """``git rev-parse`` of the checkout (with ``-dirty`` for local changes), or ``unknown``."""
+    """``git rev-parse`` of the checkout (with ``-dirty`` for local changes); where git cannot
+    tell (a copy of the tree without its history, as a lent GPU machine gets),
+    ``$GPUKERNELS_COMMIT`` as the caller names it, else ``unknown``."""
+    told = os.environ.get("GPUKERNELS_COMMIT") or "unknown"
     try:
         head = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
@@ -109,7 +112,7 @@ def git_commit() -> str:
             timeout=10,
         )
         if head.returncode != 0:
-            return "unknown"
+            return told
         dirty = subprocess.run(
             ["git", "-C", str(ROOT), "status", "--porcelain"],
             capture_output=True,
@@ -117,7 +120,7 @@ def git_commit() -> str:
             timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return told
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 

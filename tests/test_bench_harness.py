@@ -87,3 +87,16 @@ def test_a_call_that_raises_gets_its_exception_and_the_others_go_on():
     assert isinstance(got[1], RuntimeError) and str(got[1]) == "b failed"
     assert [got[0].reps, got[2].reps] == [5, 5]
     assert sum(1 for n, _ in log if n == "b") == 3  # none after it raised
+
+
+def test_commit_named_where_git_cannot_tell(tmp_path, monkeypatch):
+    """A copy of the tree without its history (a lent GPU machine's) records the commit the
+    caller names in ``GPUKERNELS_COMMIT``, else ``unknown``."""
+    from benchmarks import runner
+
+    monkeypatch.setenv("GPUKERNELS_COMMIT", "abc1234")
+    monkeypatch.setattr(runner, "ROOT", tmp_path)  # no repository there
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert runner.git_commit() == "abc1234"
+    monkeypatch.delenv("GPUKERNELS_COMMIT")
+    assert runner.git_commit() == "unknown"
