@@ -161,8 +161,7 @@ def _linear_cross_entropy(
     label_smoothing = _validate.label_smoothing(label_smoothing)
     z_loss = _validate.z_loss(z_loss)
     chunk_size = _validate.chunk_size(chunk_size)
-    if v == 0 and n > 0:
-        raise ValueError("linear_weight must have at least one class (V >= 1)")
+    _validate.some_class("linear_weight", n, v, "V")
 
     xp, acc = call.xp, accumulation_dtype(dtype)
     _validate.cap_in_range("softcap", _validate.softcap(softcap), acc)

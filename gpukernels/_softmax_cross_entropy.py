@@ -101,8 +101,7 @@ def softmax_cross_entropy(
     class_indices = _validate.class_target(target, n, c, ignore_index)
     _validate.out_array(out, (n, c), dtype, call.library)
     _validate.grad_output(grad_output, reduction, (n,))
-    if c == 0 and n > 0:
-        raise ValueError("logits must have at least one class (C >= 1)")
+    _validate.some_class("logits", n, c, "C")
 
     xp, acc = call.xp, accumulation_dtype(dtype)
     _validate.cap_in_range("softcap", softcap, acc)

@@ -529,6 +529,12 @@ def label_smoothing(value) -> float:
     return value
 
 
+def some_class(name: str, rows: int, classes: int, symbol: str) -> None:
+    """Rows need at least one class to take a softmax over (no row: any width)."""
+    if classes == 0 and rows > 0:
+        raise ValueError(f"{name} must have at least one class ({symbol} >= 1)")
+
+
 def class_weight(weight, num_classes: int) -> None:
     if weight is None:
         return

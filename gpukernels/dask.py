@@ -105,8 +105,7 @@ def softmax_cross_entropy(
     if any(math.isnan(c) for axis in logits.chunks for c in axis):
         raise ValueError("logits has unknown chunk sizes: call logits.compute_chunk_sizes()")
     n, classes = logits.shape
-    if classes == 0 and n > 0:
-        raise ValueError("logits must have at least one class (V >= 1)")
+    _validate.some_class("logits", n, classes, "V")
     rows = logits.chunks[0]
     target = _rows(target, "target", n, rows)
     _validate.integer_labels("target", target)
