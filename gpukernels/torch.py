@@ -160,13 +160,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         differentiated = any(ctx.needs_input_grad[:3])
         # the gradients times headroom (see float16_headroom): a float16 mean's stay normal
         # numbers; each keeps as much of it as float16 holds (kept: input, weight, bias)
+        tensors = (input, linear_weight, target, linear_bias, weight)  # in the op's order
         loss, grad_x, grad_w, grad_b, kept = run(
             linear_cross_entropy_op,
-            input,
-            linear_weight,
-            target,
-            linear_bias,
-            weight,
+            *tensors,
             *options,
             None,  # no upstream gradient yet
             headroom,
@@ -174,8 +171,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         )
         ctx.has_bias, ctx.reduction, ctx.options = linear_bias is not None, reduction, options
         ctx.headroom = headroom
-        if reduction == "none":
-            ctx.save_for_backward(input, linear_weight, linear_bias, target, weight)
+        if reduction == "none":  # backward runs the op again
+            ctx.save_for_backward(*tensors)
         else:
             ctx.save_for_backward(grad_x, grad_w, grad_b, kept)
         return loss
@@ -184,14 +181,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         if ctx.reduction == "none":
             refuse_second_derivative()
-            input, linear_weight, linear_bias, target, weight = ctx.saved_tensors
             _, grad_x, grad_w, grad_b, _ = run(
                 linear_cross_entropy_op,
-                input,
-                linear_weight,
-                target,
-                linear_bias,
-                weight,
+                *ctx.saved_tensors,
                 *ctx.options[:-1],
                 False,  # the forward pass checked the class indices (or was told not to)
                 grad_loss,
