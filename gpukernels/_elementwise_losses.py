@@ -145,7 +145,7 @@ def bce_with_logits(
         w = flat_input(xp, xp.broadcast_to(w.astype(acc, copy=False), shape))
     if pw is not None:
         _validate.float_array("pos_weight", pw)
-        _validate.broadcastable("pos_weight", pw, shape or (1,))
+        _validate.broadcastable("pos_weight", pw, shape)
         pw = pw.astype(acc, copy=False)
         # one weight per class (along the last axis: the usual case) stays a vector the
         # kernel reads with period L; any other shape is spread over the logits, like weight

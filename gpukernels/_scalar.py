@@ -42,12 +42,14 @@ def bce_with_logits(z, y, pw):
 
     loss = (1 - y) z + lw softplus(-z), lw = 1 + (pw - 1) y, softplus(-z) = log1p(e) +
     max(-z, 0) with e = exp(-|z|); d loss / dz = lw sigma(z) - pw y (= sigma(z) - y for
-    pw = 1), formed without the cancellation of (1 - y) - lw sigma(-z).
+    pw = 1), formed without the cancellation of (1 - y) - lw sigma(-z). ``lw`` is 1 itself
+    where ``pw`` is 1 (no positive weight): ``0 * y`` would make an infinite target NaN
+    where the unweighted formula, as PyTorch's, gives an infinite loss and slope.
     """
     e = exp(-abs(z))
     r = ONE / (ONE + e)
     sig = r if z >= ZERO else e * r
-    lw = ONE + (pw - ONE) * y
+    lw = ONE if pw == ONE else ONE + (pw - ONE) * y
     loss = (ONE - y) * z + lw * (log1p(e) + max(-z, ZERO))
     return loss, lw * sig - pw * y
 

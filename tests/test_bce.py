@@ -169,6 +169,22 @@ def test_pos_weight_that_would_grow_the_logits(backend):
     z = np.zeros((3, 4), np.float32)
     with pytest.raises(ValueError, match=r"pos_weight of shape \(2, 3, 4\)"):
         gk.bce_with_logits(z, z, pos_weight=np.ones((2, 3, 4), np.float32))
+    z = np.zeros((), np.float32)  # PyTorch refuses (1,) for a 0-d input too
+    with pytest.raises(ValueError, match=r"pos_weight of shape \(1,\) does not broadcast to \(\)"):
+        gk.bce_with_logits(z, z, pos_weight=np.ones(1, np.float32))
+
+
+def test_pos_weight_of_a_0d_input(backend):
+    z, y = np.array(0.3, np.float32), np.array(0.8, np.float32)
+    pw = np.array(2.5, np.float32)
+    for reduction in REDUCTIONS:
+        check(
+            gk.bce_with_logits(z, y, pos_weight=pw, reduction=reduction),
+            z,
+            y,
+            pos_weight=pw,
+            reduction=reduction,
+        )
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -256,3 +272,20 @@ def test_nan_logit_gives_nan(backend, dtype):
     loss, grad = gk.bce_with_logits(z, y, reduction="none")
     np.testing.assert_array_equal(np.isnan(loss), np.isnan(z))
     np.testing.assert_array_equal(np.isnan(grad), np.isnan(z))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_infinite_target_without_pos_weight(backend, dtype):
+    """Without ``pos_weight`` an infinite target gives the unweighted formula's infinite loss
+    and slope (PyTorch's), not the NaN of ``(pos_weight - 1) * y = 0 * inf``."""
+    z = np.array([3.0, -3.0, 2.0, 0.5], dtype)
+    y = np.array([np.inf, np.inf, -np.inf, 0.25], dtype)
+    z64, y64 = z.astype(np.float64), y.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        expected_loss = (1 - y64) * z64 + np.logaddexp(0, -z64)
+        expected_grad = 1 / (1 + np.exp(-z64)) - y64
+    loss, grad = gk.bce_with_logits(z, y, reduction="none")
+    np.testing.assert_array_equal(np.isinf(loss), [True, True, True, False])
+    np.testing.assert_array_equal(np.sign(loss[:3]), np.sign(expected_loss[:3]))
+    np.testing.assert_array_equal(grad[:3], expected_grad[:3].astype(dtype))
+    assert_close(loss[3:], expected_loss[3:], loss_dtype(dtype), what="loss")
