@@ -213,12 +213,22 @@ def _on_tensors(fn, arguments: dict, array_names: tuple[str, ...], tensor: type)
 
 
 def _with_arrays(fn, arguments: dict, tensors: dict):
+    """``fn`` on the tensors' arrays, its arrays returned as tensors. An ``out`` tensor is
+    written behind autograd's back, as a kernel writing ``data_ptr`` is: its version counter
+    moves on (``torch.autograd.graph.increment_version``), as PyTorch's ``out=`` functions
+    move it, so that autograd refuses a backward that saved its old values. It moves on even
+    where ``fn`` raises, which may come after the write (``validate``)."""
     originals = {}
     for name, t in tensors.items():
         array = as_array(t, name)
         originals[id(array)] = t
         arguments[name] = array
-    result = fn(**arguments)
+    written = tensors.get("out")
+    try:
+        result = fn(**arguments)
+    finally:
+        if written is not None:
+            torch_module().autograd.graph.increment_version(written)
     if isinstance(result, tuple):
         return tuple([_back(r, originals) for r in result])
     return _back(result, originals)
@@ -258,6 +268,13 @@ def _tensor_arguments(arguments: dict, array_names: tuple[str, ...], tensor: typ
                 f"{name} is on {t.device} but {first_name} is on {first.device}: "
                 "pass tensors of one device"
             )
+    out = tensors.get("out")
+    if out is not None and out.requires_grad and torch_module().is_grad_enabled():
+        raise ValueError(
+            "out requires grad: the array-level functions write it without autograd (PyTorch "
+            "refuses out= arguments that require grad as well); pass a tensor that does not, "
+            "call under torch.no_grad(), or use the autograd losses of gpukernels.torch"
+        )
     return tensors
 
 

@@ -107,13 +107,9 @@ class _FusedLossInPlace(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, headroom, target, weight, options):
-        try:
-            loss = run(cross_entropy_inplace_op, input, target, weight, *options, headroom)
-        except Exception:
-            # input may be overwritten already (a class index out of range is found in the
-            # pass): its version moves on, so autograd refuses whatever saved the logits
-            torch.autograd.graph.increment_version(input)
-            raise
+        # (input's version moves on even where this raises after writing it, a class index
+        # out of range found in the pass: autograd refuses whatever saved the logits)
+        loss = run(cross_entropy_inplace_op, input, target, weight, *options, headroom)
         ctx.mark_dirty(input)
         ctx.save_for_backward(input)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None

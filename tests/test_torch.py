@@ -68,6 +68,41 @@ def test_out_tensor_is_written_in_place_without_a_copy():
     torch.testing.assert_close(logits, want)
 
 
+def test_out_tensor_moves_its_version_on():
+    """A backward that saved the old values of a tensor written as ``out`` raises autograd's
+    in-place error, as after PyTorch's own ``out=`` functions, rather than using the new ones;
+    the version moves on even where the call raises after writing (a bad class index)."""
+    x = torch.randn(4, 3, requires_grad=True)
+    saved = x * 1.0  # a non-leaf that sin saves for backward
+    y = torch.sin(saved).sum()
+    with torch.no_grad():
+        gk.sigmoid(torch.randn(4, 3), out=saved)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+    out = torch.zeros(2, 3)
+    version = out._version
+    with pytest.raises(ValueError, match="class index"):
+        gk.softmax_cross_entropy(torch.zeros(2, 3), torch.tensor([0, 7]), out=out)
+    assert out._version > version
+
+
+def test_out_tensor_that_requires_grad_is_refused_in_grad_mode():
+    """As PyTorch refuses ``out=`` arguments that require grad: the write would not be
+    recorded. Under ``torch.no_grad()`` it is written (as PyTorch's are)."""
+    logits, labels = torch.randn(3, 4), torch.tensor([0, 1, 3])
+    for out in (torch.empty(3, 4, requires_grad=True), torch.randn(3, 4, requires_grad=True) * 2):
+        with pytest.raises(ValueError, match="out requires grad"):
+            gk.softmax_cross_entropy(logits, labels, out=out)
+    x = torch.randn(3, 4, requires_grad=True) * 2
+    with pytest.raises(ValueError, match="out requires grad"):
+        gk.sigmoid(x, out=x)
+    leaf = torch.zeros(3, 4, requires_grad=True)
+    with torch.no_grad():
+        _, grad = gk.softmax_cross_entropy(logits, labels, out=leaf)
+    assert grad is leaf
+    torch.testing.assert_close(leaf.detach(), gk.softmax_cross_entropy(logits, labels)[1])
+
+
 def test_requires_grad_tensors_are_read_without_autograd():
     x = torch.randn(5, 3, requires_grad=True)
     y = gk.sigmoid(x)
