@@ -445,3 +445,21 @@ def test_term_tables_kept_per_stream():
     thread.join()
     assert mine is tables() and theirs[0] is not mine and mine is not second
     assert _composite_loss._stream_of(np) is None
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_fractional_class_index(backend):
+    """A class-index column must hold whole numbers: 1.5 is refused with ``validate=True``,
+    and with ``validate=False`` its row's loss is NaN and its gradient 0, as an index out of
+    range (not class 1)."""
+    pred = np.array([[0.5, 0.0, 1.0], [0.5, 0.0, 1.0]], np.float32)
+    target = np.array([[1.5], [2.0]], np.float32)
+    term = gk.LossTerm("softmax_cross_entropy", slice(0, 3), slice(0, 1))
+    with pytest.raises(ValueError, match=r"\btarget\b"):
+        gk.composite_loss(pred, target, [term])
+    loss, grad = gk.composite_loss(pred, target, [term], validate=False)
+    assert np.isnan(loss)
+    assert np.all(grad[0] == 0)
+    p = np.exp(pred[1].astype(np.float64))
+    p /= p.sum()
+    np.testing.assert_allclose(grad[1], (p - [0, 0, 1]) / 2, rtol=1e-6)  # a mean over 2 rows

@@ -203,6 +203,41 @@ def test_pair_sums_have_lane_sums_order(dtype, n, strided):
         assert got == (lane_order_sum(a, lanes), lane_order_sum(a * (m - z), lanes))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c", [1, 10, 37, 128, 129, 1000])
+def test_label_rows_sum_their_exponentials_in_the_documented_order(monkeypatch, dtype, c):
+    """The class-index path's sum of a row's ``e_c = exp(z_c - m)``, seen in its loss
+    ``(m - z_y) + log s`` and gradient ``(1 / s) e_c`` (``"none"``, no smoothing, weights or
+    z-loss): rows of at most ``FOLD_MAX`` classes left to right (folded four rows at a time,
+    plus a tail), longer ones in ``lane_sum``'s order. Exponentials spread over (0, 1], so
+    that another order shows in the bits of some rows. Serial, so that the rows go in one
+    block (the parallel path's tasks may take fewer than four rows each: same bits,
+    tests/test_cpu_paths.py)."""
+    import cpu_fallback
+    import gpukernels as gk
+    from cpu_fallback.reduce import LANE_VECTORS, LANES
+    from cpu_fallback.softmax_xent import FOLD_MAX
+
+    monkeypatch.setattr(cpu_fallback, "PARALLEL_MIN_WORK", 1 << 62)
+    rng = np.random.default_rng(c)
+    n = 43  # folds of four rows and a tail of three
+    z = (rng.standard_normal((n, c)) * 4).astype(dtype)
+    y = rng.integers(0, c, n)
+    loss, grad = gk.softmax_cross_entropy(z, y, reduction="none")
+    for i in range(n):
+        m = z[i].max()
+        e = _exp(z[i] - m)
+        if c <= FOLD_MAX:
+            s = e[0]
+            for v in e[1:]:
+                s = dtype(s + v)
+        else:
+            s = lane_order_sum(e, LANE_VECTORS * LANES)
+        assert loss[i] == (m - z[i, y[i]]) + _log(np.array([s]))[0], f"row {i}"
+        others = np.arange(c) != y[i]
+        np.testing.assert_array_equal(grad[i, others], (dtype(1) / s) * e[others])
+
+
 _SAME_BITS_SCRIPT = """
 import hashlib, numpy as np, gpukernels as gk
 rng = np.random.default_rng(0)

@@ -172,6 +172,8 @@ def test_shapes_that_do_not_match(backend, call, name):
         lambda: gk.softmax_cross_entropy(z(), labels(), reduction="none", grad_output=z((N + 1,))),
         lambda: gk.mse(z(), z(), reduction="none", grad_output=z((N, C + 1))),
         lambda: gk.bce_with_logits(z(), z(), reduction="none", grad_output=z((N,))),
+        lambda: gk.mse(z(), z(), grad_output=z((0,))),
+        lambda: gk.softmax_cross_entropy(z(), labels(), reduction="sum", grad_output=z((0,))),
     ],
 )
 def test_grad_output_of_the_wrong_shape(backend, call):
@@ -213,6 +215,17 @@ def test_class_index_out_of_range(backend, bad):
     target[1] = bad
     with pytest.raises(ValueError, match=r"\btarget\b"):
         gk.softmax_cross_entropy(z(), target)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_class_index_error_names_the_first_bad_row(backend, reduction):
+    """Every row from 5 on is out of range (row 2 ignored): the message names row 5, the
+    first, though each thread or task of the scan meets several."""
+    n = 300  # more than a tile of rows
+    target = np.full(n, C, np.int64)
+    target[:5] = [0, 1, -100, 3, 2]
+    with pytest.raises(ValueError, match=r"class index 4 at row 5,"):
+        gk.softmax_cross_entropy(z((n, C)), target, reduction=reduction)
 
 
 def test_class_index_out_of_range_in_composite(backend):
