@@ -68,6 +68,17 @@ def test_out_tensor_is_written_in_place_without_a_copy():
     torch.testing.assert_close(logits, want)
 
 
+def test_bfloat16_out_tensor_is_written_in_place():
+    gen = torch.Generator().manual_seed(3)
+    logits, labels, _ = ce_case(gen, torch.bfloat16)
+    want = gk.softmax_cross_entropy(logits, labels)[1]
+    out = torch.full_like(logits, float("nan"))
+    pointer = out.data_ptr()
+    _, grad = gk.softmax_cross_entropy(logits, labels, out=out)
+    assert grad is out and out.data_ptr() == pointer
+    assert torch.equal(out.view(torch.int16), want.view(torch.int16))
+
+
 def test_out_tensor_moves_its_version_on():
     """A backward that saved the old values of a tensor written as ``out`` raises autograd's
     in-place error, as after PyTorch's own ``out=`` functions, rather than using the new ones;
@@ -348,9 +359,34 @@ def test_second_derivative_raises():
         torch.autograd.grad(loss, x, create_graph=True)
     with pytest.raises(RuntimeError, match="once differentiable.*jvp"):
         torch.autograd.functional.jvp(lambda a: gkt.cross_entropy(a, labels), x, x)
+    w = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    for reduction in ("mean", "none"):  # "none" computes its gradients in backward
+        loss = gkt.linear_cross_entropy(x, w, labels, reduction=reduction).sum()
+        with pytest.raises(RuntimeError, match="once differentiable"):
+            torch.autograd.grad(loss, (x, w), create_graph=True)
 
 
 # ----------------------------------------------------------------------- float16 loss scaling
+
+
+def test_float16_headroom_is_the_largest_power_of_two_up_to_the_count():
+    """The power of two a float16 mean's gradient is computed multiplied by: 2^floor(log2 N),
+    at most 2^15; 1 for other reductions and dtypes (a sum's gradients are not small)."""
+    from gpukernels._torch_ops import float16_headroom
+
+    x16, x32 = torch.zeros(1, dtype=torch.float16), torch.zeros(1)
+    for count, power in (
+        (1, 1),
+        (2, 2),
+        (4095, 2048),
+        (4096, 4096),
+        (2**15, 2**15),
+        (10**6, 2**15),
+    ):
+        assert float16_headroom(x16, "mean", count) == power, count
+    for reduction in ("sum", "none"):
+        assert float16_headroom(x16, reduction, 4096) == 1.0
+    assert float16_headroom(x32, "mean", 4096) == 1.0
 
 
 def _float16_case(case, gen):
@@ -958,6 +994,8 @@ def test_backend_of_a_tensor_and_unsupported_devices():
         gk.sigmoid(meta)
     with pytest.raises(TypeError, match="meta"):
         gk.backend(meta)
+    with pytest.raises(TypeError, match="meta"):  # beside a CPU tensor
+        gk.mse(torch.ones(3), meta)
 
 
 @pytest.mark.parametrize(
@@ -991,6 +1029,11 @@ def test_targets_that_require_grad_are_refused():
         with pytest.raises(RuntimeError, match="target"):
             call()
     gkt.mse_loss(x, t.detach()).backward()  # detached: fine
+    weights = torch.rand(4, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"\bweight\b"):
+        gkt.cross_entropy(x, torch.tensor([0, 1, 2]), weights)
+    with pytest.raises(RuntimeError, match=r"\bpos_weight\b"):
+        gkt.binary_cross_entropy_with_logits(x, t.detach(), pos_weight=weights)
 
 
 def test_arguments_are_refused_by_name():
@@ -1055,6 +1098,10 @@ def test_pytorch_positions_and_deprecated_reductions():
             module = gkt.MSELoss(size_average, reduce)
         # the warnings name the caller's line, as PyTorch's do
         assert function_warning[0].filename == module_warning[0].filename == __file__
+        for module_class in (gkt.CrossEntropyLoss, gkt.BCEWithLogitsLoss):
+            with pytest.warns(UserWarning, match="deprecated") as warning:
+                module_class(size_average=size_average, reduce=reduce)
+            assert warning[0].filename == __file__, module_class
         with pytest.warns(UserWarning):
             want = F.cross_entropy(x, labels, None, size_average, -100, reduce)
         with pytest.warns(UserWarning):
