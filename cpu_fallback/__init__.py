@@ -109,7 +109,7 @@ def load(a, i):
 
 @overload(load, inline="always")
 def _load_overload(a, i):
-    if a.dtype == types.uint16:
+    if holds_bits_type(a):
         return lambda a, i: bf16_value(a[i])
     return lambda a, i: a[i]
 
@@ -121,7 +121,7 @@ def put(a, i, x):
 
 @overload(put, inline="always")
 def _put_overload(a, i, x):
-    if a.dtype == types.uint16:
+    if holds_bits_type(a):
 
         def put_bits(a, i, x):
             a[i] = bf16_bits(x)
@@ -153,7 +153,7 @@ def rows_in(a, lo, rows, scratch):
 
 @overload(rows_in, inline="always")
 def _rows_in_overload(a, lo, rows, scratch):
-    if a.dtype != types.uint16:
+    if not holds_bits_type(a):
         return lambda a, lo, rows, scratch: (a, lo)
 
     def widened(a, lo, rows, scratch):
@@ -167,20 +167,22 @@ def _rows_in_overload(a, lo, rows, scratch):
 def rows_out(a, lo, scratch):
     """Where the 2-D ``a``'s rows from ``lo`` on are to be written, as ``(array, first row)``:
     ``(a, lo)``, or for bfloat16 bits ``(scratch, 0)``, float32 rows that
-    :func:`flush_rows` rounds into ``a``."""
+    :func:`flush_rows` rounds into ``a``. ``a`` may be ``None`` (no gradient wanted):
+    ``(None, lo)``."""
     return (scratch, 0) if holds_bits(a) else (a, lo)
 
 
 @overload(rows_out, inline="always")
 def _rows_out_overload(a, lo, scratch):
-    if a.dtype != types.uint16:
+    if not holds_bits_type(a):
         return lambda a, lo, scratch: (a, lo)
     return lambda a, lo, scratch: (scratch, 0)
 
 
 def flush_rows(scratch, a, lo, rows):
     """Round the rows :func:`rows_out` gave into ``a``'s rows ``lo:lo + rows`` when ``a`` is
-    bfloat16 bits (nothing to do otherwise: they were written in place)."""
+    bfloat16 bits (nothing to do otherwise: they were written in place, or ``a`` is
+    ``None``)."""
     if holds_bits(a):
         for r in range(rows):
             for c in range(a.shape[1]):
@@ -189,7 +191,7 @@ def flush_rows(scratch, a, lo, rows):
 
 @overload(flush_rows, inline="always")
 def _flush_rows_overload(scratch, a, lo, rows):
-    if a.dtype != types.uint16:
+    if not holds_bits_type(a):
         return lambda scratch, a, lo, rows: None
 
     def rounded(scratch, a, lo, rows):
@@ -203,14 +205,19 @@ def _flush_rows_overload(scratch, a, lo, rows):
 
 def holds_bits(a) -> bool:
     """Whether ``a`` is bfloat16 bits (``uint16``), which :func:`load` and :func:`put` convert;
-    a constant of the type in compiled code."""
-    return a.dtype == np.uint16
+    a constant of the type in compiled code (``False`` for ``None``)."""
+    return a is not None and a.dtype == np.uint16
 
 
 @overload(holds_bits, inline="always")
 def _holds_bits_overload(a):
-    bits = a.dtype == types.uint16
+    bits = holds_bits_type(a)
     return lambda a: bits
+
+
+def holds_bits_type(a: types.Type) -> bool:
+    """:func:`holds_bits` of the Numba type ``a``: an array of ``uint16``."""
+    return isinstance(a, types.Array) and a.dtype == types.uint16
 
 
 def per_task(n: int) -> int:

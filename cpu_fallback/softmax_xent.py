@@ -130,13 +130,16 @@ def _soft_sums(z, t, w, m, keep, eps_c):
 
 
 @njit(cache=CACHE)
-def _write_soft_grad(e, t, w, k_p, g, keep, eps_c, grad):
-    """grad_c = k_p e_c - g a_c."""
+def _write_soft_grad(e, t, w, k_p, g, keep, eps_c, grad, row):
+    """grad[row, c] = k_p e_c - g a_c (nothing where ``grad`` is None)."""
+    if grad is None:
+        return
+    out = grad[row]
     for c in range(e.shape[0]):
         a = keep * t[c] + eps_c
         if w.shape[0]:
             a *= w[c]
-        grad[c] = k_p * e[c] - g * a
+        out[c] = k_p * e[c] - g * a
 
 
 @njit(cache=CACHE, inline="always")
@@ -145,26 +148,19 @@ def valid_label(y, ignore_index, num_classes):
     return y != ignore_index and 0 <= y < num_classes
 
 
-@njit(cache=CACHE, inline="always")
-def skipped_row(y, ignore_index, grad):
-    """A row that takes no part: zero gradient; loss 0 if ignored, NaN if out of range
-    (whatever the upstream gradient: the loss does not depend on it)."""
-    grad[:] = 0
-    return ZERO if y == ignore_index else _NAN
-
-
 @njit(cache=CACHE)
 def label_rows(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, g_lo, row_loss):
     """Rows ``lo:lo + rows`` with class indices, from their logits ``z[z_lo + r]``,
     ``stats[:, r] = (m, s, log s)`` (the max, the sum of ``e[r] = exp(z[z_lo + r] - m)``, its
     log): row ``i = lo + r``'s loss into ``row_loss[i]`` and its gradient ``g (A' p - a)``
-    into ``grad[g_lo + r]``.
+    into ``grad[g_lo + r]`` (none where ``grad`` is None: the loss alone).
 
     ``labels[i]`` is the row's class index ``y``, ``w`` the class weights (empty: 1),
     ``scale`` ``(upstream, divisor, mean)`` (:func:`row_scale` gives ``g``) and ``args``
     ``(ignore_index, eps, eps_c, z_loss)``: the smoothing and ``eps / C``, the factor of
     ``lse^2``. An ignored row has loss 0, a ``y`` outside ``[0, C)`` NaN; both get a zero
-    gradient. Otherwise the loss is ``(1 - eps) w_y ((m - z_y) + log s) + eps_c sum_c w_c
+    gradient (whatever the upstream gradient: the loss does not depend on it). Otherwise
+    the loss is ``(1 - eps) w_y ((m - z_y) + log s) + eps_c sum_c w_c
     ((m - z_c) + log s) + z_loss lse^2`` with ``lse = m + log s``: ``m - z_y`` is exact for
     the large logits that matter, so no precision is lost to the magnitude of ``m``.
     ``A = (1 - eps) w_y + eps_c sum_c w_c``, ``A' = A + 2 z_loss lse`` and ``a_c = (1 - eps)
@@ -182,7 +178,9 @@ def label_rows(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, g_lo, 
         i, zi, gi = lo + r, z_lo + r, g_lo + r
         y, g = labels[i], row_scale(upstream, i, divisor, mean)
         if not valid_label(y, ignore_index, c):
-            row_loss[i] = skipped_row(y, ignore_index, grad[gi])
+            row_loss[i] = ZERO if y == ignore_index else _NAN
+            if grad is not None:
+                grad[gi] = 0
             continue
         m_r, log_s = stats[0, r], stats[2, r]
         w_y = w[y] if w.shape[0] else ONE
@@ -193,6 +191,9 @@ def label_rows(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, g_lo, 
             lse = m_r + log_s
             loss += z_loss * lse * lse
             a_sum += (z_loss + z_loss) * lse
+        row_loss[i] = loss  # the logits were read: grad may be them
+        if grad is None:
+            continue
         p_scale = a_sum / stats[1, r]
         k_p, k_w = g * p_scale, g * eps_c
         if weighted:
@@ -203,7 +204,6 @@ def label_rows(z, z_lo, labels, lo, rows, w, scale, args, stats, e, grad, g_lo, 
                 grad[gi, k] = k_p * e[r, k] - k_w
         # p_y - a_y formed in the accumulation dtype, rounded once into grad
         grad[gi, y] = g * (p_scale * e[r, y] - (keep * w_y + eps_c * w_y))
-        row_loss[i] = loss
 
 
 @njit(cache=CACHE)
@@ -318,6 +318,18 @@ def through_cap(zc, cap, grad):
         grad[c] *= ONE - r * r
 
 
+@njit(cache=CACHE)
+def rows_through_cap(zc, cap, grad, g_lo, rows, labels, lo, ignore_index):
+    """:func:`through_cap` of the capped rows ``zc[r]`` into ``grad[g_lo + r]``, ``r <
+    rows``, but for rows whose class index ``labels[lo + r]`` takes no part (their gradient
+    stays 0; ``labels`` None: every row takes part); nothing where ``grad`` is None."""
+    if grad is None:
+        return
+    for r in range(rows):
+        if labels is None or valid_label(labels[lo + r], ignore_index, zc.shape[1]):
+            through_cap(zc[r], cap, grad[g_lo + r])
+
+
 @njit(cache=CACHE, inline="always")
 def rows_a_block(c):
     """Rows a block of ``c`` classes: up to ``BLOCK_ROWS``, fewer for long rows, so that the
@@ -364,9 +376,8 @@ def _labels_kernel(
             z, z_lo = logit_rows(logits, lo, rows, cap, zc)
             out, out_lo = rows_out(grad, lo, gc)
             label_block(z, z_lo, labels, lo, rows, w, scale, args, stats, e, out, out_lo, row_loss)
-            for r in range(rows if cap > 0 else 0):  # a row left out keeps its zero gradient
-                if valid_label(labels[lo + r], ignore_index, c):
-                    through_cap(zc[r], cap, out[out_lo + r])
+            if cap > 0:
+                rows_through_cap(zc, cap, out, out_lo, rows, labels, lo, ignore_index)
             flush_rows(gc, grad, lo, rows)
     if reduction >= SUM:
         total = canonical_total(row_loss)
@@ -411,10 +422,11 @@ def _label_divisor(row_weight, rows, weighted):
 
 
 @njit(cache=CACHE, inline="always")
-def _soft_finish(t, w, g, keep, eps_c, z_loss, sums, m, s, log_s, e, grad):
+def _soft_finish(t, w, g, keep, eps_c, z_loss, sums, m, s, log_s, e, grad, row):
     """Loss of a row with class probabilities ``t``, from ``sums = (A, B)`` of
     :func:`_soft_sums`, its max ``m``, ``e = exp(z - m)``, ``s = sum e`` and ``log s``; writes
-    its gradient ``g (A' p - a)``, ``a_c = w_c (keep t_c + eps_c)``, ``A = sum_c a_c``,
+    its gradient into ``grad[row]`` (unless ``grad`` is None), ``g (A' p - a)``, ``a_c = w_c
+    (keep t_c + eps_c)``, ``A = sum_c a_c``,
     ``A' = A + 2 z_loss lse``. The loss is ``sum_c a_c ((m - z_c) + log s)`` (the gap sum
     ``B`` and ``A log s``) plus ``z_loss lse^2``."""
     a_sum, gap = sums
@@ -423,20 +435,20 @@ def _soft_finish(t, w, g, keep, eps_c, z_loss, sums, m, s, log_s, e, grad):
         lse = m + log_s
         loss += z_loss * lse * lse
         k_p += (z_loss + z_loss) * lse
-    _write_soft_grad(e, t, w, g * k_p / s, g, keep, eps_c, grad)
+    _write_soft_grad(e, t, w, g * k_p / s, g, keep, eps_c, grad, row)
     return loss
 
 
 @njit(cache=CACHE)
-def soft_row(z, t, w, g, keep, eps_c, z_loss, e, grad):
+def soft_row(z, t, w, g, keep, eps_c, z_loss, e, grad, row):
     """Loss of one (long) row ``z`` with class probabilities ``t``; its gradient into
-    ``grad`` (:func:`_soft_finish`), ``e`` scratch. The sums over ``z`` and ``t`` are taken
+    ``grad[row]`` (:func:`_soft_finish`), ``e`` scratch. The sums over ``z`` and ``t`` are taken
     right after the max, while a long row is still in L1."""
     m = _row_max(z)
     sums = _soft_sums(z, t, w, m, keep, eps_c)
     _exp_shifted(z, m, e)
     s = lane_sum(e)
-    return _soft_finish(t, w, g, keep, eps_c, z_loss, sums, m, s, math.log(s), e, grad)
+    return _soft_finish(t, w, g, keep, eps_c, z_loss, sums, m, s, math.log(s), e, grad, row)
 
 
 @njit(cache=CACHE)
@@ -453,7 +465,7 @@ def soft_rows(z, z_lo, t, t_lo, lo, rows, w, scale, args, stats, e, grad, g_lo, 
         g, t_r = row_scale(upstream, i, divisor, mean), t[t_lo + r]
         sums = _soft_sums(z[z_lo + r], t_r, w, m, keep, eps_c)
         row_loss[i] = _soft_finish(
-            t_r, w, g, keep, eps_c, z_loss, sums, m, s, log_s, e[r], grad[g_lo + r]
+            t_r, w, g, keep, eps_c, z_loss, sums, m, s, log_s, e[r], grad, g_lo + r
         )
 
 
@@ -472,7 +484,7 @@ def soft_block(z, z_lo, t, t_lo, lo, rows, w, scale, args, stats, e, grad, g_lo,
     for r in range(rows):
         g = row_scale(upstream, lo + r, divisor, mean)
         row_loss[lo + r] = soft_row(
-            z[z_lo + r], t[t_lo + r], w, g, keep, eps_c, z_loss, e[r], grad[g_lo + r]
+            z[z_lo + r], t[t_lo + r], w, g, keep, eps_c, z_loss, e[r], grad, g_lo + r
         )
 
 
@@ -507,8 +519,8 @@ def _probs_kernel(
                 soft_block(
                     z, z_lo, t, t_lo, lo, rows, w, scale, args, stats, e, out, out_lo, row_loss
                 )
-                for r in range(rows if cap > 0 else 0):
-                    through_cap(zc[r], cap, out[out_lo + r])
+                if cap > 0:
+                    rows_through_cap(zc, cap, out, out_lo, rows, None, lo, 0)
                 flush_rows(gc, grad, lo, rows)
         else:
             for i in range(b * chunk, hi):
@@ -517,12 +529,12 @@ def _probs_kernel(
                 out, out_lo = rows_out(grad, i, gc)
                 if cap > 0:
                     capped(logits[i], cap, zc[0])
-                    loss_i = soft_row(zc[0], t[t_lo], w, g, keep, eps_c, z_loss, e[0], out[out_lo])
-                    through_cap(zc[0], cap, out[out_lo])
+                    loss_i = soft_row(zc[0], t[t_lo], w, g, keep, eps_c, z_loss, e[0], out, out_lo)
+                    rows_through_cap(zc, cap, out, out_lo, 1, None, i, 0)
                 else:
                     z, z_lo = rows_in(logits, i, 1, zc)
                     loss_i = soft_row(
-                        z[z_lo], t[t_lo], w, g, keep, eps_c, z_loss, e[0], out[out_lo]
+                        z[z_lo], t[t_lo], w, g, keep, eps_c, z_loss, e[0], out, out_lo
                     )
                 flush_rows(gc, grad, i, 1)
                 row_loss[i] = loss_i
@@ -558,9 +570,9 @@ def softmax_xent_labels(
     reduction,
 ):
     """Fused CE with class indices and its reduction, in one compiled call (contract in
-    docs/BACKENDS.md); ``softcap`` 0 for none."""
+    docs/BACKENDS.md); ``softcap`` 0 for none, ``grad`` None for the loss alone."""
     n, c = logits.shape
-    buffer = output_view(grad)
+    buffer = gradient_view(grad)
     _labels_kernel(
         compute_view(logits),
         labels,
@@ -576,16 +588,17 @@ def softmax_xent_labels(
         work=logits.size,
         items=n,
     )
-    store(buffer, grad)
+    if grad is not None:
+        store(buffer, grad)
 
 
 def softmax_xent_probs(
     logits, target, weight, grad_scale, grad, row_loss, loss, smoothing, z_loss, softcap, reduction
 ):
     """Fused CE with class probabilities and its reduction, in one compiled call (contract
-    in docs/BACKENDS.md); ``softcap`` 0 for none."""
+    in docs/BACKENDS.md); ``softcap`` 0 for none, ``grad`` None for the loss alone."""
     n, c = logits.shape
-    buffer = output_view(grad)
+    buffer = gradient_view(grad)
     target = compute_view(target)  # bfloat16 as its bits, widened as the kernel reads them
     _probs_kernel(
         compute_view(logits),
@@ -603,4 +616,11 @@ def softmax_xent_probs(
         work=logits.size,
         items=n,
     )
-    store(buffer, grad)
+    if grad is not None:
+        store(buffer, grad)
+
+
+def gradient_view(grad: np.ndarray | None) -> np.ndarray | None:
+    """:func:`output_view` of a gradient, or ``None`` where none is wanted (the kernels then
+    compute the loss alone)."""
+    return None if grad is None else output_view(grad)

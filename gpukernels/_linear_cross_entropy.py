@@ -128,8 +128,8 @@ def _linear_cross_entropy(
 ):
     """:func:`linear_cross_entropy`'s results and the headroom its input, weight and bias
     gradients kept, a ``(3,)`` array; with ``gradients=False`` the loss alone (the
-    gradients ``None``: no product but the logits', as ``gpukernels.torch``'s ``"none"``
-    forward pass needs).
+    gradients ``None``: no product but the logits' and no gradient of them, as
+    ``gpukernels.torch``'s ``"none"`` forward pass needs).
 
     The gradients are computed times ``headroom``, a power of two (for ``gpukernels.torch``'s
     float16 means, see ``_torch_ops.float16_headroom``), besides ``grad_output``. All of it
@@ -211,8 +211,9 @@ def _linear_cross_entropy(
             z_loss=z_loss,
             softcap=softcap,
             grad_output=scale.reshape(()) if scale.shape[0] == 1 else scale[idx],
-            out=logits,
+            out=logits if gradients else None,
             validate=False,
+            gradient=gradients,
         )
         if gradients:
             grad_x[idx] = (g @ w_c).astype(grad_x.dtype, copy=False)

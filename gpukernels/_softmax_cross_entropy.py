@@ -33,6 +33,7 @@ def softmax_cross_entropy(
     validate: bool = True,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    gradient: bool = True,
 ):
     r"""Softmax cross-entropy of ``logits`` against ``target`` and its gradient, fused.
 
@@ -60,6 +61,10 @@ def softmax_cross_entropy(
     and the gradient is taken through the cap, times :math:`1 - (z' / \kappa)^2`. Both are
     computed in the same fused pass.
 
+    ``gradient=False`` computes the loss alone, as an evaluation needs it: no gradient is
+    allocated or written (the pass over the logits only reads them), and the loss has the
+    same bits as with the gradient.
+
     Args:
         logits: ``(N, C)`` float16/bfloat16/float32/float64.
         target: ``(N,)`` integer class indices, or ``(N, C)`` class probabilities.
@@ -75,10 +80,11 @@ def softmax_cross_entropy(
             ``False`` a bad index gives that row a zero gradient and a NaN loss.
         z_loss: :math:`\zeta \ge 0`, the factor of the squared log-sum-exp.
         softcap: ``None``, or :math:`\kappa > 0` to cap the logits.
+        gradient: ``False`` for the loss alone (then ``out`` must be ``None``).
 
     Returns:
         ``(loss, grad)``: ``loss`` 0-d (or ``(N,)`` for ``"none"``), float32 for 16-bit
-        logits; ``grad`` like ``logits``.
+        logits; ``grad`` like ``logits``, ``None`` with ``gradient=False``.
 
     Example:
         >>> import numpy as np, gpukernels as gk
@@ -93,6 +99,7 @@ def softmax_cross_entropy(
     _validate.ndim("logits", logits, 2, "a (N, C) batch of logit rows")
     _validate.reduction(reduction)
     validate = _validate.yes_no("validate", validate)
+    gradient = _validate.gradient_wanted(gradient, out)
     label_smoothing = _validate.label_smoothing(label_smoothing)
     z_loss, softcap = _validate.z_loss(z_loss), _validate.softcap(softcap)
     ignore_index = _validate.ignore_index(ignore_index)
@@ -105,9 +112,10 @@ def softmax_cross_entropy(
 
     xp, acc = call.xp, accumulation_dtype(dtype)
     _validate.cap_in_range("softcap", softcap, acc)
-    grad = xp.empty((n, c), dtype) if out is None else out
+    grad = out if out is not None or not gradient else xp.empty((n, c), dtype)
     if n == 0:
-        grad[...] = 0
+        if grad is not None:
+            grad[...] = 0
         return xp.zeros((0,) if reduction == "none" else (), acc), grad
 
     # one launch: the divisor of a mean, the rows, and the reduction

@@ -96,10 +96,13 @@ def cross_entropy_op(
     z_loss: float,
     softcap: float | None,
     validate: bool,
+    gradient: bool,
     grad_scale: float,
 ) -> tuple[Tensor, Tensor]:
     args = (ignore_index, reduction, label_smoothing, z_loss, softcap, validate, grad_scale)
-    return _softmax_xent(input, target, weight, *args)
+    loss, grad = _softmax_xent(input, target, weight, *args, gradient=gradient)
+    # a custom op returns tensors only: no gradient (gradient=False) is an empty one
+    return loss, input.new_empty(0) if grad is None else grad
 
 
 def _softmax_xent(
@@ -114,6 +117,7 @@ def _softmax_xent(
     validate,
     scale,
     out=None,
+    gradient=True,
 ):
     """``gk.softmax_cross_entropy`` with the ops' positional arguments."""
     return _gk.softmax_cross_entropy(
@@ -128,13 +132,15 @@ def _softmax_xent(
         validate=validate,
         grad_output=as_grad_output(scale),
         out=out,
+        gradient=gradient,
     )
 
 
 @cross_entropy_op.register_fake
 def _(input, target, weight, ignore_index, reduction, *rest):
+    gradient = rest[-2]
     shape = (input.shape[0],) if reduction == "none" else ()
-    return _loss_like(input, shape), input.new_empty(input.shape)
+    return _loss_like(input, shape), input.new_empty(input.shape if gradient else 0)
 
 
 @_custom_op("gpukernels::cross_entropy_inplace", ("input",), input_names=("logits", "out"))

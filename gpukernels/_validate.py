@@ -61,6 +61,14 @@ def yes_no(name: str, value) -> bool:
     return bool(value)
 
 
+def gradient_wanted(gradient, out) -> bool:
+    """``gradient`` (:func:`yes_no`); ``False`` beside an ``out`` array is a ``ValueError``:
+    no gradient would be written into it."""
+    if not yes_no("gradient", gradient) and out is not None:
+        raise ValueError("out: gradient=False computes no gradient to write into out")
+    return bool(gradient)
+
+
 def array_library(name: str, x, number_ok: bool = False) -> str:
     """``"numpy"`` for a NumPy array, ``"cuda"`` for a CUDA array; TypeError otherwise."""
     if type(x) in NUMPY_TYPES:

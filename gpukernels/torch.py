@@ -252,11 +252,16 @@ def cross_entropy(
     options = (ignore, reduction, smoothing, factor, cap, _checks_indices(input, validate))
     inplace = _validate.yes_no("inplace_backward", inplace_backward)
     headroom = float16_headroom(input, reduction, input.shape[0])
+    differentiated = torch.is_grad_enabled() and input.requires_grad
+    tracing = torch.jit.is_tracing()
     # (torch.jit.trace cannot record an autograd function that modifies its input)
-    if inplace and torch.is_grad_enabled() and input.requires_grad and not torch.jit.is_tracing():
+    if inplace and differentiated and not tracing:
         _overwritable(input)
         loss, _ = _FusedLossInPlace.apply(input, headroom, target, weight, options)
         return loss
+    # where no backward can follow, the loss alone (no (N, C) gradient); not in a trace,
+    # which would keep that choice for inputs that require grad
+    options = (*options, differentiated or tracing)
     return _FusedLoss.apply(cross_entropy_op, headroom, input, target, weight, None, options)
 
 

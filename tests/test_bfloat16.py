@@ -51,6 +51,20 @@ def test_softmax_cross_entropy(backend, smoothing):
     within_half_ulp(grad, want_grad)
 
 
+@pytest.mark.parametrize("c", [37, 300])
+@pytest.mark.parametrize("target_kind", ["labels", "probs"])
+def test_softmax_cross_entropy_loss_alone(backend, target_kind, c):
+    """``gradient=False`` on bfloat16 logits (widened a block at a time on the CPU, with no
+    gradient to round back): the loss of the call with a gradient, bit for bit."""
+    rng = np.random.default_rng(92)
+    z = bf16(rng, (5, c))
+    target = rng.integers(0, c, 5) if target_kind == "labels" else bf16(rng, (5, c)) ** 2
+    kw = dict(reduction="none", label_smoothing=0.1, softcap=4.0)
+    loss, grad = gk.softmax_cross_entropy(z, target, gradient=False, **kw)
+    assert grad is None
+    _same_bits_as_float32_rounded(loss, gk.softmax_cross_entropy(z, target, **kw)[0])
+
+
 def test_true_class_term_is_formed_in_float32(backend):
     """p_y - 1 = -9.1e-5 here: formed in bfloat16, p_y would round to 1 and the gradient of
     the true class to 0."""

@@ -566,3 +566,118 @@ def test_bad_z_loss_and_softcap(option, value, error):
     z = np.zeros((2, 3), np.float32)
     with pytest.raises(error, match=option):
         gk.softmax_cross_entropy(z, np.array([0, 1]), **{option: value})
+
+
+# ----------------------------------------------------------------------- the loss alone
+
+LOSS_ALONE_OPTIONS = {
+    "plain": {},
+    "weighted": dict(weight=np.array([0.5, 2.0, 1.0, 0.25, 3.0]), label_smoothing=0.2),
+    "z_loss_softcap": dict(z_loss=1e-2, softcap=2.5),
+}
+
+
+def _loss_alone_case(rng, target_kind, c, dtype, option):
+    """Logits, a target with an ignored row and keyword arguments for ``option`` (a
+    ``(C,)`` weight is tiled to ``c`` classes)."""
+    n = 5
+    z = random_floats(rng, (n, c), dtype)
+    kw = dict(LOSS_ALONE_OPTIONS[option])
+    if "weight" in kw:
+        kw["weight"] = np.resize(kw["weight"], c).astype(dtype)
+    if target_kind == "labels":
+        target = random_labels(rng, n, c)
+        target[2] = -100
+    else:
+        target = random_probs(rng, n, c, np.float32)
+    return z, target, kw
+
+
+@pytest.mark.parametrize("option", list(LOSS_ALONE_OPTIONS))
+@pytest.mark.parametrize("c", [5, 300])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("target_kind", ["labels", "probs"])
+def test_loss_alone(backend, target_kind, reduction, dtype, c, option):
+    """``gradient=False``: no gradient (``None``), and the loss the call with a gradient
+    gives, bit for bit, which matches the float64 maths (short rows and long ones, every
+    reduction, weights and smoothing, z-loss and softcap)."""
+    rng = np.random.default_rng(90 + c)
+    z, target, kw = _loss_alone_case(rng, target_kind, c, dtype, option)
+    loss, grad = gk.softmax_cross_entropy(z, target, reduction=reduction, gradient=False, **kw)
+    assert grad is None
+    want, _ = gk.softmax_cross_entropy(z, target, reduction=reduction, **kw)
+    assert loss.dtype == want.dtype and loss.shape == want.shape
+    np.testing.assert_array_equal(loss.reshape(-1).view(np.uint8), want.reshape(-1).view(np.uint8))
+    if option == "z_loss_softcap":
+        return  # the float64 maths below have neither; test_z_loss_and_softcap checks them
+    exp_loss, _ = cross_entropy(z, target, reduction=reduction, **kw)
+    assert_close(loss, exp_loss, loss_dtype(dtype), what="loss")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("c", [5, 300])
+def test_loss_alone_keeps_the_row_rules(backend, c):
+    """The loss alone follows the rules of the loss: a NaN logit makes its row NaN, an
+    ignored row is 0, an out-of-range class index NaN (``validate=False``) or a
+    ``ValueError`` (``validate=True``)."""
+    rng = np.random.default_rng(91)
+    z = random_floats(rng, (4, c), np.float32)
+    z[1, 3] = np.nan
+    labels = np.array([0, 1, -100, c])
+    loss, grad = gk.softmax_cross_entropy(
+        z, labels, reduction="none", validate=False, gradient=False
+    )
+    assert grad is None
+    assert np.isfinite(loss[0]) and np.isnan(loss[1]) and loss[2] == 0 and np.isnan(loss[3])
+    with pytest.raises(ValueError, match="row 3"):
+        gk.softmax_cross_entropy(z, labels, gradient=False)
+
+
+@pytest.mark.parametrize("target_kind", ["labels", "probs"])
+def test_loss_alone_reads_read_only_logits_and_refuses_out(backend, target_kind):
+    """The loss alone writes nothing: read-only logits are fine; an ``out`` array beside
+    ``gradient=False`` (nothing would be written into it) is refused, as is a ``gradient``
+    that is not a bool."""
+    rng = np.random.default_rng(92)
+    z = random_floats(rng, (3, 4), np.float32)
+    z.flags.writeable = False
+    target = random_labels(rng, 3, 4) if target_kind == "labels" else random_probs(rng, 3, 4)
+    loss, _ = gk.softmax_cross_entropy(z, target, gradient=False)
+    assert loss == gk.softmax_cross_entropy(z, target)[0]
+    with pytest.raises(ValueError, match="out"):
+        gk.softmax_cross_entropy(z, target, gradient=False, out=np.empty((3, 4), np.float32))
+    with pytest.raises(TypeError, match="gradient"):
+        gk.softmax_cross_entropy(z, target, gradient="no")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_loss_alone_of_an_empty_batch(backend, reduction):
+    loss, grad = gk.softmax_cross_entropy(
+        np.zeros((0, 3), np.float32), np.zeros(0, np.int64), reduction=reduction, gradient=False
+    )
+    assert grad is None and loss.shape == ((0,) if reduction == "none" else ())
+    assert np.all(loss == 0)
+
+
+@pytest.mark.parametrize("target_kind", ["labels", "probs"])
+def test_loss_alone_allocates_no_gradient(cpu_backend, target_kind):
+    """The loss alone costs no ``(N, C)`` buffer: a call allocates less than a tenth of the
+    logits' bytes, where the call with a gradient allocates them all."""
+    tracemalloc = pytest.importorskip("tracemalloc")
+    rng = np.random.default_rng(93)
+    z = random_floats(rng, (1024, 512), np.float32)
+    target = random_labels(rng, 1024, 512)
+    if target_kind == "probs":
+        target = random_probs(rng, 1024, 512, np.float32)
+
+    def peak(**kw):
+        gk.softmax_cross_entropy(z, target, **kw)  # compiled before tracing
+        tracemalloc.start()
+        try:
+            gk.softmax_cross_entropy(z, target, **kw)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    assert peak(gradient=False) < z.nbytes / 10 < z.nbytes <= peak()

@@ -1123,6 +1123,51 @@ def test_pytorch_positions_and_deprecated_reductions():
         close(mine(x, target), ref(x, target), torch.float64)
 
 
+@pytest.mark.parametrize("target_kind", ["labels", "probs"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "input_without_grad"])
+def test_cross_entropy_without_backward_computes_the_loss_alone(mode, dtype, target_kind):
+    """Where no backward can follow, ``cross_entropy`` computes the loss alone: the loss of
+    a call that keeps the gradient, bit for bit (and PyTorch's), with no ``(N, C)``
+    gradient allocated, where the differentiated call allocates one."""
+    tracemalloc = pytest.importorskip("tracemalloc")
+    gen = torch.Generator().manual_seed(31)
+    x = torch.randn(512, 256, generator=gen).to(dtype)
+    if target_kind == "labels":
+        target = torch.randint(0, 256, (512,), generator=gen)
+    else:
+        target = torch.softmax(torch.randn(512, 256, generator=gen), 1).to(dtype)
+    context = {
+        "no_grad": torch.no_grad,
+        "inference_mode": torch.inference_mode,
+        "input_without_grad": torch.enable_grad,
+    }[mode]
+
+    def peak(logits):
+        gkt.cross_entropy(logits, target, label_smoothing=0.1)  # compiled before tracing
+        tracemalloc.start()
+        try:
+            loss = gkt.cross_entropy(logits, target, label_smoothing=0.1)
+            return loss, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    with context():
+        loss, alone = peak(x.requires_grad_(mode != "input_without_grad"))
+    assert not loss.requires_grad
+    want, kept = peak(x.detach().clone().requires_grad_())
+    assert want.requires_grad
+    assert torch.equal(loss, want.detach())
+    close(
+        loss,
+        F.cross_entropy(
+            x.double(), target.double() if target_kind == "probs" else target, label_smoothing=0.1
+        ),
+        torch.float32,
+    )
+    assert alone < x.nbytes / 4 < x.nbytes <= kept
+
+
 def test_inplace_backward_leaves_logits_alone_without_autograd():
     logits = torch.randn(4, 5)
     kept = logits.clone()
@@ -1206,12 +1251,16 @@ def test_custom_ops_pass_opcheck():
     y = torch.rand(5, 6, generator=gen).t()
     ops = torch.ops.gpukernels
     for args in (
-        (ops.cross_entropy, (z, labels, None, -100, "mean", 0.1, 0.0, None, True, 1.0)),
+        (ops.cross_entropy, (z, labels, None, -100, "mean", 0.1, 0.0, None, True, True, 1.0)),
         (
             ops.cross_entropy,
-            (z.t().contiguous().t(), labels, None, -100, "none", 0.0, 1e-3, 2.0, True, 1.0),
+            (z.t().contiguous().t(), labels, None, -100, "none", 0.0, 1e-3, 2.0, True, True, 1.0),
         ),
-        (ops.cross_entropy, (z.half(), labels, None, -100, "mean", 0.0, 0.0, None, True, 4.0)),
+        (
+            ops.cross_entropy,
+            (z.half(), labels, None, -100, "mean", 0.0, 0.0, None, True, True, 4.0),
+        ),
+        (ops.cross_entropy, (z, labels, None, -100, "sum", 0.0, 0.0, None, True, False, 1.0)),
         (ops.mse, (y, y.contiguous() * 2, "none", 1.0)),
         (ops.huber, (y, y * 0, "sum", 0.5, 2.0)),
         (ops.bce_with_logits, (z, torch.rand(6, 5, generator=gen), None, None, "mean", 8.0)),

@@ -16,7 +16,9 @@ A block is ``ry`` rows of ``tx`` threads (``gpukernels.cuda._cuda.row_shape``). 
 logit once: an online max and rescaled sum of exponentials per thread (kept in shared memory
 when the rows fit in 48 KB), reduced over the row. Pass 2 writes the gradient (from shared
 memory, or re-reading the logits) and, with smoothing or probabilities, the loss sum. Every
-thread runs every reduction (they synchronise), rows past ``N`` just compute nothing.
+thread runs every reduction (they synchronise), rows past ``N`` just compute nothing. A
+``grad`` of no rows asks for the loss alone: pass 2 then writes nothing (and with class
+indices and no smoothing is skipped).
 """
 
 from __future__ import annotations
@@ -214,6 +216,7 @@ def _labels_kernel(acc, bf16: bool):
         live = i < n
         row = ry * tx_n + ty * num_c  # this row's cache in buf, after the scratch
         has_w = weight.shape[0] > 0
+        writes = grad.shape[0] > 0  # else the loss alone
         eps, zl, cap = acc(smoothing), acc(z_loss), acc(softcap)
         eps_c = eps / acc(num_c) if num_c > 0 else zero
         y = types.int64(-1)
@@ -260,17 +263,18 @@ def _labels_kernel(acc, bf16: bool):
         g = row_scale(grad_scale, i, live, divisor, fixed_divisor, reduction)
 
         smooth = zero
-        if live:
+        if live and (writes or (valid and eps > zero)):
             for c in range(tx, num_c, tx_n):
                 z = buf[row + c] if cache else capped(load(logits[i, c]), cap)
                 if valid:
                     # w_c only with smoothing: an inf weight of an unused class stays out
                     w_c = (acc(weight[c]) if has_w else one) if eps > zero else zero
-                    a = eps_c * w_c
-                    if c == y:
-                        a += (one - eps) * w_y
-                    value = grad_value(g, big_a, z, big, inv, a) * cap_slope(z, cap)
-                    grad[i, c] = store(value)
+                    if writes:
+                        a = eps_c * w_c
+                        if c == y:
+                            a += (one - eps) * w_y
+                        value = grad_value(g, big_a, z, big, inv, a) * cap_slope(z, cap)
+                        grad[i, c] = store(value)
                     if eps > zero:
                         smooth += w_c * nll(big, z, log_s)
                 else:
@@ -327,6 +331,7 @@ def _probs_kernel(acc, bf16: bool, target_bf16: bool):
         live = i < n
         row = ry * tx_n + ty * num_c
         has_w = weight.shape[0] > 0
+        writes = grad.shape[0] > 0  # else the loss alone
         eps, zl, cap = acc(smoothing), acc(z_loss), acc(softcap)
         eps_c = eps / acc(num_c) if num_c > 0 else zero
 
@@ -368,7 +373,9 @@ def _probs_kernel(acc, bf16: bool, target_bf16: bool):
                 z = buf[row + c] if cache else capped(load(logits[i, c]), cap)
                 w_c = acc(weight[c]) if has_w else one
                 a = w_c * (load_target(target[i, c]) * (one - eps) + eps_c)
-                grad[i, c] = store(grad_value(g, big_a_z, z, big, inv, a) * cap_slope(z, cap))
+                if writes:
+                    value = grad_value(g, big_a_z, z, big, inv, a) * cap_slope(z, cap)
+                    grad[i, c] = store(value)
                 loss += a * nll(big, z, log_s)
         loss = group_sum(loss, buf, tx, ty, tx_n)
         if live and tx == 0:
@@ -488,7 +495,8 @@ def softmax_xent_labels(
     softcap,
     reduction,
 ) -> None:
-    """Loss and gradient of class-index targets, reduced (contract in docs/BACKENDS.md).
+    """Loss and gradient of class-index targets, reduced (contract in docs/BACKENDS.md;
+    ``grad`` None for the loss alone).
 
     Three launches: the labels' scan (the first bad label into ``bad[0]``, -1 for none, and
     a mean's divisor, on the device), the rows, and the canonical sum of ``row_loss`` into
@@ -526,7 +534,7 @@ def softmax_xent_labels(
         labels,
         weight,
         grad_scale,
-        bits(grad),
+        gradient_rows(grad, logits),
         row_loss,
         divisor,
         1.0,
@@ -546,7 +554,8 @@ def softmax_xent_probs(
     logits, target, weight, grad_scale, grad, row_loss, loss, smoothing, z_loss, softcap, reduction
 ) -> None:
     """Loss and gradient of probability targets ``target`` ``(N, C)`` (any float dtype),
-    reduced: the rows, and for ``SUM`` and ``MEAN`` the canonical sum into ``loss[0]``."""
+    reduced: the rows, and for ``SUM`` and ``MEAN`` the canonical sum into ``loss[0]``
+    (``grad`` None for the loss alone)."""
     n, num_c = logits.shape
     if n == 0:
         return
@@ -562,7 +571,7 @@ def softmax_xent_probs(
         bits(target),
         weight,
         grad_scale,
-        bits(grad),
+        gradient_rows(grad, logits),
         row_loss,
         no_divisor,
         float(n),
@@ -575,6 +584,12 @@ def softmax_xent_probs(
     if reduction >= SUM:
         fixed = float(n) if reduction == MEAN else 1.0
         total_divided(row_loss, loss, scratch(-(-n // TILE), row_loss.dtype), no_divisor, fixed)
+
+
+def gradient_rows(grad, logits):
+    """``grad`` as the row kernels take it; for none (the loss alone) the logits' first 0 rows,
+    which the kernels read as "write no gradient"."""
+    return bits(logits[:0] if grad is None else grad)
 
 
 def ptx_signatures():
