@@ -54,7 +54,7 @@ def backend_of(library: str) -> str:
 def backend(x) -> str:
     """Where ``x`` would run: ``"cuda"`` or ``"cpu"`` (a PyTorch tensor: by its device)."""
     if _tensors.is_tensor(x):
-        return backend_of(_tensors.device_kind(x))
+        return backend_of(_tensors.device_kind(x, "x"))
     return backend_of(_validate.array_library("x", x))
 
 

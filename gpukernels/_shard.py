@@ -54,6 +54,10 @@ def _shard_arguments(call, class_start, ignore_index):
     start = _validate.int64("class_start", class_start)
     if start < 0:
         raise ValueError(f"class_start must be >= 0, got {start}")
+    if start + width > _validate.INT64_MAX:  # the kernels' label - class_start would wrap
+        raise ValueError(
+            f"class_start + the shard's {width} classes must fit int64, got class_start {start}"
+        )
     return z, int64_labels(call.xp, target, ignore), dtype, start, ignore
 
 

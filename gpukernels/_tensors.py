@@ -34,15 +34,16 @@ def is_tensor(x) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def device_kind(t) -> str:
+def device_kind(t, name: str) -> str:
     """``"numpy"`` for a CPU tensor (it runs like a NumPy array), ``"cuda"`` for a CUDA one;
-    ``TypeError`` for any other device. (``is_cpu`` and ``is_cuda`` cost a tenth of
-    ``t.device``, which builds a ``torch.device`` each time: small calls feel it.)"""
+    ``TypeError`` naming the argument ``name`` for any other device. (``is_cpu`` and
+    ``is_cuda`` cost a tenth of ``t.device``, which builds a ``torch.device`` each time:
+    small calls feel it.)"""
     if t.is_cpu:
         return "numpy"
     if t.is_cuda:
         return "cuda"
-    raise TypeError(f"tensors on {t.device} are not supported: use CPU or CUDA tensors")
+    raise TypeError(f"{name} is on {t.device}, which is not supported: use CPU or CUDA tensors")
 
 
 def as_array(t, name: str):
@@ -261,9 +262,9 @@ def _tensor_arguments(arguments: dict, array_names: tuple[str, ...], tensor: typ
             "is a torch.Tensor: pass arrays of one library (no copies are made behind your "
             "back)"
         )
-    kind, index = device_kind(first), first.get_device()  # CPU or CUDA, else TypeError
+    kind, index = device_kind(first, first_name), first.get_device()  # else TypeError
     for name, t in tensors.items():
-        if t.get_device() != index or device_kind(t) != kind:
+        if t.get_device() != index or device_kind(t, name) != kind:
             raise TypeError(
                 f"{name} is on {t.device} but {first_name} is on {first.device}: "
                 "pass tensors of one device"

@@ -178,6 +178,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             no_gradient_for("target", target)
             options = _checked(options)
             _validate.ndim("logits_shard", z, 2, "an (N, C_s) block of logit columns")
+            _validate.some_class("logits_shard", *z.shape, "C_s")
             start = rank * z.shape[1]
             stats = shard_stats(
                 z,
@@ -273,6 +274,11 @@ def vocab_parallel_cross_entropy(
         if dist.is_initialized() and dist.get_rank(group) >= 0:  # the others learn of it
             _check_agreement(None, None, None, group)
         tensors(logits_shard=logits_shard, target=target)
+    if not dist.is_initialized():
+        raise ValueError(
+            "vocab_parallel_cross_entropy is a collective of group, and torch.distributed has "
+            "no process group: call torch.distributed.init_process_group first"
+        )
     options = {
         "reduction": reduction,
         "ignore_index": ignore_index,

@@ -397,6 +397,12 @@ def unit(grad_loss: Tensor) -> bool:
         return False
 
 
+def batch_rows(input: Tensor) -> int:
+    """The rows of a batch, for :func:`float16_headroom`: the first dimension's length, 0
+    for a 0-d tensor (which the array-level function then refuses, naming it)."""
+    return input.shape[0] if input.ndim else 0
+
+
 def float16_headroom(input: Tensor, reduction: str, count: int) -> float:
     """The power of two a float16 mean's gradient is computed multiplied by, and divided by
     again in backward, together with the upstream gradient; 1 elsewhere.

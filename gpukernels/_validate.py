@@ -29,6 +29,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 NUMPY_TYPES = (np.ndarray, np.memmap)
 _FLOAT_DTYPE_SET = frozenset(FLOAT_DTYPES)  # a hash lookup: "in" a tuple compares each
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_TINIEST = float(np.finfo(np.float32).smallest_subnormal)
 
 
 # isinstance against a tuple: against a union (int | float) it takes several times longer,
@@ -350,7 +351,20 @@ def chunk_size(value) -> int | None:
     return value
 
 
+def fan_in(name: str, value) -> int | None:
+    """``None`` or an integer >= 2 that fits int64: the fan-in of a tree reduction (one
+    chunk a node would never merge anything)."""
+    if value is None:
+        return None
+    value = int64(name, value)
+    if value < 2:
+        raise ValueError(f"{name} must be at least 2 (chunks merged a node), got {value}")
+    return value
+
+
 def reduction(value: str, allowed: tuple[str, ...] = REDUCTIONS) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"reduction must be a str, got {type(value).__name__} {value!r}")
     if value not in allowed:
         raise ValueError(f"reduction must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
@@ -522,11 +536,18 @@ def saturated(value: float, dtype: np.dtype) -> float:
 
 def cap_in_range(name: str, softcap: float, dtype: np.dtype) -> None:
     """A softcap (0: none) that ``dtype``, the dtype the logits are computed in, can hold: a
-    larger one would become inf there, and ``inf * tanh(z / inf)`` is NaN."""
+    larger one would become inf there, and ``inf * tanh(z / inf)`` is NaN; a positive one
+    that rounds to 0 there would be read as no cap at all."""
     if not representable(softcap, dtype):
         raise ValueError(
             f"{name} must be at most {float(np.finfo(dtype).max):.8g} (the largest "
             f"{np.dtype(dtype)}, the dtype these logits are computed in), got {softcap}"
+        )
+    if 0.0 < softcap < _FLOAT32_TINIEST and np.dtype(dtype).type(softcap) == 0:
+        raise ValueError(
+            f"{name} must be at least {float(np.finfo(dtype).smallest_subnormal):.8g} (the "
+            f"smallest positive {np.dtype(dtype)}, the dtype these logits are computed in): "
+            f"{softcap} rounds to 0 there, which would mean no cap"
         )
 
 

@@ -83,7 +83,8 @@ def softmax_cross_entropy(
         reduction, ignore_index, label_smoothing, z_loss, softcap, grad_output: as for
             ``gk.shard_loss_and_grad``; ``grad_output`` (a number, a 0-d array, or ``(N,)``
             for ``"none"``) may be a dask array.
-        split_every: fan-in of the tree reduction of the stats (Dask's default if ``None``).
+        split_every: fan-in of the tree reduction of the stats (Dask's default if ``None``),
+            an integer >= 2.
 
     Returns:
         ``(loss, grad)``, lazy: the loss 0-d (``(N,)`` with ``"none"``), float32 for 16-bit
@@ -116,6 +117,9 @@ def softmax_cross_entropy(
     options = {"ignore_index": ignore, "label_smoothing": smoothing, "softcap": cap}
     acc = accumulation_dtype(dtype)
     _validate.cap_in_range("softcap", options["softcap"] or 0.0, acc)
+    split_every = _validate.fan_in("split_every", split_every)
+    if split_every is not None:  # more than every chunk at once merges them all the same
+        split_every = min(split_every, max(2, *map(len, logits.chunks)))
     merged = _merged_stats(logits, target, options, split_every)
     count = (target != ignore).sum()
     divisor = da.maximum(count, 1).astype(acc)  # a mean over no row is 0, its gradient 0

@@ -32,6 +32,7 @@ from . import _validate
 from ._composite_loss import LossTerm, batches
 from ._torch_distributed import vocab_parallel_cross_entropy
 from ._torch_ops import (
+    batch_rows,
     bce_op,
     composite_op,
     cross_entropy_inplace_op,
@@ -251,7 +252,7 @@ def cross_entropy(
     )
     options = (ignore, reduction, smoothing, factor, cap, _checks_indices(input, validate))
     inplace = _validate.yes_no("inplace_backward", inplace_backward)
-    headroom = float16_headroom(input, reduction, input.shape[0])
+    headroom = float16_headroom(input, reduction, batch_rows(input))
     differentiated = torch.is_grad_enabled() and input.requires_grad
     tracing = torch.jit.is_tracing()
     # (torch.jit.trace cannot record an autograd function that modifies its input)
@@ -259,10 +260,12 @@ def cross_entropy(
         _overwritable(input)
         loss, _ = _FusedLossInPlace.apply(input, headroom, target, weight, options)
         return loss
-    # where no backward can follow, the loss alone (no (N, C) gradient); not in a trace,
-    # which would keep that choice for inputs that require grad
-    options = (*options, differentiated or tracing)
-    return _FusedLoss.apply(cross_entropy_op, headroom, input, target, weight, None, options)
+    if differentiated or tracing:  # a trace would keep the choice below for any input
+        options = (*options, True)
+        return _FusedLoss.apply(cross_entropy_op, headroom, input, target, weight, None, options)
+    # no backward can follow: the loss alone (no (N, C) gradient), and no autograd function
+    # (about 8 us a call)
+    return run(cross_entropy_op, input, target, weight, *options, False, headroom)[0]
 
 
 def _checks_indices(input: Tensor, validate: bool | None) -> bool:
@@ -360,7 +363,7 @@ def linear_cross_entropy(
         _validate.chunk_size(chunk_size),
         _checks_indices(input, validate),
     )
-    headroom = float16_headroom(input, reduction, input.shape[0])
+    headroom = float16_headroom(input, reduction, batch_rows(input))
     return _LinearCrossEntropy.apply(
         input, linear_weight, linear_bias, target, weight, headroom, options
     )
@@ -435,7 +438,7 @@ def composite_loss(
     batches(pred, target)  # before their widths are read
     layout, factors = layout_of(terms, pred.shape[-1], target.shape[-1])
     check = _checks_indices(pred, validate)
-    headroom = float16_headroom(pred, "mean", pred.shape[0])  # each term is a mean over the rows
+    headroom = float16_headroom(pred, "mean", batch_rows(pred))  # each term is a mean over the rows
     options = (layout, factors, check)
     return _FusedLoss.apply(composite_op, headroom, pred, target, None, None, options)
 

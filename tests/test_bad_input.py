@@ -407,6 +407,16 @@ def test_class_numbers_outside_int64(backend, call, name):
         call()
 
 
+def test_shard_classes_past_int64(backend):
+    """A shard whose classes ``[class_start, class_start + C_s)`` pass int64's largest value:
+    the kernels' ``label - class_start`` would wrap (a far negative label found in the
+    shard), so it is refused."""
+    with pytest.raises(ValueError, match="class_start"):
+        gk.shard_stats(z(), np.array([-(2**63), 1, 2]), class_start=2**63 - 1)
+    stats = gk.shard_stats(z(), np.array([-(2**63), 1, 2]), class_start=2**63 - 1 - C)
+    assert np.all(stats[:, 2] == 0)  # no target in the shard
+
+
 F32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -427,6 +437,38 @@ def test_softcap_past_the_computing_dtype(backend, call, dtype):
     with pytest.raises(ValueError, match=r"softcap must be at most 3\.4028235e\+38"):
         call(x, 1e39)
     assert np.all(np.isfinite(call(x, F32_MAX)[0]))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x, cap: gk.softmax_cross_entropy(x, labels(), softcap=cap),
+        lambda x, cap: gk.shard_loss_and_grad(
+            x,
+            labels(),
+            gk.shard_stats(x, labels(), class_start=0, softcap=cap),
+            class_start=0,
+            num_classes=C,
+            softcap=cap,
+        ),
+        lambda x, cap: gk.linear_cross_entropy(x, z((C, C), x.dtype), labels(), softcap=cap),
+        lambda x, cap: gk.composite_loss(
+            x,
+            labels()[:, None].astype(x.dtype),
+            [gk.LossTerm("softmax_cross_entropy", slice(0, C), slice(0, 1), softcap=cap)],
+        ),
+    ],
+)
+def test_softcap_that_rounds_to_zero_in_the_computing_dtype(backend, call, dtype):
+    """A positive cap below float32's smallest subnormal rounds to 0 in the kernels, which
+    read 0 as no cap: refused (it gave the uncapped loss); the smallest float32 caps every
+    logit to about 1.4e-45, so every row's loss is log C."""
+    x = z((N, C), dtype)
+    with pytest.raises(ValueError, match=r"softcap must be at least 1\.4012985e-45"):
+        call(x, 1e-300)
+    loss = call(x, 1e-45)[0]
+    assert_close(loss, np.log(C), np.float32)
 
 
 def test_softcap_past_float32_is_fine_in_float64(backend):

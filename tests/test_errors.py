@@ -198,6 +198,27 @@ def test_unknown_reduction(backend, call):
         call()
 
 
+@pytest.mark.parametrize("value", [np.array("mean"), ["mean"], None, 1])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda r: gk.softmax_cross_entropy(z(), labels(), reduction=r),
+        lambda r: gk.mse(z(), z(), reduction=r),
+        lambda r: gk.linear_cross_entropy(z(), z((C, C)), labels(), reduction=r),
+        lambda r: gk.shard_loss_and_grad(
+            z(), labels(), gk.shard_stats(z(), labels(), class_start=0), class_start=0,
+            num_classes=C, reduction=r,
+        ),
+    ],
+)  # fmt: skip
+def test_reduction_that_is_not_a_string(backend, call, value):
+    """A reduction must be a ``str`` (NumPy's ``str_`` too): an array of one gave an
+    unhashable-type error here and was taken elsewhere."""
+    with pytest.raises(TypeError, match="reduction must be a str"):
+        call(value)
+    assert call(np.str_("sum"))[0] == call("sum")[0]
+
+
 def test_unknown_kind(backend):
     with pytest.raises(ValueError, match="kind"):
         gk.composite_loss(z(), z(), [gk.LossTerm("hinge", slice(0, 2))])

@@ -89,6 +89,9 @@ def test_dask_tree_of_stats_and_a_dask_target(cpu_backend, gkd):
     want_loss, want_grad = whole_rows(z, y, **FULL)
     assert_close(loss.compute(scheduler="threads"), want_loss, np.float64, what="loss")
     assert_close(grad.compute(scheduler="threads"), want_grad, np.float64, what="grad")
+    # a fan-in past every chunk merges them all at once (Dask ran out of memory for 2^62)
+    loss, grad = gkd.softmax_cross_entropy(logits, y, split_every=2**62, **FULL)
+    assert_close(loss.compute(scheduler="sync"), want_loss, np.float64, what="loss")
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -173,6 +176,11 @@ def test_dask_errors(cpu_backend, gkd):
         gkd.softmax_cross_entropy(logits, y, grad_output=np.ones(N))
     with pytest.raises(ValueError, match="softcap"):  # while the graph is built
         gkd.softmax_cross_entropy(logits.astype(np.float32), y, softcap=1e39)
+    for bad, error in (({1: 1}, TypeError), (2.5, TypeError), (True, TypeError), (1, ValueError)):
+        with pytest.raises(error, match="split_every"):  # a dict of 1 gave a wrong loss
+            gkd.softmax_cross_entropy(logits, y, split_every=bad)
+    with pytest.raises(ValueError, match="split_every must fit int64"):
+        gkd.softmax_cross_entropy(logits, y, split_every=10**30)
     no_classes = da.zeros((N, 0), chunks=(N, 1))
     with pytest.raises(ValueError, match="at least one class"):  # as the whole rows refuse it
         gkd.softmax_cross_entropy(no_classes, np.full(N, -100))
@@ -321,6 +329,15 @@ def torch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 assert f"rank 1 of the group disagrees with rank 0 on {what}" in str(error)
             else:
                 raise AssertionError(f"ranks that disagree on {what} were not refused")
+        try:  # no class on rank 1 alone: refused there as the array level refuses it
+            vocab_parallel_cross_entropy(
+                torch.tensor(z[:, : 0 if rank == 1 else width]), torch.tensor(y)
+            )
+        except ValueError as error:
+            want = "logits_shard must have at least one class" if rank == 1 else "rank 1 of the"
+            assert want in str(error), error
+        else:
+            raise AssertionError("a shard of no class was not refused")
         bad = {"label_smoothing": 2.0} if rank == 1 else {}  # refused by rank 1 alone
         try:
             vocab_parallel_cross_entropy(torch.tensor(z[:, :width]), torch.tensor(y), **bad)
@@ -343,7 +360,7 @@ def torch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 logits.to("meta") if rank == 1 else logits, torch.tensor(y)
             )
         except (TypeError, ValueError) as error:
-            want = "tensors on meta are not supported" if rank == 1 else "rank 1 of the group"
+            want = "is on meta, which is not supported" if rank == 1 else "rank 1 of the group"
             assert want in str(error), error
         else:
             raise AssertionError("a meta tensor on one rank went unnoticed")
@@ -402,7 +419,8 @@ def torch_reference(z, y, up, *, reduction, **options):
 
 def test_vocab_parallel_takes_tensors():
     """Without a process group, a non-tensor is refused at once; within one, the other
-    ranks learn of it in the agreement exchange (torch_worker)."""
+    ranks learn of it in the agreement exchange (torch_worker). Tensors without a process
+    group: a ValueError saying so."""
     torch = pytest.importorskip("torch")
     from gpukernels._torch_distributed import vocab_parallel_cross_entropy
 
@@ -411,6 +429,8 @@ def test_vocab_parallel_takes_tensors():
         vocab_parallel_cross_entropy(z, torch.tensor(y))
     with pytest.raises(TypeError, match="target must be a torch.Tensor, got list"):
         vocab_parallel_cross_entropy(torch.tensor(z), y.tolist())
+    with pytest.raises(ValueError, match="call torch.distributed.init_process_group first"):
+        vocab_parallel_cross_entropy(torch.tensor(z), torch.tensor(y))
 
 
 @pytest.mark.slow

@@ -1132,11 +1132,11 @@ def test_cross_entropy_without_backward_computes_the_loss_alone(mode, dtype, tar
     gradient allocated, where the differentiated call allocates one."""
     tracemalloc = pytest.importorskip("tracemalloc")
     gen = torch.Generator().manual_seed(31)
-    x = torch.randn(512, 256, generator=gen).to(dtype)
+    x = torch.randn(1024, 512, generator=gen).to(dtype)
     if target_kind == "labels":
-        target = torch.randint(0, 256, (512,), generator=gen)
+        target = torch.randint(0, 512, (1024,), generator=gen)
     else:
-        target = torch.softmax(torch.randn(512, 256, generator=gen), 1).to(dtype)
+        target = torch.softmax(torch.randn(1024, 512, generator=gen), 1).to(dtype)
     context = {
         "no_grad": torch.no_grad,
         "inference_mode": torch.inference_mode,
@@ -1144,7 +1144,8 @@ def test_cross_entropy_without_backward_computes_the_loss_alone(mode, dtype, tar
     }[mode]
 
     def peak(logits):
-        gkt.cross_entropy(logits, target, label_smoothing=0.1)  # compiled before tracing
+        for _ in range(2):  # compiled, and every lazy set-up done, before tracing
+            gkt.cross_entropy(logits, target, label_smoothing=0.1)
         tracemalloc.start()
         try:
             loss = gkt.cross_entropy(logits, target, label_smoothing=0.1)
@@ -1184,6 +1185,8 @@ def test_inplace_backward_leaves_logits_alone_without_autograd():
     "call, name",
     [
         (lambda x: gkt.cross_entropy(x[0], torch.tensor([0, 1, 2])), "logits"),
+        (lambda x: gkt.cross_entropy(x[0, 0], torch.tensor(0)), "logits"),
+        (lambda x: gkt.CrossEntropyLoss()(x[0, 0].half(), torch.tensor(0)), "logits"),
         (lambda x: gkt.cross_entropy(x, torch.tensor([0, 1])), "logits"),
         (lambda x: gkt.binary_cross_entropy_with_logits(x, x[:2]), "logits"),
         (lambda x: gkt.mse_loss(x, x[:2]), "pred"),
@@ -1197,6 +1200,24 @@ def test_array_level_name_of_the_input_is_explained(call, name):
     with pytest.raises(ValueError, match=rf"\b{name}\b") as raised:
         call(x)
     assert raised.value.__notes__ == [f"({name}: the loss's input)"]
+
+
+W16, MSE_TERM = torch.ones(3, 1).half(), gk.LossTerm("mse", slice(0, 1))
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda x: gkt.linear_cross_entropy(x, torch.ones(3, 1), torch.tensor(0)), "input"),
+        (lambda x: gkt.LinearCrossEntropyLoss()(x.half(), W16, torch.tensor(0)), "input"),
+        (lambda x: gkt.composite_loss(x.half(), x.half(), [MSE_TERM]), "pred"),
+    ],
+)
+def test_a_0d_input_is_a_value_error(call, name):
+    """A 0-d input is refused by its shape check, naming it (the float16 mean's headroom,
+    which counts the rows, read its first dimension before and raised IndexError)."""
+    with pytest.raises(ValueError, match=rf"\b{name}\b"):
+        call(torch.tensor(1.0))
 
 
 def test_inplace_names_of_the_input_are_explained():
