@@ -94,6 +94,20 @@ def test_dask_tree_of_stats_and_a_dask_target(cpu_backend, gkd):
     assert_close(loss.compute(scheduler="sync"), want_loss, np.float64, what="loss")
 
 
+def test_dask_mean_with_a_class_as_ignore_index(cpu_backend, gkd):
+    """A non-negative ``ignore_index`` (a padding class 0): the mean counts the rows whose
+    target is not it, as the whole rows (and PyTorch) count them."""
+    import dask.array as da
+
+    z, y = logits_and_target(seed=9)
+    y = np.maximum(y, 0)  # no -100: 0 is the one ignored
+    y[::3] = 0
+    loss, grad = gkd.softmax_cross_entropy(da.from_array(z, chunks=CHUNKS), y, ignore_index=0)
+    want_loss, want_grad = whole_rows(z, y, ignore_index=0)
+    assert_close(loss.compute(scheduler="sync"), want_loss, np.float64, what="loss")
+    assert_close(grad.compute(scheduler="sync"), want_grad, np.float64, what="grad")
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_dask_mean_over_no_row(cpu_backend, gkd, reduction):
     import dask.array as da
@@ -181,6 +195,10 @@ def test_dask_errors(cpu_backend, gkd):
             gkd.softmax_cross_entropy(logits, y, split_every=bad)
     with pytest.raises(ValueError, match="split_every must fit int64"):
         gkd.softmax_cross_entropy(logits, y, split_every=10**30)
+    with pytest.raises(TypeError, match="grad_output must have dtype"):  # as the whole rows
+        gkd.softmax_cross_entropy(logits, y, reduction="none", grad_output=np.arange(N))
+    with pytest.raises(ValueError, match="unknown chunk sizes"):  # after boolean indexing
+        gkd.softmax_cross_entropy(logits[da.from_array(np.ones(N, bool), chunks=5)], y)
     no_classes = da.zeros((N, 0), chunks=(N, 1))
     with pytest.raises(ValueError, match="at least one class"):  # as the whole rows refuse it
         gkd.softmax_cross_entropy(no_classes, np.full(N, -100))
