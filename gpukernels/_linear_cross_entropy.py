@@ -9,6 +9,8 @@ of the weight gradient, accumulated in float32 (float64 for float64).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _validate
@@ -136,7 +138,7 @@ def _linear_cross_entropy(
     could take them past float16's range (the weight and bias gradients are sums over the
     rows; the input gradient's rows are larger than ``1/N`` of the loss's where few rows
     take part, or where the weights are large): each keeps the largest part of it that
-    leaves its entries below ``2^15`` (:func:`_fit_headroom`), the input gradient
+    leaves its entries below ``2^15`` (:func:`fit_headroom`), the input gradient
     accumulated in the accumulation dtype until then."""
     call = _ARGUMENTS.call(input, linear_weight, target, linear_bias, weight, grad_output)
     x, w_lin, target, bias, weight, grad_output = call.arrays
@@ -242,7 +244,7 @@ def _linear_cross_entropy(
     if headroom != 1.0:
         for k, grad in enumerate((grad_x, grad_w, grad_b)):
             if grad is not None:
-                kept[k] = _fit_headroom(xp, grad, headroom)
+                kept[k] = fit_headroom(xp, grad, headroom)
     grad_x = grad_x.astype(dtype, copy=False)
     grad_w = grad_w.astype(w_lin.dtype, copy=False)
     grad_b = None if grad_b is None else grad_b.astype(bias.dtype, copy=False)
@@ -252,15 +254,17 @@ def _linear_cross_entropy(
 FITTED_MAX_EXPONENT = 15  # a gradient under a headroom keeps its entries below 2^15
 
 
-def _fit_headroom(xp, grad, headroom: float):
+def fit_headroom(xp, grad, headroom: float):
     """Divides ``grad``, computed times the power of two ``headroom``, by the least power of
     two ``2^j <= headroom`` that leaves every entry below ``2^15`` (``|g| < 2^e`` with ``e``
     from ``frexp``, ``j = e - 15`` clipped to ``[0, log2 headroom]``); returns the headroom
-    it keeps, ``headroom / 2^j``. Array operations only: on a GPU nothing waits for it."""
-    largest = xp.abs(grad).max() if grad.size else xp.zeros((), grad.dtype)
+    it keeps, ``headroom / 2^j``, 0-d. Array operations only (``xp`` NumPy, CuPy or
+    ``torch``): on a GPU nothing waits for it."""
+    magnitude = xp.abs(grad)
+    largest = magnitude.max() if math.prod(grad.shape) else magnitude.sum()  # empty: 0
     _, exponent = xp.frexp(largest)  # 0 for 0, inf and NaN: their gradient keeps it all
     steps = xp.clip(exponent - FITTED_MAX_EXPONENT, 0, int(headroom).bit_length() - 1)
-    factor = xp.ldexp(xp.ones((), grad.dtype), -steps)
+    factor = xp.ldexp(xp.ones_like(largest), -steps)
     grad *= factor
     return headroom * factor
 

@@ -38,10 +38,11 @@ import torch.distributed as dist
 from . import _validate, merge_shard_stats, shard_loss_and_grad, shard_stats
 from ._torch_ops import (
     as_grad_output,
+    fit_to_float16,
     float16_headroom,
     no_gradient_for,
     overridable,
-    scaled,
+    scaled_by_kept,
     tensors,
 )
 
@@ -195,7 +196,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         merged = _merged_stats(stats, group)
         headroom = float16_headroom(z, options["reduction"], z.shape[0])
         loss, grad = shard_loss_and_grad(
-            z,
+            z if headroom == 1.0 else z.float(),  # a float16 mean: fitted below
             target,
             merged,
             class_start=start,
@@ -203,14 +204,15 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             grad_output=as_grad_output(headroom),
             **options,
         )
-        ctx.save_for_backward(grad)
-        ctx.headroom = headroom
+        kept = None
+        if headroom != 1.0:
+            grad, kept = fit_to_float16(grad, headroom)
+        ctx.save_for_backward(grad, kept)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        (grad,) = ctx.saved_tensors
-        return scaled(grad, grad_loss, False, None, ctx.headroom), None, None, None
+        return scaled_by_kept(*ctx.saved_tensors, grad_loss), None, None, None
 
 
 @torch.compiler.disable  # collectives and the array-level kernels: run eagerly (a graph break)

@@ -16,7 +16,7 @@ import torch
 from torch.overrides import handle_torch_function, has_torch_function
 
 import gpukernels as _gk
-from gpukernels._linear_cross_entropy import headroom_linear_cross_entropy
+from gpukernels._linear_cross_entropy import fit_headroom, headroom_linear_cross_entropy
 
 from . import _validate
 from ._composite_loss import LossTerm
@@ -443,3 +443,19 @@ def scaled(
     if in_place:
         return grad.mul_(scale)
     return (grad * scale).to(grad.dtype)
+
+
+def fit_to_float16(grad: Tensor, headroom: float) -> tuple[Tensor, Tensor]:
+    """A float32 gradient computed times ``headroom`` (see :func:`float16_headroom`) as
+    float16: divided first by as much of the headroom as float16 needs to hold every entry
+    (``fit_headroom``); with the headroom it keeps, a 0-d tensor (nothing read back)."""
+    kept = fit_headroom(torch, grad, headroom)
+    return grad.to(torch.float16), kept
+
+
+def scaled_by_kept(grad: Tensor, kept: Tensor | None, grad_loss: Tensor) -> Tensor:
+    """:func:`scaled` of a gradient that kept the headroom ``kept`` (:func:`fit_to_float16`;
+    ``None``: none), divided out on the device."""
+    if kept is None:
+        return scaled(grad, grad_loss, in_place=False)
+    return scaled(grad, grad_loss / kept, in_place=False, one=False)

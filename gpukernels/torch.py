@@ -37,6 +37,7 @@ from ._torch_ops import (
     composite_op,
     cross_entropy_inplace_op,
     cross_entropy_op,
+    fit_to_float16,
     float16_headroom,
     huber_op,
     layout_of,
@@ -48,6 +49,7 @@ from ._torch_ops import (
     refuse_second_derivative,
     run,
     scaled,
+    scaled_by_kept,
     tensors,
     unit,
     weights_of,
@@ -76,9 +78,9 @@ Tensor = torch.Tensor
 
 class _FusedLoss(torch.autograd.Function):
     """``op(input, target, *weights, *options, headroom) -> (loss, grad)``, the gradient
-    times ``headroom`` (see ``float16_headroom``), ``weights`` those of ``weight`` and
-    ``pos_weight`` the op takes (``weights_of``); backward scales the saved ``grad`` by the
-    upstream gradient over ``headroom``.
+    times ``headroom`` (see ``float16_headroom``; fitted to float16, :func:`fitted_float16`),
+    ``weights`` those of ``weight`` and ``pos_weight`` the op takes (``weights_of``);
+    backward scales the saved ``grad`` by the upstream gradient over the headroom kept.
 
     Every tensor is an argument of its own (``torch.jit.trace`` records those alone), the
     other options one tuple, not ``*args``: where no input requires grad, ``torch.compile``
@@ -87,17 +89,33 @@ class _FusedLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, op, headroom, input, target, weight, pos_weight, options):
-        weights = weights_of(op, weight, pos_weight)
-        loss, grad = run(op, input, target, *weights, *options, headroom)
-        ctx.save_for_backward(grad)
-        ctx.headroom = headroom
+        tensors = (input, target, *weights_of(op, weight, pos_weight))
+        if headroom == 1.0:
+            loss, grad = run(op, *tensors, *options, headroom)
+            kept = None
+        else:
+            loss, grad, kept = fitted_float16(op, headroom, tensors, options)
+        ctx.save_for_backward(grad, kept)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        (grad,) = ctx.saved_tensors
-        grad = scaled(grad, grad_loss, in_place=False, headroom=ctx.headroom)
+        grad = scaled_by_kept(*ctx.saved_tensors, grad_loss)
         return None, None, grad, None, None, None, None
+
+
+def fitted_float16(op, headroom: float, tensors: tuple, options: tuple) -> tuple:
+    """``(loss, grad, kept)`` of a float16 mean computed with a ``headroom`` (see
+    ``float16_headroom``): in float32, the dtype the kernels compute float16 in (the same
+    loss, bit for bit), the gradient times ``headroom`` then divided by as much of it as
+    float16 needs to hold every entry (``fit_headroom``) and rounded to float16; ``kept``
+    is the part left in it, a 0-d tensor (nothing read back). The headroom assumes gradients
+    of about 1 / N; a mean over fewer rows than N (ignored rows, ``only_where``), class
+    weights or a z-loss can make them larger, and multiplied by it they would pass
+    float16's range."""
+    wide = [t.float() if t is not None and t.dtype is torch.float16 else t for t in tensors]
+    loss, grad = run(op, *wide, *options, headroom)
+    return loss, *fit_to_float16(grad, headroom)
 
 
 class _FusedLossInPlace(torch.autograd.Function):

@@ -1307,3 +1307,48 @@ def test_compile_with_transposed_inputs():
         + F.mse_loss(ref.t(), torch.zeros(6, 5))
     ).backward()
     torch.testing.assert_close(w.grad, ref.grad)
+
+
+@pytest.mark.parametrize("case", ["z_loss", "weights", "only_where"])
+def test_float16_mean_over_few_rows_keeps_its_gradient_finite(case):
+    """A float16 mean computes its gradient times a headroom of up to 2^15 rows. Where the
+    mean's divisor is far below the row count (one row taking part among 2^15, a term's
+    ``only_where``) and the row's gradient above 1 (a z-loss, class weights, a residual of
+    2, smoothing over heavy classes), that product passed float16's range: inf. The headroom
+    is now fitted to float16:
+    PyTorch's float64 gradient, rounded to float16."""
+    n = 1 << 15
+    z = torch.zeros(n, 8, dtype=torch.float64)
+    z[0] = torch.arange(20.0, 12.0, -1.0)
+    y = torch.full((n,), -100)
+    y[0] = 3
+    if case == "only_where":
+        target = torch.zeros(n, 8, dtype=torch.float64)
+        target[0, :2] = torch.tensor([1.0, 2.0])
+        terms = [gk.LossTerm("mse", slice(1, 2), target_columns=slice(1, 2), only_where=0)]
+
+        def ours(x):
+            return gkt.composite_loss(x, target.half(), terms)
+
+        def theirs(x):
+            return (x[0, 1] - 2.0) ** 2
+    else:
+        # smoothing spreads the heavy classes' weights over the row of a light one
+        weight = torch.full((8,), 1000.0, dtype=torch.float64)
+        weight[3] = 1.0
+        zeta, weight, eps = (0.1, None, 0.0) if case == "z_loss" else (0.0, weight, 0.5)
+
+        def ours(x):
+            w = None if weight is None else weight.half()
+            return gkt.cross_entropy(x, y, weight=w, label_smoothing=eps, z_loss=zeta)
+
+        def theirs(x):
+            loss = F.cross_entropy(x, y, weight=weight, label_smoothing=eps)
+            return loss + zeta * torch.logsumexp(x[:1], 1).square().mean()
+
+    x = z.half().requires_grad_()
+    ours(x).backward()
+    ref = z.clone().requires_grad_()
+    theirs(ref).backward()
+    assert torch.isfinite(x.grad).all()
+    close(x.grad, ref.grad.half(), torch.float16)
