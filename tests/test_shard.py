@@ -185,3 +185,76 @@ def test_merge_names_its_arguments():
     stats = np.zeros((5, 3))
     with pytest.raises(ValueError, match=r"^a and b must be \(N, 4\) shard stats"):
         gk.merge_shard_stats(stats, stats)
+
+
+def _three_rows():
+    rng = np.random.default_rng(12)
+    z, y = rng.standard_normal((3, 6)), np.array([0, 4, 5])
+    return z, y, gk.shard_stats(z, y, class_start=0)
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda z, y, st: gk.merge_shard_stats(st, st[:1]), "b"),
+        (lambda z, y, st: gk.shard_loss_and_grad(z, y, np.vstack([st, st[:1]]), **WHOLE), "stats"),
+        (lambda z, y, st: gk.shard_loss_and_grad(z, y, st[:, :3], **WHOLE), "stats"),
+        (
+            lambda z, y, st: gk.shard_stats(z, y, class_start=0, label_smoothing=2.0),
+            "label_smoothing",
+        ),
+        (lambda z, y, st: gk.shard_stats(z, np.array([0, 4, 5, 1]), class_start=0), "target"),
+        (lambda z, y, st: gk.shard_stats(z, y[:, None], class_start=0), "target"),
+        (
+            lambda z, y, st: gk.shard_loss_and_grad(z, y, st, grad_output=np.ones(3), **WHOLE),
+            "grad_output",
+        ),
+        (
+            lambda z, y, st: gk.shard_loss_and_grad(
+                z, y, st, reduction="none", grad_output=np.ones(2), **WHOLE
+            ),
+            "grad_output",
+        ),
+        (
+            lambda z, y, st: gk.shard_loss_and_grad(
+                z, y, st, out=np.zeros((3, 6), np.float32), **WHOLE
+            ),
+            "out",
+        ),
+        (lambda z, y, st: gk.shard_loss_and_grad(z, y, st, out=np.zeros((2, 6)), **WHOLE), "out"),
+    ],
+)
+def test_mismatched_shard_arguments_are_refused(backend, call, name):
+    """Stats of other rows or columns, a target of another shape, an upstream gradient or an
+    ``out`` that does not fit: each refused, naming the argument (without the checks, the
+    kernels read past the stats or broadcast one row's over all)."""
+    with pytest.raises(ValueError, match=rf"\b{name}\b"):
+        call(*_three_rows())
+
+
+WHOLE = {"class_start": 0, "num_classes": 6}
+
+
+def test_shard_out_and_stats_dtype(backend):
+    """``out=`` receives the gradient (here the logits themselves, in place), and float32
+    stats beside float64 logits are read in float64, as the float64 stats would be."""
+    z, y, st = _three_rows()
+    want_loss, want_grad = gk.shard_loss_and_grad(z, y, st, **WHOLE)
+    work = z.copy()
+    loss, grad = gk.shard_loss_and_grad(work, y, st, out=work, **WHOLE)
+    assert grad is work and np.array_equal(work, want_grad) and loss == want_loss
+    wide = gk.shard_loss_and_grad(z, y, st.astype(np.float32).astype(np.float64), **WHOLE)
+    narrow = gk.shard_loss_and_grad(z, y, st.astype(np.float32), **WHOLE)
+    assert narrow[0] == wide[0] and np.array_equal(narrow[1], wide[1])
+
+
+def test_mean_with_a_class_as_ignore_index(backend):
+    """A non-negative ``ignore_index`` (a padding class 0): the mean counts the rows whose
+    target is not it (PyTorch's divisor)."""
+    z, y, _ = _three_rows()
+    y = np.array([0, 4, 0])
+    stats = gk.shard_stats(z, y, class_start=0, ignore_index=0)
+    loss, grad = gk.shard_loss_and_grad(z, y, stats, ignore_index=0, **WHOLE)
+    want_loss, want_grad = gk.softmax_cross_entropy(z, y, ignore_index=0)
+    assert_close(loss, want_loss, np.float64, what="loss")
+    assert_close(grad, want_grad, np.float64, what="grad")
