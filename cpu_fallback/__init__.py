@@ -83,20 +83,21 @@ def compute_view(x: np.ndarray) -> np.ndarray:
     return x.view(np.uint16) if x.dtype == BFLOAT16 else x.astype(np.float32)
 
 
-def output_view(out: np.ndarray) -> np.ndarray:
+def output_view(out: np.ndarray | None) -> np.ndarray | None:
     """``out`` as the kernels write it: bfloat16 as its bits (a ``uint16`` view, written
     through :func:`put`), float16 as a float32 stand-in to be rounded into it by
-    :func:`store`, anything else as it is."""
-    if out.dtype.itemsize != 2:
+    :func:`store`, anything else (``None``: no output wanted) as it is."""
+    if out is None or out.dtype.itemsize != 2:
         return out
     return out.view(np.uint16) if out.dtype == BFLOAT16 else np.empty(out.shape, np.float32)
 
 
-def store(buffer: np.ndarray, out: np.ndarray) -> None:
+def store(buffer: np.ndarray | None, out: np.ndarray | None) -> None:
     """Round a float32 stand-in into its float16 ``out``, once, to nearest even (nothing to
-    do otherwise). Past float16's range that is +-inf, as IEEE rounding has it, without
-    NumPy's overflow warning (the CUDA kernels round the same way, silently)."""
-    if out.dtype.itemsize == 2 and out.dtype == FLOAT16:  # the size first: == costs more
+    do otherwise, nor for no ``out``). Past float16's range that is +-inf, as IEEE rounding
+    has it, without NumPy's overflow warning (the CUDA kernels round the same way,
+    silently)."""
+    if out is not None and out.dtype.itemsize == 2 and out.dtype == FLOAT16:  # size first
         with np.errstate(over="ignore"):
             out[...] = buffer
 

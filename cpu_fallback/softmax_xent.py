@@ -572,7 +572,7 @@ def softmax_xent_labels(
     """Fused CE with class indices and its reduction, in one compiled call (contract in
     docs/BACKENDS.md); ``softcap`` 0 for none, ``grad`` None for the loss alone."""
     n, c = logits.shape
-    buffer = gradient_view(grad)
+    buffer = output_view(grad)
     _labels_kernel(
         compute_view(logits),
         labels,
@@ -588,8 +588,7 @@ def softmax_xent_labels(
         work=logits.size,
         items=n,
     )
-    if grad is not None:
-        store(buffer, grad)
+    store(buffer, grad)
 
 
 def softmax_xent_probs(
@@ -598,7 +597,7 @@ def softmax_xent_probs(
     """Fused CE with class probabilities and its reduction, in one compiled call (contract
     in docs/BACKENDS.md); ``softcap`` 0 for none, ``grad`` None for the loss alone."""
     n, c = logits.shape
-    buffer = gradient_view(grad)
+    buffer = output_view(grad)
     target = compute_view(target)  # bfloat16 as its bits, widened as the kernel reads them
     _probs_kernel(
         compute_view(logits),
@@ -616,11 +615,4 @@ def softmax_xent_probs(
         work=logits.size,
         items=n,
     )
-    if grad is not None:
-        store(buffer, grad)
-
-
-def gradient_view(grad: np.ndarray | None) -> np.ndarray | None:
-    """:func:`output_view` of a gradient, or ``None`` where none is wanted (the kernels then
-    compute the loss alone)."""
-    return None if grad is None else output_view(grad)
+    store(buffer, grad)

@@ -112,7 +112,9 @@ def softmax_cross_entropy(
 
     xp, acc = call.xp, accumulation_dtype(dtype)
     _validate.cap_in_range("softcap", softcap, acc)
-    grad = out if out is not None or not gradient else xp.empty((n, c), dtype)
+    grad = None  # the loss alone (validated: no out then)
+    if gradient:
+        grad = xp.empty((n, c), dtype) if out is None else out
     if n == 0:
         if grad is not None:
             grad[...] = 0

@@ -65,9 +65,10 @@ def yes_no(name: str, value) -> bool:
 def gradient_wanted(gradient, out) -> bool:
     """``gradient`` (:func:`yes_no`); ``False`` beside an ``out`` array is a ``ValueError``:
     no gradient would be written into it."""
-    if not yes_no("gradient", gradient) and out is not None:
+    wanted = yes_no("gradient", gradient)
+    if not wanted and out is not None:
         raise ValueError("out: gradient=False computes no gradient to write into out")
-    return bool(gradient)
+    return wanted
 
 
 def array_library(name: str, x, number_ok: bool = False) -> str:

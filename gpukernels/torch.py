@@ -207,12 +207,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             )
         else:
             *grads, kept = ctx.saved_tensors
-            if ctx.headroom != 1.0:  # the headroom each kept, divided out on the device
-                pairs = zip(grads, kept, strict=True)
-                grads = [scaled(g, grad_loss / k, False, False) for g, k in pairs]
-            else:
-                grads = [scaled(g, grad_loss, False) for g in grads]
-            grad_x, grad_w, grad_b = grads
+            if ctx.headroom == 1.0:  # none kept: nothing to divide out
+                kept = (None,) * len(grads)
+            pairs = zip(grads, kept, strict=True)
+            grad_x, grad_w, grad_b = [scaled_by_kept(g, k, grad_loss) for g, k in pairs]
         return grad_x, grad_w, grad_b if ctx.has_bias else None, None, None, None, None
 
 
