@@ -201,13 +201,27 @@ def test_sum_rule_and_unread_columns(backend):
 
 
 def test_only_where_selects_rows(backend):
+    """Rows whose only_where column is not 0 (negative and fractional values too) take part,
+    and count in the term's mean."""
     rng = np.random.default_rng(85)
-    pred, target = seed_data(rng, 5, np.float32, objects=[0.0, 1.0, 0.0, 0.0, 1.0])
+    pred, target = seed_data(rng, 6, np.float32, objects=[0.0, 1.0, 0.0, -1.0, 1.0, 0.5])
     out = poisoned(pred.shape, pred.dtype)
     _, grad = check(gk.composite_loss(pred, target, seed_terms(), out=out), pred, target, SEED_REF)
     assert_all_written(out)
-    assert np.all(grad[[0, 2, 3], 1:] == 0.0)
-    assert np.all(grad[[1, 4], 1:] != 0.0)
+    assert np.all(grad[[0, 2], 1:] == 0.0)
+    assert np.all(grad[[1, 3, 4, 5], 1:] != 0.0)
+
+
+@pytest.mark.parametrize(
+    "pred_dtype, target_dtype", [(np.float32, np.float64), (np.float64, np.float32)]
+)
+def test_target_of_another_float_dtype(backend, pred_dtype, target_dtype):
+    """A target of another float dtype is read as it is: the results of the same values
+    in pred's dtype, where they fit it."""
+    rng = np.random.default_rng(87)
+    pred, target = seed_data(rng, 9, pred_dtype)
+    target = target.astype(target_dtype)
+    check(gk.composite_loss(pred, target, seed_terms()), pred, target, SEED_REF)
 
 
 def test_only_where_empty_selection_gives_zero(backend):

@@ -131,6 +131,36 @@ def test_cuda_available_is_a_cached_bool():
     assert time.perf_counter() - start < 0.1
 
 
+def test_cuda_available_is_false_on_the_simulator(monkeypatch):
+    """The simulator is no GPU: arrays are not moved to one, nor GPU tests run."""
+    from gpukernels import _dispatch
+
+    monkeypatch.setattr(_dispatch, "SIMULATOR", True)
+    _dispatch.cuda_available.cache_clear()
+    try:
+        assert _dispatch.cuda_available() is False
+    finally:
+        _dispatch.cuda_available.cache_clear()
+
+
+def test_a_backend_setting_the_arrays_cannot_run_on(monkeypatch):
+    """CUDA arrays under GPUKERNELS_BACKEND=cpu, and NumPy arrays under =cuda off the
+    simulator: a TypeError that says why, rather than a hidden copy or a failed launch."""
+    from gpukernels import _dispatch
+
+    monkeypatch.setenv("GPUKERNELS_BACKEND", "cpu")
+    with pytest.raises(TypeError, match="GPUKERNELS_BACKEND=cpu cannot run CUDA arrays"):
+        gk.backend(FakeDeviceArray())
+    monkeypatch.setenv("GPUKERNELS_BACKEND", "cuda")
+    monkeypatch.setattr(_dispatch, "SIMULATOR", False)
+    with pytest.raises(TypeError, match="NumPy arrays only on Numba's simulator"):
+        gk.backend(np.ones(3, np.float32))
+    with pytest.raises(TypeError, match="NumPy arrays only on Numba's simulator"):
+        gk.mse(np.ones(3, np.float32), np.zeros(3, np.float32))
+    monkeypatch.setattr(_dispatch, "SIMULATOR", True)
+    assert gk.backend(np.ones(3, np.float32)) == "cuda"
+
+
 def test_a_cuda_array_interface_object_runs_on_cuda(monkeypatch):
     monkeypatch.delenv("GPUKERNELS_BACKEND", raising=False)
     assert gk.backend(FakeDeviceArray()) == "cuda"

@@ -97,13 +97,17 @@ def test_no_bias_and_chunks_agree(backend):
             np.testing.assert_allclose(a, e, rtol=1e-13, atol=1e-15)
 
 
-def test_every_row_ignored_and_empty(backend):
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "class weights"])
+def test_every_row_ignored_and_empty(backend, weighted):
+    """A mean over no row is 0 with zero gradients, with class weights too (their sum over
+    no row is 0: 0 / 0 would be NaN)."""
     rng = np.random.default_rng(103)
     x, w, b, _ = case(rng, np.float32)
+    weight = rng.uniform(0.5, 2.0, w.shape[0]).astype(np.float32) if weighted else None
     y = np.full(len(x), -100)
-    loss, gx, gw, gb = gk.linear_cross_entropy(x, w, y, linear_bias=b)
+    loss, gx, gw, gb = gk.linear_cross_entropy(x, w, y, linear_bias=b, weight=weight)
     assert loss == 0 and not gx.any() and not gw.any() and not gb.any()
-    loss, gx, gw, gb = gk.linear_cross_entropy(x[:0], w, y[:0], linear_bias=b)
+    loss, gx, gw, gb = gk.linear_cross_entropy(x[:0], w, y[:0], linear_bias=b, weight=weight)
     assert loss == 0 and gx.shape == (0, 6) and not gw.any()
 
 

@@ -332,6 +332,8 @@ def torch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         assert torch.equal(compiled(shard), loss)
         # rows 0 and 1 as [4, 0] and [0, 2]: alike by a position-weighted sum (4 = 2 * 2)
         collision = np.concatenate([[4, 0] if rank == 0 else [0, 2], y[2:]])
+        # rows 0 and 1 as [1, 2] and [2, 1]: alike by a digest of the labels alone
+        swapped = np.concatenate([[1, 2] if rank == 0 else [2, 1], y[2:]])
         disagreements = [  # what this rank passes where the ranks disagree
             ("shard width", (z[:, : 5 + rank], y, {})),
             ("rows", (z[rank:, :width], y[rank:], {})),
@@ -339,6 +341,7 @@ def torch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             ("label_smoothing", (z[:, :width], y, {"label_smoothing": 0.1 * rank})),
             ("target", (z[:, :width], np.where(np.arange(N) == 3, (y + rank) % 10, y), {})),
             ("target", (z[:, :width], collision, {})),
+            ("target", (z[:, :width], swapped, {})),
         ]
         for what, (logits, labels, options) in disagreements:
             try:  # every rank refuses, after one small exchange: none is left waiting
@@ -347,6 +350,11 @@ def torch_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 assert f"rank 1 of the group disagrees with rank 0 on {what}" in str(error)
             else:
                 raise AssertionError(f"ranks that disagree on {what} were not refused")
+        # -0.0 and 0.0 are the same option: the ranks agree, as on the call without them
+        signed = {"label_smoothing": -0.0, "z_loss": -0.0} if rank else {}
+        agreed = vocab_parallel_cross_entropy(torch.tensor(z[:, :width]), torch.tensor(y), **signed)
+        plain = vocab_parallel_cross_entropy(torch.tensor(z[:, :width]), torch.tensor(y))
+        assert torch.equal(agreed, plain)
         try:  # no class on rank 1 alone: refused there as the array level refuses it
             vocab_parallel_cross_entropy(
                 torch.tensor(z[:, : 0 if rank == 1 else width]), torch.tensor(y)
