@@ -58,12 +58,13 @@ def _elementwise_loss_kernel(z, y, w, param, period, scale, grad, loss, reductio
             hi = lo + count
             # the tile's own views, indexed from 0: the loop over them vectorises (indexed
             # at j * TILE + k, the whole arrays' loop ran 3x slower)
-            z_t, y_t, grad_t = z[lo:hi], y[lo:hi], grad[lo:hi]
+            z_t, y_t, grad_t = z[lo:hi], y[lo:hi], window(grad, lo, hi)
             w_t, scale_t = window(w, lo, hi), window(factor, lo, hi)
             for k in range(count):
                 value, slope = _element(load(z_t, k), load(y_t, k), at(param, lo + k, period))
                 w_k = at(w_t, k)
-                put(grad_t, k, w_k * slope * at(scale_t, k))
+                if grad is not None:  # None: the loss alone (a variant without the write)
+                    put(grad_t, k, w_k * slope * at(scale_t, k))
                 s[k] = w_k * value
             finish_tile(s, count, j, loss, reduce)
     if reduce:
@@ -81,7 +82,8 @@ def loss_and_grad_launcher(element):
 
         ``weight`` ``(n,)`` acc or ``(0,)``; ``param`` ``(L,)`` acc or ``(0,)``, element ``i``
         using ``param[i % L]``; ``grad_scale`` ``(0,)`` (1), ``(1,)`` or ``(n,)`` acc;
-        ``grad`` ``(n,)`` of ``pred``'s dtype (may be ``pred``). ``reduction`` a
+        ``grad`` ``(n,)`` of ``pred``'s dtype (may be ``pred``), or ``None`` for the loss
+        alone. ``reduction`` a
         ``Reduction`` code: ``NONE`` writes the losses into ``loss`` ``(n,)``; ``SUM`` and
         ``MEAN`` their canonical sum into ``loss[0]`` (``loss`` ``(ceil(n / TILE),)`` acc, the
         tile sums' scratch), ``MEAN`` dividing it and the gradient by ``divisor`` (> 0).

@@ -30,12 +30,13 @@ _PRED_ARGUMENTS = _loss_arguments("pred")
 _BCE_ARGUMENTS = _loss_arguments("logits", "weight", "pos_weight")
 
 
-def _begin(arguments: ArrayArguments, reduction, allowed, *values):
+def _begin(arguments: ArrayArguments, reduction, allowed, gradient, *values):
     """The elementwise losses' common start: adopt and check the arguments ``values`` (in the
-    order of ``arguments``).
+    order of ``arguments``) and ``gradient``.
 
-    Returns the call, the prediction and the target as the kernel reads it (1-D, in the
-    prediction's dtype or, if it has another one, the accumulation dtype).
+    Returns the call, the prediction, the target as the kernel reads it (1-D, in the
+    prediction's dtype or, if it has another one, the accumulation dtype) and whether the
+    gradient is wanted.
     """
     call = arguments.call(*values)
     pred_name = arguments.names[0]
@@ -48,12 +49,13 @@ def _begin(arguments: ArrayArguments, reduction, allowed, *values):
     _validate.reduction(reduction, allowed)
     _validate.out_array(out, shape, dtype, call.library)
     _validate.grad_output(grad_output, reduction, shape)
-    return call, x, flat_input(call.xp, t, companion_dtype(t.dtype, dtype))
+    wanted = _validate.gradient_wanted(gradient, out)
+    return call, x, flat_input(call.xp, t, companion_dtype(t.dtype, dtype)), wanted
 
 
-def _finish(call, op, x, target, weight, param, divisor, reduction):
+def _finish(call, op, x, target, weight, param, divisor, reduction, gradient: bool):
     """The elementwise losses' common end: one launch of ``op``'s ``loss_and_grad``, which
-    writes the gradient and reduces the losses.
+    writes the gradient (unless ``gradient`` is false: ``None``) and reduces the losses.
 
     ``weight`` and ``param`` are the launcher's (``None`` for none); ``divisor`` the mean's
     denominator (a Python int; 0 for a mean over nothing, which is 0 with a zero gradient).
@@ -64,7 +66,7 @@ def _finish(call, op, x, target, weight, param, divisor, reduction):
     param = absent(xp, acc) if param is None else param
     shape, n = tuple(x.shape), int(x.size)
     grad_output, out = call.arrays[-2:]
-    grad = FlatOutput(xp, out, shape, dtype)
+    grad = FlatOutput(xp, out, shape, dtype) if gradient else None
     reduce = reduction != "none"
     loss = xp.empty(max(1, tile_count(n)) if reduce else n, acc)
     if n:
@@ -74,16 +76,15 @@ def _finish(call, op, x, target, weight, param, divisor, reduction):
             weight,
             param,
             upstream_scale(xp, grad_output, acc, none_as_empty=True),
-            grad.flat,
+            None if grad is None else grad.flat,
             loss,
             REDUCTION_CODES["mean" if reduction == "batchmean" else reduction],
             max(1, divisor),
         )
     elif reduce:
         loss[...] = 0
-    if not reduce:
-        return loss.reshape(shape), grad.result()
-    return loss[0, ...], grad.result()
+    grad = None if grad is None else grad.result()
+    return (loss[0, ...] if reduce else loss.reshape(shape)), grad
 
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -99,6 +100,7 @@ def bce_with_logits(
     pos_weight=None,
     grad_output=None,
     out=None,
+    gradient: bool = True,
 ):
     r"""Binary cross-entropy on logits, and its gradient, in one pass.
 
@@ -123,9 +125,12 @@ def bce_with_logits(
             class, along the last axis).
         grad_output: upstream gradient: a scalar, or with ``"none"`` an array of the shape.
         out: array to write the gradient into; may be ``logits`` itself.
+        gradient: ``False`` for the loss alone, as an evaluation wants it (no gradient
+            allocated or written; the same loss bits); then ``out`` must be ``None``.
 
     Returns:
-        ``(loss, grad)``; loss is 0-d, or ``logits``' shape for ``"none"``.
+        ``(loss, grad)``; loss is 0-d, or ``logits``' shape for ``"none"``; ``grad`` like
+        ``logits``, ``None`` with ``gradient=False``.
 
     Example:
         >>> import numpy as np, gpukernels as gk
@@ -133,8 +138,17 @@ def bce_with_logits(
         >>> round(float(loss), 4), grad.round(4).tolist()
         (1.41, [-0.25, 0.4404])
     """
-    call, x, t = _begin(
-        _BCE_ARGUMENTS, reduction, _REDUCTIONS, logits, target, weight, pos_weight, grad_output, out
+    call, x, t, gradient = _begin(
+        _BCE_ARGUMENTS,
+        reduction,
+        _REDUCTIONS,
+        gradient,
+        logits,
+        target,
+        weight,
+        pos_weight,
+        grad_output,
+        out,
     )
     xp, acc = call.xp, accumulation_dtype(x.dtype)
     shape = tuple(x.shape)
@@ -152,11 +166,13 @@ def bce_with_logits(
         per_class = all(d == 1 for d in pw.shape[:-1])
         pw = flat_input(xp, pw.reshape(pw.shape[-1:]) if per_class else xp.broadcast_to(pw, shape))
     divisor = x.size if reduction == "mean" else 1
-    return _finish(call, "bce", x, t, w, pw, divisor, reduction)
+    return _finish(call, "bce", x, t, w, pw, divisor, reduction, gradient)
 
 
 @tensor_io(_PRED_ARGUMENTS)
-def mse(pred, target, *, reduction: str = "mean", grad_output=None, out=None):
+def mse(
+    pred, target, *, reduction: str = "mean", grad_output=None, out=None, gradient: bool = True
+):
     r"""Mean squared error and its gradient in one pass.
 
     .. math::
@@ -173,6 +189,7 @@ def mse(pred, target, *, reduction: str = "mean", grad_output=None, out=None):
         reduction: ``"mean"``, ``"batchmean"``, ``"sum"`` or ``"none"``.
         grad_output: upstream gradient: a scalar, or with ``"none"`` an array of the shape.
         out: array to write the gradient into; may be ``pred`` itself.
+        gradient: ``False`` for the loss alone (``grad`` ``None``; ``out`` must be ``None``).
 
     Returns:
         ``(loss, grad)``; loss is 0-d, or ``pred``'s shape for ``"none"``.
@@ -184,17 +201,26 @@ def mse(pred, target, *, reduction: str = "mean", grad_output=None, out=None):
         (36.0, [12.0])
     """
     allowed = ("mean", "batchmean", "sum", "none")
-    call, x, t = _begin(_PRED_ARGUMENTS, reduction, allowed, pred, target, grad_output, out)
+    call, x, t, gradient = _begin(
+        _PRED_ARGUMENTS, reduction, allowed, gradient, pred, target, grad_output, out
+    )
     if reduction == "batchmean" and x.ndim == 0:
         raise ValueError("reduction='batchmean' needs pred with a batch axis (ndim >= 1)")
     batch = x.shape[0] if x.ndim else 1
     divisor = {"mean": x.size, "batchmean": batch, "sum": 1, "none": 1}[reduction]
-    return _finish(call, "mse", x, t, None, None, divisor, reduction)
+    return _finish(call, "mse", x, t, None, None, divisor, reduction, gradient)
 
 
 @tensor_io(_PRED_ARGUMENTS)
 def huber_loss(
-    pred, target, *, delta: float = 1.0, reduction: str = "mean", grad_output=None, out=None
+    pred,
+    target,
+    *,
+    delta: float = 1.0,
+    reduction: str = "mean",
+    grad_output=None,
+    out=None,
+    gradient: bool = True,
 ):
     r"""Huber loss and its gradient in one pass (``torch.nn.functional.huber_loss``).
 
@@ -216,6 +242,7 @@ def huber_loss(
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         grad_output: upstream gradient: a scalar, or with ``"none"`` an array of the shape.
         out: array to write the gradient into; may be ``pred`` itself.
+        gradient: ``False`` for the loss alone (``grad`` ``None``; ``out`` must be ``None``).
 
     Returns:
         ``(loss, grad)``; loss is 0-d, or ``pred``'s shape for ``"none"``.
@@ -226,11 +253,13 @@ def huber_loss(
         >>> float(loss), grad.tolist()
         (2.625, [0.5, 1.0])
     """
-    call, x, t = _begin(_PRED_ARGUMENTS, reduction, _REDUCTIONS, pred, target, grad_output, out)
+    call, x, t, gradient = _begin(
+        _PRED_ARGUMENTS, reduction, _REDUCTIONS, gradient, pred, target, grad_output, out
+    )
     delta = _validate.real_number("delta", delta)
     if not (np.isfinite(delta) and delta > 0):
         raise ValueError(f"delta must be a finite number > 0, got {delta}")
     acc = accumulation_dtype(x.dtype)
     param = call.xp.full(1, _validate.saturated(delta, acc), acc)
     divisor = x.size if reduction == "mean" else 1
-    return _finish(call, "huber", x, t, None, param, divisor, reduction)
+    return _finish(call, "huber", x, t, None, param, divisor, reduction, gradient)

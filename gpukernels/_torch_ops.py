@@ -85,6 +85,12 @@ def _loss_like(input: Tensor, shape) -> Tensor:
     return input.new_empty(shape, dtype=dtype)
 
 
+def _results_like(input: Tensor, loss_shape, gradient: bool) -> tuple[Tensor, Tensor]:
+    """A loss op's fake results: an empty loss of ``loss_shape`` and a gradient like
+    ``input`` (an empty one without ``gradient``, as :func:`_or_empty`)."""
+    return _loss_like(input, loss_shape), input.new_empty(input.shape if gradient else 0)
+
+
 @_custom_op("gpukernels::cross_entropy", (), input_names=("logits",), weights=1)
 def cross_entropy_op(
     input: Tensor,
@@ -100,8 +106,12 @@ def cross_entropy_op(
     grad_scale: float,
 ) -> tuple[Tensor, Tensor]:
     args = (ignore_index, reduction, label_smoothing, z_loss, softcap, validate, grad_scale)
-    loss, grad = _softmax_xent(input, target, weight, *args, gradient=gradient)
-    # a custom op returns tensors only: no gradient (gradient=False) is an empty one
+    return _or_empty(*_softmax_xent(input, target, weight, *args, gradient=gradient), input)
+
+
+def _or_empty(loss: Tensor, grad: Tensor | None, input: Tensor) -> tuple[Tensor, Tensor]:
+    """A custom op's results: it returns tensors only, so no gradient (``gradient=False``)
+    is an empty one."""
     return loss, input.new_empty(0) if grad is None else grad
 
 
@@ -138,9 +148,7 @@ def _softmax_xent(
 
 @cross_entropy_op.register_fake
 def _(input, target, weight, ignore_index, reduction, *rest):
-    gradient = rest[-2]
-    shape = (input.shape[0],) if reduction == "none" else ()
-    return _loss_like(input, shape), input.new_empty(input.shape if gradient else 0)
+    return _results_like(input, (input.shape[0],) if reduction == "none" else (), rest[-2])
 
 
 @_custom_op("gpukernels::cross_entropy_inplace", ("input",), input_names=("logits", "out"))
@@ -172,46 +180,58 @@ def bce_op(
     weight: Tensor | None,
     pos_weight: Tensor | None,
     reduction: str,
+    gradient: bool,
     grad_scale: float,
 ) -> tuple[Tensor, Tensor]:
-    return _gk.bce_with_logits(
+    results = _gk.bce_with_logits(
         input,
         target,
         weight=weight,
         pos_weight=pos_weight,
         reduction=reduction,
         grad_output=as_grad_output(grad_scale),
+        gradient=gradient,
     )
+    return _or_empty(*results, input)
 
 
 @bce_op.register_fake
-def _(input, target, weight, pos_weight, reduction, grad_scale):
-    return _elementwise_fake(input, reduction)
+def _(input, target, weight, pos_weight, reduction, gradient, grad_scale):
+    return _elementwise_fake(input, reduction, gradient)
 
 
 @_custom_op("gpukernels::mse", (), input_names=("pred",))
 def mse_op(
-    input: Tensor, target: Tensor, reduction: str, grad_scale: float
+    input: Tensor, target: Tensor, reduction: str, gradient: bool, grad_scale: float
 ) -> tuple[Tensor, Tensor]:
-    return _gk.mse(input, target, reduction=reduction, grad_output=as_grad_output(grad_scale))
+    scale = as_grad_output(grad_scale)
+    results = _gk.mse(input, target, reduction=reduction, grad_output=scale, gradient=gradient)
+    return _or_empty(*results, input)
 
 
 @mse_op.register_fake
-def _(input, target, reduction, grad_scale):
-    return _elementwise_fake(input, reduction)
+def _(input, target, reduction, gradient, grad_scale):
+    return _elementwise_fake(input, reduction, gradient)
 
 
 @_custom_op("gpukernels::huber", (), input_names=("pred",))
 def huber_op(
-    input: Tensor, target: Tensor, reduction: str, delta: float, grad_scale: float
+    input: Tensor, target: Tensor, reduction: str, delta: float, gradient: bool, grad_scale: float
 ) -> tuple[Tensor, Tensor]:
-    scale = as_grad_output(grad_scale)
-    return _gk.huber_loss(input, target, reduction=reduction, delta=delta, grad_output=scale)
+    results = _gk.huber_loss(
+        input,
+        target,
+        reduction=reduction,
+        delta=delta,
+        grad_output=as_grad_output(grad_scale),
+        gradient=gradient,
+    )
+    return _or_empty(*results, input)
 
 
 @huber_op.register_fake
-def _(input, target, reduction, delta, grad_scale):
-    return _elementwise_fake(input, reduction)
+def _(input, target, reduction, delta, gradient, grad_scale):
+    return _elementwise_fake(input, reduction, gradient)
 
 
 @_custom_op("gpukernels::linear_cross_entropy", ())
@@ -271,9 +291,8 @@ def as_grad_output(grad_scale: float) -> float | None:
     return None if grad_scale == 1.0 else grad_scale
 
 
-def _elementwise_fake(input, reduction):
-    shape = tuple(input.shape) if reduction == "none" else ()
-    return _loss_like(input, shape), input.new_empty(input.shape)
+def _elementwise_fake(input, reduction, gradient):
+    return _results_like(input, tuple(input.shape) if reduction == "none" else (), gradient)
 
 
 @_custom_op("gpukernels::composite", ())

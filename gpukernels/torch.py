@@ -269,19 +269,30 @@ def cross_entropy(
     options = (ignore, reduction, smoothing, factor, cap, _checks_indices(input, validate))
     inplace = _validate.yes_no("inplace_backward", inplace_backward)
     headroom = float16_headroom(input, reduction, batch_rows(input))
-    differentiated = torch.is_grad_enabled() and input.requires_grad
-    tracing = torch.jit.is_tracing()
     # (torch.jit.trace cannot record an autograd function that modifies its input)
-    if inplace and differentiated and not tracing:
+    if inplace and _differentiated(input) and not torch.jit.is_tracing():
         _overwritable(input)
         loss, _ = _FusedLossInPlace.apply(input, headroom, target, weight, options)
         return loss
-    if differentiated or tracing:  # a trace would keep the choice below for any input
+    return _fused_loss(cross_entropy_op, headroom, input, target, weight, None, options)
+
+
+def _differentiated(input: Tensor) -> bool:
+    """Whether a backward pass can follow a loss of ``input``."""
+    return torch.is_grad_enabled() and input.requires_grad
+
+
+def _fused_loss(op, headroom: float, input, target, weight, pos_weight, options: tuple) -> Tensor:
+    """The loss of ``op`` (its options ``options``, before ``gradient`` and the gradient
+    scale): through :class:`_FusedLoss` where a backward can follow, else the loss alone (no
+    gradient computed or allocated, and no autograd function: about 8 us a call). Always
+    the former under ``torch.jit.trace``, whose graph would keep the choice for any
+    input."""
+    if _differentiated(input) or torch.jit.is_tracing():
         options = (*options, True)
-        return _FusedLoss.apply(cross_entropy_op, headroom, input, target, weight, None, options)
-    # no backward can follow: the loss alone (no (N, C) gradient), and no autograd function
-    # (about 8 us a call)
-    return run(cross_entropy_op, input, target, weight, *options, False, headroom)[0]
+        return _FusedLoss.apply(op, headroom, input, target, weight, pos_weight, options)
+    tensors = (input, target, *weights_of(op, weight, pos_weight))
+    return run(op, *tensors, *options, False, headroom)[0]
 
 
 def _checks_indices(input: Tensor, validate: bool | None) -> bool:
@@ -406,7 +417,7 @@ def binary_cross_entropy_with_logits(
         no_gradient_for(name, value)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     headroom = float16_headroom(input, reduction, input.numel())
-    return _FusedLoss.apply(bce_op, headroom, input, target, weight, pos_weight, (reduction,))
+    return _fused_loss(bce_op, headroom, input, target, weight, pos_weight, (reduction,))
 
 
 @overridable
@@ -424,7 +435,7 @@ def mse_loss(
     no_gradient_for("target", target)
     reduction = _legacy_reduction(size_average, reduce, reduction)
     headroom = float16_headroom(input, reduction, input.numel())
-    return _FusedLoss.apply(mse_op, headroom, input, target, None, None, (reduction,))
+    return _fused_loss(mse_op, headroom, input, target, None, None, (reduction,))
 
 
 @overridable
@@ -438,7 +449,7 @@ def huber_loss(
     no_gradient_for("target", target)
     delta = _validate.real_number("delta", delta)
     headroom = float16_headroom(input, reduction, input.numel())
-    return _FusedLoss.apply(huber_op, headroom, input, target, None, None, (reduction, delta))
+    return _fused_loss(huber_op, headroom, input, target, None, None, (reduction, delta))
 
 
 @overridable

@@ -1169,6 +1169,51 @@ def test_cross_entropy_without_backward_computes_the_loss_alone(mode, dtype, tar
     assert alone < x.nbytes / 4 < x.nbytes <= kept
 
 
+ELEMENTWISE = {  # name: (ours, PyTorch's, keyword options)
+    "bce": (gkt.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, {}),
+    "mse": (gkt.mse_loss, F.mse_loss, {}),
+    "huber": (gkt.huber_loss, F.huber_loss, {"delta": 0.5}),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "input_without_grad"])
+@pytest.mark.parametrize("name", list(ELEMENTWISE))
+def test_elementwise_losses_without_backward_compute_the_loss_alone(name, mode, dtype):
+    """As for cross_entropy: where no backward can follow, the loss alone, with the bits of
+    the call that keeps the gradient (a float16 mean's headroom included) and PyTorch's
+    value, and no gradient like the input allocated."""
+    tracemalloc = pytest.importorskip("tracemalloc")
+    ours, theirs, options = ELEMENTWISE[name]
+    gen = torch.Generator().manual_seed(32)
+    x = (2 * torch.randn(512, 256, generator=gen)).to(dtype)
+    target = torch.rand(512, 256, generator=gen).to(dtype)
+    context = {
+        "no_grad": torch.no_grad,
+        "inference_mode": torch.inference_mode,
+        "input_without_grad": torch.enable_grad,
+    }[mode]
+
+    def peak(pred):
+        for _ in range(2):  # compiled, and every lazy set-up done, before tracing
+            ours(pred, target, **options)
+        tracemalloc.start()
+        try:
+            return ours(pred, target, **options), tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    with context():
+        loss, alone = peak(x.requires_grad_(mode != "input_without_grad"))
+    assert not loss.requires_grad
+    want, kept = peak(x.detach().clone().requires_grad_())
+    assert want.requires_grad
+    assert torch.equal(loss, want.detach())
+    close(loss, theirs(x.double(), target.double(), **options), torch.float32)
+    if dtype is not torch.float16:  # (the CPU kernels read float16 from float32 copies)
+        assert alone < x.nbytes / 4 < x.nbytes <= kept
+
+
 def test_inplace_backward_leaves_logits_alone_without_autograd():
     logits = torch.randn(4, 5)
     kept = logits.clone()
@@ -1282,9 +1327,12 @@ def test_custom_ops_pass_opcheck():
             (z.half(), labels, None, -100, "mean", 0.0, 0.0, None, True, True, 4.0),
         ),
         (ops.cross_entropy, (z, labels, None, -100, "sum", 0.0, 0.0, None, True, False, 1.0)),
-        (ops.mse, (y, y.contiguous() * 2, "none", 1.0)),
-        (ops.huber, (y, y * 0, "sum", 0.5, 2.0)),
-        (ops.bce_with_logits, (z, torch.rand(6, 5, generator=gen), None, None, "mean", 8.0)),
+        (ops.mse, (y, y.contiguous() * 2, "none", True, 1.0)),
+        (ops.mse, (y, y.contiguous() * 2, "mean", False, 1.0)),
+        (ops.huber, (y, y * 0, "sum", 0.5, True, 2.0)),
+        (ops.huber, (y, y * 0, "none", 0.5, False, 1.0)),
+        (ops.bce_with_logits, (z, torch.rand(6, 5, generator=gen), None, None, "mean", True, 8.0)),
+        (ops.bce_with_logits, (z, torch.rand(6, 5, generator=gen), None, None, "sum", False, 1.0)),
     ):
         torch.library.opcheck(*args)
 

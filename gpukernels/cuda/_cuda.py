@@ -104,6 +104,13 @@ def bits(x):
     return x.view(np.uint16) if is_bf16(x.dtype) else x
 
 
+def gradient_or_none(grad, input):
+    """``grad`` as the kernels take it (:func:`bits`); for ``None`` (the loss alone) the
+    ``input``'s first 0 elements or rows, its type, which the kernels read as "write no
+    gradient"."""
+    return bits(input[:0] if grad is None else grad)
+
+
 @functools.cache
 def element_io(acc, bf16: bool):
     """``(load, store)`` device functions for the elements of a storage array.

@@ -11,8 +11,9 @@ scalar leaf ``element(prediction, target, param) -> (loss, slope)`` of
 
 A block covers whole tiles of ``TILE`` elements; reducing, it writes the canonical sum of each
 tile's losses (the bits of ``reduce.total`` over the unreduced losses) and the last block to
-finish folds them to the total, in the same launch; else the losses themselves. Maths in the
-accumulation dtype, rounded once at the store.
+finish folds them to the total, in the same launch; else the losses themselves. A ``grad`` of
+no elements asks for the loss alone. Maths in the accumulation dtype, rounded once at the
+store.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ._cuda import (
     accumulator,
     bits,
     element_io,
+    gradient_or_none,
     is_bf16,
     kernel_type,
     launch,
@@ -70,6 +72,7 @@ def _elementwise_loss_kernel(element, acc, tpb: int, bf16: bool, target_bf16: bo
         tiles = (n + TILE - 1) // TILE
         period = param.shape[0]
         has_w = weight.shape[0] > 0
+        writes = grad.shape[0] > 0  # else the loss alone
         per_element = grad_scale.shape[0] > 1
         reduce = reduction >= SUM
         d = acc(divisor)
@@ -86,8 +89,9 @@ def _elementwise_loss_kernel(element, acc, tpb: int, bf16: bool, target_bf16: bo
                     p = acc(param[i % period]) if period > 0 else one
                     w = acc(weight[i]) if has_w else one
                     li, gi = leaf(load(z[i]), load_target(y[i]), p)
-                    g = grad_scale[i] if per_element else scale
-                    grad[i] = store(g * (w * gi))
+                    if writes:
+                        g = grad_scale[i] if per_element else scale
+                        grad[i] = store(g * (w * gi))
                     # rounded to acc here so that the tile sum adds the stored bits
                     value = acc(w * li)
                     if not reduce:
@@ -122,7 +126,8 @@ def loss_and_grad_launcher(element):
         kernel = _elementwise_loss_kernel(element, accumulator(loss.dtype), tpb, *bf16)
         tiles = tile_count(n)
         grid = tile_grid(tiles)
-        arrays = (bits(pred), bits(target), weight, param, grad_scale, bits(grad), loss)
+        grad = gradient_or_none(grad, pred)
+        arrays = (bits(pred), bits(target), weight, param, grad_scale, grad, loss)
         counters = tile_counters(tiles if reduction else 0)  # no sum: no groups
         launch(kernel, grid, tpb, 0, *arrays, int(reduction), float(divisor), counters)
 

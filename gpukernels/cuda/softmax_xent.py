@@ -40,6 +40,7 @@ from ._cuda import (
     accumulator,
     bits,
     element_io,
+    gradient_or_none,
     grid_for,
     is_bf16,
     kernel_type,
@@ -534,7 +535,7 @@ def softmax_xent_labels(
         labels,
         weight,
         grad_scale,
-        gradient_rows(grad, logits),
+        gradient_or_none(grad, logits),
         row_loss,
         divisor,
         1.0,
@@ -571,7 +572,7 @@ def softmax_xent_probs(
         bits(target),
         weight,
         grad_scale,
-        gradient_rows(grad, logits),
+        gradient_or_none(grad, logits),
         row_loss,
         no_divisor,
         float(n),
@@ -584,12 +585,6 @@ def softmax_xent_probs(
     if reduction >= SUM:
         fixed = float(n) if reduction == MEAN else 1.0
         total_divided(row_loss, loss, scratch(-(-n // TILE), row_loss.dtype), no_divisor, fixed)
-
-
-def gradient_rows(grad, logits):
-    """``grad`` as the row kernels take it; for none (the loss alone) the logits' first 0 rows,
-    which the kernels read as "write no gradient"."""
-    return bits(logits[:0] if grad is None else grad)
 
 
 def ptx_signatures():
