@@ -104,9 +104,11 @@ def _composite_kernel(
         for i in range(b * chunk, min(n, (b + 1) * chunk)):
             widen(pred[i], z)
             t_rows, t_lo = rows_in(target, i, 1, tc)
-            out, out_lo = rows_out(grad, i, gc)
-            t, grad_i = t_rows[t_lo], out[out_lo]
-            grad_i[:] = 0
+            t = t_rows[t_lo]
+            if grad is not None:  # None: the loss alone (a variant without the writes)
+                out, out_lo = rows_out(grad, i, gc)
+                grad_i = out[out_lo]
+                grad_i[:] = 0
             for k in range(kinds.shape[0]):
                 if only_where[k] >= 0 and t[only_where[k]] == 0:
                     row_loss[i, k] = 0
@@ -122,8 +124,9 @@ def _composite_kernel(
                     )
                 else:
                     row_loss[i, k] = _elementwise_term(kinds[k], zk, tk, term_param[k, 0], gk)
-                for c in range(c1 - c0):
-                    grad_i[c0 + c] += term_scale[k] * gk[c]
+                if grad is not None:
+                    for c in range(c1 - c0):
+                        grad_i[c0 + c] += term_scale[k] * gk[c]
             flush_rows(gc, grad, i, 1)
 
 
@@ -131,7 +134,9 @@ _kernel = parallel_kernel(_composite_kernel)
 
 
 def composite(pred, target, kinds, cols, tcols, only_where, term_scale, term_param, grad, row_loss):
-    """Every term of every row: row losses into ``row_loss``, summed gradients into ``grad``."""
+    """Every term of every row: row losses into ``row_loss``, summed gradients into ``grad``
+    (none for ``None``: the loss alone; the terms' gradients are then formed in a row's
+    scratch and dropped)."""
     buffer = output_view(grad)
     _kernel(
         compute_view(pred),

@@ -63,7 +63,14 @@ def batches(pred, target) -> None:
 
 @tensor_io(_ARGUMENTS)
 def composite_loss(
-    pred, target, terms: Sequence[LossTerm], *, grad_output=None, out=None, validate: bool = True
+    pred,
+    target,
+    terms: Sequence[LossTerm],
+    *,
+    grad_output=None,
+    out=None,
+    validate: bool = True,
+    gradient: bool = True,
 ):
     r"""A loss made of different terms on different columns of one output, fused.
 
@@ -89,9 +96,11 @@ def composite_loss(
         validate: check that a class-index target column holds whole numbers in the term's
             class range on the rows it reads (one small device-to-host read on a GPU). With
             ``False`` a bad index gives that row of the term a NaN loss and no gradient.
+        gradient: ``False`` for the loss alone (``grad`` ``None``; ``out`` must be ``None``).
 
     Returns:
-        ``(loss, grad)``: 0-d loss and the gradient like ``pred``.
+        ``(loss, grad)``: 0-d loss and the gradient like ``pred`` (``None`` with
+        ``gradient=False``).
 
     Example:
         >>> import numpy as np, gpukernels as gk
@@ -114,6 +123,7 @@ def composite_loss(
     _validate.out_array(out, tuple(pred.shape), dtype, call.library)
     _validate.grad_output(grad_output, None, ())
     validate = _validate.yes_no("validate", validate)
+    gradient = _validate.gradient_wanted(gradient, out)
     resolved = _validate.loss_terms(terms, pred.shape[1], target.shape[1])
 
     xp, acc = call.xp, accumulation_dtype(dtype)
@@ -138,7 +148,7 @@ def composite_loss(
     ]
     term_scale = xp.stack(factors) * upstream_scale(xp, grad_output, acc)
 
-    grad = xp.empty(pred.shape, dtype) if out is None else out
+    grad = (xp.empty(pred.shape, dtype) if out is None else out) if gradient else None
     row_loss = xp.empty((n, len(resolved)), acc)
     if n:
         layout = tuple(

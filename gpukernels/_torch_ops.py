@@ -302,16 +302,23 @@ def composite_op(
     layout: list[int],
     factors: list[float],
     validate: bool,
+    gradient: bool,
     grad_scale: float,
 ) -> tuple[Tensor, Tensor]:
-    terms = _terms_from(layout, factors)
-    scale = as_grad_output(grad_scale)
-    return _gk.composite_loss(pred, target, terms, validate=validate, grad_output=scale)
+    results = _gk.composite_loss(
+        pred,
+        target,
+        _terms_from(layout, factors),
+        validate=validate,
+        grad_output=as_grad_output(grad_scale),
+        gradient=gradient,
+    )
+    return _or_empty(*results, pred)
 
 
 @composite_op.register_fake
-def _(pred, target, layout, factors, validate, grad_scale):
-    return _loss_like(pred, ()), pred.new_empty(pred.shape)
+def _(pred, target, layout, factors, validate, gradient, grad_scale):
+    return _results_like(pred, (), gradient)
 
 
 def layout_of(terms: Sequence[LossTerm], width: int, target_width: int):

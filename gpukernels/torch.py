@@ -467,7 +467,7 @@ def composite_loss(
     check = _checks_indices(pred, validate)
     headroom = float16_headroom(pred, "mean", batch_rows(pred))  # each term is a mean over the rows
     options = (layout, factors, check)
-    return _FusedLoss.apply(composite_op, headroom, pred, target, None, None, options)
+    return _fused_loss(composite_op, headroom, pred, target, None, None, options)
 
 
 # ----------------------------------------------------------------------- modules

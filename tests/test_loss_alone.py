@@ -1,11 +1,20 @@
 """``gradient=False`` of the elementwise losses (``bce_with_logits``, ``mse``,
-``huber_loss``): the loss alone, with the bits of the call that computes the gradient, and
-matching the float64 maths; no gradient allocated or written. (``softmax_cross_entropy``'s
-is tested beside its other cases, in test_softmax_xent.py.)"""
+``huber_loss``) and ``composite_loss``: the loss alone, with the bits of the call that
+computes the gradient, and matching the float64 maths; no gradient allocated or written.
+(``softmax_cross_entropy``'s is tested beside its other cases, in test_softmax_xent.py.)"""
 
 import numpy as np
 import pytest
-from _refs import FLOATS, assert_close, bce_with_logits, huber, loss_dtype, mse, random_floats
+from _refs import (
+    FLOATS,
+    assert_close,
+    bce_with_logits,
+    cross_entropy,
+    huber,
+    loss_dtype,
+    mse,
+    random_floats,
+)
 
 import gpukernels as gk
 
@@ -125,3 +134,91 @@ def test_loss_alone_allocates_no_gradient(cpu_backend, name):
             tracemalloc.stop()
 
     assert peak(gradient=False) < x.nbytes / 10 < x.nbytes <= peak()
+
+
+def composite_case(rng, n, dtype):
+    """Seed 000's head: an objectness logit, a box where there is an object (MSE), three
+    classes as a class index there (cross-entropy with a z-loss and a softcap), and a Huber
+    term on the box again."""
+    pred = random_floats(rng, (n, 8), dtype)
+    target = random_floats(rng, (n, 6), dtype)
+    target[:, 0] = rng.integers(0, 2, n)
+    target[:, 5] = rng.integers(0, 3, n)
+    terms = [
+        gk.LossTerm("bce_with_logits", slice(0, 1)),
+        gk.LossTerm("mse", slice(1, 5), weight=5.0, only_where=0),
+        gk.LossTerm(
+            "softmax_cross_entropy",
+            slice(5, 8),
+            slice(5, 6),
+            weight=0.5,
+            only_where=0,
+            z_loss=1e-2,
+            softcap=2.0,
+        ),
+        gk.LossTerm("huber", slice(1, 5), delta=0.5),
+    ]
+    return pred, target, terms
+
+
+def composite_reference(pred, target):
+    """composite_case's loss in float64, the z-loss and the softcap written out; a term over
+    no row adds 0."""
+    p, t = pred.astype(np.float64), target.astype(np.float64)
+    rows = t[:, 0] != 0
+    loss = bce_with_logits(p[:, :1], t[:, :1])[0] + huber(p[:, 1:5], t[:, 1:5], delta=0.5)[0]
+    if rows.any():
+        z = 2.0 * np.tanh(p[rows, 5:8] / 2.0)
+        xent = cross_entropy(z, t[rows, 5].astype(np.int64), reduction="none")[0]
+        z_loss = 1e-2 * np.logaddexp.reduce(z, axis=1) ** 2
+        loss += 5.0 * mse(p[rows, 1:5], t[rows, 1:5])[0] + 0.5 * np.mean(xent + z_loss)
+    return loss
+
+
+def composite_alone(pred, target, terms):
+    loss, grad = gk.composite_loss(pred, target, terms, gradient=False)
+    assert grad is None
+    same_bits(loss, gk.composite_loss(pred, target, terms)[0])
+    return loss
+
+
+@pytest.mark.parametrize("n", [1, 33, 300])
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_composite_loss_alone(backend, dtype, n):
+    """The bits of the call with a gradient and the float64 maths; a NaN in a term's column
+    makes the loss NaN as with the gradient."""
+    pred, target, terms = composite_case(np.random.default_rng(n), n, dtype)
+    loss = composite_alone(pred, target, terms)
+    assert_close(loss, composite_reference(pred, target), loss_dtype(dtype), what="loss")
+    pred[0, 2] = np.nan  # read by the Huber term on every row
+    assert np.isnan(composite_alone(pred, target, terms))
+
+
+def test_composite_loss_alone_of_bfloat16_read_only_and_empty(backend):
+    """bfloat16, read-only inputs, no rows; an ``out`` beside ``gradient=False`` refused."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    pred, target, terms = composite_case(np.random.default_rng(3), 9, np.float32)
+    pred = pred.astype(ml_dtypes.bfloat16)
+    pred.flags.writeable = False
+    composite_alone(pred, target, terms)
+    assert composite_alone(pred[:0], target[:0], terms) == 0
+    with pytest.raises(ValueError, match="out: gradient=False computes no gradient"):
+        gk.composite_loss(pred, target, terms, gradient=False, out=np.empty_like(pred))
+
+
+def test_composite_loss_alone_allocates_no_gradient(cpu_backend):
+    tracemalloc = pytest.importorskip("tracemalloc")
+    pred, target, terms = composite_case(np.random.default_rng(4), 8192, np.float32)
+
+    def peak(**more):
+        gk.composite_loss(pred, target, terms, **more)  # compiled before tracing
+        tracemalloc.start()
+        try:
+            gk.composite_loss(pred, target, terms, **more)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    # both allocate the (N, terms) row losses (half of pred's bytes here); the call with a
+    # gradient allocates pred's bytes more
+    assert peak(gradient=False) + pred.nbytes / 2 < peak()

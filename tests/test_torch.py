@@ -1214,6 +1214,39 @@ def test_elementwise_losses_without_backward_compute_the_loss_alone(name, mode, 
         assert alone < x.nbytes / 4 < x.nbytes <= kept
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "input_without_grad"])
+def test_composite_loss_without_backward_computes_the_loss_alone(mode):
+    """The same for composite_loss: the loss of the call that keeps the gradient, bit for
+    bit, with no gradient like pred allocated."""
+    tracemalloc = pytest.importorskip("tracemalloc")
+    gen = torch.Generator().manual_seed(33)
+    pred = torch.randn(8192, 8, generator=gen)
+    target = torch.rand(8192, 6, generator=gen)
+    target[:, 0] = target[:, 0] > 0.5
+    target[:, 5] = torch.randint(0, 3, (8192,), generator=gen)
+    terms = [
+        gk.LossTerm("bce_with_logits", slice(0, 1)),
+        gk.LossTerm("mse", slice(1, 5), only_where=0),
+        gk.LossTerm("softmax_cross_entropy", slice(5, 8), slice(5, 6), only_where=0),
+    ]
+
+    def peak(x):
+        for _ in range(2):  # compiled, and every lazy set-up done, before tracing
+            gkt.composite_loss(x, target, terms)
+        tracemalloc.start()
+        try:
+            return gkt.composite_loss(x, target, terms), tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    with torch.no_grad() if mode == "no_grad" else torch.enable_grad():
+        loss, alone = peak(pred.requires_grad_(mode == "no_grad"))
+    assert not loss.requires_grad
+    want, kept = peak(pred.detach().clone().requires_grad_())
+    assert torch.equal(loss, want.detach())
+    assert alone + pred.nbytes / 2 < kept
+
+
 def test_inplace_backward_leaves_logits_alone_without_autograd():
     logits = torch.randn(4, 5)
     kept = logits.clone()
@@ -1315,7 +1348,11 @@ def test_custom_ops_pass_opcheck():
     z = torch.randn(6, 5, generator=gen)
     labels = torch.tensor([0, 1, 2, 3, 4, 0])
     y = torch.rand(5, 6, generator=gen).t()
+    from gpukernels._torch_ops import layout_of
+
     ops = torch.ops.gpukernels
+    terms = [gk.LossTerm("mse", slice(0, 2)), gk.LossTerm("bce_with_logits", slice(2, 5))]
+    composite = layout_of(terms, 5, 5)
     for args in (
         (ops.cross_entropy, (z, labels, None, -100, "mean", 0.1, 0.0, None, True, True, 1.0)),
         (
@@ -1333,6 +1370,8 @@ def test_custom_ops_pass_opcheck():
         (ops.huber, (y, y * 0, "none", 0.5, False, 1.0)),
         (ops.bce_with_logits, (z, torch.rand(6, 5, generator=gen), None, None, "mean", True, 8.0)),
         (ops.bce_with_logits, (z, torch.rand(6, 5, generator=gen), None, None, "sum", False, 1.0)),
+        (ops.composite, (z, torch.rand(6, 5, generator=gen), *composite, True, True, 2.0)),
+        (ops.composite, (z, torch.rand(6, 5, generator=gen), *composite, True, False, 1.0)),
     ):
         torch.library.opcheck(*args)
 

@@ -34,6 +34,7 @@ from ._cuda import (
     accumulator,
     bits,
     element_io,
+    gradient_or_none,
     grid_for,
     is_bf16,
     kernel_type,
@@ -123,7 +124,8 @@ def _kernel(acc, bf16: bool, target_bf16: bool):
                             z, t = load(pred[i, p0 + c]), load_target(target[i, t0 + c])
                             loss += elementwise(kinds[k], z, t, term_param[k, 0])[0]
                 row_loss[i, k] = loss
-            for c in range(pred.shape[1]):  # phase 2: column c read, then written
+            # phase 2: column c read, then written (no columns for the loss alone)
+            for c in range(pred.shape[1] if grad.shape[0] > 0 else 0):
                 z = load(pred[i, c])
                 g = zero
                 for k in range(num_terms):
@@ -154,7 +156,9 @@ def _kernel(acc, bf16: bool, target_bf16: bool):
 def composite(
     pred, target, kinds, cols, tcols, only_where, term_scale, term_param, grad, row_loss
 ) -> None:
-    """All terms' row losses (``row_loss`` ``(N, K)`` acc) and the summed gradient ``grad``.
+    """All terms' row losses (``row_loss`` ``(N, K)`` acc) and the summed gradient ``grad``
+    (``None``: the loss alone; the kernel then gets ``pred``'s first 0 rows and skips its
+    second phase).
 
     ``pred`` ``(N, P)``, ``target`` ``(N, Q)`` of ``pred``'s dtype or acc; ``kinds`` ``(K,)``,
     ``cols``/``tcols`` ``(K, 2)`` and ``only_where`` ``(K,)`` int64; ``term_scale`` ``(K,)``
@@ -179,7 +183,7 @@ def composite(
         only_where,
         term_scale,
         term_param,
-        bits(grad),
+        gradient_or_none(grad, pred),
         row_loss,
     )
 
