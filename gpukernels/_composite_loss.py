@@ -120,10 +120,10 @@ def composite_loss(
     n = pred.shape[0]
     if target.shape[0] != n:
         raise ValueError(f"target must have {n} rows like pred, got {target.shape[0]}")
+    gradient = _validate.gradient_wanted(gradient, out)
     _validate.out_array(out, tuple(pred.shape), dtype, call.library)
     _validate.grad_output(grad_output, None, ())
     validate = _validate.yes_no("validate", validate)
-    gradient = _validate.gradient_wanted(gradient, out)
     resolved = _validate.loss_terms(terms, pred.shape[1], target.shape[1])
 
     xp, acc = call.xp, accumulation_dtype(dtype)

@@ -47,9 +47,9 @@ def _begin(arguments: ArrayArguments, reduction, allowed, gradient, *values):
     shape = tuple(x.shape)
     _validate.same_shape("target", t, pred_name, shape)
     _validate.reduction(reduction, allowed)
+    wanted = _validate.gradient_wanted(gradient, out)
     _validate.out_array(out, shape, dtype, call.library)
     _validate.grad_output(grad_output, reduction, shape)
-    wanted = _validate.gradient_wanted(gradient, out)
     return call, x, flat_input(call.xp, t, companion_dtype(t.dtype, dtype)), wanted
 
 
@@ -192,7 +192,8 @@ def mse(
         gradient: ``False`` for the loss alone (``grad`` ``None``; ``out`` must be ``None``).
 
     Returns:
-        ``(loss, grad)``; loss is 0-d, or ``pred``'s shape for ``"none"``.
+        ``(loss, grad)``; loss is 0-d, or ``pred``'s shape for ``"none"``; ``grad`` like
+        ``pred``, ``None`` with ``gradient=False``.
 
     Example:
         >>> import numpy as np, gpukernels as gk
@@ -245,7 +246,8 @@ def huber_loss(
         gradient: ``False`` for the loss alone (``grad`` ``None``; ``out`` must be ``None``).
 
     Returns:
-        ``(loss, grad)``; loss is 0-d, or ``pred``'s shape for ``"none"``.
+        ``(loss, grad)``; loss is 0-d, or ``pred``'s shape for ``"none"``; ``grad`` like
+        ``pred``, ``None`` with ``gradient=False``.
 
     Example:
         >>> import numpy as np, gpukernels as gk

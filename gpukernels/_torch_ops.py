@@ -85,6 +85,12 @@ def _loss_like(input: Tensor, shape) -> Tensor:
     return input.new_empty(shape, dtype=dtype)
 
 
+def _or_empty(loss: Tensor, grad: Tensor | None, input: Tensor) -> tuple[Tensor, Tensor]:
+    """A custom op's results: it returns tensors only, so no gradient (``gradient=False``)
+    is an empty one."""
+    return loss, input.new_empty(0) if grad is None else grad
+
+
 def _results_like(input: Tensor, loss_shape, gradient: bool) -> tuple[Tensor, Tensor]:
     """A loss op's fake results: an empty loss of ``loss_shape`` and a gradient like
     ``input`` (an empty one without ``gradient``, as :func:`_or_empty`)."""
@@ -107,12 +113,6 @@ def cross_entropy_op(
 ) -> tuple[Tensor, Tensor]:
     args = (ignore_index, reduction, label_smoothing, z_loss, softcap, validate, grad_scale)
     return _or_empty(*_softmax_xent(input, target, weight, *args, gradient=gradient), input)
-
-
-def _or_empty(loss: Tensor, grad: Tensor | None, input: Tensor) -> tuple[Tensor, Tensor]:
-    """A custom op's results: it returns tensors only, so no gradient (``gradient=False``)
-    is an empty one."""
-    return loss, input.new_empty(0) if grad is None else grad
 
 
 def _softmax_xent(

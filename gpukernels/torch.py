@@ -1,8 +1,10 @@
 r"""PyTorch losses with autograd, on the fused kernels: ``gpukernels.torch``.
 
-Each loss computes its gradient in the forward pass (one fused kernel over the input) and
-saves it; ``backward`` only scales it by the upstream gradient (a scalar, or per row or
-element for ``reduction="none"``), so a loss costs one pass over the logits. The kernels are
+Where a backward pass can follow, each loss computes its gradient in the forward pass (one
+fused kernel over the input) and saves it; ``backward`` only scales it by the upstream
+gradient (a scalar, or per row or element for ``reduction="none"``), so a loss costs one
+pass over the logits. Where none can (``torch.no_grad()``, an input not requiring grad), the
+kernel computes the loss alone. The kernels are
 registered as PyTorch custom ops (``torch.ops.gpukernels.*``), so ``torch.compile(...,
 fullgraph=True)`` keeps them in its graph. Names and argument order follow
 ``torch.nn.functional`` and ``torch.nn``: drop-in where the arguments match.
@@ -27,6 +29,7 @@ import warnings
 from collections.abc import Sequence
 
 import torch
+from torch.autograd import forward_ad
 
 from . import _validate
 from ._composite_loss import LossTerm, batches
@@ -268,31 +271,39 @@ def cross_entropy(
     )
     options = (ignore, reduction, smoothing, factor, cap, _checks_indices(input, validate))
     inplace = _validate.yes_no("inplace_backward", inplace_backward)
-    headroom = float16_headroom(input, reduction, batch_rows(input))
+    rows = batch_rows(input)
     # (torch.jit.trace cannot record an autograd function that modifies its input)
     if inplace and _differentiated(input) and not torch.jit.is_tracing():
         _overwritable(input)
+        headroom = float16_headroom(input, reduction, rows)
         loss, _ = _FusedLossInPlace.apply(input, headroom, target, weight, options)
         return loss
-    return _fused_loss(cross_entropy_op, headroom, input, target, weight, None, options)
+    return _fused_loss(cross_entropy_op, input, target, weight, None, options, reduction, rows)
 
 
 def _differentiated(input: Tensor) -> bool:
-    """Whether a backward pass can follow a loss of ``input``."""
-    return torch.is_grad_enabled() and input.requires_grad
+    """Whether a derivative can follow a loss of ``input``: a backward pass (grad mode, an
+    input requiring grad), or forward-mode AD (a dual input: the autograd function then
+    refuses it, where the loss alone would drop its tangent silently)."""
+    if torch.is_grad_enabled() and input.requires_grad:
+        return True
+    return not torch.compiler.is_compiling() and forward_ad.unpack_dual(input).tangent is not None
 
 
-def _fused_loss(op, headroom: float, input, target, weight, pos_weight, options: tuple) -> Tensor:
+def _fused_loss(
+    op, input, target, weight, pos_weight, options: tuple, reduction: str, count: int
+) -> Tensor:
     """The loss of ``op`` (its options ``options``, before ``gradient`` and the gradient
-    scale): through :class:`_FusedLoss` where a backward can follow, else the loss alone (no
-    gradient computed or allocated, and no autograd function: about 8 us a call). Always
-    the former under ``torch.jit.trace``, whose graph would keep the choice for any
-    input."""
+    scale): through :class:`_FusedLoss` where a derivative can follow, with a float16 mean's
+    headroom over ``count`` rows or elements; else the loss alone (no gradient computed or
+    allocated, no headroom, and no autograd function: about 8 us a call). Always the former
+    under ``torch.jit.trace``, whose graph would keep the choice for any input."""
     if _differentiated(input) or torch.jit.is_tracing():
+        headroom = float16_headroom(input, reduction, count)
         options = (*options, True)
         return _FusedLoss.apply(op, headroom, input, target, weight, pos_weight, options)
     tensors = (input, target, *weights_of(op, weight, pos_weight))
-    return run(op, *tensors, *options, False, headroom)[0]
+    return run(op, *tensors, *options, False, 1.0)[0]
 
 
 def _checks_indices(input: Tensor, validate: bool | None) -> bool:
@@ -416,8 +427,8 @@ def binary_cross_entropy_with_logits(
     for name, value in (("target", target), ("weight", weight), ("pos_weight", pos_weight)):
         no_gradient_for(name, value)
     reduction = _legacy_reduction(size_average, reduce, reduction)
-    headroom = float16_headroom(input, reduction, input.numel())
-    return _fused_loss(bce_op, headroom, input, target, weight, pos_weight, (reduction,))
+    options = (reduction,)
+    return _fused_loss(bce_op, input, target, weight, pos_weight, options, reduction, input.numel())
 
 
 @overridable
@@ -434,8 +445,7 @@ def mse_loss(
     tensors(input=input, target=target)
     no_gradient_for("target", target)
     reduction = _legacy_reduction(size_average, reduce, reduction)
-    headroom = float16_headroom(input, reduction, input.numel())
-    return _fused_loss(mse_op, headroom, input, target, None, None, (reduction,))
+    return _fused_loss(mse_op, input, target, None, None, (reduction,), reduction, input.numel())
 
 
 @overridable
@@ -448,8 +458,8 @@ def huber_loss(
     tensors(input=input, target=target)
     no_gradient_for("target", target)
     delta = _validate.real_number("delta", delta)
-    headroom = float16_headroom(input, reduction, input.numel())
-    return _fused_loss(huber_op, headroom, input, target, None, None, (reduction, delta))
+    options = (reduction, delta)
+    return _fused_loss(huber_op, input, target, None, None, options, reduction, input.numel())
 
 
 @overridable
@@ -465,9 +475,9 @@ def composite_loss(
     batches(pred, target)  # before their widths are read
     layout, factors = layout_of(terms, pred.shape[-1], target.shape[-1])
     check = _checks_indices(pred, validate)
-    headroom = float16_headroom(pred, "mean", batch_rows(pred))  # each term is a mean over the rows
     options = (layout, factors, check)
-    return _fused_loss(composite_op, headroom, pred, target, None, None, options)
+    # each term is a mean over the rows
+    return _fused_loss(composite_op, pred, target, None, None, options, "mean", batch_rows(pred))
 
 
 # ----------------------------------------------------------------------- modules

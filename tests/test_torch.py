@@ -1247,6 +1247,29 @@ def test_composite_loss_without_backward_computes_the_loss_alone(mode):
     assert alone + pred.nbytes / 2 < kept
 
 
+@pytest.mark.parametrize("grad_mode", [True, False], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("name", ["cross_entropy", "bce", "mse", "huber", "composite"])
+def test_forward_mode_ad_is_refused_not_dropped(name, grad_mode):
+    """A dual input of forward-mode AD (not requiring grad) is refused by the autograd
+    function (no jvp), in grad mode or not: the loss alone would have dropped its tangent
+    and returned a loss whose derivative is silently 0."""
+    from torch.autograd import forward_ad
+
+    x, y = torch.randn(6, 3), torch.rand(6, 3)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    loss = {
+        "cross_entropy": lambda d: gkt.cross_entropy(d, labels),
+        "bce": lambda d: gkt.binary_cross_entropy_with_logits(d, y),
+        "mse": lambda d: gkt.mse_loss(d, y),
+        "huber": lambda d: gkt.huber_loss(d, y),
+        "composite": lambda d: gkt.composite_loss(d, y, [gk.LossTerm("mse", slice(0, 3))]),
+    }[name]
+    with torch.set_grad_enabled(grad_mode), forward_ad.dual_level():
+        dual = forward_ad.make_dual(x, torch.ones_like(x))
+        with pytest.raises(NotImplementedError, match="jvp"):
+            loss(dual)
+
+
 def test_inplace_backward_leaves_logits_alone_without_autograd():
     logits = torch.randn(4, 5)
     kept = logits.clone()
