@@ -8,7 +8,8 @@ Layout: one module per op of the library's op table (``gpukernels._ops.OPS``, wh
 field names the module), plus the extra cases of ``runner.EXTRA_CASES``: ``column_sum``
 (``batch_sum`` over the batch axis), ``overhead`` (the Python cost of one small call),
 ``torch_xent`` (``gpukernels.torch.cross_entropy`` on tensors), ``torch_xent_eval`` (the same
-under ``torch.no_grad()``, the loss alone: time and peak memory) and ``linear_xent`` (the
+under ``torch.no_grad()``, the loss alone: time and peak memory), ``torch_mse_eval``
+(``gpukernels.torch.mse_loss`` likewise) and ``linear_xent`` (the
 fused output layer: time and peak memory); each holds its
 byte model and its variants. ``device`` (arrays, clocks and the copy of one backend),
 ``harness`` (warm-up, timing, checking: the one place a case is measured), ``baselines`` (the

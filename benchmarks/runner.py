@@ -5,7 +5,8 @@
 the library's op table (``gpukernels._ops.OPS``) that name a benchmark module, plus the extra
 cases: ``overhead`` (the Python cost of a call rather than a kernel), ``torch_xent``
 (``gpukernels.torch.cross_entropy`` on tensors), ``torch_xent_eval`` (the same under
-``torch.no_grad()``: the loss alone, timed and its peak memory measured) and ``linear_xent``
+``torch.no_grad()``: the loss alone, timed and its peak memory measured), ``torch_mse_eval``
+(``gpukernels.torch.mse_loss`` likewise) and ``linear_xent``
 (the fused output layer, timed and its peak memory measured).
 """
 
@@ -31,7 +32,14 @@ TIERS = ("small", "medium", "large")
 ROOT = Path(__file__).resolve().parent.parent
 # Not ops of the table: batch_sum down the columns, the Python cost of one small call, the
 # PyTorch losses, the output layer.
-EXTRA_CASES = ("column_sum", "overhead", "torch_xent", "torch_xent_eval", "linear_xent")
+EXTRA_CASES = (
+    "column_sum",
+    "overhead",
+    "torch_xent",
+    "torch_xent_eval",
+    "torch_mse_eval",
+    "linear_xent",
+)
 
 
 def bench_names() -> tuple[str, ...]:
