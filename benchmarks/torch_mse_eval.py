@@ -25,7 +25,7 @@ NAME = "torch_mse_eval"
 TITLE = "gpukernels.torch.mse_loss under torch.no_grad() (the loss alone)"
 BYTES = "prediction + target read once; no gradient"
 MEMORY = True
-# MSE's sizes, but 2^28 on a GPU: each variant's memory is measured in a process of its own
+# MSE's sizes, less 2^28 on a GPU (each variant's memory is measured in a process of its own)
 SIZES = {
     "cpu": common.ELEMENTWISE_SIZES["cpu"],
     "cuda": {"small": [(2**20,)], "medium": [(2**24,)]},
