@@ -273,7 +273,7 @@ def cross_entropy(
     inplace = _validate.yes_no("inplace_backward", inplace_backward)
     rows = batch_rows(input)
     # (torch.jit.trace cannot record an autograd function that modifies its input)
-    if inplace and _differentiated(input) and not torch.jit.is_tracing():
+    if inplace and _differentiated(input, target, weight) and not torch.jit.is_tracing():
         _overwritable(input)
         headroom = float16_headroom(input, reduction, rows)
         loss, _ = _FusedLossInPlace.apply(input, headroom, target, weight, options)
@@ -281,13 +281,18 @@ def cross_entropy(
     return _fused_loss(cross_entropy_op, input, target, weight, None, options, reduction, rows)
 
 
-def _differentiated(input: Tensor) -> bool:
-    """Whether a derivative can follow a loss of ``input``: a backward pass (grad mode, an
-    input requiring grad), or forward-mode AD (a dual input: the autograd function then
-    refuses it, where the loss alone would drop its tangent silently)."""
+def _differentiated(input: Tensor, *others: Tensor | None) -> bool:
+    """Whether a derivative can follow a loss of ``input`` and the tensors ``others``
+    (target, weights): a backward pass (grad mode, an input requiring grad), or forward-mode
+    AD (a dual argument: the autograd function then refuses it, where the loss alone would
+    drop its tangent silently)."""
     if torch.is_grad_enabled() and input.requires_grad:
         return True
-    return not torch.compiler.is_compiling() and forward_ad.unpack_dual(input).tangent is not None
+    if torch.compiler.is_compiling():
+        return False
+    return any(
+        t is not None and forward_ad.unpack_dual(t).tangent is not None for t in (input, *others)
+    )
 
 
 def _fused_loss(
@@ -298,7 +303,7 @@ def _fused_loss(
     headroom over ``count`` rows or elements; else the loss alone (no gradient computed or
     allocated, no headroom, and no autograd function: about 8 us a call). Always the former
     under ``torch.jit.trace``, whose graph would keep the choice for any input."""
-    if _differentiated(input) or torch.jit.is_tracing():
+    if _differentiated(input, target, weight, pos_weight) or torch.jit.is_tracing():
         headroom = float16_headroom(input, reduction, count)
         options = (*options, True)
         return _FusedLoss.apply(op, headroom, input, target, weight, pos_weight, options)

@@ -1250,9 +1250,9 @@ def test_composite_loss_without_backward_computes_the_loss_alone(mode):
 @pytest.mark.parametrize("grad_mode", [True, False], ids=["grad", "no_grad"])
 @pytest.mark.parametrize("name", ["cross_entropy", "bce", "mse", "huber", "composite"])
 def test_forward_mode_ad_is_refused_not_dropped(name, grad_mode):
-    """A dual input of forward-mode AD (not requiring grad) is refused by the autograd
-    function (no jvp), in grad mode or not: the loss alone would have dropped its tangent
-    and returned a loss whose derivative is silently 0."""
+    """A dual input, target or weight of forward-mode AD (not requiring grad) is refused by
+    the autograd function (no jvp), in grad mode or not: the loss alone would have dropped
+    its tangent and returned a loss whose derivative is silently 0."""
     from torch.autograd import forward_ad
 
     x, y = torch.randn(6, 3), torch.rand(6, 3)
@@ -1268,6 +1268,13 @@ def test_forward_mode_ad_is_refused_not_dropped(name, grad_mode):
         dual = forward_ad.make_dual(x, torch.ones_like(x))
         with pytest.raises(NotImplementedError, match="jvp"):
             loss(dual)
+        if name != "cross_entropy":  # a dual target, whose tangent the loss depends on too
+            y = forward_ad.make_dual(y, torch.ones_like(y))
+            with pytest.raises(NotImplementedError, match="jvp"):
+                loss(x)
+        labels_weight = forward_ad.make_dual(torch.ones(3), torch.ones(3))
+        with pytest.raises(NotImplementedError, match="jvp"):  # a dual class weight
+            gkt.cross_entropy(x, labels, weight=labels_weight)
 
 
 def test_inplace_backward_leaves_logits_alone_without_autograd():
