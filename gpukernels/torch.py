@@ -285,8 +285,7 @@ def _differentiated(input: Tensor, *others: Tensor | None) -> bool:
     """Whether a derivative can follow a loss of ``input`` and the tensors ``others``
     (target, weights): a backward pass (grad mode, an input requiring grad), or forward-mode
     AD (a dual argument: the autograd function then refuses it, where the loss alone would
-    drop its tangent silently; not checked while ``torch.compile`` traces, which drops
-    tangents itself)."""
+    drop its tangent silently; not checked while ``torch.compile`` traces)."""
     if torch.is_grad_enabled() and input.requires_grad:
         return True
     if torch.compiler.is_compiling():
