@@ -1123,42 +1123,58 @@ def test_pytorch_positions_and_deprecated_reductions():
         close(mine(x, target), ref(x, target), torch.float64)
 
 
+NO_BACKWARD = {  # mode: the context of the call, and whether its input requires grad
+    "no_grad": (torch.no_grad, True),
+    "inference_mode": (torch.inference_mode, True),
+    "input_without_grad": (torch.enable_grad, False),
+}
+
+
+def loss_and_peak(loss):
+    """``loss()`` and the peak bytes it allocated (tracemalloc), after two calls that
+    compile it and do every lazy set-up."""
+    tracemalloc = pytest.importorskip("tracemalloc")
+    for _ in range(2):
+        loss()
+    tracemalloc.start()
+    try:
+        return loss(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def without_and_with_backward(loss_of, x, mode: str):
+    """``loss_of(x)`` where no backward can follow (``mode`` of :data:`NO_BACKWARD`), and
+    of a copy of ``x`` requiring grad: the two losses, checked to have the same bits, and
+    the peak bytes each call allocated."""
+    context, requires_grad = NO_BACKWARD[mode]
+    with context():
+        x.requires_grad_(requires_grad)
+        loss, alone = loss_and_peak(lambda: loss_of(x))
+    assert not loss.requires_grad
+    differentiated = x.detach().clone().requires_grad_()
+    want, kept = loss_and_peak(lambda: loss_of(differentiated))
+    assert want.requires_grad
+    assert torch.equal(loss, want.detach())
+    return loss, alone, kept
+
+
 @pytest.mark.parametrize("target_kind", ["labels", "probs"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "input_without_grad"])
+@pytest.mark.parametrize("mode", list(NO_BACKWARD))
 def test_cross_entropy_without_backward_computes_the_loss_alone(mode, dtype, target_kind):
     """Where no backward can follow, ``cross_entropy`` computes the loss alone: the loss of
     a call that keeps the gradient, bit for bit (and PyTorch's), with no ``(N, C)``
     gradient allocated, where the differentiated call allocates one."""
-    tracemalloc = pytest.importorskip("tracemalloc")
     gen = torch.Generator().manual_seed(31)
     x = torch.randn(1024, 512, generator=gen).to(dtype)
     if target_kind == "labels":
         target = torch.randint(0, 512, (1024,), generator=gen)
     else:
         target = torch.softmax(torch.randn(1024, 512, generator=gen), 1).to(dtype)
-    context = {
-        "no_grad": torch.no_grad,
-        "inference_mode": torch.inference_mode,
-        "input_without_grad": torch.enable_grad,
-    }[mode]
-
-    def peak(logits):
-        for _ in range(2):  # compiled, and every lazy set-up done, before tracing
-            gkt.cross_entropy(logits, target, label_smoothing=0.1)
-        tracemalloc.start()
-        try:
-            loss = gkt.cross_entropy(logits, target, label_smoothing=0.1)
-            return loss, tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-
-    with context():
-        loss, alone = peak(x.requires_grad_(mode != "input_without_grad"))
-    assert not loss.requires_grad
-    want, kept = peak(x.detach().clone().requires_grad_())
-    assert want.requires_grad
-    assert torch.equal(loss, want.detach())
+    loss, alone, kept = without_and_with_backward(
+        lambda logits: gkt.cross_entropy(logits, target, label_smoothing=0.1), x, mode
+    )
     close(
         loss,
         F.cross_entropy(
@@ -1177,38 +1193,19 @@ ELEMENTWISE = {  # name: (ours, PyTorch's, keyword options)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "input_without_grad"])
+@pytest.mark.parametrize("mode", list(NO_BACKWARD))
 @pytest.mark.parametrize("name", list(ELEMENTWISE))
 def test_elementwise_losses_without_backward_compute_the_loss_alone(name, mode, dtype):
     """As for cross_entropy: where no backward can follow, the loss alone, with the bits of
     the call that keeps the gradient (a float16 mean's headroom included) and PyTorch's
     value, and no gradient like the input allocated."""
-    tracemalloc = pytest.importorskip("tracemalloc")
     ours, theirs, options = ELEMENTWISE[name]
     gen = torch.Generator().manual_seed(32)
     x = (2 * torch.randn(512, 256, generator=gen)).to(dtype)
     target = torch.rand(512, 256, generator=gen).to(dtype)
-    context = {
-        "no_grad": torch.no_grad,
-        "inference_mode": torch.inference_mode,
-        "input_without_grad": torch.enable_grad,
-    }[mode]
-
-    def peak(pred):
-        for _ in range(2):  # compiled, and every lazy set-up done, before tracing
-            ours(pred, target, **options)
-        tracemalloc.start()
-        try:
-            return ours(pred, target, **options), tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-
-    with context():
-        loss, alone = peak(x.requires_grad_(mode != "input_without_grad"))
-    assert not loss.requires_grad
-    want, kept = peak(x.detach().clone().requires_grad_())
-    assert want.requires_grad
-    assert torch.equal(loss, want.detach())
+    loss, alone, kept = without_and_with_backward(
+        lambda pred: ours(pred, target, **options), x, mode
+    )
     close(loss, theirs(x.double(), target.double(), **options), torch.float32)
     if dtype is not torch.float16:  # (the CPU kernels read float16 from float32 copies)
         assert alone < x.nbytes / 4 < x.nbytes <= kept
@@ -1218,7 +1215,6 @@ def test_elementwise_losses_without_backward_compute_the_loss_alone(name, mode, 
 def test_composite_loss_without_backward_computes_the_loss_alone(mode):
     """The same for composite_loss: the loss of the call that keeps the gradient, bit for
     bit, with no gradient like pred allocated."""
-    tracemalloc = pytest.importorskip("tracemalloc")
     gen = torch.Generator().manual_seed(33)
     pred = torch.randn(8192, 8, generator=gen)
     target = torch.rand(8192, 6, generator=gen)
@@ -1229,21 +1225,9 @@ def test_composite_loss_without_backward_computes_the_loss_alone(mode):
         gk.LossTerm("mse", slice(1, 5), only_where=0),
         gk.LossTerm("softmax_cross_entropy", slice(5, 8), slice(5, 6), only_where=0),
     ]
-
-    def peak(x):
-        for _ in range(2):  # compiled, and every lazy set-up done, before tracing
-            gkt.composite_loss(x, target, terms)
-        tracemalloc.start()
-        try:
-            return gkt.composite_loss(x, target, terms), tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-
-    with torch.no_grad() if mode == "no_grad" else torch.enable_grad():
-        loss, alone = peak(pred.requires_grad_(mode == "no_grad"))
-    assert not loss.requires_grad
-    want, kept = peak(pred.detach().clone().requires_grad_())
-    assert torch.equal(loss, want.detach())
+    _, alone, kept = without_and_with_backward(
+        lambda x: gkt.composite_loss(x, target, terms), pred, mode
+    )
     assert alone + pred.nbytes / 2 < kept
 
 
