@@ -189,6 +189,19 @@ def torch_variants(
     return out
 
 
+def eval_variants(kind: str, name: str) -> list[Variant]:
+    """An evaluation step: ``gpukernels.torch``'s loss ``name`` (the loss alone), PyTorch's
+    ``torch.nn.functional`` one eager and compiled, all under ``torch.no_grad()``."""
+    torch, why = torch_or_reason(kind)
+    if torch is None:
+        return [Variant(n, skip=why) for n in (OURS, "torch", "torch.compile")]
+    import gpukernels.torch as gkt
+
+    ours = torch_variants(kind, getattr(gkt, name), backward=False, compiled=False, name=OURS)
+    theirs = getattr(torch.nn.functional, name)
+    return ours + torch_variants(kind, theirs, backward=False, compiled=True)
+
+
 def as_array(xp, value):
     """A result of any variant as an array of ``xp`` (PyTorch tensors through DLPack)."""
     if value is None:

@@ -19,7 +19,7 @@ beyond its inputs and the loss.
 from __future__ import annotations
 
 from . import common, mse, torch_xent
-from .baselines import OURS, Variant, torch_or_reason, torch_variants
+from .baselines import Variant, eval_variants
 
 NAME = "torch_mse_eval"
 TITLE = "gpukernels.torch.mse_loss under torch.no_grad() (the loss alone)"
@@ -56,11 +56,4 @@ def reference(dev, tensors) -> tuple:
 def variants(dev) -> list[Variant]:
     """``gpukernels.torch.mse_loss``, ``F.mse_loss`` eager and compiled, all under
     ``torch.no_grad()``."""
-    torch, why = torch_or_reason(dev.kind)
-    if torch is None:
-        return [Variant(n, skip=why) for n in (OURS, "torch", "torch.compile")]
-    import gpukernels.torch as gkt
-
-    ours = torch_variants(dev.kind, gkt.mse_loss, backward=False, compiled=False, name=OURS)
-    theirs = torch.nn.functional.mse_loss
-    return ours + torch_variants(dev.kind, theirs, backward=False, compiled=True)
+    return eval_variants(dev.kind, "mse_loss")

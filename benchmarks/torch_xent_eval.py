@@ -20,7 +20,7 @@ and the float32 per-row losses written; nothing the size of the logits written. 
 from __future__ import annotations
 
 from . import torch_xent
-from .baselines import OURS, Variant, torch_or_reason, torch_variants
+from .baselines import Variant, eval_variants
 
 NAME = "torch_xent_eval"
 TITLE = "gpukernels.torch.cross_entropy under torch.no_grad() (the loss alone)"
@@ -46,11 +46,4 @@ def reference(dev, tensors) -> tuple:
 def variants(dev) -> list[Variant]:
     """``gpukernels.torch.cross_entropy``, ``F.cross_entropy`` eager and compiled, all under
     ``torch.no_grad()``."""
-    torch, why = torch_or_reason(dev.kind)
-    if torch is None:
-        return [Variant(n, skip=why) for n in (OURS, "torch", "torch.compile")]
-    import gpukernels.torch as gkt
-
-    ours = torch_variants(dev.kind, gkt.cross_entropy, backward=False, compiled=False, name=OURS)
-    theirs = torch.nn.functional.cross_entropy
-    return ours + torch_variants(dev.kind, theirs, backward=False, compiled=True)
+    return eval_variants(dev.kind, "cross_entropy")
