@@ -122,10 +122,14 @@ def fitted_float16(op, headroom: float, tensors: tuple, options: tuple) -> tuple
 
 
 class _FusedLossInPlace(torch.autograd.Function):
-    """Cross-entropy whose gradient replaces ``input``, which is marked modified. Backward
-    scales the gradient where it is (unless the upstream gradient is known to be 1: CPU
-    tensors only), so a second backward through the same graph (``retain_graph=True``) after
-    a scaling one is refused: the unscaled gradient is gone."""
+    """Cross-entropy whose gradient replaces ``input``, which is marked modified. The first
+    backward scales the gradient where it is (unless the upstream gradient is known to be 1:
+    CPU tensors only) and hands that memory to autograd, which may keep it (as a leaf's
+    ``.grad``, where the gradient reaches the leaf unchanged through ``clone`` or ``cat``).
+    A later backward through the same graph (``retain_graph=True``) therefore scales a new
+    tensor, never that memory; it is refused where the first scaled the memory (the unscaled
+    gradient is gone), and autograd refuses it where what kept the memory has changed it
+    since (the saved tensor's version moved on: a ``.grad`` accumulated into)."""
 
     @staticmethod
     def forward(ctx, input, headroom, target, weight, options):
@@ -135,7 +139,7 @@ class _FusedLossInPlace(torch.autograd.Function):
         ctx.mark_dirty(input)
         ctx.save_for_backward(input)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None
-        ctx.headroom, ctx.rescaled = headroom, False
+        ctx.headroom, ctx.handed_out, ctx.rescaled = headroom, False, False
         return loss, input
 
     @staticmethod
@@ -159,8 +163,10 @@ class _FusedLossInPlace(torch.autograd.Function):
             return None, None, None, None, None
         (grad,) = ctx.saved_tensors
         one = ctx.headroom == 1.0 and unit(grad_loss)
-        grad = scaled(grad, grad_loss, in_place=True, one=one, headroom=ctx.headroom)
-        ctx.rescaled = not one  # once scaled: a second derivative is refused before
+        in_place = not ctx.handed_out
+        grad = scaled(grad, grad_loss, in_place=in_place, one=one, headroom=ctx.headroom)
+        # (a second derivative was refused before: nothing scaled or handed out)
+        ctx.handed_out, ctx.rescaled = True, in_place and not one
         return grad, None, None, None, None
 
 
@@ -168,9 +174,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """The fused output layer: the gradients come from the forward pass (``"mean"`` and
     ``"sum"``: scaled in backward). With ``"none"`` the per-row upstream gradient must enter
     before the matrix products, so the forward pass computes the loss alone and backward
-    runs the chunks again with it; so does a forward pass that no backward can follow
-    (``torch.no_grad()``, or nothing requiring grad): one matrix product a chunk, not
-    three."""
+    runs the chunks again with it: one matrix product a chunk, not three. Where no backward
+    can follow, :func:`linear_cross_entropy` computes the loss alone without this function
+    (but under ``torch.jit.trace``, which records it always: nothing requiring grad then
+    computes the loss alone here)."""
 
     @staticmethod
     def forward(ctx, input, linear_weight, linear_bias, target, weight, headroom, options):
@@ -281,18 +288,17 @@ def cross_entropy(
     return _fused_loss(cross_entropy_op, input, target, weight, None, options, reduction, rows)
 
 
-def _differentiated(input: Tensor, *others: Tensor | None) -> bool:
-    """Whether a derivative can follow a loss of ``input`` and the tensors ``others``
-    (target, weights): a backward pass (grad mode, an input requiring grad), or forward-mode
-    AD (a dual argument: the autograd function then refuses it, where the loss alone would
-    drop its tangent silently; not checked while ``torch.compile`` traces)."""
-    if torch.is_grad_enabled() and input.requires_grad:
+def _differentiated(*arguments: Tensor | None) -> bool:
+    """Whether a derivative can follow a loss of its tensor ``arguments`` (input, target,
+    weights; ``None`` for one not given): a backward pass (grad mode, an argument requiring
+    grad: the losses refuse one they do not differentiate before this), or forward-mode AD
+    (a dual argument: the autograd function then refuses it, where the loss alone would drop
+    its tangent silently; not checked while ``torch.compile`` traces)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in arguments):
         return True
     if torch.compiler.is_compiling():
         return False
-    return any(
-        t is not None and forward_ad.unpack_dual(t).tangent is not None for t in (input, *others)
-    )
+    return any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in arguments)
 
 
 def _fused_loss(
@@ -406,10 +412,13 @@ def linear_cross_entropy(
         _validate.chunk_size(chunk_size),
         _checks_indices(input, validate),
     )
-    headroom = float16_headroom(input, reduction, batch_rows(input))
-    return _LinearCrossEntropy.apply(
-        input, linear_weight, linear_bias, target, weight, headroom, options
-    )
+    differentiable = (input, linear_weight, linear_bias)
+    if _differentiated(*differentiable, target, weight) or torch.jit.is_tracing():
+        headroom = float16_headroom(input, reduction, batch_rows(input))
+        return _LinearCrossEntropy.apply(*differentiable, target, weight, headroom, options)
+    in_op_order = (input, linear_weight, target, linear_bias, weight)
+    # the loss alone: no upstream gradient, no headroom, no gradients
+    return run(linear_cross_entropy_op, *in_op_order, *options, None, 1.0, False)[0]
 
 
 @overridable

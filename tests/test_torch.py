@@ -2,6 +2,7 @@
 ``torch.nn.functional`` (loss and ``input.grad``), ``gradcheck``, ``torch.compile`` and a
 short training run. CPU tensors here; CUDA tensors in tests/test_gpu.py."""
 
+import functools
 import warnings
 from functools import partial
 
@@ -504,6 +505,15 @@ def test_linear_cross_entropy_computes_gradients_only_for_a_backward(monkeypatch
         assert asked == expected
         reduced = {"mean": want.mean(), "sum": want.sum(), "none": want}[reduction]
         close(loss, reduced, torch.float64)
+    # an evaluation of a model: every argument it differentiates requires grad
+    b = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    params = [t.clone().requires_grad_() for t in (x, w)]
+    for mode in (torch.no_grad, torch.inference_mode):
+        asked.clear()
+        with mode():
+            loss = gkt.linear_cross_entropy(*params, y, linear_bias=b)
+        assert asked == [False] and not loss.requires_grad
+        close(loss, want.mean(), torch.float64)
 
 
 @pytest.mark.parametrize("case", ["one row of 2^15 taking part", "large weights"])
@@ -621,24 +631,62 @@ def test_inplace_backward_error_after_the_pass_moves_the_version_on():
         saved.backward()
 
 
-def test_inplace_backward_twice_through_one_graph():
-    """``retain_graph=True``: a second backward works while the gradient in the input's memory
-    is unscaled (upstream 1), and is refused once a backward has scaled it there."""
+@pytest.mark.parametrize("pieces", [1, 2], ids=["clone", "cat"])
+@pytest.mark.parametrize(
+    "upstreams, refused",
+    [([1.0, 2.0], None), ([1.0, 1.0], None), ([3.0, 1.0], "retain_graph"), ([1, 1, 1], "inplace")],
+)
+def test_inplace_backward_twice_through_one_graph(upstreams, refused, pieces):
+    """``retain_graph=True`` where the gradient reaches the leaves unchanged (``clone``,
+    ``cat``): the first backward hands the gradient in input's memory to autograd, which
+    keeps it as the leaves' ``.grad`` (or views of it). A later backward scales a new
+    tensor and the leaves get PyTorch's gradients (before, it scaled that memory again: the
+    gradient already given changed). Refused: one after a backward that scaled the memory
+    (the unscaled gradient is gone), and, by autograd, one after the kept memory was
+    accumulated into (its version moved on)."""
+    x = torch.randn(4, 5, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 4])
+
+    def leaf_gradients(loss_fn, backwards):
+        leaves = [p.clone().requires_grad_() for p in x.chunk(pieces)]
+        loss = loss_fn(leaves[0].clone() if pieces == 1 else torch.cat(leaves), labels)
+        for u in backwards:
+            (u * loss).backward(retain_graph=True)
+        return torch.cat([leaf.grad for leaf in leaves])
+
+    ours = functools.partial(gkt.cross_entropy, inplace_backward=True)
+    if refused is None:
+        want = leaf_gradients(F.cross_entropy, upstreams)
+        close(leaf_gradients(ours, upstreams), want, torch.float64)
+    else:
+        with pytest.raises(RuntimeError, match=refused):
+            leaf_gradients(ours, upstreams)
+
+
+def test_inplace_backward_twice_without_aliasing():
+    """Where nothing keeps the handed-out memory (``x * 1.0``: its backward makes a new
+    tensor), backward runs again and again with an upstream gradient of 1."""
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 1, 2])
     want = torch.autograd.grad(F.cross_entropy(x, labels), x)[0]
     loss = gkt.cross_entropy(x * 1.0, labels, inplace_backward=True)
-    for _ in range(2):
+    for _ in range(3):
         x.grad = None
         loss.backward(retain_graph=True)
         close(x.grad, want, torch.float64)
-    tripled = 3 * loss
+
+
+def test_inplace_backward_refuses_a_second_derivative_before_writing():
+    """``create_graph=True`` is refused before backward scales the gradient in place, and
+    counts as no backward: the one after it runs."""
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 2])
+    want = torch.autograd.grad(3 * F.cross_entropy(x, labels), x)[0]
+    tripled = 3 * gkt.cross_entropy(x * 1.0, labels, inplace_backward=True)
     with pytest.raises(RuntimeError, match="once differentiable"):
-        torch.autograd.grad(tripled, x, create_graph=True)  # refused before scaling
-    tripled.backward(retain_graph=True)  # scales in place, 3 * want onto the 2 * want
-    close(x.grad, 4 * want, torch.float64)
-    with pytest.raises(RuntimeError, match="retain_graph"):
-        loss.backward()
+        torch.autograd.grad(tripled, x, create_graph=True)
+    tripled.backward()
+    close(x.grad, want, torch.float64)
 
 
 # ----------------------------------------------------------------------- torch.compile
