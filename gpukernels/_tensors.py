@@ -71,9 +71,11 @@ def as_array(t, name: str):
     try:
         return t.view(torch.int16).numpy().view(BFLOAT16) if bf16 else t.numpy()
     except (TypeError, RuntimeError) as error:
+        # (a tensor of a torch.func transform, vmap's say, has no storage to read)
+        no_storage = " (torch.func transforms are not supported)" if "storage" in str(error) else ""
         raise TypeError(
             f"{name}: this {t.dtype} tensor ({t.layout}) cannot be read in place as an array: "
-            f"{error}"
+            f"{error}{no_storage}"
         ) from error
 
 

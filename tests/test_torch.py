@@ -1403,6 +1403,39 @@ def test_yes_no_options_must_be_bools(call, name, value):
         call(x[:], y, value)
 
 
+def test_export_with_a_dynamic_batch():
+    """torch.export records the losses as their custom ops, with a dynamic batch: the
+    exported program gives the eager loss on a batch of another size (documented: it
+    cannot be differentiated)."""
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 5)
+            self.loss = gkt.CrossEntropyLoss(label_smoothing=0.1)
+
+        def forward(self, h, labels):
+            logits = self.layer(h)
+            return self.loss(logits, labels) + gkt.mse_loss(logits, torch.ones_like(logits))
+
+    gen = torch.Generator().manual_seed(15)
+    model, batch = Model(), torch.export.Dim("batch")
+    h, labels = torch.randn(8, 3, generator=gen), torch.randint(0, 5, (8,), generator=gen)
+    exported = torch.export.export(model, (h, labels), dynamic_shapes=({0: batch}, {0: batch}))
+    h, labels = torch.randn(13, 3, generator=gen), torch.randint(0, 5, (13,), generator=gen)
+    logits = model.layer(h).detach()
+    want = F.cross_entropy(logits, labels, label_smoothing=0.1) + F.mse_loss(logits, logits * 0 + 1)
+    close(exported.module()(h, labels).detach(), want, torch.float32)
+
+
+def test_vmap_is_refused_by_name():
+    """A torch.func transform (vmap) over the loss alone, whose tensors have no storage to
+    read, is a TypeError that says these transforms are not supported."""
+    x, labels = torch.randn(5, 3, 4), torch.randint(0, 4, (5, 3))
+    with torch.no_grad(), pytest.raises(TypeError, match="torch.func transforms"):
+        torch.vmap(gkt.cross_entropy)(x, labels)
+
+
 def test_custom_ops_pass_opcheck():
     """torch.library.opcheck: schemas, fake (meta) kernels and the real ones agree, for
     contiguous and transposed inputs."""
