@@ -383,6 +383,19 @@ def test_cross_entropy_term_with_z_loss_and_softcap(backend, targets):
     assert_close(grad, x.grad.numpy(), np.float64, what="grad")
 
 
+@pytest.mark.parametrize(
+    "step, error",
+    [(2, ValueError), (-1, ValueError), (1.0, TypeError), (True, TypeError), ("1", TypeError)],
+)
+def test_columns_step_must_be_the_integer_1(step, error):
+    """A column slice steps by 1, an integer as its bounds are (a float 1.0 was taken)."""
+    pred = np.zeros((2, 6))
+    with pytest.raises(error, match=r"terms\[0\]\.columns.* step"):
+        gk.composite_loss(pred, pred, [gk.LossTerm("mse", slice(0, 6, step))])
+    loss, _ = gk.composite_loss(pred, pred + 1, [gk.LossTerm("mse", slice(0, 6, 1))])
+    assert loss == 1.0
+
+
 def test_z_loss_and_softcap_only_on_cross_entropy_terms():
     pred, target = np.zeros((2, 3)), np.zeros((2, 3))
     with pytest.raises(ValueError, match="terms\\[0\\]"):
