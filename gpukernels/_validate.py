@@ -631,10 +631,7 @@ def column_range(name: str, columns, width: int) -> tuple[int, int]:
     """
     if not isinstance(columns, slice):
         raise TypeError(f"{name} must be a slice of columns, got {type(columns).__name__}")
-    step = columns.step
-    if step is not None and (isinstance(step, _BOOLS) or not isinstance(step, _INTEGERS)):
-        raise TypeError(f"{name} step must be an integer, got {type(step).__name__} {step!r}")
-    if step is not None and step != 1:
+    if columns.step is not None and integer(f"{name} step", columns.step) != 1:
         raise ValueError(f"{name} must have step 1, got {columns}")
     start = _bound(name, columns.start, width, 0)
     stop = _bound(name, columns.stop, width, width)
