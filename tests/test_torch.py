@@ -2,7 +2,6 @@
 ``torch.nn.functional`` (loss and ``input.grad``), ``gradcheck``, ``torch.compile`` and a
 short training run. CPU tensors here; CUDA tensors in tests/test_gpu.py."""
 
-import functools
 import warnings
 from functools import partial
 
@@ -654,7 +653,7 @@ def test_inplace_backward_twice_through_one_graph(upstreams, refused, pieces):
             (u * loss).backward(retain_graph=True)
         return torch.cat([leaf.grad for leaf in leaves])
 
-    ours = functools.partial(gkt.cross_entropy, inplace_backward=True)
+    ours = partial(gkt.cross_entropy, inplace_backward=True)
     if refused is None:
         want = leaf_gradients(F.cross_entropy, upstreams)
         close(leaf_gradients(ours, upstreams), want, torch.float64)
