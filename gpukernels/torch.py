@@ -244,7 +244,8 @@ def cross_entropy(
     validate: bool | None = None,
 ) -> Tensor:
     r"""Softmax cross-entropy of ``input`` ``(N, C)`` against class indices ``(N,)`` or
-    class probabilities ``(N, C)``, as ``torch.nn.functional.cross_entropy``.
+    class probabilities ``(N, C)``, as ``torch.nn.functional.cross_entropy``; unbatched,
+    ``input`` ``(C,)`` against a class index ``()`` or probabilities ``(C,)``, one row.
 
     .. math::
         \ell_i = -\sum_c a_c \log \mathrm{softmax}(z_i)_c, \qquad
@@ -278,14 +279,24 @@ def cross_entropy(
     )
     options = (ignore, reduction, smoothing, factor, cap, _checks_indices(input, validate))
     inplace = _validate.yes_no("inplace_backward", inplace_backward)
-    rows = batch_rows(input)
     # (torch.jit.trace cannot record an autograd function that modifies its input)
-    if inplace and _differentiated(input, target, weight) and not torch.jit.is_tracing():
+    inplace = inplace and _differentiated(input, target, weight) and not torch.jit.is_tracing()
+    unbatched = input.ndim == 1
+    if unbatched:  # PyTorch's unbatched form: logits (C,), a class index () or probabilities (C,)
+        if inplace:
+            raise ValueError(
+                "inplace_backward=True needs a batch of logits (N, C): an unbatched input (C,) "
+                "would be overwritten through a view, which autograd cannot mark modified"
+            )
+        input, target = input.unsqueeze(0), target.unsqueeze(0)
+    rows = batch_rows(input)
+    if inplace:
         _overwritable(input)
         headroom = float16_headroom(input, reduction, rows)
         loss, _ = _FusedLossInPlace.apply(input, headroom, target, weight, options)
         return loss
-    return _fused_loss(cross_entropy_op, input, target, weight, None, options, reduction, rows)
+    loss = _fused_loss(cross_entropy_op, input, target, weight, None, options, reduction, rows)
+    return loss.squeeze(0) if unbatched and reduction == "none" else loss
 
 
 def _differentiated(*arguments: Tensor | None) -> bool:

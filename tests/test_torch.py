@@ -239,6 +239,59 @@ def test_cross_entropy_with_probabilities():
     close(logits.grad, ref_x.grad, torch.float64)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("target_kind", ["index", "ignored", "probs"])
+def test_unbatched_cross_entropy_matches_torch(target_kind, reduction, dtype):
+    gen = torch.Generator().manual_seed(12)
+    logits = (3 * torch.randn(7, generator=gen, dtype=torch.float64)).to(dtype)
+    weight = torch.rand(7, generator=gen, dtype=torch.float64) + 0.5
+    target = {
+        "index": torch.tensor(4),
+        "ignored": torch.tensor(2),
+        "probs": torch.softmax(torch.randn(7, generator=gen, dtype=torch.float64), 0),
+    }[target_kind]
+    kwargs = {"reduction": reduction, "label_smoothing": 0.1}
+    if target_kind != "probs":
+        kwargs["ignore_index"] = 2
+    mine_x = logits.clone().requires_grad_()
+    mine_target = target.to(dtype) if target.is_floating_point() else target
+    mine = gkt.cross_entropy(mine_x, mine_target, weight.to(dtype), **kwargs)
+    ref_x = logits.double().requires_grad_()
+    ref = F.cross_entropy(ref_x, target, weight, **kwargs)
+    assert mine.shape == ref.shape == ()
+    if target_kind == "ignored" and reduction == "mean":
+        ref = torch.zeros((), dtype=torch.float64)  # our mean over no row (PyTorch's: NaN)
+        ref_x.grad = torch.zeros_like(ref_x)
+    else:
+        ref.backward(torch.tensor(1.5, dtype=torch.float64))
+    close(mine, ref, dtype)
+    mine.backward(torch.tensor(1.5, dtype=mine.dtype))
+    assert mine_x.grad.shape == (7,) and mine_x.grad.dtype == dtype
+    close(mine_x.grad, ref_x.grad, dtype)
+
+
+def test_unbatched_cross_entropy_module_and_refusals():
+    gen = torch.Generator().manual_seed(13)
+    logits = torch.randn(5, generator=gen, dtype=torch.float64, requires_grad=True)
+    mine = gkt.CrossEntropyLoss(label_smoothing=0.2)(logits, torch.tensor(3))
+    close(
+        mine, torch.nn.CrossEntropyLoss(label_smoothing=0.2)(logits, torch.tensor(3)), torch.float64
+    )
+    with pytest.raises(ValueError, match=r"inplace_backward=True needs a batch .*\(C,\)"):
+        gkt.cross_entropy(logits * 1.0, torch.tensor(3), inplace_backward=True)
+    with torch.no_grad():  # no backward can follow: nothing is overwritten, nothing refused
+        x = logits * 1.0
+        close(
+            gkt.cross_entropy(x, torch.tensor(3), inplace_backward=True),
+            F.cross_entropy(x, torch.tensor(3)),
+            torch.float64,
+        )
+    for bad in (torch.tensor([3]), torch.randn(4, dtype=torch.float64)):
+        with pytest.raises(ValueError):  # a target of neither unbatched form
+            gkt.cross_entropy(logits, bad)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_elementwise_losses_match_torch(reduction):
     gen = torch.Generator().manual_seed(5)
