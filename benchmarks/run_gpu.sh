@@ -112,15 +112,17 @@ tests() {
 }
 
 bench() {
-  local rc again=0
+  local rc again=0 quick=()
   echo "== python -m benchmarks --backend cuda $*"
   "$PY" -m benchmarks --backend cuda --out "$dest" "$@"
   rc=$?
   echo "bench exit: $rc"
   if [ "$launch" = direct ]; then
+    # of the caller's arguments only --quick: a later --ops or --sizes would replace these
+    [[ " $* " == *" --quick "* ]] && quick=(--quick)
     echo "== the small calls again through Numba's launch"
     GPUKERNELS_CUDA_LAUNCH=numba "$PY" -m benchmarks --backend cuda --ops overhead,reduce \
-      --sizes small --out "$dest/numba-launch" "$@"
+      --sizes small --out "$dest/numba-launch" "${quick[@]}"
     again=$?
     echo "bench exit: $again"
   fi

@@ -12,8 +12,10 @@ Numba's data model itself and hands them to ``cuda.core.launch``:
 - an array (fields ``ARRAY_FIELDS``): ``meminfo`` and ``parent`` 0 (nothing to count or
   keep alive on a device), the element count, the item size, the data pointer, the extents
   and the strides in bytes, each a 64-bit integer;
-- a Python ``int`` or ``bool``: a 64-bit integer, of which the driver copies the
-  parameter's own width (little end first, as Numba's launch passes them);
+- a Python ``int``: a 64-bit integer; a Python ``bool``: one byte (Numba's boolean
+  parameter; recent ``cuda.core`` packs a bool as a one-byte C++ ``bool``, older releases
+  as a 64-bit integer, of which the driver copies the parameter's first byte: 0 or 1
+  either way);
 - a Python ``float``: a double; a NumPy scalar: its own type.
 
 ``tests/test_ptx.py`` checks these parameters against the PTX entry of every signature, and
@@ -146,15 +148,15 @@ def _load(kernel, args, params: list):
 
 def fits(params: list, sizes: list[int]) -> bool:
     """Whether packed parameters fill parameters of ``sizes`` bytes: one each, a NumPy
-    number its own size, a Python int or float 8 bytes, a Python bool (passed as a 64-bit
-    integer, little end first) any size up to 8."""
+    number its own size, a Python int or float 8 bytes, a Python bool 1 (the one width
+    that both of ``cuda.core``'s packings of a bool fill, see above)."""
     if len(params) != len(sizes):
         return False
     for value, size in zip(params, sizes, strict=True):
         if isinstance(value, np.generic):
             width = value.itemsize
         elif isinstance(value, bool):
-            width = size if size <= 8 else 0
+            width = 1
         else:
             width = 8
         if width != size:
