@@ -12,6 +12,14 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 
+def torch_linear_cross_entropy(x, w, y, linear_bias=None, **options):
+    """PyTorch's fused ``F.linear_cross_entropy`` (2.13 on); before it (the GPU image's
+    2.11), the layer and the loss it fuses."""
+    if hasattr(F, "linear_cross_entropy"):
+        return F.linear_cross_entropy(x, w, y, linear_bias=linear_bias, **options)
+    return F.cross_entropy(F.linear(x, w, linear_bias), y, **options)
+
+
 def case(rng, dtype, n=19, h=6, v=13):
     x = rng.standard_normal((n, h)).astype(dtype)
     w = (rng.standard_normal((v, h)) / 2).astype(dtype)
@@ -112,12 +120,12 @@ def test_every_row_ignored_and_empty(backend, weighted):
 
 
 def test_matches_torch_linear_cross_entropy(cpu_backend):
-    """PyTorch 2.13's own fused linear cross-entropy (no z-loss or softcap there)."""
+    """PyTorch's own fused linear cross-entropy (no z-loss or softcap there)."""
     rng = np.random.default_rng(104)
     x, w, b, y = case(rng, np.float32)
     loss, gx, gw, gb = gk.linear_cross_entropy(x, w, y, linear_bias=b, label_smoothing=0.2)
     xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-    ref = F.linear_cross_entropy(xt, wt, torch.tensor(y), linear_bias=bt, label_smoothing=0.2)
+    ref = torch_linear_cross_entropy(xt, wt, torch.tensor(y), linear_bias=bt, label_smoothing=0.2)
     ref.backward()
     for got, want in ((loss, ref.detach()), (gx, xt.grad), (gw, wt.grad), (gb, bt.grad)):
         np.testing.assert_allclose(got, want.numpy(), rtol=2e-5, atol=2e-6)
@@ -190,7 +198,7 @@ def test_torch_function_matches_pytorch(cpu_backend, reduction):
     got = [t.grad.clone() for t in (x, w, b)]
     for t in (x, w, b):
         t.grad = None
-    ref = F.linear_cross_entropy(x, w, y, linear_bias=b, reduction=reduction)
+    ref = torch_linear_cross_entropy(x, w, y, linear_bias=b, reduction=reduction)
     ref.backward(up)
     torch.testing.assert_close(mine, ref)
     for g, t in zip(got, (x, w, b), strict=True):
