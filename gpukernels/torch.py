@@ -281,14 +281,21 @@ def cross_entropy(
     inplace = _validate.yes_no("inplace_backward", inplace_backward)
     # (torch.jit.trace cannot record an autograd function that modifies its input)
     inplace = inplace and _differentiated(input, target, weight) and not torch.jit.is_tracing()
+    if input.ndim not in (1, 2):
+        raise ValueError(
+            f"input must be logits (N, C) or one unbatched row (C,), got shape "
+            f"{tuple(input.shape)} (PyTorch's (N, C, d1, ...) is not taken: its class axis "
+            "is not the last)"
+        )
     unbatched = input.ndim == 1
-    if unbatched:  # PyTorch's unbatched form: logits (C,), a class index () or probabilities (C,)
+    if unbatched:
         if inplace:
             raise ValueError(
                 "inplace_backward=True needs a batch of logits (N, C): an unbatched input (C,) "
-                "would be overwritten through a view, which autograd cannot mark modified"
+                "would be overwritten through a view, which autograd cannot mark modified "
+                "(pass inplace_backward=False, or a batch that is not a view)"
             )
-        input, target = input.unsqueeze(0), target.unsqueeze(0)
+        input, target = _one_row(input, target)
     rows = batch_rows(input)
     if inplace:
         _overwritable(input)
@@ -297,6 +304,33 @@ def cross_entropy(
         return loss
     loss = _fused_loss(cross_entropy_op, input, target, weight, None, options, reduction, rows)
     return loss.squeeze(0) if unbatched and reduction == "none" else loss
+
+
+def _one_row(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """PyTorch's unbatched cross-entropy, logits ``(C,)`` against a class index ``()`` or
+    class probabilities ``(C,)``, as a batch of one row. The target is checked here, where
+    the messages can name the shapes passed rather than the batch's ``(1, C)``."""
+    c = tuple(input.shape)
+    if target.ndim == 0:
+        if target.is_floating_point() or target.is_complex():
+            raise TypeError(
+                f"target: with an unbatched input of shape {c}, a 0-d target is a class index "
+                f"and must be an integer tensor, got {target.dtype}"
+            )
+    elif tuple(target.shape) != c:
+        hint = (
+            " (for PyTorch's 1-element class index, pass target[0])" if target.numel() == 1 else ""
+        )
+        raise ValueError(
+            f"target: an unbatched input of shape {c} takes a class index of shape () or class "
+            f"probabilities of shape {c}, got shape {tuple(target.shape)}{hint}"
+        )
+    elif not target.is_floating_point():
+        raise TypeError(
+            f"target: a target of the unbatched input's shape {c} holds class probabilities "
+            f"and must be a float tensor, got {target.dtype} (a class index is a 0-d tensor)"
+        )
+    return input.unsqueeze(0), target.unsqueeze(0)
 
 
 def _differentiated(*arguments: Tensor | None) -> bool:

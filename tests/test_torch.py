@@ -287,9 +287,18 @@ def test_unbatched_cross_entropy_module_and_refusals():
             F.cross_entropy(x, torch.tensor(3)),
             torch.float64,
         )
-    for bad in (torch.tensor([3]), torch.randn(4, dtype=torch.float64)):
-        with pytest.raises(ValueError):  # a target of neither unbatched form
+    refusals = [  # (target, error, message): each names the shapes the caller passed
+        (torch.tensor([3]), ValueError, r"shape \(5,\) takes .* got shape \(1,\) .*target\[0\]"),
+        (torch.rand(4, dtype=torch.float64), ValueError, r"shape \(5,\) .* got shape \(4,\)"),
+        (torch.tensor(0.5), TypeError, r"0-d target is a class index .* got torch.float32"),
+        (torch.arange(5), TypeError, r"must be a float tensor, got torch.int64"),
+    ]
+    for bad, error, message in refusals:
+        with pytest.raises(error, match=message):
             gkt.cross_entropy(logits, bad)
+    for shape in [(), (2, 5, 3)]:
+        with pytest.raises(ValueError, match=r"input must be logits \(N, C\) or one unbatched"):
+            gkt.cross_entropy(torch.zeros(shape), torch.zeros(shape[:1], dtype=torch.int64))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -1376,9 +1385,9 @@ def test_inplace_backward_leaves_logits_alone_without_autograd():
 @pytest.mark.parametrize(
     "call, name",
     [
-        (lambda x: gkt.cross_entropy(x[0], torch.tensor([0, 1, 2])), "logits"),
-        (lambda x: gkt.cross_entropy(x[0, 0], torch.tensor(0)), "logits"),
-        (lambda x: gkt.CrossEntropyLoss()(x[0, 0].half(), torch.tensor(0)), "logits"),
+        (lambda x: gkt.cross_entropy(x, torch.rand(3, 5)), "logits"),
+        (lambda x: gkt.cross_entropy(x[:, :0], torch.tensor([0, 1, 2])), "logits"),
+        (lambda x: gkt.CrossEntropyLoss()(x.half(), torch.rand(3, 5).half()), "logits"),
         (lambda x: gkt.cross_entropy(x, torch.tensor([0, 1])), "logits"),
         (lambda x: gkt.binary_cross_entropy_with_logits(x, x[:2]), "logits"),
         (lambda x: gkt.mse_loss(x, x[:2]), "pred"),
