@@ -112,17 +112,17 @@ tests() {
 }
 
 bench() {
-  local rc again=0 quick=()
+  local rc again=0
   echo "== python -m benchmarks --backend cuda $*"
   "$PY" -m benchmarks --backend cuda --out "$dest" "$@"
   rc=$?
   echo "bench exit: $rc"
   if [ "$launch" = direct ]; then
-    # of the caller's arguments only --quick: a later --ops or --sizes would replace these
-    [[ " $* " == *" --quick "* ]] && quick=(--quick)
+    # the caller's arguments (--quick, --dtypes) first: argparse keeps an option's last
+    # value, so these --ops, --sizes and --out replace the caller's
     echo "== the small calls again through Numba's launch"
-    GPUKERNELS_CUDA_LAUNCH=numba "$PY" -m benchmarks --backend cuda --ops overhead,reduce \
-      --sizes small --out "$dest/numba-launch" "${quick[@]}"
+    GPUKERNELS_CUDA_LAUNCH=numba "$PY" -m benchmarks --backend cuda "$@" --ops overhead,reduce \
+      --sizes small --out "$dest/numba-launch"
     again=$?
     echo "bench exit: $again"
   fi

@@ -285,11 +285,11 @@ def test_direct_launch_types_arrays_as_numba_does(array):
 
 def _fits(value, ptx_type: str) -> bool:
     """Whether a packed parameter ``value`` fills the PTX parameter ``ptx_type``: a Python
-    int as 64 bits, a bool as an integer of any width (the driver reads the low bytes), a
+    int as 64 bits, a bool as one byte (``_direct.fits``: recent cuda.core packs it so), a
     float as f64, a NumPy number as its own type and width."""
     kind, bits = ptx_type[0], int(ptx_type[1:])
     if isinstance(value, bool | np.bool_):
-        return kind in "usb"
+        return kind in "usb" and bits == 8
     if isinstance(value, int):
         return kind in "usb" and bits == 64
     if isinstance(value, float) and not isinstance(value, np.floating):
